@@ -1,0 +1,1 @@
+"""The merchant's side of the federation: its data, its local training and its Flower ClientApp."""

@@ -1,0 +1,44 @@
+"""The federation in one process: Flower's simulation engine with one virtual SuperNode per merchant.
+
+The same ServerApp logic (:func:`server.federation.run_federation`) and the same ClientApp run as
+in a real deployment; only the transport is in-process.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from client.app import build_client_app
+from fedshop.settings import RunSettings
+from server.federation import run_federation
+from server.run_store import RunStore
+
+
+class SimulationError(RuntimeError):
+    """The simulated federation did not finish."""
+
+
+def run_simulated_federation(data_dirs: list[Path], settings: RunSettings) -> Path:
+    """Train with one simulated merchant node per directory; returns the run directory."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, settings)
+
+    client_app = build_client_app(tuple(str(Path(d).resolve()) for d in data_dirs))
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "include_dashboard": False,
+                      "logging_level": logging.ERROR, "log_to_driver": False},
+    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(data_dirs),
+                   backend_config=backend_config)
+    status = RunStore(settings.run_dir).status()
+    if status.get("state") != "finished":
+        raise SimulationError(f"the simulated run did not finish: {status or 'no status written'}")
+    return Path(settings.run_dir)

@@ -1,0 +1,1 @@
+"""Shared model code: the recommender and its layout, used by clients and explanations alike."""

@@ -1,0 +1,104 @@
+"""The recommender shared by every merchant: hashed item towers and a pooled-history user.
+
+An item is ``e_i = E_id[id(i)] + sum_t E_tok[t]`` over its content tokens, with a bias
+``b_i = B_id[id(i)] + sum_t B_tok[t]`` (the popularity part). A customer is the mean of
+``W e_h`` over their history ``H``, so there are no per-customer parameters and cold customers work.
+The score ``s(u, i) = 1/|H| sum_h (W e_h) . e_i + b_i`` splits exactly into one part per history
+item and candidate feature (:func:`score_parts`): that split is the raw explanation.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.layout import LAYOUT, ModelLayout
+
+INIT_STD = 0.05
+
+
+class Recommender(nn.Module):
+    """Scores candidate items for customers described by their purchase history."""
+
+    def __init__(self, layout: ModelLayout = LAYOUT) -> None:
+        super().__init__()
+        self.layout = layout
+        self.item_id = nn.Embedding(layout.id_buckets, layout.dim, padding_idx=0)
+        self.item_token = nn.Embedding(layout.token_buckets, layout.dim, padding_idx=0)
+        self.id_bias = nn.Embedding(layout.id_buckets, 1, padding_idx=0)
+        self.token_bias = nn.Embedding(layout.token_buckets, 1, padding_idx=0)
+        self.interaction = nn.Linear(layout.dim, layout.dim, bias=False)
+
+    def item_vectors(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``e_i`` for items given as id buckets ``[...]`` and token buckets ``[..., T]``."""
+        return self.item_id(ids) + self.item_token(tokens).sum(dim=-2)
+
+    def item_bias(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``b_i`` for the same inputs as :meth:`item_vectors`, shape ``[...]``."""
+        return self.id_bias(ids).squeeze(-1) + self.token_bias(tokens).sum(dim=-2).squeeze(-1)
+
+    def user_query(self, ids: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``W e_h`` over the unmasked history items: ``[B, L], [B, L, T], [B, L] -> [B, d]``."""
+        projected = self.interaction(self.item_vectors(ids, tokens)) * mask.unsqueeze(-1)
+        return projected.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
+                cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, C]`` of ``C`` candidates per customer."""
+        query = self.user_query(hist_ids, hist_tokens, hist_mask)
+        vectors = self.item_vectors(cand_ids, cand_tokens)
+        return (vectors * query.unsqueeze(1)).sum(dim=-1) + self.item_bias(cand_ids, cand_tokens)
+
+
+def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:
+    """The initial global model: the same weights on every machine for the same seed."""
+    model = Recommender(layout)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for table in (model.item_id, model.item_token):
+            table.weight.normal_(0.0, INIT_STD, generator=generator)
+            table.weight[0].zero_()
+        model.id_bias.weight.zero_()
+        model.token_bias.weight.zero_()
+        eye = torch.eye(layout.dim)
+        model.interaction.weight.copy_(eye + torch.randn(eye.shape, generator=generator) * INIT_STD)
+    return model
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    """Exact split of one score.
+
+    ``matrix[h, f]`` is what history item ``h`` contributes through candidate feature ``f``
+    (feature 0 is the candidate's id, then its tokens); ``bias[f]`` is the candidate's bias part of
+    feature ``f``. ``matrix.sum() + bias.sum()`` equals the model's score.
+    """
+
+    matrix: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def score(self) -> float:
+        return float(self.matrix.sum() + self.bias.sum())
+
+    @property
+    def per_history_item(self) -> np.ndarray:
+        return self.matrix.sum(axis=1)
+
+    @property
+    def per_feature(self) -> np.ndarray:
+        return self.matrix.sum(axis=0)
+
+
+@torch.no_grad()
+def score_parts(model: Recommender, hist_ids: np.ndarray, hist_tokens: np.ndarray,
+                cand_id: int, cand_tokens: np.ndarray) -> ScoreParts:
+    """Split the score of one candidate for one history (no padding rows) into its parts."""
+    n_tokens = int((cand_tokens > 0).sum())
+    tokens = torch.as_tensor(cand_tokens[:n_tokens])
+    queries = model.interaction(model.item_vectors(torch.as_tensor(hist_ids), torch.as_tensor(hist_tokens)))
+    features = torch.cat([model.item_id.weight[cand_id].unsqueeze(0), model.item_token(tokens)])
+    matrix = (queries @ features.T) / max(len(hist_ids), 1)
+    bias = torch.cat([model.id_bias.weight[cand_id], model.token_bias(tokens).squeeze(-1)])
+    return ScoreParts(matrix=matrix.double().numpy(), bias=bias.double().numpy())

@@ -1,0 +1,112 @@
+"""The operator's run directory: settings, per-round metrics, checkpoints and status of one run.
+
+Layout of ``RUN_DIR``::
+
+    config.json          run settings and model layout (written once; a resume must match them)
+    status.json          state (running / finished / failed), current round, timestamps
+    metrics.json         one record per round: per-merchant train and evaluation metrics, failures
+    checkpoints/         the global model after the last completed round (round_NNNN.npz)
+    model.npz            the final global model
+
+Every JSON file is replaced atomically, so a reader (``fedshop watch``, the demo's progress view)
+never sees half a file, and a run that stops can resume from its last checkpoint.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedshop.settings import RunSettings
+from models.layout import LAYOUT
+
+# Settings that may differ when a run is resumed: where it lives and how long it goes on.
+RESUMABLE_CHANGES = {"num_server_rounds", "run_dir"}
+
+
+class RunStoreError(RuntimeError):
+    """The run directory cannot be used for this run."""
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON atomically (readers see the old or the new file, never half)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file, or ``default`` when it does not exist yet."""
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.run_dir = Path(run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.npz"
+
+    def open(self, settings: RunSettings) -> int:
+        """Start or resume the run; returns the number of rounds already completed."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        wanted = {"settings": asdict(settings), "layout": asdict(LAYOUT)}
+        existing = read_json(self.run_dir / "config.json")
+        if existing is not None:
+            changed = {k for k in wanted["settings"] if existing["settings"].get(k) != wanted["settings"][k]}
+            if changed - RESUMABLE_CHANGES or existing["layout"] != wanted["layout"]:
+                raise RunStoreError(
+                    f"{self.run_dir} holds a run with other settings ({sorted(changed - RESUMABLE_CHANGES)} "
+                    "differ); choose another run directory to start a new run"
+                )
+        write_json(self.run_dir / "config.json", wanted)
+        completed = self.latest_checkpoint_round()
+        self.write_status("running", completed, settings.num_server_rounds)
+        return completed
+
+    def write_status(self, state: str, round_: int, num_rounds: int, detail: str = "") -> None:
+        status = read_json(self.run_dir / "status.json", {"started": time.time()})
+        status.update(state=state, round=round_, num_rounds=num_rounds, updated=time.time(), detail=detail)
+        write_json(self.run_dir / "status.json", status)
+
+    def status(self) -> dict[str, Any]:
+        return read_json(self.run_dir / "status.json", {})
+
+    def record_round(self, record: dict[str, Any]) -> None:
+        """Append (or replace, on resume) the metrics record of one round."""
+        rounds = [r for r in self.rounds() if r["round"] != record["round"]]
+        write_json(self.run_dir / "metrics.json", {"rounds": sorted([*rounds, record], key=lambda r: r["round"])})
+
+    def rounds(self) -> list[dict[str, Any]]:
+        return read_json(self.run_dir / "metrics.json", {"rounds": []})["rounds"]
+
+    def save_checkpoint(self, round_: int, arrays: dict[str, np.ndarray]) -> None:
+        """Keep the model after ``round_``; older checkpoints are removed once it is safely written."""
+        path = self.checkpoints / f"round_{round_:04d}.npz"
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        for old in self.checkpoints.glob("round_*.npz"):
+            if old != path:
+                old.unlink()
+
+    def latest_checkpoint_round(self) -> int:
+        rounds = [int(p.stem.split("_")[1]) for p in self.checkpoints.glob("round_*.npz")]
+        return max(rounds, default=0)
+
+    def load_checkpoint(self, round_: int) -> dict[str, np.ndarray]:
+        with np.load(self.checkpoints / f"round_{round_:04d}.npz") as saved:
+            return {key: saved[key] for key in saved.files}
+
+    def save_model(self, arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.run_dir / "model.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.model_path)
