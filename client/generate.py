@@ -72,7 +72,8 @@ def _universe(spec: FederationSpec, rng: np.random.Generator) -> _Universe:
     titles = []
     for p in range(spec.products):
         noun = rng.choice(CATEGORIES[names[category[p]]])
-        titles.append(f"{rng.choice(ADJECTIVES)} {rng.choice(ADJECTIVES)} {noun}".upper())
+        first, second = rng.choice(ADJECTIVES, 2, replace=False)
+        titles.append(f"{first} {second} {noun}".upper())
     same = np.array([rng.choice(np.flatnonzero(category == category[p])) for p in range(spec.products)])
     other = rng.integers(0, spec.products, spec.products)
     return _Universe(category, popularity, base_price, titles, np.stack([same, other], axis=1))

@@ -26,12 +26,13 @@ class Interactions:
     histories: list[np.ndarray]  # per customer: catalogue rows, oldest first (held-out item removed)
     held_out: np.ndarray  # per customer: catalogue row of the held-out item, -1 if none
 
-    def history_of(self, customer: str) -> np.ndarray:
-        """Training history of ``customer``; a customer not seen has an empty history."""
-        try:
-            return self.histories[self.customers.index(customer)]
-        except ValueError:
+    def full_history(self, customer: str) -> np.ndarray:
+        """Everything ``customer`` bought, held-out item included; empty for an unknown customer."""
+        if customer not in self.customers:
             return np.zeros(0, dtype=np.int64)
+        index = self.customers.index(customer)
+        held_out = self.held_out[index]
+        return np.append(self.histories[index], held_out) if held_out >= 0 else self.histories[index]
 
     @property
     def trainable(self) -> list[int]:

@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+
+MAX_INTEGER = 2**53  # whole numbers beyond this cannot be told apart from their neighbours
 
 
 class SchemaError(ValueError):
@@ -113,9 +117,10 @@ def _parse(raw: pd.Series, column: Column) -> pd.Series:
         if getattr(parsed.dt, "tz", None) is None:
             parsed = parsed.dt.tz_localize("UTC")
         return parsed.dt.tz_convert("UTC")
-    numbers = pd.to_numeric(raw, errors="coerce")
+    numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
+    numbers = numbers.where(np.isfinite(numbers))
     if column.kind == "integer":
-        numbers = numbers.where(numbers.round() == numbers)
+        numbers = numbers.where((numbers.round() == numbers) & (numbers.abs() < MAX_INTEGER))
     return numbers
 
 
@@ -129,7 +134,7 @@ def _validate_column(path: Path, frame: pd.DataFrame, column: Column) -> pd.Seri
     bad = parsed.isna() & ~blank
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        expected = {"integer": "a whole number", "number": "a number",
+        expected = {"integer": "a whole number", "number": "a finite number",
                     "timestamp": "an ISO 8601 timestamp", "text": "text"}[column.kind]
         raise SchemaError(
             f"{_where(path, row)}, column '{column.name}': {raw.iloc[row]!r} is not {expected}"

@@ -1,0 +1,228 @@
+"""The ``fedshop`` command: what merchants, the operator and auditors type.
+
+demo       the whole federation in one process on generated merchants
+partition  split one real export into one data directory per merchant
+server     start the operator's SuperLink (real process)
+node       start a merchant's SuperNode on its data directory (real process)
+run        submit a training run to a SuperLink and watch it
+watch      follow a run directory round by round
+recommend  a merchant's top-k items for one of its customers, with the score's parts
+"""
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedshop.settings import RunSettings
+
+app = typer.Typer(help="fedshop: privacy-preserving federated recommendations for merchants.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+Out = Annotated[Path, typer.Option("--out", help="Output directory.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _final_table(run_dir: Path) -> Table:
+    from fedshop.progress import round_table
+    from server.run_store import RunStore
+
+    rounds = RunStore(run_dir).rounds()
+    if not rounds:
+        _fail(f"{run_dir}: no completed round")
+    return round_table(rounds[-1], title=f"per-merchant metrics after round {rounds[-1]['round']}")
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="Small federation, 2 rounds (about a minute).")] = False,
+    out: Out = Path("runs/demo"),
+    rounds: Annotated[int | None, typer.Option(help="Training rounds (default 5, or 2 with --quick).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
+) -> None:
+    """Run a whole federation in-process on generated merchants; writes OUT/data and OUT/run."""
+    from client.generate import FederationSpec, write_federation
+    from fedshop.progress import watch_run
+    from fedshop.simulation import run_simulated_federation
+
+    started = time.perf_counter()
+    spec = FederationSpec.quick() if quick else FederationSpec()
+    settings = RunSettings(num_server_rounds=rounds or (2 if quick else RunSettings.num_server_rounds),
+                           run_dir=str((out / "run").resolve()))
+    shutil.rmtree(settings.run_dir, ignore_errors=True)
+    data_dirs = write_federation(out / "data", spec)
+    console.print(f"[bold]fedshop demo[/]: {len(data_dirs)} merchants with "
+                  f"{', '.join(str(c) for c in spec.customers)} customers, {settings.num_server_rounds} rounds")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    done = threading.Event()
+    watcher = threading.Thread(target=watch_run, args=(Path(settings.run_dir), settings.num_server_rounds,
+                                                       console, done.is_set))
+    watcher.start()
+    try:
+        run_dir = run_simulated_federation(data_dirs, settings)
+    finally:
+        done.set()
+        watcher.join()
+    console.print(_final_table(run_dir))
+    console.print(f"run directory: [bold]{run_dir}[/]  (wall time {time.perf_counter() - started:.0f} s)")
+
+
+@app.command()
+def partition(
+    source: Annotated[Path, typer.Option(help="One export covering several merchants (CSV or Parquet).")],
+    merchants: Annotated[int, typer.Option(help="Number of merchant directories to make.")],
+    by: Annotated[str, typer.Option(help="Column whose values say which merchant a line belongs to.")],
+    out: Out,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Split a real export into one schema-valid data directory per merchant."""
+    from client.partition import partition_export
+    from client.schema import SchemaError
+
+    try:
+        shares = partition_export(source, merchants, by, out, fmt)
+    except (SchemaError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table("merchant", "groups", "customers", "order lines", "items")
+    for share in shares:
+        groups = ", ".join(share.groups[:3]) + (f" (+{len(share.groups) - 3})" if len(share.groups) > 3 else "")
+        table.add_row(share.directory, groups, str(share.customers), str(share.order_lines), str(share.items))
+    console.print(table)
+    console.print(f"written under {out} (rule and dropped lines in {out / 'partition.json'})")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the SuperLink's APIs.")] = 9092,
+    state: Annotated[Path, typer.Option(help="SuperLink state database.")] = Path("runs/superlink.db"),
+    certificates: Annotated[Path | None, typer.Option(
+        help="Folder with ca.crt, server.pem, server.key for TLS (insecure without).")] = None,
+) -> None:
+    """Start the operator's SuperLink; runs submitted with `fedshop run` execute the fedshop ServerApp."""
+    from fedshop.deployment import superlink_command
+
+    state.parent.mkdir(parents=True, exist_ok=True)
+    command = superlink_command(host, port, state, certificates)
+    console.print(f"starting SuperLink on {host}:{port} (state in {state})")
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def node(
+    data: Annotated[Path, typer.Option(help="The merchant's data directory (orders + catalog).")],
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    merchant: Annotated[str | None, typer.Option(help="Name shown to the operator (default: folder name).")] = None,
+    port: Annotated[int, typer.Option(help="Local port of this node's runtime API (unique per node).")] = 9094,
+    root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+) -> None:
+    """Check a merchant's data, then start its SuperNode connected to the SuperLink."""
+    from client.interactions import build_interactions
+    from client.schema import SchemaError, load_merchant
+    from fedshop.deployment import supernode_command
+
+    try:
+        interactions = build_interactions(load_merchant(data))
+    except SchemaError as exc:
+        _fail(str(exc))
+    name = merchant or data.resolve().name
+    console.print(f"merchant [bold]{name}[/]: {len(interactions.customers)} customers, "
+                  f"{len(interactions.features.item_ids)} catalogue items; connecting to {server}")
+    raise typer.Exit(subprocess.call(supernode_command(server, data, name, port, root_certificate)))
+
+
+@app.command()
+def run(
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    out: Annotated[Path, typer.Option("--out", help="Run directory, on the server machine.")] = Path("runs/latest"),
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = RunSettings.num_server_rounds,
+    min_nodes: Annotated[int, typer.Option(help="Merchants needed before a round starts.")] = RunSettings.min_nodes,
+    seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = RunSettings.seed,
+    watch: Annotated[bool, typer.Option(help="Follow the run directory when it is on this machine.")] = True,
+    root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+) -> None:
+    """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`)."""
+    from fedshop.deployment import flwr_environment, run_command, write_connection
+    from fedshop.progress import watch_run
+
+    settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, seed=seed, run_dir=str(out.resolve()))
+    with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
+        write_connection(Path(home), server, root_certificate)
+        code = subprocess.call(run_command(settings), env=flwr_environment(Path(home)))
+    if code:
+        _fail(f"flwr run failed with exit code {code}", code)
+    if watch:
+        status = watch_run(out.resolve(), rounds, console)
+        if status.get("state") != "finished":
+            _fail(f"run {status.get('state')}: {status.get('detail', '')}", 1)
+        console.print(_final_table(out.resolve()))
+
+
+@app.command("watch")
+def watch_command(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Follow a run round by round until it finishes."""
+    from fedshop.progress import watch_run
+    from server.run_store import read_json
+
+    config = read_json(run_dir / "config.json")
+    if config is None:
+        _fail(f"{run_dir}: not a run directory (no config.json)")
+    status = watch_run(run_dir, config["settings"]["num_server_rounds"], console)
+    console.print(f"run {status.get('state')} {status.get('detail', '')}")
+
+
+@app.command()
+def recommend(
+    data: Annotated[Path, typer.Option(help="The merchant's data directory.")],
+    model: Annotated[Path, typer.Option(help="Run directory of a finished run.")],
+    customer: Annotated[str, typer.Option(help="Customer id as in the orders table.")],
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for the merchant's systems.")] = False,
+) -> None:
+    """Top-k items for one customer, each with the parts its score is made of."""
+    from client.interactions import build_interactions
+    from client.recommend import load_model, recommend as top_items
+    from client.schema import SchemaError, load_merchant
+    from server.run_store import read_json
+
+    try:
+        interactions = build_interactions(load_merchant(data))
+        recommender = load_model(model)
+    except (SchemaError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    history_length = read_json(model / "config.json")["settings"]["history_length"]
+    if customer not in interactions.customers:
+        console.print(f"[yellow]customer {customer!r} has no purchases in {data}: "
+                      "ranking by the items' popularity part only[/]")
+    items = top_items(recommender, interactions, customer, k, history_length)
+    if as_json:
+        payload = [{"item_id": r.item_id, "title": r.title, "score": r.score, "reasons": r.reasons(),
+                    "parts": {"history": [{"title": t, "contribution": v} for t, v in
+                                          zip(r.history_titles, r.parts.per_history_item.tolist(), strict=True)],
+                              "features": dict(zip(r.features, r.parts.per_feature.tolist(), strict=True)),
+                              "popularity": float(r.parts.bias.sum())}} for r in items]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table("#", "item", "title", "score", "why", title=f"top {k} for customer {customer}")
+    for rank, rec in enumerate(items, 1):
+        table.add_row(str(rank), rec.item_id, rec.title, f"{rec.score:.3f}", "; ".join(rec.reasons()))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,71 @@
+"""The federation as real processes: the commands that start a SuperLink, a merchant's SuperNode
+and a training run, with the flags that keep Flower offline and the app's dependencies as installed.
+
+``fedshop server``, ``fedshop node`` and ``fedshop run`` are thin wrappers over these; the
+end-to-end test starts the same commands.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from fedshop.settings import RunSettings
+
+CONNECTION = "fedshop"
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found; install fedshop with its dependencies first")
+    return found
+
+
+def tls_flags(certificates: Path | None, files: tuple[str, ...]) -> list[str]:
+    """``--insecure`` without a certificate folder, else the TLS flags naming its files."""
+    if certificates is None:
+        return ["--insecure"]
+    names = ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile")
+    return [flag for name, file in zip(names, files, strict=True) for flag in (name, str(certificates / file))]
+
+
+def superlink_command(host: str, port: int, database: Path, certificates: Path | None = None) -> list[str]:
+    """The SuperLink: Fleet, Control and ServerApp runtime APIs on ``host:port``."""
+    return [flower_tool("flower-superlink"), *tls_flags(certificates, ("ca.crt", "server.pem", "server.key")),
+            "--disable-runtime-dependency-installation", "--host", host, "--port", str(port),
+            "--database", str(database)]
+
+
+def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
+                      root_certificate: Path | None = None) -> list[str]:
+    """A merchant's SuperNode, pointing its ClientApp at the merchant's data directory."""
+    tls = ["--root-certificates", str(root_certificate)] if root_certificate else ["--insecure"]
+    node_config = f"data-dir={str(data_dir.resolve())!r} merchant={merchant!r}".replace("'", '"')
+    return [flower_tool("flower-supernode"), *tls, "--superlink", server, "--port", str(runtime_port),
+            "--node-config", node_config]
+
+
+def write_connection(flwr_home: Path, server: str, root_certificate: Path | None = None) -> None:
+    """Flower CLI config naming the SuperLink ``server`` as the ``fedshop`` connection."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = (f'root-certificates = "{root_certificate}"' if root_certificate else "insecure = true")
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{server}"\n{security}\n'
+    )
+
+
+def run_command(settings: RunSettings, app_dir: Path = APP_DIR) -> list[str]:
+    """``flwr run`` of this app against the ``fedshop`` connection with ``settings`` as run config."""
+    pairs = " ".join(f"{key}={value!r}".replace("'", '"') if isinstance(value, str) else f"{key}={value}"
+                     for key, value in settings.to_run_config().items())
+    return [flower_tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", pairs]
+
+
+def flwr_environment(flwr_home: Path) -> dict[str, str]:
+    """The environment for a Flower CLI call that reads its connection from ``flwr_home``."""
+    return {**os.environ, "FLWR_HOME": str(flwr_home)}
