@@ -89,7 +89,7 @@ def partition_export(source: Path, merchants: int, by: str, out_dir: Path,
     raw = _read_source(source)
     if by not in raw.columns:
         raise SchemaError(f"{source}: no column {by!r} to split by; columns are {sorted(raw.columns)}")
-    if UCI_COLUMNS <= set(raw.columns):
+    if set(raw.columns) >= UCI_COLUMNS:
         lines, dropped = _from_uci(raw, by)
     else:
         lines, dropped = raw.copy(), {}

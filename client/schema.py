@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 MAX_INTEGER = 2**53  # whole numbers beyond this cannot be told apart from their neighbours
 
 

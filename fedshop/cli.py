@@ -33,7 +33,7 @@ Out = Annotated[Path, typer.Option("--out", help="Output directory.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -196,7 +196,8 @@ def recommend(
 ) -> None:
     """Top-k items for one customer, each with the parts its score is made of."""
     from client.interactions import build_interactions
-    from client.recommend import load_model, recommend as top_items
+    from client.recommend import load_model
+    from client.recommend import recommend as top_items
     from client.schema import SchemaError, load_merchant
     from server.run_store import read_json
 

@@ -54,4 +54,5 @@ def encode_catalog(catalog: pd.DataFrame, typical_price: pd.Series,
     for row, item_tok in enumerate(tokens):
         token_index[row, : len(item_tok)] = [stable_bucket(t, layout.token_buckets) for t in item_tok]
     id_index = np.array([stable_bucket(f"item:{i}", layout.id_buckets) for i in item_ids], dtype=np.int64)
-    return ItemFeatures(item_ids, catalog["title"].tolist(), id_index, token_index, tokens, {i: r for r, i in enumerate(item_ids)})
+    position = {item: row for row, item in enumerate(item_ids)}
+    return ItemFeatures(item_ids, catalog["title"].tolist(), id_index, token_index, tokens, position)

@@ -1,0 +1,1 @@
+"""Explanations of recommendations and prices, and the auditors' reports."""

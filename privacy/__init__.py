@@ -1,0 +1,1 @@
+"""Privacy for the federation: differential privacy on clients and encrypted aggregation."""

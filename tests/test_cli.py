@@ -1,0 +1,24 @@
+"""The CLI refuses bad input with a message naming the problem, before touching the network."""
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedshop.cli import app
+
+runner = CliRunner()
+
+
+def test_node_with_malformed_data_names_the_file_row_and_column(tmp_path: Path) -> None:
+    (tmp_path / "catalog.csv").write_text("item_id,title\nA,MUG\n")
+    (tmp_path / "orders.csv").write_text("customer_id,item_id,timestamp,quantity,unit_price\n"
+                                         "c1,A,yesterday,1,2.0\n")
+    result = runner.invoke(app, ["node", "--data", str(tmp_path), "--server", "127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "orders.csv, row 1 (line 2), column 'timestamp'" in " ".join(result.output.split())
+
+
+def test_recommend_without_a_finished_run_says_so(federation_dirs, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["recommend", "--data", str(federation_dirs[0]), "--model", str(tmp_path),
+                                 "--customer", "x"])
+    assert result.exit_code == 2 and "no model.npz" in result.output

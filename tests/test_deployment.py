@@ -1,0 +1,95 @@
+"""The federation as real processes: a SuperLink, three SuperNodes and `flwr run` on localhost."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedshop.deployment import flwr_environment, run_command, superlink_command, supernode_command, write_connection
+from fedshop.settings import RunSettings
+from models.recommender import build_recommender
+from server.run_store import RunStore
+
+START_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"SuperLink exited early:\n{log.read_text()}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"SuperLink did not listen on {port}:\n{log.read_text()}")
+
+
+@pytest.fixture
+def launch(tmp_path: Path):
+    """Start processes in their own process groups; every one is killed at the end, pass or fail."""
+    started: list[subprocess.Popen] = []
+
+    def _launch(command: list[str], name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        started.append(process)
+        return process, log
+
+    yield _launch
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_superlink_and_three_supernodes_train_two_rounds(tmp_path: Path, federation_dirs, launch) -> None:
+    started = time.monotonic()
+    port = free_port()
+    superlink, superlink_log = launch(superlink_command("127.0.0.1", port, tmp_path / "state.db"), "superlink")
+    wait_for_port(port, superlink, superlink_log)
+    for data_dir in federation_dirs:
+        launch(supernode_command(f"127.0.0.1:{port}", data_dir, data_dir.name, free_port()), data_dir.name)
+
+    settings = RunSettings(num_server_rounds=2, min_nodes=3, run_dir=str(tmp_path / "run"))
+    write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
+    submitted = subprocess.run(run_command(settings), env=flwr_environment(tmp_path / "flwr-home"),
+                               capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+    store = RunStore(settings.run_dir)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while store.status().get("state") not in ("finished", "failed") and time.monotonic() < deadline:
+        time.sleep(1)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
+    assert store.status().get("state") == "finished", f"status {store.status()}\n{logs}"
+
+    rounds = store.rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    names = sorted(d.name for d in federation_dirs)
+    for record in rounds:
+        assert sorted(record["train"]) == names and sorted(record["evaluate"]) == names
+        assert record["failures"] == {}
+    with np.load(store.model_path) as final:
+        initial = build_recommender(settings.seed).state_dict()
+        assert not np.allclose(final["item_id.weight"], initial["item_id.weight"].numpy())
+    print(f"real-process federation: {time.monotonic() - started:.1f} s")

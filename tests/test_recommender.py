@@ -1,0 +1,75 @@
+"""The recommender: exact score decomposition, seeded initial weights, catalogue-free size."""
+
+import numpy as np
+import pytest
+import torch
+
+from client.interactions import build_interactions
+from client.recommend import recommend
+from client.schema import load_merchant
+from client.training import example_loader, padded_history, train_epochs
+from models.layout import LAYOUT, stable_bucket
+from models.recommender import Recommender, build_recommender, score_parts
+
+
+@pytest.fixture(scope="module")
+def trained(federation_dirs):
+    data = build_interactions(load_merchant(federation_dirs[1]))
+    model = build_recommender(seed=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    train_epochs(model, example_loader(data, 20, 16, 32, seed=0), optimizer, epochs=2)
+    return model.eval(), data
+
+
+def test_parts_sum_to_the_model_score_for_random_customers(trained) -> None:
+    model, data = trained
+    rng = np.random.default_rng(0)
+    features = data.features
+    for customer in rng.choice(len(data.customers), 25, replace=False):
+        history = data.histories[customer][-20:]
+        candidate = int(rng.integers(len(features.item_ids)))
+        ids, tokens, mask = (torch.from_numpy(a)[None] for a in padded_history(history, features, 20))
+        cand_ids = torch.tensor([[features.id_index[candidate]]])
+        cand_tokens = torch.from_numpy(features.token_index[candidate])[None, None]
+        with torch.no_grad():
+            score = float(model(ids, tokens, mask, cand_ids, cand_tokens)[0, 0])
+        parts = score_parts(model, features.id_index[history], features.token_index[history],
+                            int(features.id_index[candidate]), features.token_index[candidate])
+        assert parts.score == pytest.approx(score, abs=1e-5)
+        assert parts.per_history_item.sum() + parts.bias.sum() == pytest.approx(score, abs=1e-5)
+        assert parts.matrix.shape == (len(history), 1 + int((features.token_index[candidate] > 0).sum()))
+
+
+def test_recommendations_skip_bought_items_and_their_parts_sum_to_their_scores(trained) -> None:
+    model, data = trained
+    customer = data.customers[data.evaluable[0]]
+    items = recommend(model, data, customer, k=10, history_length=20)
+    bought = {data.features.item_ids[r] for r in data.full_history(customer)}
+    assert len(items) == 10 and not bought & {r.item_id for r in items}
+    assert [r.score for r in items] == sorted((r.score for r in items), reverse=True)
+    for rec in items:
+        assert rec.parts.score == pytest.approx(rec.score, abs=1e-5)
+
+
+def test_unknown_customer_is_ranked_by_popularity_part(trained) -> None:
+    model, data = trained
+    items = recommend(model, data, "nobody", k=3, history_length=20)
+    assert all(r.parts.matrix.size == 0 and r.parts.score == pytest.approx(r.score, abs=1e-5) for r in items)
+
+
+def test_seeded_initial_model_is_identical_and_seeds_differ() -> None:
+    first, second, other = build_recommender(5), build_recommender(5), build_recommender(6)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key])
+    assert not torch.equal(first.item_id.weight, other.item_id.weight)
+
+
+def test_parameter_count_is_fixed_by_the_layout_not_the_catalogue() -> None:
+    count = sum(p.numel() for p in Recommender().parameters())
+    expected = (LAYOUT.id_buckets + LAYOUT.token_buckets) * (LAYOUT.dim + 1) + LAYOUT.dim**2
+    assert count == expected
+
+
+def test_stable_bucket_is_stable_and_never_padding() -> None:
+    assert stable_bucket("item:85123A", 16384) == stable_bucket("item:85123A", 16384)
+    assert all(1 <= stable_bucket(f"k{i}", 7) < 7 for i in range(500))

@@ -1,0 +1,20 @@
+"""Run settings are defined once: pyproject's Flower run config mirrors them exactly."""
+
+import tomllib
+
+import pytest
+
+from fedshop.settings import RunSettings
+from tests.conftest import REPO
+
+
+def test_pyproject_run_config_mirrors_run_settings() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config == RunSettings().to_run_config()
+
+
+def test_from_run_config_converts_and_refuses_unknown_keys() -> None:
+    settings = RunSettings.from_run_config({"num-server-rounds": 3, "learning-rate": 1, "run-dir": "x"})
+    assert settings.num_server_rounds == 3 and settings.learning_rate == 1.0 and settings.run_dir == "x"
+    with pytest.raises(ValueError, match="unknown run-config key 'epochs'"):
+        RunSettings.from_run_config({"epochs": 2})
