@@ -115,12 +115,12 @@ def server(
         help="Folder with ca.crt, server.pem, server.key for TLS (insecure without).")] = None,
 ) -> None:
     """Start the operator's SuperLink; runs submitted with `fedshop run` execute the fedshop ServerApp."""
-    from fedshop.deployment import superlink_command
+    from fedshop.deployment import process_environment, superlink_command
 
     state.parent.mkdir(parents=True, exist_ok=True)
     command = superlink_command(host, port, state, certificates)
     console.print(f"starting SuperLink on {host}:{port} (state in {state})")
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
 @app.command()
@@ -134,7 +134,7 @@ def node(
     """Check a merchant's data, then start its SuperNode connected to the SuperLink."""
     from client.interactions import build_interactions
     from client.schema import SchemaError, load_merchant
-    from fedshop.deployment import supernode_command
+    from fedshop.deployment import process_environment, supernode_command
 
     try:
         interactions = build_interactions(load_merchant(data))
@@ -143,7 +143,8 @@ def node(
     name = merchant or data.resolve().name
     console.print(f"merchant [bold]{name}[/]: {len(interactions.customers)} customers, "
                   f"{len(interactions.features.item_ids)} catalogue items; connecting to {server}")
-    raise typer.Exit(subprocess.call(supernode_command(server, data, name, port, root_certificate)))
+    command = supernode_command(server, data, name, port, root_certificate)
+    raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
 @app.command()
@@ -157,13 +158,13 @@ def run(
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
     """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`)."""
-    from fedshop.deployment import flwr_environment, run_command, write_connection
+    from fedshop.deployment import process_environment, run_command, write_connection
     from fedshop.progress import watch_run
 
     settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, seed=seed, run_dir=str(out.resolve()))
     with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
         write_connection(Path(home), server, root_certificate)
-        code = subprocess.call(run_command(settings), env=flwr_environment(Path(home)))
+        code = subprocess.call(run_command(settings), env=process_environment(Path(home)))
     if code:
         _fail(f"flwr run failed with exit code {code}", code)
     if watch:

@@ -66,6 +66,12 @@ def run_command(settings: RunSettings, app_dir: Path = APP_DIR) -> list[str]:
     return [flower_tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", pairs]
 
 
-def flwr_environment(flwr_home: Path) -> dict[str, str]:
-    """The environment for a Flower CLI call that reads its connection from ``flwr_home``."""
-    return {**os.environ, "FLWR_HOME": str(flwr_home)}
+def process_environment(flwr_home: Path | None = None) -> dict[str, str]:
+    """Environment for Flower processes: this Python's scripts first on PATH (the SuperLink and
+    SuperNodes start ``flower-superexec`` by name, also when the virtualenv is not activated), and
+    ``FLWR_HOME`` when a Flower CLI call must read its connection from there."""
+    scripts = str(Path(sys.executable).parent)
+    environment = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    if flwr_home is not None:
+        environment["FLWR_HOME"] = str(flwr_home)
+    return environment

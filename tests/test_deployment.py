@@ -4,13 +4,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedshop.deployment import flwr_environment, run_command, superlink_command, supernode_command, write_connection
+from fedshop.deployment import process_environment, run_command, superlink_command, supernode_command, write_connection
 from fedshop.settings import RunSettings
 from models.recommender import build_recommender
 from server.run_store import RunStore
@@ -45,7 +46,7 @@ def launch(tmp_path: Path):
     def _launch(command: list[str], name: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
         process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=process_environment())
         started.append(process)
         return process, log
 
@@ -61,6 +62,15 @@ def launch(tmp_path: Path):
             process.wait()
 
 
+def test_flower_processes_find_flower_tools_without_an_activated_virtualenv(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    environment = process_environment(Path("/tmp/home"))
+    assert environment["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert environment["FLWR_HOME"] == "/tmp/home"
+    found = subprocess.run(["sh", "-c", "command -v flower-superexec"], env=environment, capture_output=True)
+    assert found.returncode == 0
+
+
 @pytest.mark.slow
 def test_superlink_and_three_supernodes_train_two_rounds(tmp_path: Path, federation_dirs, launch) -> None:
     started = time.monotonic()
@@ -72,7 +82,7 @@ def test_superlink_and_three_supernodes_train_two_rounds(tmp_path: Path, federat
 
     settings = RunSettings(num_server_rounds=2, min_nodes=3, run_dir=str(tmp_path / "run"))
     write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
-    submitted = subprocess.run(run_command(settings), env=flwr_environment(tmp_path / "flwr-home"),
+    submitted = subprocess.run(run_command(settings), env=process_environment(tmp_path / "flwr-home"),
                                capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
