@@ -38,17 +38,25 @@ class Recommender(nn.Module):
         """``b_i`` for the same inputs as :meth:`item_vectors`, shape ``[...]``."""
         return self.id_bias(ids).squeeze(-1) + self.token_bias(tokens).sum(dim=-2).squeeze(-1)
 
-    def user_query(self, ids: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of ``W e_h`` over the unmasked history items: ``[B, L], [B, L, T], [B, L] -> [B, d]``."""
-        projected = self.interaction(self.item_vectors(ids, tokens)) * mask.unsqueeze(-1)
+    def pooled_query(self, history_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``W e_h`` over the unmasked history vectors: ``[B, L, d], [B, L] -> [B, d]``."""
+        projected = self.interaction(history_vectors) * mask.unsqueeze(-1)
         return projected.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    def user_query(self, ids: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The customer vector of a history given as ``[B, L]`` ids, ``[B, L, T]`` tokens, ``[B, L]`` mask."""
+        return self.pooled_query(self.item_vectors(ids, tokens), mask)
 
     def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B, C]`` of ``C`` candidates per customer."""
-        query = self.user_query(hist_ids, hist_tokens, hist_mask)
-        vectors = self.item_vectors(cand_ids, cand_tokens)
-        return (vectors * query.unsqueeze(1)).sum(dim=-1) + self.item_bias(cand_ids, cand_tokens)
+        """Scores ``[B, C]`` of ``C`` candidates per customer.
+
+        History and candidates go through each table in one lookup, so every parameter is used
+        once per forward pass (Opacus' ghost clipping requires it)."""
+        length = hist_ids.shape[1]
+        vectors = self.item_vectors(torch.cat([hist_ids, cand_ids], 1), torch.cat([hist_tokens, cand_tokens], 1))
+        query = self.pooled_query(vectors[:, :length], hist_mask)
+        return (vectors[:, length:] * query.unsqueeze(1)).sum(dim=-1) + self.item_bias(cand_ids, cand_tokens)
 
 
 def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:
