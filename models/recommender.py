@@ -18,6 +18,11 @@ from models.layout import LAYOUT, ModelLayout
 INIT_STD = 0.05
 
 
+def _present(tokens: torch.Tensor) -> torch.Tensor:
+    """1 for real token slots, 0 for padding, shaped to multiply looked-up rows."""
+    return (tokens > 0).unsqueeze(-1).float()
+
+
 class Recommender(nn.Module):
     """Scores candidate items for customers described by their purchase history."""
 
@@ -31,12 +36,16 @@ class Recommender(nn.Module):
         self.interaction = nn.Linear(layout.dim, layout.dim, bias=False)
 
     def item_vectors(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``e_i`` for items given as id buckets ``[...]`` and token buckets ``[..., T]``."""
-        return self.item_id(ids) + self.item_token(tokens).sum(dim=-2)
+        """``e_i`` for items given as id buckets ``[...]`` and token buckets ``[..., T]``.
+
+        Padding slots (bucket 0) are masked out rather than trusted to hold zeros: DP noise lands
+        on every row of a table, the padding row included."""
+        return self.item_id(ids) + (self.item_token(tokens) * _present(tokens)).sum(dim=-2)
 
     def item_bias(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``b_i`` for the same inputs as :meth:`item_vectors`, shape ``[...]``."""
-        return self.id_bias(ids).squeeze(-1) + self.token_bias(tokens).sum(dim=-2).squeeze(-1)
+        token_part = (self.token_bias(tokens) * _present(tokens)).sum(dim=-2)
+        return self.id_bias(ids).squeeze(-1) + token_part.squeeze(-1)
 
     def pooled_query(self, history_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean of ``W e_h`` over the unmasked history vectors: ``[B, L, d], [B, L] -> [B, d]``."""

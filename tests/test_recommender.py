@@ -40,6 +40,22 @@ def test_parts_sum_to_the_model_score_for_random_customers(trained) -> None:
         assert parts.matrix.shape == (len(history), 1 + int((features.token_index[candidate] > 0).sum()))
 
 
+def test_padding_rows_never_reach_the_score(trained, federation_dirs) -> None:
+    """DP noise lands on every row, padding rows included; they must not change any score."""
+    model, data = trained
+    noisy = build_recommender(3)
+    noisy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for table in (noisy.item_id, noisy.item_token, noisy.id_bias, noisy.token_bias):
+            table.weight[0] = 5.0
+    customer = data.customers[data.evaluable[0]]
+    for clean, dirty in zip(recommend(model, data, customer, 5, 20), recommend(noisy, data, customer, 5, 20),
+                            strict=True):
+        assert dirty.item_id == clean.item_id
+        assert dirty.score == pytest.approx(clean.score, abs=1e-5)
+        assert dirty.parts.score == pytest.approx(dirty.score, abs=1e-5)
+
+
 def test_recommendations_skip_bought_items_and_their_parts_sum_to_their_scores(trained) -> None:
     model, data = trained
     customer = data.customers[data.evaluable[0]]
