@@ -1,30 +1,63 @@
-"""Where a merchant node finds its data, and the merchant's data loaded once per process.
+"""A merchant node's own configuration, and its data loaded once per process.
 
-A real SuperNode is started with ``--node-config data-dir=...`` (and optionally ``merchant=...``);
-a simulated node gets its directory from the list the simulation was built with, by partition id.
+A real SuperNode is started with ``--node-config`` holding these keys (``fedshop node`` writes
+them); a simulated node gets the same keys from the list the simulation was built with.
+
+=================  ==========================================================================
+``data-dir``       the merchant's data directory (orders + catalog)
+``merchant``       the name the operator sees (default: the directory name)
+``secret-context`` the key steward's ``secret.ctx`` (needed when the run encrypts)
+``epsilon-budget`` the most ε this node will ever spend (default ``DEFAULT_EPSILON_BUDGET``)
+``delta``          δ of the guarantee (default: 0.1 / customers)
+``state-dir``      where the node keeps its privacy ledger and its copy of the model
+                   (default: ``DATA_DIR/.fedshop``)
+=================  ==========================================================================
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from client.interactions import Interactions, build_interactions
 from client.schema import load_merchant
+from privacy.ledger import DEFAULT_EPSILON_BUDGET, LEDGER_FILE, Budget, default_delta
 
 
-def resolve_data_dir(node_config: dict, simulation_dirs: tuple[str, ...] = ()) -> Path:
-    """The node's data directory from its node config (or its simulation partition)."""
-    if "data-dir" in node_config:
-        return Path(str(node_config["data-dir"])).expanduser().resolve()
-    if simulation_dirs and "partition-id" in node_config:
-        return Path(simulation_dirs[int(node_config["partition-id"])])
-    raise ValueError(
-        "this node has no data: start it with --node-config \"data-dir='/path/to/merchant'\""
+@dataclass(frozen=True)
+class NodeOptions:
+    """Everything a merchant node knows about itself."""
+
+    data_dir: Path
+    merchant: str
+    secret_context: Path | None
+    epsilon_budget: float
+    delta: float | None
+    state_dir: Path
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / LEDGER_FILE
+
+    def budget(self, customers: int) -> Budget:
+        return Budget(self.epsilon_budget, self.delta if self.delta is not None else default_delta(customers))
+
+
+def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> NodeOptions:
+    """The node's options from its node config (a simulated node's from its partition)."""
+    if simulation_nodes and "partition-id" in node_config and "data-dir" not in node_config:
+        node_config = simulation_nodes[int(node_config["partition-id"])]
+    if "data-dir" not in node_config:
+        raise ValueError("this node has no data: start it with --node-config \"data-dir='/path/to/merchant'\"")
+    data_dir = Path(str(node_config["data-dir"])).expanduser().resolve()
+    secret = node_config.get("secret-context")
+    return NodeOptions(
+        data_dir=data_dir,
+        merchant=str(node_config.get("merchant", data_dir.name)),
+        secret_context=Path(str(secret)).expanduser().resolve() if secret else None,
+        epsilon_budget=float(node_config.get("epsilon-budget", DEFAULT_EPSILON_BUDGET)),
+        delta=float(node_config["delta"]) if "delta" in node_config else None,
+        state_dir=Path(str(node_config.get("state-dir", data_dir / ".fedshop"))).expanduser().resolve(),
     )
-
-
-def merchant_name(node_config: dict, data_dir: Path) -> str:
-    """The merchant's display name: ``merchant`` from the node config, else the directory name."""
-    return str(node_config.get("merchant", data_dir.name))
 
 
 @lru_cache(maxsize=8)

@@ -1,6 +1,7 @@
 """The ``fedshop`` command: what merchants, the operator and auditors type.
 
 demo       the whole federation in one process on generated merchants
+keys init  the key steward's CKKS contexts (secret for merchants, public for the server)
 partition  split one real export into one data directory per merchant
 server     start the operator's SuperLink (real process)
 node       start a merchant's SuperNode on its data directory (real process)
@@ -24,9 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fedshop.settings import RunSettings
+from privacy.ledger import DEFAULT_EPSILON_BUDGET
 
 app = typer.Typer(help="fedshop: privacy-preserving federated recommendations for merchants.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 console = Console()
 
 Out = Annotated[Path, typer.Option("--out", help="Output directory.")]
@@ -52,21 +54,34 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Small federation, 2 rounds (about a minute).")] = False,
     out: Out = Path("runs/demo"),
     rounds: Annotated[int | None, typer.Option(help="Training rounds (default 5, or 2 with --quick).")] = None,
+    dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
+    he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
+    epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
-    """Run a whole federation in-process on generated merchants; writes OUT/data and OUT/run."""
+    """Run a whole federation in-process on generated merchants; writes OUT/data, OUT/keys, OUT/nodes
+    (each merchant's privacy ledger and model copy) and OUT/run (the operator's run directory)."""
     from client.generate import FederationSpec, write_federation
     from fedshop.progress import watch_run
     from fedshop.simulation import run_simulated_federation
+    from privacy.ckks import PUBLIC_FILE, SECRET_FILE, create_keys
 
     started = time.perf_counter()
+    out = out.resolve()
     spec = FederationSpec.quick() if quick else FederationSpec()
+    for stale in ("run", "nodes", "keys"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    create_keys(out / "keys")
     settings = RunSettings(num_server_rounds=rounds or (2 if quick else RunSettings.num_server_rounds),
-                           run_dir=str((out / "run").resolve()))
-    shutil.rmtree(settings.run_dir, ignore_errors=True)
+                           run_dir=str(out / "run"), dp=dp, he=he, target_epsilon=epsilon,
+                           public_context=str(out / "keys" / PUBLIC_FILE))
     data_dirs = write_federation(out / "data", spec)
+    nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(out / "keys" / SECRET_FILE),
+              "state-dir": str(out / "nodes" / d.name)} for d in data_dirs]
+    privacy = (f"DP-SGD at ε={epsilon:g} per customer" if dp else "no DP") + (", CKKS aggregation" if he else "")
     console.print(f"[bold]fedshop demo[/]: {len(data_dirs)} merchants with "
-                  f"{', '.join(str(c) for c in spec.customers)} customers, {settings.num_server_rounds} rounds")
+                  f"{', '.join(str(c) for c in spec.customers)} customers, {settings.num_server_rounds} rounds, "
+                  f"{privacy}")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     done = threading.Event()
@@ -74,12 +89,29 @@ def demo(
                                                        console, done.is_set))
     watcher.start()
     try:
-        run_dir = run_simulated_federation(data_dirs, settings)
+        run_dir = run_simulated_federation(nodes, settings)
     finally:
         done.set()
         watcher.join()
     console.print(_final_table(run_dir))
     console.print(f"run directory: [bold]{run_dir}[/]  (wall time {time.perf_counter() - started:.0f} s)")
+
+
+keys = typer.Typer(help="CKKS keys for encrypted aggregation (run by the key steward, never the operator).",
+                   no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("init")
+def keys_init(out: Out) -> None:
+    """Create a fresh CKKS context: secret.ctx for merchants, public.ctx for the server."""
+    from privacy.ckks import MANIFEST_FILE, PUBLIC_FILE, SECRET_FILE, create_keys
+
+    context_id = create_keys(out)
+    console.print(f"context {context_id} written to {out}:\n"
+                  f"  {SECRET_FILE}   hand to each merchant out of band (never to the operator)\n"
+                  f"  {PUBLIC_FILE}   give to the operator for `fedshop run --public-context`\n"
+                  f"  {MANIFEST_FILE}  parameters and context id, for everyone")
 
 
 @app.command()
@@ -129,21 +161,33 @@ def node(
     server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
     merchant: Annotated[str | None, typer.Option(help="Name shown to the operator (default: folder name).")] = None,
     port: Annotated[int, typer.Option(help="Local port of this node's runtime API (unique per node).")] = 9094,
+    secret_context: Annotated[Path | None, typer.Option(help="secret.ctx from the key steward.")] = None,
+    budget: Annotated[float, typer.Option(help="Most ε this node will ever spend.")] = DEFAULT_EPSILON_BUDGET,
+    delta: Annotated[float | None, typer.Option(help="δ of the guarantee (default 0.1 / customers).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Ledger and model copy (default DATA/.fedshop).")] = None,
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
-    """Check a merchant's data, then start its SuperNode connected to the SuperLink."""
+    """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink."""
     from client.interactions import build_interactions
     from client.schema import SchemaError, load_merchant
-    from fedshop.deployment import process_environment, supernode_command
+    from fedshop.deployment import NodePrivacy, process_environment, supernode_command
+    from privacy.ckks import ContextError, load_secret_context
+    from privacy.ledger import PrivacyLedger, default_delta
 
     try:
         interactions = build_interactions(load_merchant(data))
-    except SchemaError as exc:
+        context_id = load_secret_context(secret_context).context_id if secret_context else "none"
+    except (SchemaError, ContextError) as exc:
         _fail(str(exc))
     name = merchant or data.resolve().name
+    state = (state_dir or data / ".fedshop").resolve()
+    delta = delta if delta is not None else default_delta(len(interactions.customers))
+    spent = PrivacyLedger(state / "privacy_ledger.json").epsilon(delta)
     console.print(f"merchant [bold]{name}[/]: {len(interactions.customers)} customers, "
-                  f"{len(interactions.features.item_ids)} catalogue items; connecting to {server}")
-    command = supernode_command(server, data, name, port, root_certificate)
+                  f"{len(interactions.features.item_ids)} catalogue items; privacy budget ε={budget:g} at "
+                  f"δ={delta:.1e} per customer, ε={spent:.2f} spent; context {context_id}; connecting to {server}")
+    privacy = NodePrivacy(secret_context, budget, delta, state)
+    command = supernode_command(server, data, name, port, privacy, root_certificate)
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
@@ -154,14 +198,28 @@ def run(
     rounds: Annotated[int, typer.Option(help="Training rounds.")] = RunSettings.num_server_rounds,
     min_nodes: Annotated[int, typer.Option(help="Merchants needed before a round starts.")] = RunSettings.min_nodes,
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = RunSettings.seed,
+    dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
+    epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
+    he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
+    public_context: Annotated[Path | None, typer.Option(help="public.ctx from the key steward.")] = None,
     watch: Annotated[bool, typer.Option(help="Follow the run directory when it is on this machine.")] = True,
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
     """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`)."""
     from fedshop.deployment import process_environment, run_command, write_connection
     from fedshop.progress import watch_run
+    from privacy.ckks import ContextError, load_public_context
 
-    settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, seed=seed, run_dir=str(out.resolve()))
+    if he:
+        if public_context is None:
+            _fail("encrypted aggregation needs --public-context public.ctx (or --no-he)")
+        try:
+            load_public_context(public_context)
+        except ContextError as exc:
+            _fail(str(exc))
+    settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, seed=seed, run_dir=str(out.resolve()),
+                           dp=dp, target_epsilon=epsilon, he=he,
+                           public_context=str(public_context.resolve()) if public_context else "")
     with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
         write_connection(Path(home), server, root_certificate)
         code = subprocess.call(run_command(settings), env=process_environment(Path(home)))
@@ -190,9 +248,10 @@ def watch_command(run_dir: Annotated[Path, typer.Argument(help="A run directory.
 @app.command()
 def recommend(
     data: Annotated[Path, typer.Option(help="The merchant's data directory.")],
-    model: Annotated[Path, typer.Option(help="Run directory of a finished run.")],
+    model: Annotated[Path, typer.Option(help="A finished run's directory, or the node's state directory.")],
     customer: Annotated[str, typer.Option(help="Customer id as in the orders table.")],
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for the merchant's systems.")] = False,
 ) -> None:
     """Top-k items for one customer, each with the parts its score is made of."""
@@ -200,14 +259,13 @@ def recommend(
     from client.recommend import load_model
     from client.recommend import recommend as top_items
     from client.schema import SchemaError, load_merchant
-    from server.run_store import read_json
+    from privacy.ckks import ContextError
 
     try:
         interactions = build_interactions(load_merchant(data))
-        recommender = load_model(model)
-    except (SchemaError, FileNotFoundError) as exc:
+        recommender, history_length = load_model(model, secret_context)
+    except (SchemaError, FileNotFoundError, ContextError) as exc:
         _fail(str(exc))
-    history_length = read_json(model / "config.json")["settings"]["history_length"]
     if customer not in interactions.customers:
         console.print(f"[yellow]customer {customer!r} has no purchases in {data}: "
                       "ranking by the items' popularity part only[/]")

@@ -5,12 +5,15 @@ and a training run, with the flags that keep Flower offline and the app's depend
 end-to-end test starts the same commands.
 """
 
+import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedshop.settings import RunSettings
+from privacy.ledger import DEFAULT_EPSILON_BUDGET
 
 CONNECTION = "fedshop"
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -40,11 +43,28 @@ def superlink_command(host: str, port: int, database: Path, certificates: Path |
             "--database", str(database)]
 
 
+@dataclass(frozen=True)
+class NodePrivacy:
+    """A merchant node's privacy options (see ``client.node_data``)."""
+
+    secret_context: Path | None = None
+    epsilon_budget: float = DEFAULT_EPSILON_BUDGET
+    delta: float | None = None
+    state_dir: Path | None = None
+
+
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
-                      root_certificate: Path | None = None) -> list[str]:
-    """A merchant's SuperNode, pointing its ClientApp at the merchant's data directory."""
+                      privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None) -> list[str]:
+    """A merchant's SuperNode, pointing its ClientApp at the merchant's data, keys and ledger."""
     tls = ["--root-certificates", str(root_certificate)] if root_certificate else ["--insecure"]
-    node_config = f"data-dir={str(data_dir.resolve())!r} merchant={merchant!r}".replace("'", '"')
+    options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget}
+    if privacy.secret_context:
+        options["secret-context"] = str(privacy.secret_context.resolve())
+    if privacy.delta is not None:
+        options["delta"] = privacy.delta
+    if privacy.state_dir:
+        options["state-dir"] = str(privacy.state_dir.resolve())
+    node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in options.items())
     return [flower_tool("flower-supernode"), *tls, "--superlink", server, "--port", str(runtime_port),
             "--node-config", node_config]
 
@@ -61,8 +81,7 @@ def write_connection(flwr_home: Path, server: str, root_certificate: Path | None
 
 def run_command(settings: RunSettings, app_dir: Path = APP_DIR) -> list[str]:
     """``flwr run`` of this app against the ``fedshop`` connection with ``settings`` as run config."""
-    pairs = " ".join(f"{key}={value!r}".replace("'", '"') if isinstance(value, str) else f"{key}={value}"
-                     for key, value in settings.to_run_config().items())
+    pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in settings.to_run_config().items())
     return [flower_tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", pairs]
 
 

@@ -15,13 +15,25 @@ class RunSettings:
 
     num_server_rounds: int = 5
     local_epochs: int = 3
-    learning_rate: float = 0.01
-    batch_size: int = 64
+    learning_rate: float = 0.01  # Adam, when training without DP
+    batch_size: int = 128
     negatives: int = 64
     history_length: int = 20
     seed: int = 7
     run_dir: str = "runs/latest"
     min_nodes: int = 2
+    dp: bool = True  # DP-SGD on every merchant (per-customer guarantee)
+    target_epsilon: float = 8.0  # per merchant for the whole run; 0 = use noise_multiplier as given
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 0.5  # per-customer clipping bound
+    dp_learning_rate: float = 2.0  # SGD under DP (Adam would amplify the noise on rarely seen rows)
+    he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear
+    public_context: str = ""  # path to the key steward's public.ctx, on the server machine
+
+    def training_config(self) -> dict[str, Any]:
+        """What every client needs each round (sent in the round's ConfigRecord)."""
+        skip = {"run_dir", "min_nodes", "public_context"}
+        return {key.replace("_", "-"): value for key, value in asdict(self).items() if key not in skip}
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower run-config form: kebab-case keys."""
@@ -37,5 +49,7 @@ class RunSettings:
             if name not in known:
                 raise ValueError(f"unknown run-config key {key!r}; known: {sorted(known)}")
             default = known[name].default
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"run-config key {key!r} must be true or false, not {value!r}")
             values[name] = type(default)(value)
         return replace(cls(), **values)

@@ -22,21 +22,22 @@ class SimulationError(RuntimeError):
     """The simulated federation did not finish."""
 
 
-def run_simulated_federation(data_dirs: list[Path], settings: RunSettings) -> Path:
-    """Train with one simulated merchant node per directory; returns the run directory."""
+def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
+    """Train with one simulated merchant per node config (see ``client.node_data``); returns the
+    run directory."""
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         run_federation(grid, settings)
 
-    client_app = build_client_app(tuple(str(Path(d).resolve()) for d in data_dirs))
+    client_app = build_client_app(tuple(nodes))
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "include_dashboard": False,
                       "logging_level": logging.ERROR, "log_to_driver": False},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(data_dirs),
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(nodes),
                    backend_config=backend_config)
     status = RunStore(settings.run_dir).status()
     if status.get("state") != "finished":

@@ -1,6 +1,8 @@
 """One federated training run, from the seed (or the last checkpoint) to the final global model.
 
-Used by the ServerApp in a real deployment and by the in-process simulation alike.
+Used by the ServerApp in a real deployment and by the in-process simulation alike. With encrypted
+aggregation the server loads only the public CKKS context (refusing one with a secret key), starts
+from nothing (merchants build the seeded model themselves) and keeps only ciphertexts.
 """
 
 from pathlib import Path
@@ -10,41 +12,45 @@ from flwr.serverapp import Grid
 
 from fedshop.settings import RunSettings
 from models.recommender import build_recommender
+from privacy.ckks import ContextError, load_public_context
+from server.encrypted_strategy import EncryptedFedAvg
 from server.run_store import RunStore
 from server.strategy import MerchantFedAvg
 
 ROUND_TIMEOUT_S = 3600.0
 
 
-def initial_arrays(store: RunStore, settings: RunSettings, completed_rounds: int) -> ArrayRecord:
-    """The model to start from: the last checkpoint when resuming, else the seeded model."""
-    if completed_rounds:
-        saved = store.load_checkpoint(completed_rounds)
-        return ArrayRecord(array_dict={k: Array(v) for k, v in saved.items()})
-    return ArrayRecord(build_recommender(settings.seed).state_dict())
+def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[MerchantFedAvg, ArrayRecord]:
+    """The strategy for this run and the arrays it starts from."""
+    arrays, meta = store.load_checkpoint(completed) if completed else ({}, {})
+    start = ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()})
+    if not settings.he:
+        initial = start if completed else ArrayRecord(build_recommender(settings.seed).state_dict())
+        return MerchantFedAvg(store, settings, completed), initial
+    if not settings.public_context:
+        raise ContextError("this run encrypts updates (he = true) but no public-context was given")
+    key = load_public_context(Path(settings.public_context))
+    if completed and meta.get("context_id") != key.context_id:
+        raise ContextError(f"the checkpoint was made under context {meta.get('context_id')}, "
+                           f"not {key.context_id}; resume with the same public context")
+    return EncryptedFedAvg(store, settings, completed, key, float(meta.get("aggregate_weight", 0.0))), start
 
 
 def run_federation(grid: Grid, settings: RunSettings) -> Path:
     """Run (or resume) the training run described by ``settings``; returns its run directory."""
     store = RunStore(settings.run_dir)
     completed = store.open(settings)
-    arrays = initial_arrays(store, settings, completed)
-    strategy = MerchantFedAvg(store, settings, completed)
-    train_config = ConfigRecord({
-        "local-epochs": settings.local_epochs, "learning-rate": settings.learning_rate,
-        "batch-size": settings.batch_size, "negatives": settings.negatives,
-        "history-length": settings.history_length, "seed": settings.seed,
-    })
-    evaluate_config = ConfigRecord({"history-length": settings.history_length})
     try:
+        strategy, arrays = _strategy(store, settings, completed)
+        round_config = settings.training_config()
         result = strategy.start(grid, arrays, num_rounds=settings.num_server_rounds - completed,
-                                timeout=ROUND_TIMEOUT_S, train_config=train_config,
-                                evaluate_config=evaluate_config)
+                                timeout=ROUND_TIMEOUT_S, train_config=ConfigRecord(round_config),
+                                evaluate_config=ConfigRecord(round_config))
     except BaseException as exc:
         store.write_status("failed", store.latest_checkpoint_round(), settings.num_server_rounds,
                            detail=f"{type(exc).__name__}: {exc}")
         raise
     final = result.arrays if len(result.arrays.keys()) else arrays
-    store.save_model({k: v.numpy() for k, v in final.items()})
+    store.save_model({k: v.numpy() for k, v in final.items()}, strategy.checkpoint_meta(), encrypted=settings.he)
     store.write_status("finished", settings.num_server_rounds, settings.num_server_rounds)
     return store.run_dir

@@ -5,8 +5,11 @@ Layout of ``RUN_DIR``::
     config.json          run settings and model layout (written once; a resume must match them)
     status.json          state (running / finished / failed), current round, timestamps
     metrics.json         one record per round: per-merchant train and evaluation metrics, failures
-    checkpoints/         the global model after the last completed round (round_NNNN.npz)
-    model.npz            the final global model
+    checkpoints/         the global model after the last completed round (round_NNNN.npz + .json)
+    model.npz            the final global model, when the run aggregates in the clear
+    encrypted_model.npz  the final sum of the merchants' weighted models as CKKS ciphertexts, and
+    encrypted_model.json its total weight and context id, when the run encrypts (only merchants
+                         can decrypt it; the server never holds a plaintext model)
 
 Every JSON file is replaced atomically, so a reader (``fedshop watch``, the demo's progress view)
 never sees half a file, and a run that stops can resume from its last checkpoint.
@@ -14,6 +17,7 @@ never sees half a file, and a run that stops can resume from its last checkpoint
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +28,7 @@ import numpy as np
 from fedshop.settings import RunSettings
 from models.layout import LAYOUT
 
+CHECKPOINT = re.compile(r"round_(\d{4})\.npz")
 # Settings that may differ when a run is resumed: where it lives and how long it goes on.
 RESUMABLE_CHANGES = {"num_server_rounds", "run_dir"}
 
@@ -54,6 +59,10 @@ class RunStore:
     @property
     def model_path(self) -> Path:
         return self.run_dir / "model.npz"
+
+    @property
+    def encrypted_model_path(self) -> Path:
+        return self.run_dir / "encrypted_model.npz"
 
     def open(self, settings: RunSettings) -> int:
         """Start or resume the run; returns the number of rounds already completed."""
@@ -88,25 +97,35 @@ class RunStore:
     def rounds(self) -> list[dict[str, Any]]:
         return read_json(self.run_dir / "metrics.json", {"rounds": []})["rounds"]
 
-    def save_checkpoint(self, round_: int, arrays: dict[str, np.ndarray]) -> None:
+    def save_checkpoint(self, round_: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Keep the model after ``round_``; older checkpoints are removed once it is safely written."""
         path = self.checkpoints / f"round_{round_:04d}.npz"
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        for old in self.checkpoints.glob("round_*.npz"):
-            if old != path:
+        write_json(path.with_suffix(".json"), meta)
+        _write_npz(path, arrays)
+        for old in self.checkpoints.glob("round_*"):
+            if old.stem != path.stem:
                 old.unlink()
 
     def latest_checkpoint_round(self) -> int:
-        rounds = [int(p.stem.split("_")[1]) for p in self.checkpoints.glob("round_*.npz")]
+        found = (CHECKPOINT.fullmatch(p.name) for p in self.checkpoints.glob("round_*.npz"))
+        rounds = [int(m.group(1)) for m in found if m and (self.checkpoints / f"{m.group(0)[:-4]}.json").exists()]
         return max(rounds, default=0)
 
-    def load_checkpoint(self, round_: int) -> dict[str, np.ndarray]:
-        with np.load(self.checkpoints / f"round_{round_:04d}.npz") as saved:
-            return {key: saved[key] for key in saved.files}
+    def load_checkpoint(self, round_: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        path = self.checkpoints / f"round_{round_:04d}.npz"
+        with np.load(path) as saved:
+            return {key: saved[key] for key in saved.files}, read_json(path.with_suffix(".json"), {})
 
-    def save_model(self, arrays: dict[str, np.ndarray]) -> None:
-        tmp = self.run_dir / "model.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.model_path)
+    def save_model(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], encrypted: bool) -> None:
+        """The final model: plaintext ``model.npz``, or ciphertexts and their weight when encrypted."""
+        if encrypted:
+            write_json(self.encrypted_model_path.with_suffix(".json"), meta)
+            _write_npz(self.encrypted_model_path, arrays)
+        else:
+            _write_npz(self.model_path, arrays)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

@@ -9,6 +9,7 @@ model after every round and counts rounds on from a resumed checkpoint. The aggr
 
 from collections.abc import Iterable
 from logging import WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -20,6 +21,16 @@ from server.run_store import RunStore
 from server.update_checks import update_problem
 
 MERCHANT_RECORD = "merchant"
+
+
+class UpdateRefused(ValueError):
+    """A merchant's update cannot be aggregated; the message says why."""
+
+
+def failure_reason(reason: str) -> str:
+    """The sentence a ClientApp raised, without the traceback Flower wraps around it."""
+    message = reason.rsplit("Message: ", 1)[-1]
+    return message.strip().removesuffix("'>").strip()
 
 
 class MerchantFedAvg(FedAvg):
@@ -36,10 +47,14 @@ class MerchantFedAvg(FedAvg):
         self.pending: dict = {}
 
     def _merchant(self, msg: Message) -> str:
+        """The sender's merchant name (learnt from its replies), else its node id."""
         node = msg.metadata.src_node_id
         if not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
             self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
         return self.names.get(node, f"node {node}")
+
+    def _named(self, by_node: dict[int, Any]) -> dict[str, Any]:
+        return {self.names.get(node, f"node {node}"): value for node, value in by_node.items()}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -50,30 +65,57 @@ class MerchantFedAvg(FedAvg):
                            grid: Grid) -> Iterable[Message]:
         return super().configure_evaluate(server_round + self.offset, arrays, config, grid)
 
-    def aggregate_updates(self, server_round: int, replies: list[Message]
+    def accept_update(self, msg: Message) -> Any:
+        """Check one merchant's update; returns what :meth:`aggregate_updates` combines."""
+        problem = update_problem(self.global_arrays, msg.content.array_records["arrays"])
+        if problem:
+            raise UpdateRefused(problem)
+        return msg
+
+    def aggregate_updates(self, server_round: int, replies: list[Message], updates: list[Any]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Combine the accepted updates into the next global model (weighted FedAvg)."""
         return super().aggregate_train(server_round, replies)
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What, beside the arrays, a checkpoint needs to resume from."""
+        return {}
+
+    def _check_metrics(self, msg: Message, expected: set[str] | None) -> set[str]:
+        """The reply's metric names; refused unless it carries a positive example count and the
+        same names as the round's other replies (FedAvg would otherwise stop the whole run)."""
+        metrics = msg.content.metric_records.get("metrics")
+        examples = metrics.get(self.weighted_by_key) if metrics is not None else None
+        if not isinstance(examples, int) or examples <= 0:
+            raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
+        if expected is not None and set(metrics) != expected:
+            raise UpdateRefused(f"metrics {sorted(metrics)} differ from the round's {sorted(expected)}")
+        return set(metrics)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = server_round + self.offset
-        accepted, train, failures = [], {}, {}
+        accepted, updates, train, failures = [], [], {}, {}
+        expected: set[str] | None = None
         for msg in replies:
-            who = self._merchant(msg)
+            who, node = self._merchant(msg), msg.metadata.src_node_id
             if msg.has_error():
-                failures[who] = msg.error.reason
+                log(WARNING, "round %d: %s failed to train: %s", round_, who, msg.error.reason)
+                failures[node] = failure_reason(msg.error.reason)
                 continue
-            problem = update_problem(self.global_arrays, msg.content.array_records["arrays"])
-            if problem:
-                log(WARNING, "round %d: dropped the update of %s: %s", round_, who, problem)
-                failures[who] = f"update refused: {problem}"
+            try:
+                names = self._check_metrics(msg, expected)
+                updates.append(self.accept_update(msg))
+                expected = names
+            except UpdateRefused as refused:
+                log(WARNING, "round %d: dropped the update of %s: %s", round_, who, refused)
+                failures[node] = f"update refused: {refused}"
                 continue
-            train[who] = dict(msg.content.metric_records["metrics"])
+            train[node] = dict(msg.content.metric_records["metrics"])
             accepted.append(msg)
-        arrays, metrics = self.aggregate_updates(round_, accepted)
+        arrays, metrics = self.aggregate_updates(round_, accepted, updates)
         if arrays is not None:
-            self.store.save_checkpoint(round_, {k: v.numpy() for k, v in arrays.items()})
+            self.store.save_checkpoint(round_, {k: v.numpy() for k, v in arrays.items()}, self.checkpoint_meta())
         self.pending = {"round": round_, "train": train, "failures": failures,
                         "train_aggregate": dict(metrics or {})}
         return arrays, metrics
@@ -83,13 +125,14 @@ class MerchantFedAvg(FedAvg):
         replies = list(replies)
         evaluate, failures = {}, dict(self.pending.get("failures", {}))
         for msg in replies:
-            who = self._merchant(msg)
+            self._merchant(msg)
             if msg.has_error():
-                failures[who] = msg.error.reason
+                failures.setdefault(msg.metadata.src_node_id, failure_reason(msg.error.reason))
             else:
-                evaluate[who] = dict(msg.content.metric_records["metrics"])
+                evaluate[msg.metadata.src_node_id] = dict(msg.content.metric_records["metrics"])
         metrics = super().aggregate_evaluate(server_round, replies)
-        self.store.record_round({**self.pending, "round": round_, "evaluate": evaluate,
-                                 "failures": failures, "evaluate_aggregate": dict(metrics or {})})
+        self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
+                                 "evaluate": self._named(evaluate), "failures": self._named(failures),
+                                 "evaluate_aggregate": dict(metrics or {})})
         self.store.write_status("running", round_, self.num_rounds)
         return metrics

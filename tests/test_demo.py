@@ -11,25 +11,31 @@ from server.run_store import RunStore
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_run_directory_and_recommend_uses_it(tmp_path: Path) -> None:
+def test_quick_demo_with_dp_and_he_writes_run_directory_and_recommend_uses_it(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "fedshop.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     store = RunStore(out / "run")
     assert store.status()["state"] == "finished"
-    assert store.model_path.exists() and (out / "run" / "config.json").exists()
+    assert store.encrypted_model_path.exists() and not store.model_path.exists()
+    assert (out / "nodes" / "merchant_1" / "privacy_ledger.json").exists()
     rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2]
     assert sorted(rounds[-1]["evaluate"]) == ["merchant_0", "merchant_1", "merchant_2"]
     assert "per-merchant metrics after round 2" in done.stdout
+    assert all(0 < m["epsilon"] <= 8.05 for m in rounds[-1]["train"].values())
 
-    shown = subprocess.run([sys.executable, "-m", "fedshop.cli", "recommend", "--data",
-                            str(out / "data" / "merchant_1"), "--model", str(out / "run"),
-                            "--customer", "M1-C00003", "-k", "10", "--json"],
-                           capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    items = json.loads(shown.stdout)
+    def recommend(*model: str) -> list[dict]:
+        shown = subprocess.run([sys.executable, "-m", "fedshop.cli", "recommend", "--data",
+                                str(out / "data" / "merchant_1"), *model, "--customer", "M1-C00003", "-k", "10",
+                                "--json"], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        return json.loads(shown.stdout)
+
+    items = recommend("--model", str(out / "nodes" / "merchant_1"))
+    from_run = recommend("--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"))
+    assert [i["item_id"] for i in from_run] == [i["item_id"] for i in items]
     assert len(items) == 10
     for item in items:
         parts = item["parts"]

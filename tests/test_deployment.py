@@ -11,9 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedshop.deployment import process_environment, run_command, superlink_command, supernode_command, write_connection
+from client.recommend import load_model
+from fedshop.deployment import (
+    NodePrivacy,
+    process_environment,
+    run_command,
+    superlink_command,
+    supernode_command,
+    write_connection,
+)
 from fedshop.settings import RunSettings
 from models.recommender import build_recommender
+from privacy.ckks import create_keys
 from server.run_store import RunStore
 
 START_TIMEOUT_S = 60
@@ -72,15 +81,20 @@ def test_flower_processes_find_flower_tools_without_an_activated_virtualenv(monk
 
 
 @pytest.mark.slow
-def test_superlink_and_three_supernodes_train_two_rounds(tmp_path: Path, federation_dirs, launch) -> None:
+def test_superlink_and_three_supernodes_train_two_rounds_with_dp_and_he(tmp_path: Path, federation_dirs,
+                                                                      launch) -> None:
     started = time.monotonic()
+    create_keys(tmp_path / "keys")
     port = free_port()
     superlink, superlink_log = launch(superlink_command("127.0.0.1", port, tmp_path / "state.db"), "superlink")
     wait_for_port(port, superlink, superlink_log)
     for data_dir in federation_dirs:
-        launch(supernode_command(f"127.0.0.1:{port}", data_dir, data_dir.name, free_port()), data_dir.name)
+        privacy = NodePrivacy(secret_context=tmp_path / "keys" / "secret.ctx", state_dir=tmp_path / data_dir.name)
+        launch(supernode_command(f"127.0.0.1:{port}", data_dir, data_dir.name, free_port(), privacy), data_dir.name)
 
-    settings = RunSettings(num_server_rounds=2, min_nodes=3, run_dir=str(tmp_path / "run"))
+    settings = RunSettings(num_server_rounds=2, min_nodes=3, local_epochs=1, run_dir=str(tmp_path / "run"),
+                           public_context=str(tmp_path / "keys" / "public.ctx"))
+    assert settings.dp and settings.he
     write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
     submitted = subprocess.run(run_command(settings), env=process_environment(tmp_path / "flwr-home"),
                                capture_output=True, text=True, timeout=120)
@@ -99,7 +113,11 @@ def test_superlink_and_three_supernodes_train_two_rounds(tmp_path: Path, federat
     for record in rounds:
         assert sorted(record["train"]) == names and sorted(record["evaluate"]) == names
         assert record["failures"] == {}
-    with np.load(store.model_path) as final:
-        initial = build_recommender(settings.seed).state_dict()
-        assert not np.allclose(final["item_id.weight"], initial["item_id.weight"].numpy())
+        assert all(0 < m["epsilon"] <= settings.target_epsilon + 0.05 for m in record["train"].values())
+    assert not store.model_path.exists() and store.encrypted_model_path.exists()
+    final, _ = load_model(store.run_dir, tmp_path / "keys" / "secret.ctx")
+    initial = build_recommender(settings.seed).state_dict()
+    assert not np.allclose(final.item_id.weight.detach().numpy(), initial["item_id.weight"].numpy())
+    for data_dir in federation_dirs:
+        assert (tmp_path / data_dir.name / "privacy_ledger.json").exists()
     print(f"real-process federation: {time.monotonic() - started:.1f} s")

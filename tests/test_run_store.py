@@ -33,12 +33,16 @@ def test_run_resumes_from_last_checkpoint_and_refuses_other_settings(tmp_path: P
     settings = RunSettings(run_dir=str(tmp_path), num_server_rounds=3)
     store = RunStore(tmp_path)
     assert store.open(settings) == 0
-    store.save_checkpoint(1, {"w": np.ones(2, np.float32)})
-    store.save_checkpoint(2, {"w": np.full(2, 2.0, np.float32)})
-    assert sorted(p.name for p in store.checkpoints.iterdir()) == ["round_0002.npz"]
+    store.save_checkpoint(1, {"w": np.ones(2, np.float32)}, {"aggregate_weight": 1.0})
+    store.save_checkpoint(2, {"w": np.full(2, 2.0, np.float32)}, {"aggregate_weight": 2.0})
+    (store.checkpoints / "round_0003.tmp.npz").write_bytes(b"half-written")
+    assert RunStore(tmp_path).latest_checkpoint_round() == 2
+    assert sorted(p.name for p in store.checkpoints.iterdir()) == ["round_0002.json", "round_0002.npz",
+                                                                    "round_0003.tmp.npz"]
     again = RunStore(tmp_path)
     assert again.open(replace(settings, num_server_rounds=5)) == 2
-    assert again.load_checkpoint(2)["w"].tolist() == [2.0, 2.0]
+    arrays, meta = again.load_checkpoint(2)
+    assert arrays["w"].tolist() == [2.0, 2.0] and meta == {"aggregate_weight": 2.0}
     with pytest.raises(RunStoreError, match=r"\['learning_rate'\] differ"):
         RunStore(tmp_path).open(replace(settings, learning_rate=0.5))
 

@@ -18,3 +18,11 @@ def test_from_run_config_converts_and_refuses_unknown_keys() -> None:
     assert settings.num_server_rounds == 3 and settings.learning_rate == 1.0 and settings.run_dir == "x"
     with pytest.raises(ValueError, match="unknown run-config key 'epochs'"):
         RunSettings.from_run_config({"epochs": 2})
+    with pytest.raises(ValueError, match="'he' must be true or false"):
+        RunSettings.from_run_config({"he": "false"})
+
+
+def test_round_config_leaves_out_server_only_settings() -> None:
+    config = RunSettings(public_context="/srv/public.ctx").training_config()
+    assert "public-context" not in config and "run-dir" not in config
+    assert config["dp"] is True and config["he"] is True

@@ -1,0 +1,91 @@
+"""A merchant's privacy ledger: every DP-SGD release it made, and the ε(δ) they add up to.
+
+The ledger lives on the merchant's node (``STATE_DIR/privacy_ledger.json``) and spans runs. Before
+a round trains, the node asks the ledger whether the round's planned steps would take the total
+over the merchant's budget; if so the node refuses to train and says why. Composition uses
+Opacus' RDP accountant over the recorded (noise multiplier, sample rate, steps) history.
+
+The unit of privacy is one customer: each customer is one training example (all of their
+history), so the guarantee bounds what anyone can learn about any one customer of the merchant.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from opacus.accountants import RDPAccountant
+
+DEFAULT_EPSILON_BUDGET = 10.0
+ACCOUNTANT = "rdp"
+LEDGER_FILE = "privacy_ledger.json"
+
+
+def default_delta(customers: int) -> float:
+    """δ below 1/customers by a factor of ten, the usual rule for a per-customer guarantee."""
+    return 0.1 / max(customers, 1)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Steps of the subsampled Gaussian mechanism at one noise multiplier and sample rate."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The (ε, δ) a merchant allows over the lifetime of its node."""
+
+    epsilon: float
+    delta: float
+
+
+class BudgetExceeded(RuntimeError):
+    """Training would take the merchant past its privacy budget."""
+
+
+class PrivacyLedger:
+    """The persisted release history of one merchant node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.entries: list[dict] = json.loads(self.path.read_text())["entries"] if self.path.exists() else []
+
+    def _accountant(self, planned: Mechanism | None = None) -> RDPAccountant:
+        accountant = RDPAccountant()
+        mechanisms = [Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
+        accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps)
+                              for m in [*mechanisms, *([planned] if planned else [])]]
+        return accountant
+
+    def epsilon(self, delta: float, planned: Mechanism | None = None) -> float:
+        """ε(δ) spent so far, or after ``planned`` too."""
+        accountant = self._accountant(planned)
+        return float(accountant.get_epsilon(delta)) if accountant.history else 0.0
+
+    def authorize(self, merchant: str, planned: Mechanism, budget: Budget) -> float:
+        """ε after ``planned`` if it stays within ``budget``; otherwise refuse with the reason."""
+        after = self.epsilon(budget.delta, planned)
+        if after > budget.epsilon:
+            raise BudgetExceeded(
+                f"privacy budget reached for merchant {merchant}: this round would bring ε to {after:.2f} "
+                f"(δ={budget.delta:.1e}, per customer), over the budget ε={budget.epsilon:g}; spent so far "
+                f"ε={self.epsilon(budget.delta):.2f}. This node refuses to train; raise the budget only if "
+                "the merchant accepts more disclosure."
+            )
+        return after
+
+    def record(self, run: str, round_: int, mechanism: Mechanism, delta: float) -> float:
+        """Add one round's release; returns ε(δ) spent in total."""
+        epsilon = self.epsilon(delta, mechanism)
+        self.entries.append({"run": run, "round": round_, **asdict(mechanism), "delta": delta,
+                             "epsilon_total": epsilon, "accountant": ACCOUNTANT, "time": time.time()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"unit": "customer", "entries": self.entries}, indent=2))
+        os.replace(tmp, self.path)
+        return epsilon

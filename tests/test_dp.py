@@ -1,0 +1,98 @@
+"""Per-customer DP-SGD: exact clipping norms, the accountant, the budget a node enforces."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
+from torch import nn
+
+from client.interactions import build_interactions
+from client.schema import load_merchant
+from client.training import NextItemExamples
+from models.recommender import build_recommender
+from privacy.dp_sgd import plan_round, train_private
+from privacy.embedding_norms import embedding_norm_sample
+from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, default_delta
+
+
+def _brute_force_norms(layer: nn.Embedding, ids: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    norms = []
+    for sample_ids, sample_grads in zip(ids, backprops, strict=True):
+        grad = torch.zeros_like(layer.weight).index_add_(0, sample_ids.reshape(-1),
+                                                         sample_grads.reshape(-1, layer.embedding_dim))
+        if layer.padding_idx is not None:
+            grad[layer.padding_idx] = 0
+        norms.append(grad.norm())
+    return torch.stack(norms)
+
+
+def test_embedding_norms_are_the_true_per_sample_gradient_norms() -> None:
+    torch.manual_seed(0)
+    layer = nn.Embedding(40, 4, padding_idx=0)
+    ids = torch.randint(0, 40, (6, 5, 3))
+    ids[:, :, -1] = 0  # padded token slots, as in the recommender's token lists
+    backprops = torch.randn(6, 5, 3, 4)
+    ours = embedding_norm_sample(layer, [ids], backprops)[layer.weight]
+    torch.testing.assert_close(ours, _brute_force_norms(layer, ids, backprops))
+    unpadded = ids.clamp(min=1)
+    opacus_own = compute_embedding_norm_sample(layer, [unpadded], backprops)[layer.weight]
+    torch.testing.assert_close(embedding_norm_sample(layer, [unpadded], backprops)[layer.weight], opacus_own)
+
+
+def test_ledger_grows_matches_opacus_accountant_and_persists(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    round_ = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=60)
+    reference = RDPAccountant()
+    spent = []
+    for number in range(1, 4):
+        spent.append(ledger.record("run-1", number, round_, delta=1e-5))
+        for _ in range(round_.steps):
+            reference.step(noise_multiplier=round_.noise_multiplier, sample_rate=round_.sample_rate)
+        assert spent[-1] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert spent[0] < spent[1] < spent[2]
+    assert PrivacyLedger(tmp_path / "ledger.json").epsilon(1e-5) == pytest.approx(spent[-1])
+
+
+def test_noise_is_derived_from_the_run_target_epsilon() -> None:
+    plan = plan_round(customers=1000, batch_size=100, epochs=2, rounds=5, target_epsilon=3.0,
+                      noise_multiplier=0.0, max_grad_norm=0.5, delta=1e-4)
+    assert plan.mechanism.sample_rate == pytest.approx(0.1) and plan.mechanism.steps == 20
+    accountant = RDPAccountant()
+    accountant.history = [(plan.noise_multiplier, 0.1, 100)]
+    assert accountant.get_epsilon(1e-4) == pytest.approx(3.0, abs=0.05)
+    fixed = plan_round(1000, 100, 2, 5, target_epsilon=0.0, noise_multiplier=1.3, max_grad_norm=0.5, delta=1e-4)
+    assert fixed.noise_multiplier == 1.3
+
+
+def test_a_node_past_its_budget_refuses_with_a_reason_a_merchant_reads(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    round_ = Mechanism(noise_multiplier=0.8, sample_rate=0.1, steps=30)
+    budget = Budget(epsilon=4.0, delta=1e-5)
+    while ledger.epsilon(budget.delta, round_) <= budget.epsilon:
+        ledger.authorize("m0", round_, budget)
+        ledger.record("run", len(ledger.entries) + 1, round_, budget.delta)
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.authorize("m0", round_, budget)
+    message = str(refused.value)
+    assert message.startswith("privacy budget reached for merchant m0: this round would bring ε to ")
+    assert "over the budget ε=4" in message and "This node refuses to train" in message
+    assert ledger.epsilon(budget.delta) <= budget.epsilon
+    assert default_delta(2000) == pytest.approx(5e-5)
+
+
+def test_private_training_changes_the_model_and_reports_what_it_spent(federation_dirs) -> None:
+    data = build_interactions(load_merchant(federation_dirs[2]))
+    dataset = NextItemExamples(data, 20, 16, seed=0)
+    model, before = build_recommender(1), build_recommender(1).item_id.weight.clone()
+    plan = plan_round(len(dataset), 16, 2, 3, 8.0, 0.0, 0.5, default_delta(len(data.customers)))
+    loss, spent = train_private(model, dataset, plan, batch_size=16, learning_rate=2.0, epochs=2)
+    assert math.isfinite(loss)
+    assert spent == plan.mechanism
+    assert not torch.equal(model.item_id.weight, before)
+    assert not hasattr(model, "_forward_counter")  # Opacus' hooks are gone from the plain model
+    again = build_recommender(1)
+    train_private(again, dataset, plan, batch_size=16, learning_rate=2.0, epochs=2)
+    assert not torch.equal(model.item_id.weight, again.item_id.weight)  # noise no one can regenerate

@@ -1,0 +1,74 @@
+"""Whole simulated runs with encryption and DP: same model as in the clear, budgets enforced."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.recommend import load_model
+from fedshop.settings import RunSettings
+from fedshop.simulation import run_simulated_federation
+from privacy.ckks import create_keys
+from server.run_store import RunStore
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keys")
+    create_keys(folder)
+    return folder
+
+
+def _nodes(federation_dirs: list[Path], keys: Path, state: Path, budgets: dict[str, float] | None = None):
+    return [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
+             "state-dir": str(state / d.name), "epsilon-budget": (budgets or {}).get(d.name, 10.0)}
+            for d in federation_dirs]
+
+
+@pytest.mark.slow
+def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_dirs, keys, tmp_path) -> None:
+    base = RunSettings(num_server_rounds=2, local_epochs=1, dp=False, public_context=str(keys / "public.ctx"))
+    clear = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "clear"),
+                                     replace(base, he=False, run_dir=str(tmp_path / "clear-run")))
+    blind = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "blind"),
+                                     replace(base, he=True, run_dir=str(tmp_path / "blind-run")))
+    clear_model, _ = load_model(clear)
+    blind_model, _ = load_model(blind, keys / "secret.ctx")
+    for name, value in clear_model.state_dict().items():
+        np.testing.assert_allclose(blind_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
+    clear_rounds, blind_rounds = RunStore(clear).rounds(), RunStore(blind).rounds()
+    for a, b in zip(clear_rounds, blind_rounds, strict=True):
+        for merchant, metrics in a["evaluate"].items():
+            assert b["evaluate"][merchant]["ndcg10"] == pytest.approx(metrics["ndcg10"], abs=1e-3)
+
+    # The operator's side of the encrypted run holds ciphertexts only.
+    assert not (blind / "model.npz").exists() and (blind / "encrypted_model.npz").exists()
+    with np.load(blind / "encrypted_model.npz") as stored:
+        assert all(stored[name].dtype == np.uint8 for name in stored.files)
+    for checkpoint in (blind / "checkpoints").glob("*.npz"):
+        with np.load(checkpoint) as stored:
+            assert all(stored[name].dtype == np.uint8 for name in stored.files)
+    # Each merchant keeps its own decrypted copy, equal to the clear run's model.
+    node_model, _ = load_model(tmp_path / "blind" / federation_dirs[0].name)
+    np.testing.assert_allclose(node_model.item_id.weight.detach().numpy(),
+                               clear_model.item_id.weight.detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_merchant_past_its_budget_refuses_and_the_run_goes_on(federation_dirs, keys, tmp_path) -> None:
+    small = federation_dirs[2].name
+    settings = RunSettings(num_server_rounds=2, local_epochs=1, target_epsilon=3.0, run_dir=str(tmp_path / "run"),
+                           public_context=str(keys / "public.ctx"))
+    run = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "nodes", {small: 1.0}), settings)
+    rounds = RunStore(run).rounds()
+    for record in rounds:
+        assert record["failures"][small].startswith(f"privacy budget reached for merchant {small}: "
+                                                    "this round would bring ε to ")
+        assert small not in record["train"] and len(record["train"]) == 2
+    others = [d.name for d in federation_dirs if d.name != small]
+    for merchant in others:
+        first, last = (r["train"][merchant] for r in rounds)
+        assert 0 < first["epsilon"] < last["epsilon"] <= 3.0 + 0.05
+        assert first["delta"] < 1 / first["num-examples"] and first["noise-multiplier"] > 0
+    assert RunStore(run).status()["state"] == "finished"

@@ -1,0 +1,37 @@
+"""The plaintext strategy drops a bad merchant for the round and averages the rest."""
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from fedshop.settings import RunSettings
+from server.run_store import RunStore
+from server.strategy import MerchantFedAvg
+from tests.messages import merchant_reply
+
+
+def test_malformed_updates_and_metrics_are_dropped_and_named(tmp_path: Path) -> None:
+    settings = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings)
+    strategy = MerchantFedAvg(store, settings, 0)
+    strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    good = {"num-examples": 10, "train-loss": 1.0}
+    replies = [
+        merchant_reply({"w": np.full(3, 2.0, np.float32)}, good, "alpha", node=2),
+        merchant_reply({"w": np.full(3, 4.0, np.float32)}, {**good, "num-examples": 30}, "beta", node=3),
+        merchant_reply({"w": np.zeros(4, np.float32)}, good, "gamma", node=4),
+        merchant_reply({"w": np.zeros(3, np.float32)}, {"num-examples": 0, "train-loss": 1.0}, "delta", node=5),
+        merchant_reply({"w": np.zeros(3, np.float32)}, {"num-examples": 5}, "eps", node=6),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 3.5))
+    strategy.aggregate_evaluate(1, [])
+    failures = store.rounds()[0]["failures"]
+    assert sorted(failures) == ["delta", "eps", "gamma"]
+    assert "'w' is float32[4], expected float32[3]" in failures["gamma"]
+    assert "positive whole 'num-examples', got 0" in failures["delta"]
+    assert "differ from the round's" in failures["eps"]
+    assert sorted(store.rounds()[0]["train"]) == ["alpha", "beta"]
+    assert store.latest_checkpoint_round() == 1
