@@ -24,11 +24,10 @@ from opacus.grad_sample.utils import register_norm_sampler
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader
 
 from client.generate import FederationSpec, generate_federation
 from client.interactions import build_interactions
-from client.training import NextItemExamples
+from client.training import NextItemExamples, shuffled_loader, train_epochs
 from models.parameters import flatten, parameter_count
 from models.recommender import build_recommender
 from privacy.ckks import (
@@ -73,22 +72,12 @@ def he_costs(merchants: int, repeats: int) -> dict:
             "max_abs_error": error}
 
 
-def _plain_step_time(dataset: NextItemExamples, batch: int, steps: int) -> float:
+def _plain_step_time(dataset: NextItemExamples, batch: int) -> float:
     model = build_recommender(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True)
-    loss_fn = nn.CrossEntropyLoss()
-    done, start = 0, time.perf_counter()
-    while done < steps:
-        for inputs in loader:
-            optimizer.zero_grad()
-            scores = model(*inputs)
-            loss_fn(scores, torch.zeros(len(scores), dtype=torch.long)).backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    return (time.perf_counter() - start) / steps
+    loader = shuffled_loader(dataset, batch, seed=0)
+    start = time.perf_counter()
+    train_epochs(model, loader, torch.optim.Adam(model.parameters(), lr=0.01), epochs=1)
+    return (time.perf_counter() - start) / len(loader)
 
 
 def _dp_step_time(dataset: NextItemExamples, batch: int) -> float:
@@ -103,8 +92,7 @@ def dp_costs(customers: int, batch: int) -> dict:
     merchant = generate_federation(FederationSpec(customers=(customers, 40), products=600))[0]
     dataset = NextItemExamples(build_interactions(merchant), 20, 64, seed=0)
     _dp_step_time(dataset, batch)  # warm-up: imports, first allocations
-    steps = -(-len(dataset) // batch)
-    plain = _plain_step_time(dataset, batch, steps)
+    plain = _plain_step_time(dataset, batch)
     ours = _dp_step_time(dataset, batch)
     register_norm_sampler(nn.Embedding)(compute_embedding_norm_sample)
     try:

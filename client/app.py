@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.node_data import NodeOptions, load_interactions, node_options
-from client.training import NextItemExamples, evaluate_ranking, train_epochs
+from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
 from models.parameters import flatten, parameter_count, unflatten
 from models.recommender import Recommender, build_recommender
 from privacy.ckks import ContextError, KeyContext, decrypt, encrypt, load_secret_context
@@ -97,10 +97,8 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
                    "delta": budget.delta, "noise-multiplier": spent.noise_multiplier,
                    "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": plan.max_grad_norm}
     else:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(seed))
         optimizer = torch.optim.Adam(model.parameters(), lr=float(config["learning-rate"]))
-        loss = train_epochs(model, loader, optimizer, epochs)
+        loss = train_epochs(model, shuffled_loader(dataset, batch_size, seed), optimizer, epochs)
     content = RecordDict({
         "arrays": _reply_arrays(model, len(dataset), key),
         "metrics": MetricRecord({"num-examples": len(dataset), "train-loss": loss, **privacy}),

@@ -57,25 +57,23 @@ class NextItemExamples(Dataset):
                 torch.from_numpy(features.token_index[candidates]))
 
 
-def example_loader(data: Interactions, history_length: int, negatives: int, batch_size: int,
-                   seed: int) -> DataLoader:
-    """Shuffled loader over :class:`NextItemExamples`."""
-    dataset = NextItemExamples(data, history_length, negatives, seed)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+def shuffled_loader(dataset: NextItemExamples, batch_size: int, seed: int) -> DataLoader:
+    """Seeded shuffled batches of ``dataset`` (training without DP)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def train_epochs(model: Recommender, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 epochs: int) -> float:
-    """Run ``epochs`` passes; returns the mean sampled-softmax loss of the last epoch."""
-    loss_fn = nn.CrossEntropyLoss()
+def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epochs: int,
+                 loss_fn: nn.Module | None = None) -> float:
+    """Run ``epochs`` passes of sampled-softmax training (the target is candidate 0); returns the
+    mean loss of the last epoch. DP-SGD passes Opacus' wrapped model, optimizer and loss."""
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     last = float("nan")
     for _ in range(epochs):
         total, batches = 0.0, 0
-        for hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens in loader:
+        for batch in loader:
             optimizer.zero_grad()
-            scores = model(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
+            scores = model(*batch)
             loss = loss_fn(scores, torch.zeros(len(scores), dtype=torch.long))
             loss.backward()
             optimizer.step()

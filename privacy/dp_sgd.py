@@ -22,6 +22,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from client.training import train_epochs
 from privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
 from privacy.ledger import ACCOUNTANT, Mechanism
 
@@ -64,19 +65,7 @@ def train_private(model: nn.Module, dataset: Dataset, plan: DpPlan, batch_size: 
         module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
         grad_sample_mode="ghost", noise_generator=_entropy_generator())
-    private.train()
-    last = float("nan")
-    for _ in range(epochs):
-        total, batches = 0.0, 0
-        for batch in loader:
-            optimizer.zero_grad()
-            scores = private(*batch)
-            loss = criterion(scores, torch.zeros(len(scores), dtype=torch.long))
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            batches += 1
-        last = total / max(batches, 1)
+    loss = train_epochs(private, loader, optimizer, epochs, criterion)
     private.remove_hooks()
     (noise, rate, steps), = engine.accountant.history
-    return last, Mechanism(float(noise), float(rate), int(steps))
+    return loss, Mechanism(float(noise), float(rate), int(steps))

@@ -7,7 +7,7 @@ import torch
 from client.interactions import build_interactions
 from client.recommend import recommend
 from client.schema import load_merchant
-from client.training import example_loader, padded_history, train_epochs
+from client.training import NextItemExamples, padded_history, shuffled_loader, train_epochs
 from models.layout import LAYOUT, stable_bucket
 from models.recommender import Recommender, build_recommender, score_parts
 
@@ -17,7 +17,7 @@ def trained(federation_dirs):
     data = build_interactions(load_merchant(federation_dirs[1]))
     model = build_recommender(seed=3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    train_epochs(model, example_loader(data, 20, 16, 32, seed=0), optimizer, epochs=2)
+    train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs=2)
     return model.eval(), data
 
 
