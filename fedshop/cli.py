@@ -53,15 +53,19 @@ def _final_table(run_dir: Path) -> Table:
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Small federation, 2 rounds (about a minute).")] = False,
     out: Out = Path("runs/demo"),
+    data: Annotated[Path | None, typer.Option(
+        help="Use these merchant directories (e.g. from `fedshop partition`) instead of generated ones.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Training rounds (default 5, or 2 with --quick).")] = None,
     dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
     he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
     epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
-    """Run a whole federation in-process on generated merchants; writes OUT/data, OUT/keys, OUT/nodes
-    (each merchant's privacy ledger and model copy) and OUT/run (the operator's run directory)."""
+    """Run a whole federation in-process on generated merchants (or on the merchant directories under
+    --data); writes OUT/data (generated merchants), OUT/keys, OUT/nodes (each merchant's privacy
+    ledger and model copy) and OUT/run (the operator's run directory)."""
     from client.generate import FederationSpec, write_federation
+    from client.schema import SchemaError, load_merchant
     from fedshop.progress import watch_run
     from fedshop.simulation import run_simulated_federation
     from privacy.ckks import PUBLIC_FILE, SECRET_FILE, create_keys
@@ -75,13 +79,22 @@ def demo(
     settings = RunSettings(num_server_rounds=rounds or (2 if quick else RunSettings.num_server_rounds),
                            run_dir=str(out / "run"), dp=dp, he=he, target_epsilon=epsilon,
                            public_context=str(out / "keys" / PUBLIC_FILE))
-    data_dirs = write_federation(out / "data", spec)
+    if data is None:
+        data_dirs = write_federation(out / "data", spec)
+        sizes = ", ".join(str(c) for c in spec.customers)
+    else:
+        data_dirs = sorted(d for d in data.resolve().iterdir() if d.is_dir() and any(d.glob("orders.*")))
+        if len(data_dirs) < 2:
+            _fail(f"{data}: needs at least two merchant directories (each with orders and catalog)")
+        try:
+            sizes = ", ".join(str(load_merchant(d).orders["customer_id"].nunique()) for d in data_dirs)
+        except SchemaError as exc:
+            _fail(str(exc))
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(out / "keys" / SECRET_FILE),
               "state-dir": str(out / "nodes" / d.name)} for d in data_dirs]
     privacy = (f"DP-SGD at ε={epsilon:g} per customer" if dp else "no DP") + (", CKKS aggregation" if he else "")
-    console.print(f"[bold]fedshop demo[/]: {len(data_dirs)} merchants with "
-                  f"{', '.join(str(c) for c in spec.customers)} customers, {settings.num_server_rounds} rounds, "
-                  f"{privacy}")
+    console.print(f"[bold]fedshop demo[/]: {len(data_dirs)} merchants with {sizes} customers, "
+                  f"{settings.num_server_rounds} rounds, {privacy}")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     done = threading.Event()

@@ -22,6 +22,14 @@ class SimulationError(RuntimeError):
     """The simulated federation did not finish."""
 
 
+class _WithoutRunSimulationDeprecation(logging.Filter):
+    """Drop Flower's notice that ``run_simulation`` is deprecated: fedshop uses it on purpose, to run
+    the federation inside its own process with node configs per simulated merchant."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
     """Train with one simulated merchant per node config (see ``client.node_data``); returns the
     run directory."""
@@ -37,8 +45,13 @@ def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
         "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "include_dashboard": False,
                       "logging_level": logging.ERROR, "log_to_driver": False},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(nodes),
-                   backend_config=backend_config)
+    quiet = _WithoutRunSimulationDeprecation()
+    logging.getLogger("flwr").addFilter(quiet)
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(nodes),
+                       backend_config=backend_config)
+    finally:
+        logging.getLogger("flwr").removeFilter(quiet)
     status = RunStore(settings.run_dir).status()
     if status.get("state") != "finished":
         raise SimulationError(f"the simulated run did not finish: {status or 'no status written'}")

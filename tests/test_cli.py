@@ -22,3 +22,14 @@ def test_recommend_without_a_finished_run_says_so(federation_dirs, tmp_path: Pat
     result = runner.invoke(app, ["recommend", "--data", str(federation_dirs[0]), "--model", str(tmp_path),
                                  "--customer", "x"])
     assert result.exit_code == 2 and "no model.npz" in result.output
+
+
+def test_demo_on_given_merchant_directories_checks_them_first(federation_dirs, tmp_path: Path) -> None:
+    broken = tmp_path / "merchants" / "shop_b"
+    broken.mkdir(parents=True)
+    (broken / "catalog.csv").write_text("item_id,title\nA,MUG\n")
+    (broken / "orders.csv").write_text("customer_id,item_id,timestamp,quantity,unit_price\nc1,A,2025-01-01,x,2\n")
+    (tmp_path / "merchants" / "shop_a").symlink_to(federation_dirs[0])
+    result = runner.invoke(app, ["demo", "--data", str(tmp_path / "merchants"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "shop_b/orders.csv, row 1 (line 2), column 'quantity': 'x' is not a whole number" in result.output
