@@ -93,7 +93,11 @@ def catalogue_scores(model: Recommender, data: Interactions, customers: list[int
     all_bias = model.item_bias(torch.from_numpy(features.id_index), torch.from_numpy(features.token_index))
     padded = [padded_history(data.histories[c], features, history_length) for c in customers]
     ids, tokens, mask = (torch.from_numpy(np.stack(parts)) for parts in zip(*padded, strict=True))
-    scores = (model.user_query(ids, tokens, mask) @ all_vectors.T + all_bias).numpy()
+    return mask_history(data, customers, (model.user_query(ids, tokens, mask) @ all_vectors.T + all_bias).numpy())
+
+
+def mask_history(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:
+    """``scores`` with each customer's own history items set to -inf (they are not recommended)."""
     for row, customer in enumerate(customers):
         scores[row, data.histories[customer]] = -np.inf
     return scores
@@ -106,17 +110,24 @@ class RankingMetrics:
     hit_rate: float
     ndcg: float
     customers: int
+    coverage: float = 0.0  # share of the catalogue that appears in someone's top 10
 
 
-def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:
-    """HR@10 and NDCG@10 of the held-out items, ranked against the whole catalogue."""
-    customers = data.evaluable
-    if not customers:
-        return RankingMetrics(0.0, 0.0, 0)
-    scores = catalogue_scores(model, data, customers, history_length)
+def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
     targets = data.held_out[customers]
     target_scores = scores[np.arange(len(customers)), targets]
     ranks = (scores > target_scores[:, None]).sum(axis=1)
     hits = ranks < TOP_K
     gains = np.where(hits, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return RankingMetrics(float(hits.mean()), float(gains.mean()), len(customers))
+    top = np.argpartition(-scores, min(TOP_K, scores.shape[1] - 1), axis=1)[:, :TOP_K]
+    coverage = len(np.unique(top)) / scores.shape[1]
+    return RankingMetrics(float(hits.mean()), float(gains.mean()), len(customers), coverage)
+
+
+def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage of the held-out items, ranked against the whole catalogue."""
+    customers = data.evaluable
+    if not customers:
+        return RankingMetrics(0.0, 0.0, 0)
+    return ranking_metrics(data, customers, catalogue_scores(model, data, customers, history_length))
