@@ -20,13 +20,13 @@ from flwr.clientapp import ClientApp
 
 from client.node_data import NodeOptions, load_interactions, node_options
 from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
+from fedshop.protocol import MERCHANT_RECORD
 from models.parameters import flatten, parameter_count, unflatten
 from models.recommender import Recommender, build_recommender
 from privacy.ckks import ContextError, KeyContext, decrypt, encrypt, load_secret_context
 from privacy.dp_sgd import plan_round, train_private
 from privacy.ledger import PrivacyLedger
 
-MERCHANT_RECORD = "merchant"
 MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
 
 

@@ -11,11 +11,12 @@ from typing import Any
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedshop.protocol import MERCHANT_RECORD
 from fedshop.settings import RunSettings
 from models.parameters import parameter_count
 from privacy.ckks import CiphertextError, KeyContext, add_updates, parse_update
 from server.run_store import RunStore
-from server.strategy import MERCHANT_RECORD, MerchantFedAvg, UpdateRefused
+from server.strategy import MerchantFedAvg, UpdateRefused
 
 
 class EncryptedFedAvg(MerchantFedAvg):

@@ -16,11 +16,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fedshop.protocol import MERCHANT_RECORD
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
 from server.update_checks import update_problem
-
-MERCHANT_RECORD = "merchant"
 
 
 class UpdateRefused(ValueError):

@@ -10,25 +10,25 @@ import pytest
 from tests.conftest import REPO
 
 
+def run_quick(benchmark: str, out: Path) -> tuple[str, dict]:
+    """Run ``benchmarks/BENCHMARK --quick --json OUT``; its printed table and its figures."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / benchmark), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_privacy_cost_benchmark_quick_mode_writes_its_figures(tmp_path: Path) -> None:
-    out = tmp_path / "privacy_cost.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "privacy_cost.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads(out.read_text())
+    printed, figures = run_quick("privacy_cost.py", tmp_path / "privacy_cost.json")
     assert figures["he"]["max_abs_error"] < 1e-6
     assert figures["he"]["upload_x_float32"] > 1 and figures["dp"]["dp_over_plain"] > 0
-    assert "DP / plain step" in done.stdout
+    assert "DP / plain step" in printed
 
 
 @pytest.mark.slow
 def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
-    out = tmp_path / "quality.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads(out.read_text())
+    _, figures = run_quick("quality.py", tmp_path / "quality.json")
     assert len(figures["methods"]) == 9 and len(figures["targets"]) == 4
     for method in figures["methods"].values():
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
