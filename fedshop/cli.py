@@ -182,25 +182,28 @@ def node(
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink."""
     from client.interactions import build_interactions
+    from client.node_data import node_options
     from client.schema import SchemaError, load_merchant
     from fedshop.deployment import NodePrivacy, process_environment, supernode_command
     from privacy.ckks import ContextError, load_secret_context
-    from privacy.ledger import PrivacyLedger, default_delta
+    from privacy.ledger import PrivacyLedger
 
     try:
         interactions = build_interactions(load_merchant(data))
         context_id = load_secret_context(secret_context).context_id if secret_context else "none"
     except (SchemaError, ContextError) as exc:
         _fail(str(exc))
-    name = merchant or data.resolve().name
-    state = (state_dir or data / ".fedshop").resolve()
-    delta = delta if delta is not None else default_delta(len(interactions.customers))
-    spent = PrivacyLedger(state / "privacy_ledger.json").epsilon(delta)
-    console.print(f"merchant [bold]{name}[/]: {len(interactions.customers)} customers, "
-                  f"{len(interactions.features.item_ids)} catalogue items; privacy budget ε={budget:g} at "
-                  f"δ={delta:.1e} per customer, ε={spent:.2f} spent; context {context_id}; connecting to {server}")
-    privacy = NodePrivacy(secret_context, budget, delta, state)
-    command = supernode_command(server, data, name, port, privacy, root_certificate)
+    given = {"merchant": merchant, "delta": delta, "state-dir": state_dir and str(state_dir)}
+    options = node_options({"data-dir": str(data), "epsilon-budget": budget,
+                            **{key: value for key, value in given.items() if value is not None}})
+    guarantee = options.budget(len(interactions.customers))
+    spent = PrivacyLedger(options.ledger_path).epsilon(guarantee.delta)
+    console.print(f"merchant [bold]{options.merchant}[/]: {len(interactions.customers)} customers, "
+                  f"{len(interactions.features.item_ids)} catalogue items; privacy budget ε={guarantee.epsilon:g} "
+                  f"at δ={guarantee.delta:.1e} per customer, ε={spent:.2f} spent; context {context_id}; "
+                  f"connecting to {server}")
+    privacy = NodePrivacy(secret_context, guarantee.epsilon, guarantee.delta, options.state_dir)
+    command = supernode_command(server, data, options.merchant, port, privacy, root_certificate)
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
