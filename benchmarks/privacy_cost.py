@@ -30,6 +30,7 @@ from client.interactions import build_interactions
 from client.training import NextItemExamples, shuffled_loader, train_epochs
 from models.parameters import flatten, parameter_count
 from models.recommender import build_recommender
+from models.shared import build_shared_models
 from privacy.ckks import (
     add_updates,
     create_keys,
@@ -39,7 +40,7 @@ from privacy.ckks import (
     load_secret_context,
     parse_update,
 )
-from privacy.dp_sgd import plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.embedding_norms import embedding_norm_sample
 
 
@@ -58,7 +59,7 @@ def he_costs(merchants: int, repeats: int) -> dict:
         create_keys(Path(folder))
         secret = load_secret_context(Path(folder) / "secret.ctx")
         public = load_public_context(Path(folder) / "public.ctx")
-    vectors = [flatten(build_recommender(seed).state_dict()) * 100 for seed in range(merchants)]
+    vectors = [flatten(build_shared_models(seed).state_dict()) * 100 for seed in range(merchants)]
     encrypt_s, update = timed(lambda: encrypt(secret, vectors[0]), repeats)
     updates = [update] + [encrypt(secret, v) for v in vectors[1:]]
     aggregate_s, total = timed(lambda: add_updates([parse_update(public, u, parameter_count()) for u in updates]),
@@ -81,10 +82,10 @@ def _plain_step_time(dataset: NextItemExamples, batch: int) -> float:
 
 
 def _dp_step_time(dataset: NextItemExamples, batch: int) -> float:
-    plan = plan_round(len(dataset), batch, 1, 5, 8.0, 0.0, 0.5, 1e-5)
+    release = plan_round([TrainingShape("recommender", len(dataset), batch, 1, 0.5)], 5, 8.0, 0.0, 1e-5).releases[0]
     start = time.perf_counter()
-    train_private(build_recommender(0), dataset, plan, batch, 2.0, epochs=1)
-    return (time.perf_counter() - start) / plan.mechanism.steps
+    train_private(build_recommender(0), dataset, release, batch, 2.0, epochs=1)
+    return (time.perf_counter() - start) / release.mechanism.steps
 
 
 def dp_costs(customers: int, batch: int) -> dict:

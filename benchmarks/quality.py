@@ -32,9 +32,9 @@ from rich.table import Table  # noqa: E402
 from scipy import sparse  # noqa: E402
 
 from client.generate import FederationSpec, write_federation  # noqa: E402
+from client.global_model import load_models  # noqa: E402
 from client.interactions import Interactions, build_interactions  # noqa: E402
 from client.partition import partition_export  # noqa: E402
-from client.recommend import load_model  # noqa: E402
 from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     NextItemExamples,
@@ -133,8 +133,8 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
                                             public_context=str(keys / "public.ctx")))
     results = {}
     for d in dirs:
-        model, history_length = load_model(workdir / label / d.name)
-        results[d.name] = evaluate_ranking(model, datasets[d.name], history_length)
+        models, history_length = load_models(workdir / label / d.name)
+        results[d.name] = evaluate_ranking(models.recommender, datasets[d.name], history_length)
     return results
 
 

@@ -1,5 +1,7 @@
-"""The merchant's Flower ClientApp: decrypt the global model, train it with DP-SGD, encrypt it back.
+"""The merchant's Flower ClientApp: decrypt the global models, train them with DP-SGD, encrypt them back.
 
+The global model is the recommender and the demand model together (``models.shared``); a round
+trains both on this merchant's customers, under one privacy plan (they compose in the ledger).
 A training message carries the round's settings (``config``) and the global model (``arrays``):
 in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' weighted models
 of the last round, which this node decrypts with the merchant's secret context and divides by the
@@ -17,17 +19,19 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch.utils.data import Dataset
 
-from client.node_data import NodeOptions, load_interactions, node_options
+from client.demand import CustomerDemand
+from client.demand_training import train_demand, train_demand_private
+from client.global_model import MODEL_COPY, MODEL_COPY_INFO
+from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
 from fedshop.protocol import MERCHANT_RECORD
 from models.parameters import flatten, parameter_count, unflatten
-from models.recommender import Recommender, build_recommender
+from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, decrypt, encrypt, load_secret_context
-from privacy.dp_sgd import plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.ledger import PrivacyLedger
-
-MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
 
 
 @lru_cache(maxsize=4)
@@ -47,23 +51,23 @@ def merchant_key(options: NodeOptions, context_id: str) -> KeyContext:
     return key
 
 
-def global_model(msg: Message, config: ConfigRecord, options: NodeOptions) -> tuple[Recommender, KeyContext | None]:
-    """The round's global model (decrypted when encrypted), and the key used."""
-    model, key = Recommender(), None
+def global_model(msg: Message, config: ConfigRecord, options: NodeOptions) -> tuple[SharedModels, KeyContext | None]:
+    """The round's global models (decrypted when encrypted), and the key used."""
+    models, key = SharedModels(), None
     arrays = msg.content.array_records["arrays"]
     if config["he"]:
         key = merchant_key(options, str(config["context-id"]))
         weight = float(config["aggregate-weight"])
         if weight == 0:
-            return build_recommender(int(config["seed"])), key
+            return build_shared_models(int(config["seed"])), key
         total = decrypt(key, {name: array.numpy() for name, array in arrays.items()}, parameter_count())
-        model.load_state_dict(unflatten(total / weight))
+        models.load_state_dict(unflatten(total / weight))
     else:
-        model.load_state_dict(arrays.to_torch_state_dict())
-    return model, key
+        models.load_state_dict(arrays.to_torch_state_dict())
+    return models, key
 
 
-def _reply_arrays(model: Recommender, weight: int, key: KeyContext | None) -> ArrayRecord:
+def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> ArrayRecord:
     if key is None:
         return ArrayRecord(model.state_dict())
     ciphertexts = encrypt(key, weight * flatten(model.state_dict()))
@@ -74,34 +78,58 @@ def _merchant_record(options: NodeOptions, key: KeyContext | None) -> ConfigReco
     return ConfigRecord({"name": options.merchant, "context-id": key.context_id if key else ""})
 
 
+def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
+                   run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
+    """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
+    batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
+    clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
+    budget = options.budget(len(load_interactions(options.data_dir).customers))
+    shapes = [TrainingShape(name, len(data), batch_size, epochs, clip[name]) for name, data in datasets.items()]
+    plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
+                      float(config["noise-multiplier"]), budget.delta)
+    ledger = PrivacyLedger(options.ledger_path)
+    ledger.authorize(options.merchant, plan.mechanisms, budget)
+    losses = {}
+    losses["recommender"], spent = train_private(models.recommender, datasets["recommender"],
+                                                 plan.release("recommender"), batch_size,
+                                                 float(config["dp-learning-rate"]), epochs)
+    epsilon = ledger.record(run, round_, "recommender", spent, budget.delta)
+    if "demand" in datasets:
+        losses["demand"], demand_spent = train_demand_private(
+            models.demand, datasets["demand"], plan.release("demand"), batch_size,
+            float(config["demand-dp-learning-rate"]), epochs)
+        epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
+    return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
+                    "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": clip["recommender"]}
+
+
 def train_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
     """One round on this merchant's data, with DP-SGD when the run asks for it."""
     config = msg.content.config_records["config"]
-    data = load_interactions(options.data_dir)
-    model, key = global_model(msg, config, options)
+    models, key = global_model(msg, config, options)
     round_ = int(config["server-round"])
     seed = int(config["seed"]) * 100_003 + round_
-    dataset = NextItemExamples(data, int(config["history-length"]), int(config["negatives"]), seed)
+    datasets: dict[str, Dataset] = {"recommender": NextItemExamples(
+        load_interactions(options.data_dir), int(config["history-length"]), int(config["negatives"]), seed)}
+    if config["pricing"]:
+        datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed)
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
                "max-grad-norm": 0.0}
     if config["dp"]:
-        budget = options.budget(len(data.customers))
-        plan = plan_round(len(dataset), batch_size, epochs, int(config["num-server-rounds"]),
-                          float(config["target-epsilon"]), float(config["noise-multiplier"]),
-                          float(config["max-grad-norm"]), budget.delta)
-        ledger = PrivacyLedger(options.ledger_path)
-        ledger.authorize(options.merchant, plan.mechanism, budget)
-        loss, spent = train_private(model, dataset, plan, batch_size, float(config["dp-learning-rate"]), epochs)
-        privacy = {"epsilon": ledger.record(str(context.run_id), round_, spent, budget.delta),
-                   "delta": budget.delta, "noise-multiplier": spent.noise_multiplier,
-                   "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": plan.max_grad_norm}
+        losses, privacy = _train_private(models, datasets, config, options, str(context.run_id), round_)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(config["learning-rate"]))
-        loss = train_epochs(model, shuffled_loader(dataset, batch_size, seed), optimizer, epochs)
+        optimizer = torch.optim.Adam(models.recommender.parameters(), lr=float(config["learning-rate"]))
+        losses = {"recommender": train_epochs(models.recommender, shuffled_loader(datasets["recommender"], batch_size,
+                                                                                  seed), optimizer, epochs)}
+        if "demand" in datasets:
+            losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
+                                            float(config["demand-learning-rate"]), epochs, seed)
+    examples = len(datasets["recommender"])
     content = RecordDict({
-        "arrays": _reply_arrays(model, len(dataset), key),
-        "metrics": MetricRecord({"num-examples": len(dataset), "train-loss": loss, **privacy}),
+        "arrays": _reply_arrays(models, examples, key),
+        "metrics": MetricRecord({"num-examples": examples, "train-loss": losses["recommender"],
+                                 "demand-loss": losses.get("demand", 0.0), **privacy}),
         MERCHANT_RECORD: _merchant_record(options, key),
     })
     return Message(content=content, reply_to=msg)
@@ -110,10 +138,10 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
 def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     """Rank the held-out items with the new global model; keep the merchant's copy of it."""
     config = msg.content.config_records["config"]
-    model, key = global_model(msg, config, options)
-    metrics = evaluate_ranking(model, load_interactions(options.data_dir), int(config["history-length"]))
+    models, key = global_model(msg, config, options)
+    metrics = evaluate_ranking(models.recommender, load_interactions(options.data_dir), int(config["history-length"]))
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(options.state_dir / MODEL_COPY, **{k: v.numpy() for k, v in model.state_dict().items()})
+    np.savez(options.state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
     info = {"round": int(config["server-round"]), "history_length": int(config["history-length"])}
     (options.state_dir / MODEL_COPY_INFO).write_text(json.dumps(info))
     content = RecordDict({

@@ -34,7 +34,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 ADJECTIVES = ("vintage", "red", "blue", "pink", "retro", "floral", "spotty", "heart", "rustic",
               "white", "green", "regency", "polkadot", "woodland", "scandi", "enamel")
-# True price elasticity per category (log units per log price), known so pricing can be checked.
+# True price elasticity per category (log units per log price), known so pricing can be checked:
+# units a customer buys of a product they chose are Poisson(UNITS_AT_REFERENCE * (p / p_ref) ** elasticity).
+UNITS_AT_REFERENCE = 3.0
 ELASTICITY = dict(zip(CATEGORIES, np.linspace(-2.4, -0.6, len(CATEGORIES)).round(2), strict=True))
 
 
@@ -120,7 +122,9 @@ def _merchant(index: int, n_customers: int, spec: FederationSpec, uni: _Universe
                 p = price(product, int(day))
                 ref = float(uni.base_price[product] * price_level)
                 beta = ELASTICITY[names[uni.category[product]]]
-                quantity = 1 + rng.poisson(2.0 * (p / ref) ** beta)
+                quantity = int(rng.poisson(UNITS_AT_REFERENCE * (p / ref) ** beta))
+                if quantity == 0:  # the price put the customer off: no line, so E[units] ~ price ** beta
+                    continue
                 when = start + pd.Timedelta(days=int(day), minutes=int(rng.integers(480, 1200)))
                 rows.append((customer, f"SKU{product:05d}", when, quantity, p, f"O{index}-{order_no}"))
                 bought.append(product)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from client.demand import DemandPanel, build_demand_panel
 from client.interactions import Interactions, build_interactions
 from client.schema import load_merchant
 from privacy.ledger import DEFAULT_EPSILON_BUDGET, LEDGER_FILE, Budget, default_delta
@@ -64,3 +65,9 @@ def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> 
 def load_interactions(data_dir: Path) -> Interactions:
     """Validated data of the merchant in ``data_dir``, turned into training interactions."""
     return build_interactions(load_merchant(data_dir))
+
+
+@lru_cache(maxsize=8)
+def load_demand_panel(data_dir: Path) -> DemandPanel:
+    """Validated data of the merchant in ``data_dir``, turned into weekly demand."""
+    return build_demand_panel(load_merchant(data_dir))

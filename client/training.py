@@ -6,6 +6,7 @@ per-sample bound is a per-customer bound. Evaluation ranks the whole catalogue f
 with a held-out item (HR@10, NDCG@10).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,15 +58,16 @@ class NextItemExamples(Dataset):
                 torch.from_numpy(features.token_index[candidates]))
 
 
-def shuffled_loader(dataset: NextItemExamples, batch_size: int, seed: int) -> DataLoader:
+def shuffled_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
     """Seeded shuffled batches of ``dataset`` (training without DP)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epochs: int,
-                 loss_fn: nn.Module | None = None) -> float:
-    """Run ``epochs`` passes of sampled-softmax training (the target is candidate 0); returns the
-    mean loss of the last epoch. DP-SGD passes Opacus' wrapped model, optimizer and loss."""
+                 loss_fn: nn.Module | None = None, after_step: Callable[[], None] | None = None) -> float:
+    """Run ``epochs`` passes of sampled-softmax training (the target is candidate 0, which a
+    per-customer loss such as the demand model's ignores); returns the mean loss of the last epoch.
+    DP-SGD passes Opacus' wrapped model, optimizer and loss."""
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     last = float("nan")
@@ -77,6 +79,8 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             loss = loss_fn(scores, torch.zeros(len(scores), dtype=torch.long))
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             total += loss.item()
             batches += 1
         last = total / max(batches, 1)

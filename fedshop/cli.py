@@ -271,21 +271,21 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for the merchant's systems.")] = False,
 ) -> None:
     """Top-k items for one customer, each with the parts its score is made of."""
+    from client.global_model import load_models
     from client.interactions import build_interactions
-    from client.recommend import load_model
     from client.recommend import recommend as top_items
     from client.schema import SchemaError, load_merchant
     from privacy.ckks import ContextError
 
     try:
         interactions = build_interactions(load_merchant(data))
-        recommender, history_length = load_model(model, secret_context)
+        models, history_length = load_models(model, secret_context)
     except (SchemaError, FileNotFoundError, ContextError) as exc:
         _fail(str(exc))
     if customer not in interactions.customers:
         console.print(f"[yellow]customer {customer!r} has no purchases in {data}: "
                       "ranking by the items' popularity part only[/]")
-    items = top_items(recommender, interactions, customer, k, history_length)
+    items = top_items(models.recommender, interactions, customer, k, history_length)
     if as_json:
         payload = [{"item_id": r.item_id, "title": r.title, "score": r.score, "reasons": r.reasons(),
                     "parts": {"history": [{"title": t, "contribution": v} for t, v in

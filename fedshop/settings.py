@@ -27,6 +27,10 @@ class RunSettings:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 0.5  # per-customer clipping bound
     dp_learning_rate: float = 2.0  # SGD under DP (Adam would amplify the noise on rarely seen rows)
+    pricing: bool = True  # train the demand model in the same rounds (and the same ε budget)
+    demand_learning_rate: float = 0.05  # Adam, when training without DP
+    demand_dp_learning_rate: float = 0.2
+    demand_max_grad_norm: float = 20.0  # per-customer clipping bound of the demand model
     he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear
     public_context: str = ""  # path to the key steward's public.ctx, on the server machine
 

@@ -1,7 +1,7 @@
 """The model as one flat vector, in a fixed order: what merchants encrypt and decrypt.
 
-The order and shapes come from the recommender built from the layout, so every merchant
-flattens and restores identically.
+The order and shapes come from the shared models (recommender and demand model) built from their
+layouts, so every merchant flattens and restores identically.
 """
 
 from functools import cache
@@ -9,13 +9,13 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.recommender import Recommender
+from models.shared import SharedModels
 
 
 @cache
 def parameter_shapes() -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Names and shapes of the model's tensors, in state-dict order."""
-    return tuple((name, tuple(t.shape)) for name, t in Recommender().state_dict().items())
+    return tuple((name, tuple(t.shape)) for name, t in SharedModels().state_dict().items())
 
 
 def parameter_count() -> int:

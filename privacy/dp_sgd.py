@@ -1,4 +1,4 @@
-"""DP-SGD for the recommender with Opacus, one example per customer (per-customer clipping).
+"""DP-SGD for the shared models with Opacus, one example per customer (per-customer clipping).
 
 Ghost clipping (``grad_sample_mode="ghost"``) computes per-sample gradient norms without
 materialising a per-sample gradient for every embedding table, which the default modes do at
@@ -14,11 +14,12 @@ therefore not reproducible bit for bit, by design.
 import math
 import secrets
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,44 +29,90 @@ from privacy.ledger import ACCOUNTANT, Mechanism
 
 
 @dataclass(frozen=True)
+class TrainingShape:
+    """How one model trains in a round: its examples (one per customer), batches and epochs."""
+
+    model: str
+    examples: int
+    batch_size: int
+    epochs: int
+    max_grad_norm: float
+
+    def mechanism(self, noise_multiplier: float) -> Mechanism:
+        batches = math.ceil(self.examples / self.batch_size)
+        return Mechanism(noise_multiplier, 1.0 / batches, self.epochs * batches)  # as Opacus' Poisson loader
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one model's local DP-SGD will do this round."""
+
+    model: str
+    max_grad_norm: float
+    mechanism: Mechanism
+
+
+@dataclass(frozen=True)
 class DpPlan:
-    """What one round of local DP-SGD will do."""
+    """The round's releases: every model trained on the same customers, at one noise multiplier."""
 
     noise_multiplier: float
-    max_grad_norm: float
-    mechanism: Mechanism  # the round's steps at this noise multiplier and sample rate
+    releases: tuple[Release, ...]
+
+    @property
+    def mechanisms(self) -> list[Mechanism]:
+        return [release.mechanism for release in self.releases]
+
+    def release(self, model: str) -> Release:
+        return next(release for release in self.releases if release.model == model)
 
 
-def plan_round(customers: int, batch_size: int, epochs: int, rounds: int, target_epsilon: float,
-               noise_multiplier: float, max_grad_norm: float, delta: float) -> DpPlan:
-    """The round's mechanism; with ``target_epsilon`` > 0 the noise multiplier is derived so that
-    ``rounds`` such rounds spend ``target_epsilon`` at ``delta``."""
-    batches = math.ceil(customers / batch_size)
-    sample_rate, steps = 1.0 / batches, epochs * batches  # as Opacus' Poisson loader does
+def _run_epsilon(shapes: Sequence[TrainingShape], rounds: int, noise_multiplier: float, delta: float) -> float:
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, m.sample_rate, m.steps * rounds)
+                          for m in (shape.mechanism(noise_multiplier) for shape in shapes)]
+    return float(accountant.get_epsilon(delta))
+
+
+def plan_round(shapes: Sequence[TrainingShape], rounds: int, target_epsilon: float, noise_multiplier: float,
+               delta: float) -> DpPlan:
+    """The round's releases. With ``target_epsilon`` > 0 the noise multiplier is the smallest (to
+    1e-3) at which ``rounds`` such rounds of every model together spend at most ``target_epsilon``
+    at ``delta``: the models compose, so a second model costs the first some accuracy."""
     if target_epsilon > 0:
-        noise_multiplier = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                                sample_rate=sample_rate, steps=steps * rounds,
-                                                accountant=ACCOUNTANT)
-    return DpPlan(float(noise_multiplier), max_grad_norm, Mechanism(float(noise_multiplier), sample_rate, steps))
+        low, high = 0.05, 1.0
+        while _run_epsilon(shapes, rounds, high, delta) > target_epsilon:
+            low, high = high, high * 2
+        while high - low > 1e-3:
+            middle = (low + high) / 2
+            too_little_noise = _run_epsilon(shapes, rounds, middle, delta) > target_epsilon
+            low, high = (middle, high) if too_little_noise else (low, middle)
+        noise_multiplier = high
+    releases = tuple(Release(s.model, s.max_grad_norm, s.mechanism(float(noise_multiplier))) for s in shapes)
+    return DpPlan(float(noise_multiplier), releases)
 
 
 def _entropy_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63))
 
 
-def train_private(model: nn.Module, dataset: Dataset, plan: DpPlan, batch_size: int, learning_rate: float,
-                  epochs: int) -> tuple[float, Mechanism]:
-    """Train ``model`` in place with DP-SGD; returns the last epoch's mean loss and what was spent."""
+def train_private(model: nn.Module, dataset: Dataset, release: Release, batch_size: int, learning_rate: float,
+                  epochs: int, criterion: nn.Module | None = None,
+                  after_step: Callable[[], None] | None = None) -> tuple[float, Mechanism]:
+    """Train ``model`` in place with DP-SGD; returns the last epoch's mean loss and what was spent.
+
+    ``criterion`` must be able to return per-sample losses (``reduction="none"``), as Opacus' ghost
+    clipping asks; ``after_step`` runs after every update (a data-independent proximal step)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see the module docstring
         engine = PrivacyEngine(accountant=ACCOUNTANT)
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator())
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     private, optimizer, criterion, loader = engine.make_private(
-        module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
-        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        module=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(), data_loader=loader,
+        noise_multiplier=release.mechanism.noise_multiplier, max_grad_norm=release.max_grad_norm,
         grad_sample_mode="ghost", noise_generator=_entropy_generator())
-    loss = train_epochs(private, loader, optimizer, epochs, criterion)
+    loss = train_epochs(private, loader, optimizer, epochs, criterion, after_step)
     private.remove_hooks()
     (noise, rate, steps), = engine.accountant.history
     return loss, Mechanism(float(noise), float(rate), int(steps))

@@ -2,7 +2,8 @@
 
 The ledger lives on the merchant's node (``STATE_DIR/privacy_ledger.json``) and spans runs. Before
 a round trains, the node asks the ledger whether the round's planned steps would take the total
-over the merchant's budget; if so the node refuses to train and says why. Composition uses
+over the merchant's budget; if so the node refuses to train and says why. A round releases one
+model per entry (the recommender and the demand model), and all of them compose. Composition uses
 Opacus' RDP accountant over the recorded (noise multiplier, sample rate, steps) history.
 
 The unit of privacy is one customer: each customer is one training example (all of their
@@ -12,6 +13,7 @@ history), so the guarantee bounds what anyone can learn about any one customer o
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,19 +57,18 @@ class PrivacyLedger:
         self.path = Path(path)
         self.entries: list[dict] = json.loads(self.path.read_text())["entries"] if self.path.exists() else []
 
-    def _accountant(self, planned: Mechanism | None = None) -> RDPAccountant:
+    def _accountant(self, planned: Sequence[Mechanism]) -> RDPAccountant:
         accountant = RDPAccountant()
         mechanisms = [Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
-        accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps)
-                              for m in [*mechanisms, *([planned] if planned else [])]]
+        accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in [*mechanisms, *planned]]
         return accountant
 
-    def epsilon(self, delta: float, planned: Mechanism | None = None) -> float:
-        """ε(δ) spent so far, or after ``planned`` too."""
+    def epsilon(self, delta: float, planned: Sequence[Mechanism] = ()) -> float:
+        """ε(δ) spent so far, or after the ``planned`` releases too."""
         accountant = self._accountant(planned)
         return float(accountant.get_epsilon(delta)) if accountant.history else 0.0
 
-    def authorize(self, merchant: str, planned: Mechanism, budget: Budget) -> float:
+    def authorize(self, merchant: str, planned: Sequence[Mechanism], budget: Budget) -> float:
         """ε after ``planned`` if it stays within ``budget``; otherwise refuse with the reason."""
         after = self.epsilon(budget.delta, planned)
         if after > budget.epsilon:
@@ -79,10 +80,10 @@ class PrivacyLedger:
             )
         return after
 
-    def record(self, run: str, round_: int, mechanism: Mechanism, delta: float) -> float:
-        """Add one round's release; returns ε(δ) spent in total."""
-        epsilon = self.epsilon(delta, mechanism)
-        self.entries.append({"run": run, "round": round_, **asdict(mechanism), "delta": delta,
+    def record(self, run: str, round_: int, model: str, mechanism: Mechanism, delta: float) -> float:
+        """Add one release (one model's training in one round); returns ε(δ) spent in total."""
+        epsilon = self.epsilon(delta, [mechanism])
+        self.entries.append({"run": run, "round": round_, "model": model, **asdict(mechanism), "delta": delta,
                              "epsilon_total": epsilon, "accountant": ACCOUNTANT, "time": time.time()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

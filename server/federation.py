@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fedshop.settings import RunSettings
-from models.recommender import build_recommender
+from models.shared import build_shared_models
 from privacy.ckks import ContextError, load_public_context
 from server.encrypted_strategy import EncryptedFedAvg
 from server.run_store import RunStore
@@ -25,7 +25,7 @@ def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[M
     arrays, meta = store.load_checkpoint(completed) if completed else ({}, {})
     start = ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()})
     if not settings.he:
-        initial = start if completed else ArrayRecord(build_recommender(settings.seed).state_dict())
+        initial = start if completed else ArrayRecord(build_shared_models(settings.seed).state_dict())
         return MerchantFedAvg(store, settings, completed), initial
     if not settings.public_context:
         raise ContextError("this run encrypts updates (he = true) but no public-context was given")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fedshop.settings import RunSettings
 from models.parameters import flatten, parameter_count
-from models.recommender import build_recommender
+from models.shared import build_shared_models
 from privacy.ckks import (
     CIPHERTEXT_KEY,
     CKKS,
@@ -95,7 +95,7 @@ def test_truncated_foreign_and_miscounted_ciphertexts_are_refused(keys) -> None:
 def test_server_refuses_updates_made_under_another_context(keys, tmp_path: Path) -> None:
     secret, public, _ = keys
     strategy = EncryptedFedAvg(RunStore(tmp_path), RunSettings(run_dir=str(tmp_path)), 0, public)
-    update = encrypt(secret, 3 * flatten(build_recommender(1).state_dict()))
+    update = encrypt(secret, 3 * flatten(build_shared_models(1).state_dict()))
     accepted = strategy.accept_update(merchant_reply(update, {"num-examples": 3}, context_id=public.context_id))
     assert len(accepted) == len(update)
     with pytest.raises(UpdateRefused, match=f"encrypted under context feedfacefeedface, but this federation "
@@ -104,4 +104,4 @@ def test_server_refuses_updates_made_under_another_context(keys, tmp_path: Path)
     short = dict(list(update.items())[:-1])
     with pytest.raises(UpdateRefused, match=f"expected {len(update)} ciphertexts"):
         strategy.accept_update(merchant_reply(short, {"num-examples": 3}, context_id=public.context_id))
-    assert parameter_count() == flatten(build_recommender(1).state_dict()).size
+    assert parameter_count() == flatten(build_shared_models(1).state_dict()).size

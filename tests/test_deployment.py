@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.recommend import load_model
+from client.global_model import load_models
 from fedshop.deployment import (
     NodePrivacy,
     process_environment,
@@ -21,7 +21,7 @@ from fedshop.deployment import (
     write_connection,
 )
 from fedshop.settings import RunSettings
-from models.recommender import build_recommender
+from models.shared import build_shared_models
 from privacy.ckks import create_keys
 from server.run_store import RunStore
 
@@ -115,9 +115,10 @@ def test_superlink_and_three_supernodes_train_two_rounds_with_dp_and_he(tmp_path
         assert record["failures"] == {}
         assert all(0 < m["epsilon"] <= settings.target_epsilon + 0.05 for m in record["train"].values())
     assert not store.model_path.exists() and store.encrypted_model_path.exists()
-    final, _ = load_model(store.run_dir, tmp_path / "keys" / "secret.ctx")
-    initial = build_recommender(settings.seed).state_dict()
-    assert not np.allclose(final.item_id.weight.detach().numpy(), initial["item_id.weight"].numpy())
+    final, _ = load_models(store.run_dir, tmp_path / "keys" / "secret.ctx")
+    initial = build_shared_models(settings.seed).state_dict()
+    for name in ("recommender.item_id.weight", "demand.base.weight"):
+        assert not np.allclose(final.state_dict()[name].numpy(), initial[name].numpy()), name
     for data_dir in federation_dirs:
         assert (tmp_path / data_dir.name / "privacy_ledger.json").exists()
     print(f"real-process federation: {time.monotonic() - started:.1f} s")

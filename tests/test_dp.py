@@ -13,7 +13,7 @@ from client.interactions import build_interactions
 from client.schema import load_merchant
 from client.training import NextItemExamples
 from models.recommender import build_recommender
-from privacy.dp_sgd import plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.embedding_norms import embedding_norm_sample
 from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, default_delta
 
@@ -48,7 +48,7 @@ def test_ledger_grows_matches_opacus_accountant_and_persists(tmp_path: Path) -> 
     reference = RDPAccountant()
     spent = []
     for number in range(1, 4):
-        spent.append(ledger.record("run-1", number, round_, delta=1e-5))
+        spent.append(ledger.record("run-1", number, "recommender", round_, delta=1e-5))
         for _ in range(round_.steps):
             reference.step(noise_multiplier=round_.noise_multiplier, sample_rate=round_.sample_rate)
         assert spent[-1] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
@@ -56,14 +56,21 @@ def test_ledger_grows_matches_opacus_accountant_and_persists(tmp_path: Path) -> 
     assert PrivacyLedger(tmp_path / "ledger.json").epsilon(1e-5) == pytest.approx(spent[-1])
 
 
-def test_noise_is_derived_from_the_run_target_epsilon() -> None:
-    plan = plan_round(customers=1000, batch_size=100, epochs=2, rounds=5, target_epsilon=3.0,
-                      noise_multiplier=0.0, max_grad_norm=0.5, delta=1e-4)
-    assert plan.mechanism.sample_rate == pytest.approx(0.1) and plan.mechanism.steps == 20
+def test_noise_is_derived_from_the_run_target_epsilon_for_every_model_together() -> None:
+    recommender = TrainingShape("recommender", examples=1000, batch_size=100, epochs=2, max_grad_norm=0.5)
+    alone = plan_round([recommender], rounds=5, target_epsilon=3.0, noise_multiplier=0.0, delta=1e-4)
+    assert alone.release("recommender").mechanism == Mechanism(alone.noise_multiplier, 0.1, 20)
     accountant = RDPAccountant()
-    accountant.history = [(plan.noise_multiplier, 0.1, 100)]
-    assert accountant.get_epsilon(1e-4) == pytest.approx(3.0, abs=0.05)
-    fixed = plan_round(1000, 100, 2, 5, target_epsilon=0.0, noise_multiplier=1.3, max_grad_norm=0.5, delta=1e-4)
+    accountant.history = [(alone.noise_multiplier, 0.1, 100)]
+    assert accountant.get_epsilon(1e-4) == pytest.approx(3.0, abs=0.01)
+
+    demand = TrainingShape("demand", examples=800, batch_size=100, epochs=2, max_grad_norm=20.0)
+    both = plan_round([recommender, demand], rounds=5, target_epsilon=3.0, noise_multiplier=0.0, delta=1e-4)
+    assert both.noise_multiplier > alone.noise_multiplier  # the second model is paid for with noise
+    assert both.release("demand").max_grad_norm == 20.0
+    accountant.history = [(both.noise_multiplier, m.sample_rate, m.steps * 5) for m in both.mechanisms]
+    assert accountant.get_epsilon(1e-4) == pytest.approx(3.0, abs=0.01)
+    fixed = plan_round([recommender], 5, target_epsilon=0.0, noise_multiplier=1.3, delta=1e-4)
     assert fixed.noise_multiplier == 1.3
 
 
@@ -71,11 +78,11 @@ def test_a_node_past_its_budget_refuses_with_a_reason_a_merchant_reads(tmp_path:
     ledger = PrivacyLedger(tmp_path / "ledger.json")
     round_ = Mechanism(noise_multiplier=0.8, sample_rate=0.1, steps=30)
     budget = Budget(epsilon=4.0, delta=1e-5)
-    while ledger.epsilon(budget.delta, round_) <= budget.epsilon:
-        ledger.authorize("m0", round_, budget)
-        ledger.record("run", len(ledger.entries) + 1, round_, budget.delta)
+    while ledger.epsilon(budget.delta, [round_]) <= budget.epsilon:
+        ledger.authorize("m0", [round_], budget)
+        ledger.record("run", len(ledger.entries) + 1, "recommender", round_, budget.delta)
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.authorize("m0", round_, budget)
+        ledger.authorize("m0", [round_], budget)
     message = str(refused.value)
     assert message.startswith("privacy budget reached for merchant m0: this round would bring ε to ")
     assert "over the budget ε=4" in message and "This node refuses to train" in message
@@ -87,12 +94,13 @@ def test_private_training_changes_the_model_and_reports_what_it_spent(federation
     data = build_interactions(load_merchant(federation_dirs[2]))
     dataset = NextItemExamples(data, 20, 16, seed=0)
     model, before = build_recommender(1), build_recommender(1).item_id.weight.clone()
-    plan = plan_round(len(dataset), 16, 2, 3, 8.0, 0.0, 0.5, default_delta(len(data.customers)))
-    loss, spent = train_private(model, dataset, plan, batch_size=16, learning_rate=2.0, epochs=2)
+    shape = TrainingShape("recommender", len(dataset), 16, 2, 0.5)
+    release = plan_round([shape], 3, 8.0, 0.0, default_delta(len(data.customers))).release("recommender")
+    loss, spent = train_private(model, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert math.isfinite(loss)
-    assert spent == plan.mechanism
+    assert spent == release.mechanism
     assert not torch.equal(model.item_id.weight, before)
     assert not hasattr(model, "_forward_counter")  # Opacus' hooks are gone from the plain model
     again = build_recommender(1)
-    train_private(again, dataset, plan, batch_size=16, learning_rate=2.0, epochs=2)
+    train_private(again, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert not torch.equal(model.item_id.weight, again.item_id.weight)  # noise no one can regenerate

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.recommend import load_model
+from client.global_model import load_models
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
 from privacy.ckks import create_keys
@@ -33,8 +33,8 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
                                      replace(base, he=False, run_dir=str(tmp_path / "clear-run")))
     blind = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "blind"),
                                      replace(base, he=True, run_dir=str(tmp_path / "blind-run")))
-    clear_model, _ = load_model(clear)
-    blind_model, _ = load_model(blind, keys / "secret.ctx")
+    clear_model, _ = load_models(clear)
+    blind_model, _ = load_models(blind, keys / "secret.ctx")
     for name, value in clear_model.state_dict().items():
         np.testing.assert_allclose(blind_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
     clear_rounds, blind_rounds = RunStore(clear).rounds(), RunStore(blind).rounds()
@@ -50,9 +50,9 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
         with np.load(checkpoint) as stored:
             assert all(stored[name].dtype == np.uint8 for name in stored.files)
     # Each merchant keeps its own decrypted copy, equal to the clear run's model.
-    node_model, _ = load_model(tmp_path / "blind" / federation_dirs[0].name)
-    np.testing.assert_allclose(node_model.item_id.weight.detach().numpy(),
-                               clear_model.item_id.weight.detach().numpy(), atol=1e-4)
+    node_model, _ = load_models(tmp_path / "blind" / federation_dirs[0].name)
+    for name, value in clear_model.state_dict().items():
+        np.testing.assert_allclose(node_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow

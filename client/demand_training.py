@@ -1,0 +1,28 @@
+"""Local training of the shared demand model on one merchant's customers (in the clear or DP-SGD).
+
+Both paths minimise the per-customer conditional likelihood of ``models.demand`` and apply the
+ElasticNet proximal step after every update; DP-SGD clips per customer like the recommender.
+"""
+
+import torch
+
+from client.demand import CustomerDemand
+from client.training import shuffled_loader, train_epochs
+from models.demand import CustomerLoss, DemandModel
+from privacy.dp_sgd import Release, train_private
+from privacy.ledger import Mechanism
+
+
+def train_demand(model: DemandModel, dataset: CustomerDemand, batch_size: int, learning_rate: float, epochs: int,
+                 seed: int) -> float:
+    """Adam in the clear; returns the last epoch's mean per-customer loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    return train_epochs(model, shuffled_loader(dataset, batch_size, seed), optimizer, epochs, CustomerLoss(),
+                        lambda: model.shrink(learning_rate))
+
+
+def train_demand_private(model: DemandModel, dataset: CustomerDemand, release: Release, batch_size: int,
+                         learning_rate: float, epochs: int) -> tuple[float, Mechanism]:
+    """DP-SGD with per-customer clipping; returns the loss and what was spent."""
+    return train_private(model, dataset, release, batch_size, learning_rate, epochs, CustomerLoss(),
+                         lambda: model.shrink(learning_rate))

@@ -1,0 +1,57 @@
+"""A finished run's global model as a merchant reads it: the node's decrypted copy, or the run's
+stored model (decrypted with the merchant's secret context when the run was encrypted).
+
+The node writes its copy (``MODEL_COPY`` + ``MODEL_COPY_INFO``) after every evaluation; the server
+writes ``model.npz`` or ``encrypted_model.npz`` into the run directory. Both hold the shared models
+(recommender and demand model) of ``models.shared``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.parameters import parameter_count, unflatten
+from models.shared import SharedModels
+from privacy.ckks import ContextError, decrypt, load_secret_context
+
+MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
+
+
+def _history_length(model_dir: Path) -> int:
+    if (model_dir / "config.json").exists():
+        return int(json.loads((model_dir / "config.json").read_text())["settings"]["history_length"])
+    if (model_dir / MODEL_COPY_INFO).exists():
+        return int(json.loads((model_dir / MODEL_COPY_INFO).read_text())["history_length"])
+    raise FileNotFoundError(f"{model_dir}: neither a run directory (config.json) "
+                            f"nor a node's model copy ({MODEL_COPY_INFO})")
+
+
+def _decrypted_state(path: Path, secret_context: Path | None) -> dict[str, torch.Tensor]:
+    if secret_context is None:
+        raise ContextError(f"{path} is encrypted: only a merchant can read it, with --secret-context secret.ctx")
+    key = load_secret_context(secret_context)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta["context_id"] != key.context_id:
+        raise ContextError(f"{path} was encrypted under context {meta['context_id']}, not {key.context_id}")
+    with np.load(path) as saved:
+        ciphertexts = {name: saved[name] for name in saved.files}
+    return unflatten(decrypt(key, ciphertexts, parameter_count()) / float(meta["aggregate_weight"]))
+
+
+def load_models(model_dir: Path, secret_context: Path | None = None) -> tuple[SharedModels, int]:
+    """The global models of a run directory or of a node's state directory, and the recommender's
+    history length they were trained with."""
+    model_dir = Path(model_dir)
+    plain, encrypted = model_dir / MODEL_COPY, model_dir / "encrypted_model.npz"
+    if plain.exists():
+        with np.load(plain) as saved:
+            state = {key: torch.from_numpy(saved[key]) for key in saved.files}
+    elif encrypted.exists():
+        state = _decrypted_state(encrypted, secret_context)
+    else:
+        raise FileNotFoundError(f"{model_dir}: no {MODEL_COPY} or encrypted_model.npz; has the run finished?")
+    models = SharedModels()
+    models.load_state_dict(state)
+    return models.eval(), _history_length(model_dir)

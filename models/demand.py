@@ -1,0 +1,105 @@
+"""The demand model shared by every merchant: price sensitivity per category, learned across merchants.
+
+Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * log(p_it / p_ref_i) + s_w(t)``:
+
+* ``b_c = -softplus(base + dev_c)`` is the elasticity of category ``c`` (hashed, as in the
+  recommender's layout, so no catalogue is disclosed). It is negative by construction (demand never
+  rises with price), and the category deviations ``dev_c`` carry an ElasticNet penalty applied as a
+  proximal step after each update: a category moves away from the shared base only as far as its
+  data pulls it, and exactly to the base when the evidence is weak.
+* ``s_w`` is a shared effect per ISO week of the year (seasonality).
+* ``a_i``, the item's demand level, is local: it is never trained in the federation. Given the
+  shared part it has a closed form on the merchant's node (:func:`demand_level`), so training uses
+  the conditional likelihood that does not involve it: where in time each unit sold fell, among the
+  weeks the item was on sale. That likelihood splits into one term per customer (their units), which
+  makes Opacus' per-sample clipping a per-customer clipping.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.layout import stable_bucket
+
+
+@dataclass(frozen=True)
+class DemandLayout:
+    """Sizes of the demand model's tables; category bucket 0 is padding."""
+
+    category_buckets: int = 256
+    season_weeks: int = 54  # ISO weeks 1..53, index 0 unused
+    initial_elasticity: float = -1.0
+    l1: float = 0.002  # ElasticNet penalty on the category deviations (per proximal step, times lr)
+    l2: float = 0.01
+
+
+DEMAND_LAYOUT = DemandLayout()
+UNCATEGORISED = "(uncategorised)"
+
+
+def category_bucket(category: str, layout: DemandLayout = DEMAND_LAYOUT) -> int:
+    """Bucket of a category name (case and surrounding spaces ignored); empty means uncategorised."""
+    name = category.strip().lower() or UNCATEGORISED
+    return stable_bucket(f"category:{name}", layout.category_buckets)
+
+
+class DemandModel(nn.Module):
+    """Shared price sensitivity and seasonality; every table is an embedding so Opacus can clip it."""
+
+    def __init__(self, layout: DemandLayout = DEMAND_LAYOUT) -> None:
+        super().__init__()
+        self.layout = layout
+        self.base = nn.Embedding(1, 1)
+        self.category = nn.Embedding(layout.category_buckets, 1, padding_idx=0)
+        self.season = nn.Embedding(layout.season_weeks, 1, padding_idx=0)
+        with torch.no_grad():
+            self.base.weight.fill_(math.log(math.expm1(-layout.initial_elasticity)))
+            self.category.weight.zero_()
+            self.season.weight.zero_()
+
+    def elasticity(self, categories: torch.Tensor) -> torch.Tensor:
+        """Elasticity ``b_c`` of each category bucket, same shape as ``categories``."""
+        base = self.base(torch.zeros_like(categories)).squeeze(-1)
+        return -nn.functional.softplus(base + self.category(categories).squeeze(-1))
+
+    def log_demand_shape(self, categories: torch.Tensor, log_price_ratio: torch.Tensor,
+                         season_weeks: torch.Tensor) -> torch.Tensor:
+        """``b_c * log(p / p_ref) + s_w`` per week: ``[...], [..., T], [..., T] -> [..., T]``."""
+        season = self.season(season_weeks).squeeze(-1)
+        return self.elasticity(categories).unsqueeze(-1) * log_price_ratio + season
+
+    def forward(self, categories: torch.Tensor, log_price_ratio: torch.Tensor, season_weeks: torch.Tensor,
+                on_sale: torch.Tensor, week: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Each customer's negative log-likelihood ``[B]`` of when their units were bought.
+
+        Per customer ``K`` cells (item, week bought, units): ``categories [B, K]``, the item's weekly
+        ``log_price_ratio``, ``season_weeks`` and ``on_sale`` mask ``[B, K, T]``, ``week [B, K]`` and
+        ``units [B, K]`` (0 for padding cells)."""
+        shape = self.log_demand_shape(categories, log_price_ratio, season_weeks)
+        log_share = torch.log_softmax(shape.masked_fill(~on_sale, -1e9), dim=-1)
+        chosen = log_share.gather(-1, week.unsqueeze(-1)).squeeze(-1)
+        return -(units * chosen).sum(dim=-1)
+
+    @torch.no_grad()
+    def shrink(self, learning_rate: float) -> None:
+        """Proximal ElasticNet step on the category deviations (data-independent, so free under DP)."""
+        weights = self.category.weight
+        weights.mul_(1.0 / (1.0 + learning_rate * self.layout.l2))
+        weights.copy_(torch.sign(weights) * (weights.abs() - learning_rate * self.layout.l1).clamp(min=0.0))
+        weights[0].zero_()
+
+
+class CustomerLoss(nn.Module):
+    """The criterion for training on :meth:`DemandModel.forward`'s per-customer losses.
+
+    Shaped like a torch loss (``reduction``, a target argument it ignores) so that Opacus' ghost
+    clipping can ask it for per-sample losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, per_customer: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+        return per_customer if self.reduction == "none" else per_customer.mean()

@@ -1,0 +1,26 @@
+"""Everything the federation trains together: the recommender and the demand model, as one module.
+
+Its state dict (``recommender.*`` then ``demand.*``) is what merchants flatten, encrypt and decrypt
+(``models.parameters``) and what the run stores, so one round carries both models.
+"""
+
+from torch import nn
+
+from models.demand import DemandModel
+from models.recommender import Recommender, build_recommender
+
+
+class SharedModels(nn.Module):
+    """The global model of a run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recommender = Recommender()
+        self.demand = DemandModel()
+
+
+def build_shared_models(seed: int) -> SharedModels:
+    """The initial global model: the same weights on every machine for the same seed."""
+    models = SharedModels()
+    models.recommender = build_recommender(seed)
+    return models
