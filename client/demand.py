@@ -14,7 +14,8 @@ The rules, in order:
   the model sees ``log(price / reference)``.
 * **Seasonality** is the ISO week of the year, shared across merchants (see ``models.demand``).
 * **Bulk lines** (a customer's units of one item in one week) are capped at the merchant's 99th
-  percentile so that one wholesale order does not decide an elasticity.
+  percentile (or five times the median line, if larger: a small shop's largest line is not an
+  outlier) so that one wholesale order does not decide an elasticity.
 * Items whose price never changed carry no information on elasticity; they still get a demand
   level and forecasts.
 
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset
 from client.schema import MerchantData
 from models.demand import category_bucket
 
-BULK_QUANTILE = 0.99
+BULK_QUANTILE, BULK_MEDIANS = 0.99, 5.0
 MAX_CELLS = 16  # cells per customer per draw; a customer with more is subsampled and reweighted
 
 
@@ -118,8 +119,9 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
     grid = np.arange(len(week_starts))
     on_sale = (grid >= first_week[:, None]) & (grid <= last_week[:, None])
 
-    cap = max(1.0, float(np.quantile(lines.groupby(["customer_id", "row", "week"])["units"].sum(), BULK_QUANTILE)))
-    cells = lines.groupby(["customer_id", "row", "week"])["units"].sum().clip(upper=cap).reset_index()
+    cell_units = lines.groupby(["customer_id", "row", "week"])["units"].sum()
+    cap = max(float(np.quantile(cell_units, BULK_QUANTILE)), BULK_MEDIANS * float(cell_units.median()))
+    cells = cell_units.clip(upper=cap).reset_index()
     customer_cells = [group[["row", "week", "units"]].to_numpy(dtype=np.float64)
                       for _, group in cells.groupby("customer_id", sort=True)]
 

@@ -8,6 +8,7 @@ node       start a merchant's SuperNode on its data directory (real process)
 run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
 recommend  a merchant's top-k items for one of its customers, with the score's parts
+price      a merchant's recommended prices, with the reasons for each
 """
 
 import json
@@ -298,6 +299,59 @@ def recommend(
     for rank, rec in enumerate(items, 1):
         table.add_row(str(rank), rec.item_id, rec.title, f"{rec.score:.3f}", "; ".join(rec.reasons()))
     console.print(table)
+
+
+@app.command()
+def price(
+    data: Annotated[Path, typer.Option(help="The merchant's data directory.")],
+    model: Annotated[Path, typer.Option(help="A finished run's directory, or the node's state directory.")],
+    item: Annotated[list[str] | None, typer.Option(help="Only this item (repeat for several).")] = None,
+    objective: Annotated[str, typer.Option(help="revenue or profit (profit needs unit_cost).")] = "revenue",
+    max_change: Annotated[float, typer.Option(help="Largest relative move from the current price.")] = 0.2,
+    limit: Annotated[int, typer.Option(help="Rows in the table (largest expected gain first).")] = 20,
+    secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON of every item, for the merchant's systems.")] = False,
+) -> None:
+    """Recommended prices per item inside the merchant's bounds, with the reasons for each."""
+    from client.demand import build_demand_panel
+    from client.global_model import load_models
+    from client.pricing import demand_levels, recommend_price
+    from client.schema import SchemaError, load_merchant
+    from explain.price_reasons import price_record
+    from privacy.ckks import ContextError
+
+    if objective not in ("revenue", "profit"):
+        _fail(f"--objective must be revenue or profit, not {objective!r}")
+    if not 0 < max_change < 1:
+        _fail(f"--max-change must be between 0 and 1 (a fraction of the current price), not {max_change}")
+    try:
+        panel = build_demand_panel(load_merchant(data))
+        models, _ = load_models(model, secret_context)
+        rows = [panel.row(i) for i in item] if item else range(len(panel.item_ids))
+    except (SchemaError, FileNotFoundError, ContextError, KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    levels = demand_levels(models.demand, panel)
+    records = [price_record(recommend_price(models.demand, panel, levels, row, objective, max_change), objective)
+               for row in rows]
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    if objective == "profit" and any(r["objective"] == "revenue" for r in records):
+        console.print("[yellow]items without unit_cost in the catalogue: optimising their revenue, not profit[/]")
+    key = "profit_per_week" if objective == "profit" else "revenue_per_week"
+    gain = {id(r): (r[key] or r["revenue_per_week"])[1] - (r[key] or r["revenue_per_week"])[0] for r in records}
+    shown = sorted(records, key=lambda r: -gain[id(r)])[:limit]
+    table = Table("item", "now", "price", "change", "elasticity", f"{objective}/week", "limited by",
+                  title=f"recommended prices ({objective}, at most ±{max_change:.0%})")
+    for r in shown:
+        now, new = r[key] or r["revenue_per_week"]
+        table.add_row(r["item_id"], f"{r['current_price']:.2f}", f"{r['recommended_price']:.2f}", f"{r['change']:+.0%}",
+                      f"{r['elasticity']:.2f}", f"{now:.1f} → {new:.1f}", r["binding"] or "-")
+    console.print(table)
+    if len(records) == 1:
+        console.print("\n".join(f"- {reason}" for reason in records[0]["reasons"]))
+    elif len(records) > limit:
+        console.print(f"{len(records) - limit} more items: --limit N; --item ID for the reasons; --json for all")
 
 
 if __name__ == "__main__":

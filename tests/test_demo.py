@@ -11,7 +11,7 @@ from server.run_store import RunStore
 
 
 @pytest.mark.slow
-def test_quick_demo_with_dp_and_he_writes_run_directory_and_recommend_uses_it(tmp_path: Path) -> None:
+def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price_use(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "fedshop.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
@@ -41,3 +41,15 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_and_recommend_uses_it(tm
         parts = item["parts"]
         total = sum(h["contribution"] for h in parts["history"]) + parts["popularity"]
         assert total == pytest.approx(item["score"], abs=1e-4)
+
+    prices = subprocess.run([sys.executable, "-m", "fedshop.cli", "price", "--data", str(out / "data" / "merchant_1"),
+                             "--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"),
+                             "--objective", "profit", "--max-change", "0.15", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert prices.returncode == 0, prices.stdout + prices.stderr
+    records = json.loads(prices.stdout)
+    assert len(records) > 20
+    for record in records:
+        assert record["objective"] == "profit" and record["recommended_price"] >= record["unit_cost"]
+        assert abs(record["change"]) <= 0.15 + 1e-9 and record["elasticity"] < 0
+        assert len(record["reasons"]) == 5

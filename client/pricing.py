@@ -1,0 +1,145 @@
+"""A merchant's price recommendations: the shared demand model plus the merchant's own demand levels.
+
+Runs on the merchant's node. The demand level of each item (``a_i`` in ``models.demand``) is fitted
+here in closed form from the merchant's own sales and never leaves the node. Expected weekly units
+at price ``p`` are ``q(p) = q(p_now) * (p / p_now) ** b``, with ``b`` < 0, so demand always falls as
+the price rises. The optimiser searches a grid of prices inside every bound at once:
+
+* the merchant's ``max_change`` around the current price;
+* the price range the item was sold at, widened by ``EXTRAPOLATION`` on each side: outside it the
+  elasticity is an extrapolation, and the recommendation stops at the edge and says so;
+* for profit, the unit cost: a price below cost is never recommended (without a cost, profit cannot
+  be computed and the revenue is optimised instead, which the result says).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.demand import DemandPanel
+from models.demand import DemandModel
+
+EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
+TREND_WEEKS = 8
+GRID = 401
+
+
+@dataclass(frozen=True)
+class PriceRecommendation:
+    """One item's recommended price and the numbers behind it."""
+
+    item_id: str
+    title: str
+    category: str
+    objective: str  # "revenue" or "profit"
+    current_price: float
+    recommended_price: float
+    lower_bound: float
+    upper_bound: float
+    binding: str  # "max change", "price range seen", "unit cost" or "" (an interior optimum)
+    elasticity: float
+    base_elasticity: float  # the federation's base; elasticity - base is the category's own part
+    category_evidence: bool  # False when the category's deviation is exactly 0 (ElasticNet)
+    units_now: float  # expected units per week
+    units_new: float
+    unit_cost: float | None
+    price_range_seen: tuple[float, float]
+    trend: float  # actual / expected units over the last TREND_WEEKS weeks, minus 1
+    feasible: bool = True  # False when no allowed price covers the unit cost
+
+    @property
+    def revenue_now(self) -> float:
+        return self.current_price * self.units_now
+
+    @property
+    def revenue_new(self) -> float:
+        return self.recommended_price * self.units_new
+
+    @property
+    def profit_now(self) -> float | None:
+        return None if self.unit_cost is None else (self.current_price - self.unit_cost) * self.units_now
+
+    @property
+    def profit_new(self) -> float | None:
+        return None if self.unit_cost is None else (self.recommended_price - self.unit_cost) * self.units_new
+
+
+@torch.no_grad()
+def demand_shape(model: DemandModel, panel: DemandPanel) -> np.ndarray:
+    """``b_c * log(p / p_ref) + s_w`` of every item and week ``[items, weeks]``."""
+    shape = model.log_demand_shape(torch.from_numpy(panel.category_buckets), torch.from_numpy(panel.log_price_ratio),
+                                   torch.from_numpy(np.broadcast_to(panel.season_weeks, panel.price.shape).copy()))
+    return shape.numpy().astype(np.float64)
+
+
+def demand_levels(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> np.ndarray:
+    """Each item's local demand level ``a_i``: its units over its weeks on sale, divided by what the
+    shared shape expects over those weeks (the maximum-likelihood level given the shared part)."""
+    on_sale = panel.on_sale.copy()
+    if train_weeks is not None:
+        on_sale[:, train_weeks:] = False
+    expected = np.where(on_sale, np.exp(demand_shape(model, panel)), 0.0).sum(axis=1)
+    sold = np.where(on_sale, panel.units, 0.0).sum(axis=1)
+    return np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12))
+
+
+def expected_units(model: DemandModel, panel: DemandPanel, levels: np.ndarray) -> np.ndarray:
+    """Expected units of every item and week at the prices of the panel ``[items, weeks]``."""
+    return np.where(panel.on_sale, np.exp(levels[:, None] + demand_shape(model, panel)), 0.0)
+
+
+def _bounds(current: float, seen: tuple[float, float], max_change: float,
+            cost: float | None) -> tuple[float, float, dict[str, tuple[float, float]]]:
+    limits = {"max change": (current * (1 - max_change), current * (1 + max_change)),
+              "price range seen": (seen[0] * (1 - EXTRAPOLATION), seen[1] * (1 + EXTRAPOLATION))}
+    if cost is not None:
+        limits["unit cost"] = (cost, np.inf)
+    return max(lo for lo, _ in limits.values()), min(hi for _, hi in limits.values()), limits
+
+
+def _binding(price: float, lower: float, upper: float, limits: dict[str, tuple[float, float]]) -> str:
+    for name, (lo, hi) in limits.items():
+        if (abs(price - lower) < 0.005 and abs(lo - lower) < 1e-9) or (abs(price - upper) < 0.005
+                                                                        and abs(hi - upper) < 1e-9):
+            return name
+    return ""
+
+
+def recommend_price(model: DemandModel, panel: DemandPanel, levels: np.ndarray, row: int, objective: str,
+                    max_change: float) -> PriceRecommendation:
+    """The best price of one item for ``objective`` inside every bound (see the module docstring)."""
+    cost = float(panel.unit_cost[row]) if np.isfinite(panel.unit_cost[row]) else None
+    if objective == "profit" and cost is None:
+        objective = "revenue"
+    bucket = torch.tensor([int(panel.category_buckets[row])])
+    with torch.no_grad():
+        elasticity = float(model.elasticity(bucket)[0])
+        base = float(model.elasticity(torch.zeros_like(bucket))[0])  # the padding row holds no deviation
+        evidence = bool(model.category.weight[bucket].abs().sum() > 0)
+        season_next = float(model.season.weight[int(panel.season_weeks[-1]) % 53 + 1, 0])
+    last = int(np.flatnonzero(panel.on_sale[row])[-1])
+    current = float(panel.price[row, last])
+    seen = tuple(float(x[row]) for x in panel.price_range)
+    shape = demand_shape(model, panel)[row]
+    units_now = float(np.exp(levels[row] + elasticity * np.log(current / panel.reference_price[row]) + season_next))
+    recent = panel.on_sale[row].copy()
+    recent[: max(0, last + 1 - TREND_WEEKS)] = False
+    expected_recent = float(np.exp(levels[row] + shape[recent]).sum())
+    trend = float(panel.units[row, recent].sum() / expected_recent - 1) if expected_recent > 0 else 0.0
+    lower, upper, limits = _bounds(current, seen, max_change, cost if objective == "profit" else None)
+    feasible = lower <= upper
+    if feasible:
+        prices = np.unique(np.clip(np.round(np.append(np.linspace(lower, upper, GRID), current), 2), lower, upper))
+        units = units_now * (prices / current) ** elasticity
+        value = prices * units - (cost * units if objective == "profit" else 0.0)
+        best = float(prices[int(np.argmax(value))])
+    else:
+        best = current
+    return PriceRecommendation(
+        item_id=panel.item_ids[row], title=panel.titles[row], category=panel.categories[row], objective=objective,
+        current_price=current, recommended_price=best, lower_bound=float(lower), upper_bound=float(upper),
+        binding=_binding(best, lower, upper, limits) if feasible else "unit cost", elasticity=elasticity,
+        base_elasticity=base, category_evidence=evidence, units_now=units_now,
+        units_new=units_now * (best / current) ** elasticity, unit_cost=cost, price_range_seen=seen, trend=trend,
+        feasible=feasible)

@@ -1,0 +1,79 @@
+"""Why a price was recommended: the numbers behind a :class:`client.pricing.PriceRecommendation`,
+as structured reasons for a machine and one sentence each for a person.
+
+Each reason is computed from the same numbers the optimiser used, so the explanation is the
+decision itself, not a story told beside it.
+"""
+
+from client.pricing import PriceRecommendation
+from models.demand import UNCATEGORISED
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio:+.0%}"
+
+
+def elasticity_reason(rec: PriceRecommendation) -> str:
+    category = rec.category or UNCATEGORISED
+    if not rec.category_evidence:
+        return (f"elasticity {rec.elasticity:.2f}: the federation's shared base; merchants' data shows no "
+                f"reliable difference for category '{category}'")
+    return (f"elasticity {rec.elasticity:.2f} for category '{category}', learned across the federation "
+            f"(shared base {rec.base_elasticity:.2f}, category's own part {rec.elasticity - rec.base_elasticity:+.2f})")
+
+
+def demand_reason(rec: PriceRecommendation) -> str:
+    change = rec.units_new / rec.units_now - 1 if rec.units_now > 0 else 0.0
+    return (f"expected demand {rec.units_now:.1f} → {rec.units_new:.1f} units a week ({_percent(change)}) "
+            f"at {rec.current_price:.2f} → {rec.recommended_price:.2f}")
+
+
+def objective_reason(rec: PriceRecommendation, asked: str) -> str:
+    if rec.objective == "profit":
+        return (f"expected profit {rec.profit_now:.2f} → {rec.profit_new:.2f} a week "
+                f"(unit cost {rec.unit_cost:.2f}; revenue {rec.revenue_now:.2f} → {rec.revenue_new:.2f})")
+    prefix = "no unit cost in the catalogue, so revenue is optimised: " if asked == "profit" else ""
+    return f"{prefix}expected revenue {rec.revenue_now:.2f} → {rec.revenue_new:.2f} a week"
+
+
+def bound_reason(rec: PriceRecommendation) -> str:
+    if not rec.feasible:
+        return (f"no allowed price covers the unit cost {rec.unit_cost:.2f} (allowed up to {rec.upper_bound:.2f}): "
+                "the current price is kept; review the cost or allow a larger change")
+    if rec.binding == "max change":
+        return f"limited by the maximum change allowed ({rec.lower_bound:.2f}–{rec.upper_bound:.2f})"
+    if rec.binding == "price range seen":
+        low, high = rec.price_range_seen
+        return (f"limited by the prices this item has sold at ({low:.2f}–{high:.2f}, ±10%): "
+                "beyond them the elasticity would be an extrapolation")
+    if rec.binding == "unit cost":
+        return f"held at the unit cost {rec.unit_cost:.2f}: never priced below cost"
+    if rec.recommended_price == rec.current_price:
+        return "the current price is already the best inside the bounds"
+    return "the best price inside the bounds (no bound was reached)"
+
+
+def trend_reason(rec: PriceRecommendation) -> str:
+    return (f"recent demand ran {_percent(rec.trend)} against what price and season explain "
+            "(the last 8 weeks; not used in the price)")
+
+
+def price_reasons(rec: PriceRecommendation, asked: str) -> list[str]:
+    """The reasons for ``rec``, most important first; ``asked`` is the objective the merchant asked for."""
+    return [bound_reason(rec), elasticity_reason(rec), demand_reason(rec), objective_reason(rec, asked),
+            trend_reason(rec)]
+
+
+def price_record(rec: PriceRecommendation, asked: str) -> dict:
+    """The recommendation and its reasons for the merchant's systems (JSON-ready)."""
+    return {
+        "item_id": rec.item_id, "title": rec.title, "category": rec.category, "objective": rec.objective,
+        "objective_asked": asked, "current_price": rec.current_price, "recommended_price": rec.recommended_price,
+        "change": rec.recommended_price / rec.current_price - 1, "bounds": [rec.lower_bound, rec.upper_bound],
+        "binding": rec.binding or None, "feasible": rec.feasible, "elasticity": rec.elasticity,
+        "elasticity_base": rec.base_elasticity, "category_evidence": rec.category_evidence,
+        "units_per_week": [rec.units_now, rec.units_new], "revenue_per_week": [rec.revenue_now, rec.revenue_new],
+        "profit_per_week": None if rec.unit_cost is None else [rec.profit_now, rec.profit_new],
+        "unit_cost": rec.unit_cost, "price_range_seen": list(rec.price_range_seen), "demand_trend": rec.trend,
+        "reasons": price_reasons(rec, asked),
+    }

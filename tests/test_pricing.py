@@ -1,0 +1,133 @@
+"""Demand data on tricky orders, the demand model's learning, the price optimiser's bounds and reasons."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client.demand import CustomerDemand, build_demand_panel
+from client.demand_training import train_demand
+from client.generate import ELASTICITY
+from client.pricing import EXTRAPOLATION, demand_levels, recommend_price
+from client.schema import MerchantData, load_merchant, write_merchant
+from explain.price_reasons import price_reasons, price_record
+from models.demand import DemandModel, category_bucket
+
+MONDAY = pd.Timestamp("2025-03-03T10:00:00Z")
+
+
+def _merchant(tmp_path: Path, lines: list[tuple], cost: float | None = 2.0) -> MerchantData:
+    """Orders (customer, item, week, quantity, price) written and loaded through the schema."""
+    orders = pd.DataFrame([(c, i, MONDAY + pd.Timedelta(weeks=w, days=d), q, p) for c, i, w, d, q, p in lines],
+                          columns=["customer_id", "item_id", "timestamp", "quantity", "unit_price"])
+    items = sorted(orders["item_id"].unique())
+    catalog = pd.DataFrame({"item_id": items, "title": [f"{i} title" for i in items], "category": "mugs"})
+    if cost is not None:
+        catalog["unit_cost"] = cost
+    return load_merchant(write_merchant(MerchantData("shop", orders, catalog), tmp_path / "shop"))
+
+
+def test_demand_panel_nets_returns_fills_quiet_weeks_and_caps_nothing_real(tmp_path: Path) -> None:
+    data = _merchant(tmp_path, [
+        ("c1", "A", 0, 0, 4, 5.0), ("c1", "A", 2, 1, -1, 5.0),  # a partial return, two weeks later
+        ("c2", "A", 3, 2, 2, 4.0),  # week 1 and 2 have no sales: zero demand at the last price
+        ("c3", "B", 1, 0, 3, 9.0), ("c3", "B", 1, 3, -3, 9.0),  # fully returned: no demand at all
+        ("c4", "B", 0, 0, 1, 9.0),  # B sold once at one price: no price variation
+    ])
+    panel = build_demand_panel(data)
+    a, b = panel.row("A"), panel.row("B")
+    assert panel.units[a].tolist() == [3.0, 0.0, 0.0, 2.0]  # c1's return is taken from its purchase
+    assert panel.price[a].tolist() == [5.0, 5.0, 5.0, 4.0]
+    assert panel.on_sale[a].all() and panel.on_sale[b].tolist() == [True, False, False, False]
+    assert panel.units[b].sum() == 1.0
+    assert panel.reference_price[a] == 5.0 and panel.log_price_ratio[b].tolist() == [0.0] * 4
+    assert [c.tolist() for c in panel.customer_cells] == [[[a, 0, 3.0]], [[a, 3, 2.0]], [[b, 0, 1.0]]]
+    assert panel.season_weeks.tolist() == [10, 11, 12, 13]
+    with pytest.raises(KeyError, match="no sales"):
+        panel.row("Z")
+
+
+def test_a_merchant_whose_orders_were_all_returned_gets_a_clear_error(tmp_path: Path) -> None:
+    data = _merchant(tmp_path, [("c1", "A", 0, 0, 2, 5.0), ("c1", "A", 1, 0, -2, 5.0)])
+    with pytest.raises(ValueError, match="no purchases left after returns"):
+        build_demand_panel(data)
+
+
+def test_an_item_sold_at_a_single_price_teaches_no_elasticity(tmp_path: Path) -> None:
+    data = _merchant(tmp_path, [(f"c{w}", "A", w, 0, 1 + w % 3, 5.0) for w in range(6)])
+    model = DemandModel()
+    before = model.elasticity(torch.tensor([category_bucket("mugs")])).item()
+    train_demand(model, CustomerDemand(build_demand_panel(data), seed=0), 4, 0.1, 5, seed=0)
+    assert model.elasticity(torch.tensor([category_bucket("mugs")])).item() == pytest.approx(before, abs=1e-6)
+
+
+def test_training_moves_elasticities_toward_the_generators_truth(federation_dirs) -> None:
+    model = DemandModel()
+    dataset = CustomerDemand(build_demand_panel(load_merchant(federation_dirs[0])), seed=0)
+    train_demand(model, dataset, batch_size=64, learning_rate=0.05, epochs=15, seed=0)
+    names = list(ELASTICITY)
+    learned = model.elasticity(torch.tensor([category_bucket(n) for n in names])).detach().numpy()
+    truth = np.array([ELASTICITY[n] for n in names])
+    assert (learned < 0).all()
+    untrained_error = np.abs(DemandModel().elasticity(torch.tensor([1])).item() - truth).mean()
+    assert np.abs(learned - truth).mean() < 0.85 * untrained_error  # 300 customers: a weak signal alone
+    assert np.corrcoef(learned, truth)[0, 1] > 0.4
+
+
+def _priced_item(tmp_path: Path, cost: float | None) -> tuple:
+    prices = [5.0, 5.0, 4.5, 5.0, 5.5, 5.0]
+    data = _merchant(tmp_path, [(f"c{w}", "A", w, 0, 3, p) for w, p in enumerate(prices)], cost=cost)
+    return build_demand_panel(data), prices
+
+
+def _model_with_elasticity(elasticity: float) -> DemandModel:
+    model = DemandModel()
+    with torch.no_grad():
+        model.base.weight.fill_(float(np.log(np.expm1(-elasticity))))
+    return model
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(elasticity=st.floats(-4.0, -0.05), cost=st.one_of(st.none(), st.floats(0.1, 8.0)),
+       max_change=st.floats(0.01, 0.9), objective=st.sampled_from(["revenue", "profit"]))
+def test_recommended_prices_stay_inside_every_bound_and_never_below_cost(
+        tmp_path: Path, elasticity: float, cost: float | None, max_change: float, objective: str) -> None:
+    panel, prices = _priced_item(tmp_path, cost)
+    model = _model_with_elasticity(elasticity)
+    rec = recommend_price(model, panel, demand_levels(model, panel), 0, objective, max_change)
+    assert rec.current_price == 5.0
+    if objective == "profit" and cost is None:
+        assert rec.objective == "revenue"
+        assert price_reasons(rec, objective)[3].startswith("no unit cost in the catalogue, so revenue is optimised")
+    if not rec.feasible:
+        assert objective == "profit" and cost is not None and rec.recommended_price == rec.current_price
+        assert cost > rec.upper_bound and "no allowed price covers the unit cost" in price_reasons(rec, objective)[0]
+        return
+    price = rec.recommended_price
+    assert abs(price / 5.0 - 1) <= max_change + 1e-9
+    assert min(prices) * (1 - EXTRAPOLATION) - 1e-9 <= price <= max(prices) * (1 + EXTRAPOLATION) + 1e-9
+    if rec.objective == "profit":
+        assert price >= cost and rec.profit_new >= rec.profit_now - 1e-9
+    else:
+        assert rec.revenue_new >= rec.revenue_now - 1e-9
+    assert rec.units_new == pytest.approx(rec.units_now * (price / 5.0) ** rec.elasticity)
+    assert (rec.units_new <= rec.units_now) == (price >= 5.0)  # demand never rises with price
+
+
+def test_the_optimum_and_the_bound_that_stopped_it_are_the_textbook_ones(tmp_path: Path) -> None:
+    panel, _ = _priced_item(tmp_path, cost=3.2)
+    elastic = _model_with_elasticity(-3.0)  # profit optimum: cost * e / (1 + e) = 4.80, inside the bounds
+    rec = recommend_price(elastic, panel, demand_levels(elastic, panel), 0, "profit", 0.2)
+    assert rec.recommended_price == pytest.approx(4.8, abs=0.01) and rec.binding == ""
+    revenue = recommend_price(elastic, panel, demand_levels(elastic, panel), 0, "revenue", 0.05)
+    assert revenue.recommended_price == pytest.approx(4.75) and revenue.binding == "max change"
+    inelastic = _model_with_elasticity(-0.5)  # revenue rises with price up to the last price seen + 10%
+    rec = recommend_price(inelastic, panel, demand_levels(inelastic, panel), 0, "revenue", 0.5)
+    assert rec.recommended_price == pytest.approx(6.05) and rec.binding == "price range seen"
+    record = price_record(rec, "revenue")
+    assert record["reasons"][0].startswith("limited by the prices this item has sold at (4.50–5.50")
+    assert "elasticity -0.50" in record["reasons"][1] and record["units_per_week"][1] < record["units_per_week"][0]
