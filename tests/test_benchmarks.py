@@ -34,3 +34,16 @@ def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
     he, clear = figures["methods"]["fedshop federated + HE"], figures["methods"]["fedshop federated"]
     assert he["macro"]["ndcg"] == pytest.approx(clear["macro"]["ndcg"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> None:
+    printed, figures = run_quick("pricing.py", tmp_path / "pricing.json")
+    assert set(figures["elasticity_error"]) == {"per-merchant log-log OLS", "per-merchant ElasticNet (local-only)",
+                                                "pooled central fit", "fedshop federated",
+                                                "fedshop federated + DP ε=8"}
+    for per_merchant in figures["elasticity_error"].values():
+        assert len(per_merchant) == 3 and all(0 <= e < 5 for e in per_merchant.values())
+    assert all(-1 <= share <= 1 for share in figures["revenue_uplift_share_of_oracle"].values())
+    assert len(figures["holdout_wape"]) == 4 and len(figures["targets"]) == 2
+    assert "held-out demand error" in printed

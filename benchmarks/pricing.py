@@ -1,0 +1,278 @@
+"""Pricing side by side: elasticity error, held-out demand error and revenue uplift, in one run.
+
+    python benchmarks/pricing.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--quick] [--json OUT]
+
+1. **Semi-synthetic** (known truth): each merchant keeps its real items, weeks on sale, weekly
+   prices and customers; its units are redrawn as Poisson(exp(a_i + b_c log(p / p_ref))) with
+   a chosen elasticity per category (items without a category get one from their title's last
+   word) and each unit goes to one of the merchant's customers. Methods: naive per-merchant
+   log-log OLS (within item), the same penalised model trained by each merchant alone
+   (ElasticNet-type, fedshop local-only), a pooled central fit, and fedshop federated, in the
+   clear and with DP. Error: unit-weighted mean |estimated - true| elasticity per merchant.
+   Revenue uplift: the recommended prices' revenue gain under the true curve, as a share of the
+   oracle's gain (true elasticity, same bounds).
+2. **Real data**: the last ``HOLDOUT_WEEKS`` weeks are held out; demand error (WAPE) of held-out
+   weekly units for local-only, federated and pooled models fitted on the weeks before.
+
+Data: generated merchants by default, or ``--data`` as in ``benchmarks/quality.py``. Run by hand;
+CI runs ``--quick`` as a smoke test.
+"""
+
+import argparse
+import json
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import ConcatDataset
+
+from client.demand import CustomerDemand, DemandPanel, build_demand_panel
+from client.demand_training import train_demand
+from client.generate import FederationSpec, write_federation
+from client.global_model import load_models
+from client.partition import partition_export
+from client.pricing import demand_levels, expected_units, recommend_price
+from client.schema import MerchantData, load_merchant, write_merchant
+from fedshop.settings import RunSettings
+from fedshop.simulation import run_simulated_federation
+from models.demand import DemandModel, category_bucket
+
+SYNTHETIC_CATEGORIES = 8
+TRUE_ELASTICITIES = np.linspace(-2.5, -0.5, SYNTHETIC_CATEGORIES)
+HOLDOUT_WEEKS = 8
+MAX_CHANGE = 0.2
+
+
+def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
+    if args.data is None:
+        return write_federation(workdir / "data", FederationSpec.quick() if args.quick else FederationSpec())
+    if args.data.is_file():
+        partition_export(args.data, args.merchants, args.by, workdir / "data")
+        return sorted(d for d in (workdir / "data").iterdir() if d.is_dir())
+    return sorted(d for d in args.data.iterdir() if d.is_dir() and any(d.glob("orders.*")))
+
+
+def synthetic_category(title: str, category: str) -> str:
+    """The item's own category, else a group named after its title's last word."""
+    if category.strip():
+        return category.strip().lower()
+    word = (title.split() or ["item"])[-1].lower()
+    return f"group-{category_bucket(word) % SYNTHETIC_CATEGORIES}"
+
+
+def truth_of(categories: list[str]) -> dict[str, float]:
+    names = sorted(set(categories))
+    return {name: float(TRUE_ELASTICITIES[category_bucket(name) % SYNTHETIC_CATEGORIES]) for name in names}
+
+
+def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> tuple[Path, dict[str, float]]:
+    """The merchant's real prices and customers with units redrawn from a known demand curve."""
+    real = load_merchant(data_dir)
+    panel = build_demand_panel(real)
+    categories = [synthetic_category(t, c) for t, c in zip(panel.titles, panel.categories, strict=True)]
+    truth = truth_of(categories)
+    beta = np.array([truth[c] for c in categories])
+    level = np.log(np.maximum(panel.units.sum(axis=1), 1.0) / panel.on_sale.sum(axis=1))
+    mean = np.where(panel.on_sale, np.exp(level[:, None] + beta[:, None] * panel.log_price_ratio), 0.0)
+    units = rng.poisson(mean)
+    customers = sorted(real.orders["customer_id"].unique())
+    rows = []
+    for item, week in zip(*np.nonzero(units), strict=True):
+        buyers = rng.choice(len(customers), units[item, week])
+        for buyer, count in zip(*np.unique(buyers, return_counts=True), strict=True):
+            rows.append((customers[buyer], panel.item_ids[item], panel.week_starts[week] + pd.Timedelta(days=2),
+                         int(count), float(panel.price[item, week])))
+    orders = pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp", "quantity", "unit_price"])
+    orders["timestamp"] = pd.to_datetime(orders["timestamp"]).dt.tz_localize("UTC")
+    catalog = pd.DataFrame({"item_id": panel.item_ids, "title": panel.titles, "category": categories})
+    write_merchant(MerchantData(data_dir.name, orders, catalog), out / data_dir.name)
+    return out / data_dir.name, truth
+
+
+def ols_elasticities(panel: DemandPanel) -> dict[str, float]:
+    """Naive log-log OLS of one merchant: log units on log price, within item, per category."""
+    sold = panel.on_sale & (panel.units > 0)
+    estimates = {}
+    for name in set(panel.categories):
+        rows = [i for i, c in enumerate(panel.categories) if c == name]
+        x, y = [], []
+        for i in rows:
+            mask = sold[i]
+            if mask.sum() >= 2:
+                x.append(panel.log_price_ratio[i, mask] - panel.log_price_ratio[i, mask].mean())
+                y.append(np.log(panel.units[i, mask]) - np.log(panel.units[i, mask]).mean())
+        x_all, y_all = (np.concatenate(v) if v else np.zeros(0) for v in (x, y))
+        estimates[name] = float((x_all @ y_all) / (x_all @ x_all)) if x_all @ x_all > 1e-9 else 0.0
+    return estimates
+
+
+def model_elasticities(model: DemandModel, names: list[str]) -> dict[str, float]:
+    with torch.no_grad():
+        values = model.elasticity(torch.tensor([category_bucket(n) for n in names]))
+    return dict(zip(names, values.tolist(), strict=True))
+
+
+def elasticity_error(panel: DemandPanel, truth: dict[str, float], estimate: dict[str, float]) -> float:
+    """Unit-weighted mean absolute error over the merchant's categories."""
+    weight = {name: 0.0 for name in truth}
+    for name, units in zip(panel.categories, panel.units.sum(axis=1), strict=True):
+        weight[name] += units
+    total = sum(weight.values())
+    return sum(weight[n] * abs(estimate.get(n, 0.0) - truth[n]) for n in truth) / total
+
+
+def fit_alone(panels: list[DemandPanel], settings: RunSettings, train_weeks: list[int | None]) -> DemandModel:
+    model = DemandModel()
+    data = ConcatDataset([CustomerDemand(p, settings.seed, w) for p, w in zip(panels, train_weeks, strict=True)])
+    train_demand(model, data, settings.batch_size, settings.demand_learning_rate,
+                 settings.num_server_rounds * settings.local_epochs, settings.seed)
+    return model
+
+
+def federated_models(dirs: list[Path], settings: RunSettings, workdir: Path, label: str) -> dict[str, DemandModel]:
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(workdir / label / d.name),
+              "epsilon-budget": 1e9} for d in dirs]
+    run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run")))
+    return {d.name: load_models(workdir / label / d.name)[0].demand for d in dirs}
+
+
+def revenue_uplift(model: DemandModel, panel: DemandPanel, truth: dict[str, float]) -> tuple[float, float]:
+    """Sum over items of the true revenue gain of the model's prices and of the oracle's prices."""
+    levels = demand_levels(model, panel)
+    beta = np.array([truth[c] for c in panel.categories])
+    oracle = DemandModel()
+    gained = best = 0.0
+    for row in range(len(panel.item_ids)):
+        rec = recommend_price(model, panel, levels, row, "revenue", MAX_CHANGE)
+        with torch.no_grad():
+            oracle.base.weight.fill_(float(np.log(np.expm1(-beta[row]))))
+        ideal = recommend_price(oracle, panel, levels, row, "revenue", MAX_CHANGE)
+
+        def true_revenue(price: float, now: float = rec.current_price, b: float = beta[row]) -> float:
+            return price * (price / now) ** b
+        gained += true_revenue(rec.recommended_price) - true_revenue(rec.current_price)
+        best += true_revenue(ideal.recommended_price) - true_revenue(rec.current_price)
+    return gained, best
+
+
+def truncated_dirs(dirs: list[Path], cutoff: dict[str, pd.Timestamp], out: Path) -> list[Path]:
+    """Each merchant's data before its held-out weeks."""
+    result = []
+    for d in dirs:
+        data = load_merchant(d)
+        orders = data.orders[data.orders["timestamp"] < cutoff[d.name]]
+        result.append(write_merchant(MerchantData(d.name, orders, data.catalog), out / d.name))
+    return result
+
+
+def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> float:
+    """Weighted absolute percentage error of held-out weekly units (items on sale before them);
+    without a model, each item's mean weekly units before the held-out weeks (no price effect)."""
+    seen = panel.on_sale[:, :train_weeks].any(axis=1)
+    held = panel.on_sale & seen[:, None]
+    held[:, :train_weeks] = False
+    if model is None:
+        mean = panel.units[:, :train_weeks].sum(axis=1) / np.maximum(panel.on_sale[:, :train_weeks].sum(axis=1), 1)
+        predicted = np.broadcast_to(mean[:, None], panel.units.shape)
+    else:
+        predicted = expected_units(model, panel, demand_levels(model, panel, train_weeks))
+    return float(np.abs(predicted - panel.units)[held].sum() / max(panel.units[held].sum(), 1e-9))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="merchant directories, or one export file to partition")
+    parser.add_argument("--merchants", type=int, default=4)
+    parser.add_argument("--by", default="Country")
+    parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    settings = RunSettings(he=False, dp=False)
+    if args.quick:
+        settings = replace(settings, num_server_rounds=2, local_epochs=1)
+    console = Console(width=max(Console().width, 140))
+    with tempfile.TemporaryDirectory(prefix="fedshop-pricing-") as tmp:
+        workdir = Path(tmp)
+        real_dirs = merchant_dirs(args, workdir)
+        rng = np.random.default_rng(settings.seed)
+        synthetic = [semi_synthetic(d, workdir / "synthetic", rng) for d in real_dirs]
+        syn_dirs = [d for d, _ in synthetic]
+        truths = {d.name: t for d, t in synthetic}
+        panels = {d.name: build_demand_panel(load_merchant(d)) for d in syn_dirs}
+        names = sorted({n for t in truths.values() for n in t})
+        estimates: dict[str, dict[str, dict[str, float]]] = {
+            "per-merchant log-log OLS": {m: ols_elasticities(p) for m, p in panels.items()},
+            "per-merchant ElasticNet (local-only)": {
+                m: model_elasticities(fit_alone([p], settings, [None]), names) for m, p in panels.items()},
+        }
+        pooled = fit_alone(list(panels.values()), settings, [None] * len(panels))
+        estimates["pooled central fit"] = dict.fromkeys(panels, model_elasticities(pooled, names))
+        fitted = {"pooled central fit": dict.fromkeys(panels, pooled)}
+        for label, dp in (("fedshop federated", False), ("fedshop federated + DP ε=8", True)):
+            fitted[label] = federated_models(syn_dirs, replace(settings, dp=dp), workdir, label.replace(" ", "_"))
+            estimates[label] = {m: model_elasticities(fitted[label][m], names) for m in panels}
+        errors = {method: {m: elasticity_error(panels[m], truths[m], est[m]) for m in panels}
+                  for method, est in estimates.items()}
+        uplift = {}
+        for method, models in fitted.items():
+            parts = [revenue_uplift(models[m], panels[m], truths[m]) for m in panels]
+            uplift[method] = sum(g for g, _ in parts) / max(sum(b for _, b in parts), 1e-12)
+
+        real_panels = {d.name: build_demand_panel(load_merchant(d)) for d in real_dirs}
+        train_weeks = {m: p.units.shape[1] - HOLDOUT_WEEKS for m, p in real_panels.items()}
+        cutoff = {m: real_panels[m].week_starts[train_weeks[m]].tz_localize("UTC") for m in real_panels}
+        before = truncated_dirs(real_dirs, cutoff, workdir / "before")
+        wapes = {
+            "naive: mean weekly units, no price effect": {m: wape(None, p, train_weeks[m])
+                                                          for m, p in real_panels.items()},
+            "local-only": {m: wape(fit_alone([p], settings, [train_weeks[m]]), p, train_weeks[m])
+                           for m, p in real_panels.items()},
+        }
+        federated_real = federated_models(before, settings, workdir, "real_federated")
+        wapes["fedshop federated"] = {m: wape(federated_real[m], p, train_weeks[m]) for m, p in real_panels.items()}
+        pooled_real = fit_alone(list(real_panels.values()), settings, list(train_weeks.values()))
+        wapes["pooled central fit"] = {m: wape(pooled_real, p, train_weeks[m]) for m, p in real_panels.items()}
+
+    merchants = list(panels)
+    table = Table("method", "mean error", *(f"error {m}" for m in merchants), "revenue uplift (% of oracle)",
+                  title="elasticity error on semi-synthetic data (true curve known), "
+                        f"merchants with {', '.join(str(len(p.customer_cells)) for p in panels.values())} customers")
+    for method, per in errors.items():
+        table.add_row(method, f"{np.mean(list(per.values())):.3f}", *(f"{per[m]:.3f}" for m in merchants),
+                      f"{100 * uplift[method]:.1f}%" if method in uplift else "-")
+    console.print(table)
+    real = Table("method", "mean WAPE", *(f"WAPE {m}" for m in merchants),
+                 title=f"held-out demand error on the real data (last {HOLDOUT_WEEKS} weeks)")
+    for method, per in wapes.items():
+        real.add_row(method, f"{np.mean(list(per.values())):.3f}", *(f"{per[m]:.3f}" for m in merchants))
+    console.print(real)
+    smallest = min(merchants, key=lambda m: len(panels[m].customer_cells))
+    fed, pool = (float(np.mean(list(errors[k].values()))) for k in ("fedshop federated", "pooled central fit"))
+    checks = [
+        ("federated elasticity error within 0.1 of the pooled fit's", fed <= pool + 0.1, f"{fed:.3f} vs {pool:.3f}"),
+        (f"smallest merchant ({smallest}): federated far better than its own fits",
+         errors["fedshop federated"][smallest] < 0.5 * min(errors["per-merchant log-log OLS"][smallest],
+                                                           errors["per-merchant ElasticNet (local-only)"][smallest]),
+         f"{errors['fedshop federated'][smallest]:.3f} vs OLS {errors['per-merchant log-log OLS'][smallest]:.3f}, "
+         f"ElasticNet {errors['per-merchant ElasticNet (local-only)'][smallest]:.3f}"),
+    ]
+    for name, met, detail in checks:
+        console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "quick": args.quick, "data": str(args.data or "generated"), "elasticity_error": errors,
+            "revenue_uplift_share_of_oracle": uplift, "holdout_wape": wapes, "truth": truths,
+            "targets": [{"target": n, "met": bool(met), "detail": d} for n, met, d in checks],
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
