@@ -37,7 +37,7 @@ from client.demand_training import train_demand
 from client.generate import FederationSpec, write_federation
 from client.global_model import load_models
 from client.partition import partition_export
-from client.pricing import demand_levels, expected_units, recommend_price
+from client.pricing import local_demand, recommend_price
 from client.schema import MerchantData, load_merchant, write_merchant
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
@@ -144,15 +144,15 @@ def federated_models(dirs: list[Path], settings: RunSettings, workdir: Path, lab
 
 def revenue_uplift(model: DemandModel, panel: DemandPanel, truth: dict[str, float]) -> tuple[float, float]:
     """Sum over items of the true revenue gain of the model's prices and of the oracle's prices."""
-    levels = demand_levels(model, panel)
+    local = local_demand(model, panel)
     beta = np.array([truth[c] for c in panel.categories])
     oracle = DemandModel()
     gained = best = 0.0
     for row in range(len(panel.item_ids)):
-        rec = recommend_price(model, panel, levels, row, "revenue", MAX_CHANGE)
+        rec = recommend_price(model, panel, local, row, "revenue", MAX_CHANGE)
         with torch.no_grad():
             oracle.base.weight.fill_(float(np.log(np.expm1(-beta[row]))))
-        ideal = recommend_price(oracle, panel, levels, row, "revenue", MAX_CHANGE)
+        ideal = recommend_price(oracle, panel, local, row, "revenue", MAX_CHANGE)
 
         def true_revenue(price: float, now: float = rec.current_price, b: float = beta[row]) -> float:
             return price * (price / now) ** b
@@ -181,7 +181,7 @@ def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> flo
         mean = panel.units[:, :train_weeks].sum(axis=1) / np.maximum(panel.on_sale[:, :train_weeks].sum(axis=1), 1)
         predicted = np.broadcast_to(mean[:, None], panel.units.shape)
     else:
-        predicted = expected_units(model, panel, demand_levels(model, panel, train_weeks))
+        predicted = local_demand(model, panel, train_weeks).expected_units(panel)
     return float(np.abs(predicted - panel.units)[held].sum() / max(panel.units[held].sum(), 1e-9))
 
 

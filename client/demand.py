@@ -72,11 +72,18 @@ class DemandPanel:
     def category_buckets(self) -> np.ndarray:
         return np.array([category_bucket(c) for c in self.categories], dtype=np.int64)
 
-    @property
+    @cached_property
     def price_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest weekly price of each item while on sale."""
         on_sale_price = np.where(self.on_sale, self.price, np.nan)
         return np.nanmin(on_sale_price, axis=1), np.nanmax(on_sale_price, axis=1)
+
+    def on_sale_before(self, weeks: int | None) -> np.ndarray:
+        """:attr:`on_sale` limited to the first ``weeks`` weeks (all of them for None)."""
+        on_sale = self.on_sale.copy()
+        if weeks is not None:
+            on_sale[:, weeks:] = False
+        return on_sale
 
     def row(self, item_id: str) -> int:
         if item_id not in self.item_ids:
@@ -142,9 +149,7 @@ class CustomerDemand(Dataset):
 
     def __init__(self, panel: DemandPanel, seed: int, train_weeks: int | None = None) -> None:
         self.panel = panel
-        self.on_sale = panel.on_sale.copy()
-        if train_weeks is not None:
-            self.on_sale[:, train_weeks:] = False
+        self.on_sale = panel.on_sale_before(train_weeks)
         cells = [c[self.on_sale[c[:, 0].astype(int), c[:, 1].astype(int)]] for c in panel.customer_cells]
         self.customers = [c for c in cells if len(c)]
         self.rng = np.random.default_rng(seed)

@@ -65,28 +65,31 @@ class PriceRecommendation:
         return None if self.unit_cost is None else (self.recommended_price - self.unit_cost) * self.units_new
 
 
-@torch.no_grad()
-def demand_shape(model: DemandModel, panel: DemandPanel) -> np.ndarray:
-    """``b_c * log(p / p_ref) + s_w`` of every item and week ``[items, weeks]``."""
-    shape = model.log_demand_shape(torch.from_numpy(panel.category_buckets), torch.from_numpy(panel.log_price_ratio),
-                                   torch.from_numpy(np.broadcast_to(panel.season_weeks, panel.price.shape).copy()))
-    return shape.numpy().astype(np.float64)
+@dataclass(frozen=True)
+class LocalDemand:
+    """The shared model applied to one merchant's panel: the demand shape ``b_c * log(p / p_ref) + s_w``
+    of every item and week ``[items, weeks]``, and the merchant's own item levels ``a_i`` ``[items]``."""
+
+    shape: np.ndarray
+    levels: np.ndarray
+
+    def expected_units(self, panel: DemandPanel) -> np.ndarray:
+        """Expected units of every item and week at the prices of the panel ``[items, weeks]``."""
+        return np.where(panel.on_sale, np.exp(self.levels[:, None] + self.shape), 0.0)
 
 
-def demand_levels(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> np.ndarray:
-    """Each item's local demand level ``a_i``: its units over its weeks on sale, divided by what the
-    shared shape expects over those weeks (the maximum-likelihood level given the shared part)."""
-    on_sale = panel.on_sale.copy()
-    if train_weeks is not None:
-        on_sale[:, train_weeks:] = False
-    expected = np.where(on_sale, np.exp(demand_shape(model, panel)), 0.0).sum(axis=1)
+def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> LocalDemand:
+    """The shape once for the whole panel, and each item's level: its units over its weeks on sale
+    (before ``train_weeks``) divided by what the shape expects over those weeks (the maximum-likelihood
+    level given the shared part)."""
+    with torch.no_grad():
+        shape = model.log_demand_shape(
+            torch.from_numpy(panel.category_buckets), torch.from_numpy(panel.log_price_ratio),
+            torch.from_numpy(np.broadcast_to(panel.season_weeks, panel.price.shape).copy())).numpy().astype(np.float64)
+    on_sale = panel.on_sale_before(train_weeks)
+    expected = np.where(on_sale, np.exp(shape), 0.0).sum(axis=1)
     sold = np.where(on_sale, panel.units, 0.0).sum(axis=1)
-    return np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12))
-
-
-def expected_units(model: DemandModel, panel: DemandPanel, levels: np.ndarray) -> np.ndarray:
-    """Expected units of every item and week at the prices of the panel ``[items, weeks]``."""
-    return np.where(panel.on_sale, np.exp(levels[:, None] + demand_shape(model, panel)), 0.0)
+    return LocalDemand(shape, np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12)))
 
 
 def _bounds(current: float, seen: tuple[float, float], max_change: float,
@@ -106,7 +109,7 @@ def _binding(price: float, lower: float, upper: float, limits: dict[str, tuple[f
     return ""
 
 
-def recommend_price(model: DemandModel, panel: DemandPanel, levels: np.ndarray, row: int, objective: str,
+def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, row: int, objective: str,
                     max_change: float) -> PriceRecommendation:
     """The best price of one item for ``objective`` inside every bound (see the module docstring)."""
     cost = float(panel.unit_cost[row]) if np.isfinite(panel.unit_cost[row]) else None
@@ -121,11 +124,11 @@ def recommend_price(model: DemandModel, panel: DemandPanel, levels: np.ndarray, 
     last = int(np.flatnonzero(panel.on_sale[row])[-1])
     current = float(panel.price[row, last])
     seen = tuple(float(x[row]) for x in panel.price_range)
-    shape = demand_shape(model, panel)[row]
-    units_now = float(np.exp(levels[row] + elasticity * np.log(current / panel.reference_price[row]) + season_next))
+    log_ratio = np.log(current / panel.reference_price[row])
+    units_now = float(np.exp(local.levels[row] + elasticity * log_ratio + season_next))
     recent = panel.on_sale[row].copy()
     recent[: max(0, last + 1 - TREND_WEEKS)] = False
-    expected_recent = float(np.exp(levels[row] + shape[recent]).sum())
+    expected_recent = float(np.exp(local.levels[row] + local.shape[row, recent]).sum())
     trend = float(panel.units[row, recent].sum() / expected_recent - 1) if expected_recent > 0 else 0.0
     lower, upper, limits = _bounds(current, seen, max_change, cost if objective == "profit" else None)
     feasible = lower <= upper

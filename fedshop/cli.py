@@ -315,7 +315,7 @@ def price(
     """Recommended prices per item inside the merchant's bounds, with the reasons for each."""
     from client.demand import build_demand_panel
     from client.global_model import load_models
-    from client.pricing import demand_levels, recommend_price
+    from client.pricing import local_demand, recommend_price
     from client.schema import SchemaError, load_merchant
     from explain.price_reasons import price_record
     from privacy.ckks import ContextError
@@ -330,8 +330,8 @@ def price(
         rows = [panel.row(i) for i in item] if item else range(len(panel.item_ids))
     except (SchemaError, FileNotFoundError, ContextError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
-    levels = demand_levels(models.demand, panel)
-    records = [price_record(recommend_price(models.demand, panel, levels, row, objective, max_change), objective)
+    local = local_demand(models.demand, panel)
+    records = [price_record(recommend_price(models.demand, panel, local, row, objective, max_change), objective)
                for row in rows]
     if as_json:
         typer.echo(json.dumps(records, indent=2))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from client.demand import CustomerDemand, build_demand_panel
 from client.demand_training import train_demand
 from client.generate import ELASTICITY
-from client.pricing import EXTRAPOLATION, demand_levels, recommend_price
+from client.pricing import EXTRAPOLATION, local_demand, recommend_price
 from client.schema import MerchantData, load_merchant, write_merchant
 from explain.price_reasons import price_reasons, price_record
 from models.demand import DemandModel, category_bucket
@@ -98,7 +98,7 @@ def test_recommended_prices_stay_inside_every_bound_and_never_below_cost(
         tmp_path: Path, elasticity: float, cost: float | None, max_change: float, objective: str) -> None:
     panel, prices = _priced_item(tmp_path, cost)
     model = _model_with_elasticity(elasticity)
-    rec = recommend_price(model, panel, demand_levels(model, panel), 0, objective, max_change)
+    rec = recommend_price(model, panel, local_demand(model, panel), 0, objective, max_change)
     assert rec.current_price == 5.0
     if objective == "profit" and cost is None:
         assert rec.objective == "revenue"
@@ -121,12 +121,12 @@ def test_recommended_prices_stay_inside_every_bound_and_never_below_cost(
 def test_the_optimum_and_the_bound_that_stopped_it_are_the_textbook_ones(tmp_path: Path) -> None:
     panel, _ = _priced_item(tmp_path, cost=3.2)
     elastic = _model_with_elasticity(-3.0)  # profit optimum: cost * e / (1 + e) = 4.80, inside the bounds
-    rec = recommend_price(elastic, panel, demand_levels(elastic, panel), 0, "profit", 0.2)
+    rec = recommend_price(elastic, panel, local_demand(elastic, panel), 0, "profit", 0.2)
     assert rec.recommended_price == pytest.approx(4.8, abs=0.01) and rec.binding == ""
-    revenue = recommend_price(elastic, panel, demand_levels(elastic, panel), 0, "revenue", 0.05)
+    revenue = recommend_price(elastic, panel, local_demand(elastic, panel), 0, "revenue", 0.05)
     assert revenue.recommended_price == pytest.approx(4.75) and revenue.binding == "max change"
     inelastic = _model_with_elasticity(-0.5)  # revenue rises with price up to the last price seen + 10%
-    rec = recommend_price(inelastic, panel, demand_levels(inelastic, panel), 0, "revenue", 0.5)
+    rec = recommend_price(inelastic, panel, local_demand(inelastic, panel), 0, "revenue", 0.5)
     assert rec.recommended_price == pytest.approx(6.05) and rec.binding == "price range seen"
     record = price_record(rec, "revenue")
     assert record["reasons"][0].startswith("limited by the prices this item has sold at (4.50–5.50")
