@@ -20,7 +20,7 @@ from pathlib import Path
 
 from client.demand import DemandPanel, build_demand_panel
 from client.interactions import Interactions, build_interactions
-from client.schema import load_merchant
+from client.schema import MerchantData, load_merchant
 from privacy.ledger import DEFAULT_EPSILON_BUDGET, LEDGER_FILE, Budget, default_delta
 
 
@@ -62,12 +62,18 @@ def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> 
 
 
 @lru_cache(maxsize=8)
+def _merchant_data(data_dir: Path) -> MerchantData:
+    """The merchant's tables, read and validated once per process for both models."""
+    return load_merchant(data_dir)
+
+
+@lru_cache(maxsize=8)
 def load_interactions(data_dir: Path) -> Interactions:
     """Validated data of the merchant in ``data_dir``, turned into training interactions."""
-    return build_interactions(load_merchant(data_dir))
+    return build_interactions(_merchant_data(data_dir))
 
 
 @lru_cache(maxsize=8)
 def load_demand_panel(data_dir: Path) -> DemandPanel:
     """Validated data of the merchant in ``data_dir``, turned into weekly demand."""
-    return build_demand_panel(load_merchant(data_dir))
+    return build_demand_panel(_merchant_data(data_dir))
