@@ -18,9 +18,7 @@ Data: generated merchants by default, or ``--data`` as in ``benchmarks/quality.p
 CI runs ``--quick`` as a smoke test.
 """
 
-import argparse
 import json
-import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -28,15 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from merchant_inputs import benchmark_arguments, benchmark_settings, merchant_dirs
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import ConcatDataset
 
 from client.demand import CustomerDemand, DemandPanel, build_demand_panel
 from client.demand_training import train_demand
-from client.generate import FederationSpec, write_federation
 from client.global_model import load_models
-from client.partition import partition_export
 from client.pricing import local_demand, recommend_price
 from client.schema import MerchantData, load_merchant, write_merchant
 from fedshop.settings import RunSettings
@@ -47,15 +44,6 @@ SYNTHETIC_CATEGORIES = 8
 TRUE_ELASTICITIES = np.linspace(-2.5, -0.5, SYNTHETIC_CATEGORIES)
 HOLDOUT_WEEKS = 8
 MAX_CHANGE = 0.2
-
-
-def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
-    if args.data is None:
-        return write_federation(workdir / "data", FederationSpec.quick() if args.quick else FederationSpec())
-    if args.data.is_file():
-        partition_export(args.data, args.merchants, args.by, workdir / "data")
-        return sorted(d for d in (workdir / "data").iterdir() if d.is_dir())
-    return sorted(d for d in args.data.iterdir() if d.is_dir() and any(d.glob("orders.*")))
 
 
 def synthetic_category(title: str, category: str) -> str:
@@ -186,18 +174,9 @@ def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="merchant directories, or one export file to partition")
-    parser.add_argument("--merchants", type=int, default=4)
-    parser.add_argument("--by", default="Country")
-    parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    args = benchmark_arguments(__doc__.splitlines()[0])
+    settings = benchmark_settings(args)
     torch.set_num_threads(1)
-    settings = RunSettings(he=False, dp=False)
-    if args.quick:
-        settings = replace(settings, num_server_rounds=2, local_epochs=1)
     console = Console(width=max(Console().width, 140))
     with tempfile.TemporaryDirectory(prefix="fedshop-pricing-") as tmp:
         workdir = Path(tmp)

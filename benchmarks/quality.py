@@ -14,9 +14,7 @@ rule by ``--by`` (default Country) into ``--merchants`` merchants. Run by hand (
 runs ``--quick`` as a smoke test.
 """
 
-import argparse
 import json
-import logging
 import os
 import tempfile
 from dataclasses import asdict, replace
@@ -27,14 +25,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402  (after the BLAS thread setting, which implicit requires)
 import torch  # noqa: E402
 from implicit.als import AlternatingLeastSquares  # noqa: E402
+from merchant_inputs import benchmark_arguments, benchmark_settings, merchant_dirs  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy import sparse  # noqa: E402
 
-from client.generate import FederationSpec, write_federation  # noqa: E402
 from client.global_model import load_models  # noqa: E402
 from client.interactions import Interactions, build_interactions  # noqa: E402
-from client.partition import partition_export  # noqa: E402
 from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     NextItemExamples,
@@ -51,15 +48,6 @@ from models.recommender import build_recommender  # noqa: E402
 from privacy.ckks import create_keys  # noqa: E402
 
 DP_EPSILONS = (1.0, 3.0, 8.0)
-
-
-def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
-    if args.data is None:
-        return write_federation(workdir / "data", FederationSpec.quick() if args.quick else FederationSpec())
-    if args.data.is_file():
-        partition_export(args.data, args.merchants, args.by, workdir / "data")
-        args.data = workdir / "data"
-    return sorted(d for d in args.data.iterdir() if d.is_dir() and any(d.glob("orders.*")))
 
 
 def _history_matrix(data: Interactions) -> sparse.csr_matrix:
@@ -161,17 +149,8 @@ def targets(rows: dict[str, dict[str, RankingMetrics]]) -> list[tuple[str, bool,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, help="merchant directories, or one export file to partition")
-    parser.add_argument("--merchants", type=int, default=4, help="merchants to split an export into")
-    parser.add_argument("--by", default="Country", help="column an export is split by")
-    parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    settings = RunSettings(he=False, dp=False)
-    if args.quick:
-        settings = replace(settings, num_server_rounds=2, local_epochs=1)
+    args = benchmark_arguments(__doc__.splitlines()[0])
+    settings = benchmark_settings(args)
     console = Console(width=max(Console().width, 160))
     with tempfile.TemporaryDirectory(prefix="fedshop-quality-") as tmp:
         workdir = Path(tmp)

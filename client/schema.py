@@ -73,6 +73,11 @@ class MerchantData:
     catalog: pd.DataFrame
 
 
+def merchant_directories(folder: Path) -> list[Path]:
+    """The merchant data directories directly under ``folder`` (those holding an orders table), sorted."""
+    return sorted(d for d in Path(folder).iterdir() if d.is_dir() and any(d.glob("orders.*")))
+
+
 def find_table(data_dir: Path, table: str) -> Path:
     """Path of ``table`` (orders or catalog) in ``data_dir``, as CSV or Parquet."""
     found = [data_dir / f"{table}{suffix}" for suffix in SUFFIXES if (data_dir / f"{table}{suffix}").exists()]

@@ -66,7 +66,7 @@ def demo(
     --data); writes OUT/data (generated merchants), OUT/keys, OUT/nodes (each merchant's privacy
     ledger and model copy) and OUT/run (the operator's run directory)."""
     from client.generate import FederationSpec, write_federation
-    from client.schema import SchemaError, load_merchant
+    from client.schema import SchemaError, load_merchant, merchant_directories
     from fedshop.progress import watch_run
     from fedshop.simulation import run_simulated_federation
     from privacy.ckks import PUBLIC_FILE, SECRET_FILE, create_keys
@@ -84,7 +84,7 @@ def demo(
         data_dirs = write_federation(out / "data", spec)
         sizes = ", ".join(str(c) for c in spec.customers)
     else:
-        data_dirs = sorted(d for d in data.resolve().iterdir() if d.is_dir() and any(d.glob("orders.*")))
+        data_dirs = merchant_directories(data.resolve())
         if len(data_dirs) < 2:
             _fail(f"{data}: needs at least two merchant directories (each with orders and catalog)")
         try:

@@ -1,0 +1,43 @@
+"""The command line and the merchant data the quality and pricing benchmarks share.
+
+Imported by the benchmark scripts as a sibling module (``benchmarks/`` has no ``__init__.py``:
+Opacus installs a top-level ``benchmarks`` package of its own).
+"""
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from client.generate import FederationSpec, write_federation
+from client.partition import partition_export
+from client.schema import merchant_directories
+from fedshop.settings import RunSettings
+
+
+def benchmark_arguments(description: str) -> argparse.Namespace:
+    """``--data``, ``--merchants``, ``--by``, ``--quick`` and ``--json``, parsed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, help="merchant directories, or one export file to partition")
+    parser.add_argument("--merchants", type=int, default=4, help="merchants to split an export into")
+    parser.add_argument("--by", default="Country", help="column an export is split by")
+    parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    return parser.parse_args()
+
+
+def benchmark_settings(args: argparse.Namespace) -> RunSettings:
+    """The run settings every benchmark starts from (in the clear; 2 rounds of 1 epoch with --quick)."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    settings = RunSettings(he=False, dp=False)
+    return replace(settings, num_server_rounds=2, local_epochs=1) if args.quick else settings
+
+
+def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
+    """Generated merchants, the merchants ``--data`` names, or ``--data``'s export partitioned."""
+    if args.data is None:
+        return write_federation(workdir / "data", FederationSpec.quick() if args.quick else FederationSpec())
+    if args.data.is_file():
+        partition_export(args.data, args.merchants, args.by, workdir / "data")
+        return merchant_directories(workdir / "data")
+    return merchant_directories(args.data)
