@@ -338,13 +338,16 @@ def price(
         return
     if objective == "profit" and any(r["objective"] == "revenue" for r in records):
         console.print("[yellow]items without unit_cost in the catalogue: optimising their revenue, not profit[/]")
-    key = "profit_per_week" if objective == "profit" else "revenue_per_week"
-    gain = {id(r): (r[key] or r["revenue_per_week"])[1] - (r[key] or r["revenue_per_week"])[0] for r in records}
-    shown = sorted(records, key=lambda r: -gain[id(r)])[:limit]
+
+    def per_week(record: dict) -> list[float]:
+        """Now and recommended, in the objective the item was optimised for."""
+        return record[f"{record['objective']}_per_week"]
+
+    shown = sorted(records, key=lambda r: per_week(r)[0] - per_week(r)[1])[:limit]
     table = Table("item", "now", "price", "change", "elasticity", f"{objective}/week", "limited by",
                   title=f"recommended prices ({objective}, at most ±{max_change:.0%})")
     for r in shown:
-        now, new = r[key] or r["revenue_per_week"]
+        now, new = per_week(r)
         table.add_row(r["item_id"], f"{r['current_price']:.2f}", f"{r['recommended_price']:.2f}", f"{r['change']:+.0%}",
                       f"{r['elasticity']:.2f}", f"{now:.1f} → {new:.1f}", r["binding"] or "-")
     console.print(table)
