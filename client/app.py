@@ -23,13 +23,13 @@ from torch.utils.data import Dataset
 
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
-from client.global_model import MODEL_COPY, MODEL_COPY_INFO
+from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
 from fedshop.protocol import MERCHANT_RECORD
-from models.parameters import flatten, parameter_count, unflatten
+from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
-from privacy.ckks import ContextError, KeyContext, decrypt, encrypt, load_secret_context
+from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
 from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.ledger import PrivacyLedger
 
@@ -60,8 +60,8 @@ def global_model(msg: Message, config: ConfigRecord, options: NodeOptions) -> tu
         weight = float(config["aggregate-weight"])
         if weight == 0:
             return build_shared_models(int(config["seed"])), key
-        total = decrypt(key, {name: array.numpy() for name, array in arrays.items()}, parameter_count())
-        models.load_state_dict(unflatten(total / weight))
+        models.load_state_dict(decrypt_global_state(key, {name: array.numpy() for name, array in arrays.items()},
+                                                    weight))
     else:
         models.load_state_dict(arrays.to_torch_state_dict())
     return models, key

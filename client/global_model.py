@@ -14,9 +14,15 @@ import torch
 
 from models.parameters import parameter_count, unflatten
 from models.shared import SharedModels
-from privacy.ckks import ContextError, decrypt, load_secret_context
+from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
 
 MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
+
+
+def decrypt_global_state(key: KeyContext, ciphertexts: dict[str, np.ndarray],
+                         total_weight: float) -> dict[str, torch.Tensor]:
+    """The global models' state from the CKKS sum of the merchants' weighted models and their total weight."""
+    return unflatten(decrypt(key, ciphertexts, parameter_count()) / total_weight)
 
 
 def _history_length(model_dir: Path) -> int:
@@ -37,7 +43,7 @@ def _decrypted_state(path: Path, secret_context: Path | None) -> dict[str, torch
         raise ContextError(f"{path} was encrypted under context {meta['context_id']}, not {key.context_id}")
     with np.load(path) as saved:
         ciphertexts = {name: saved[name] for name in saved.files}
-    return unflatten(decrypt(key, ciphertexts, parameter_count()) / float(meta["aggregate_weight"]))
+    return decrypt_global_state(key, ciphertexts, float(meta["aggregate_weight"]))
 
 
 def load_models(model_dir: Path, secret_context: Path | None = None) -> tuple[SharedModels, int]:
