@@ -94,8 +94,8 @@ class DemandPanel:
 def _purchases_net_of_returns(orders: pd.DataFrame) -> pd.DataFrame:
     """Purchase lines with quantities scaled by each customer's net / bought of that item."""
     bought = orders[orders["quantity"] > 0]
-    totals = orders.groupby(["customer_id", "item_id"])["quantity"].agg(
-        net="sum", bought=lambda q: q[q > 0].sum())
+    totals = orders.assign(bought=orders["quantity"].clip(lower=0)).groupby(["customer_id", "item_id"]).agg(
+        net=("quantity", "sum"), bought=("bought", "sum"))
     keep = (totals["net"].clip(lower=0) / totals["bought"].where(totals["bought"] > 0)).fillna(0.0)
     scale = keep.reindex(pd.MultiIndex.from_frame(bought[["customer_id", "item_id"]])).to_numpy()
     return bought.assign(units=bought["quantity"].to_numpy() * scale).query("units > 0")
