@@ -69,15 +69,17 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> tuple
     level = np.log(np.maximum(panel.units.sum(axis=1), 1.0) / panel.on_sale.sum(axis=1))
     mean = np.where(panel.on_sale, np.exp(level[:, None] + beta[:, None] * panel.log_price_ratio), 0.0)
     units = rng.poisson(mean)
-    customers = sorted(real.orders["customer_id"].unique())
-    rows = []
-    for item, week in zip(*np.nonzero(units), strict=True):
-        buyers = rng.choice(len(customers), units[item, week])
-        for buyer, count in zip(*np.unique(buyers, return_counts=True), strict=True):
-            rows.append((customers[buyer], panel.item_ids[item], panel.week_starts[week] + pd.Timedelta(days=2),
-                         int(count), float(panel.price[item, week])))
-    orders = pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp", "quantity", "unit_price"])
-    orders["timestamp"] = pd.to_datetime(orders["timestamp"]).dt.tz_localize("UTC")
+    customers = np.array(sorted(real.orders["customer_id"].unique()))
+    item, week = np.nonzero(units)
+    cell = np.repeat(np.arange(len(item)), units[item, week])
+    lines = pd.DataFrame({"cell": cell, "buyer": rng.choice(len(customers), len(cell))})
+    lines = lines.groupby(["cell", "buyer"]).size().reset_index(name="quantity")
+    cells, buyers = lines["cell"].to_numpy(), lines["buyer"].to_numpy()
+    week_starts = pd.DatetimeIndex(panel.week_starts).tz_localize("UTC") + pd.Timedelta(days=2)
+    orders = pd.DataFrame({
+        "customer_id": customers[buyers], "item_id": np.array(panel.item_ids)[item[cells]],
+        "timestamp": week_starts[week[cells]], "quantity": lines["quantity"].to_numpy(),
+        "unit_price": panel.price[item[cells], week[cells]]})
     catalog = pd.DataFrame({"item_id": panel.item_ids, "title": panel.titles, "category": categories})
     write_merchant(MerchantData(data_dir.name, orders, catalog), out / data_dir.name)
     return out / data_dir.name, truth
