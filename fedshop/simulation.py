@@ -6,6 +6,7 @@ in a real deployment; only the transport is in-process.
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
@@ -32,7 +33,13 @@ class _WithoutRunSimulationDeprecation(logging.Filter):
 
 def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
     """Train with one simulated merchant per node config (see ``client.node_data``); returns the
-    run directory."""
+    run directory.
+
+    Every round waits for all the simulated merchants: Flower starts the ServerApp before it has
+    registered the simulated nodes, so with ``min_nodes`` below their number a round could sample
+    only the first merchants to appear.
+    """
+    settings = replace(settings, min_nodes=len(nodes))
     server_app = ServerApp()
 
     @server_app.main()

@@ -1,0 +1,33 @@
+"""The in-process federation trains every simulated merchant in every round."""
+
+import time
+
+import pytest
+from flwr.server.superlink.fleet.vce import vce_api
+
+from fedshop.settings import RunSettings
+from fedshop.simulation import run_simulated_federation
+from server.run_store import RunStore
+
+
+@pytest.mark.slow
+def test_round_one_waits_for_every_simulated_merchant(federation_dirs, tmp_path, monkeypatch) -> None:
+    """Flower starts the ServerApp before it registers the simulated nodes; with nodes that register
+    slowly, the first round must still sample all of them, not the first ``min_nodes`` to appear."""
+    register = vce_api._register_nodes
+
+    def slow_register(num_nodes: int, state_factory):
+        mapping = {}
+        for _ in range(num_nodes):
+            time.sleep(1.5)
+            mapping.update({node: len(mapping) for node in register(1, state_factory)})
+        return mapping
+
+    monkeypatch.setattr(vce_api, "_register_nodes", slow_register)
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in federation_dirs]
+    settings = RunSettings(num_server_rounds=1, local_epochs=1, dp=False, he=False, pricing=False,
+                           run_dir=str(tmp_path / "run"))
+    run = run_simulated_federation(nodes, settings)
+    names = sorted(d.name for d in federation_dirs)
+    for record in RunStore(run).rounds():
+        assert sorted(record["train"]) == names and sorted(record["evaluate"]) == names
