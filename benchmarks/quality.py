@@ -46,6 +46,7 @@ from fedshop.settings import RunSettings  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
 from models.recommender import build_recommender  # noqa: E402
 from privacy.ckks import create_keys  # noqa: E402
+from server.run_store import RunStore  # noqa: E402
 
 DP_EPSILONS = (1.0, 3.0, 8.0)
 
@@ -117,8 +118,11 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
         create_keys(keys)
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
               "state-dir": str(workdir / label / d.name), "epsilon-budget": 1e9} for d in dirs]
-    run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run"),
-                                            public_context=str(keys / "public.ctx")))
+    run = run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run"),
+                                                  public_context=str(keys / "public.ctx")))
+    partial = {r["round"]: r["failures"] for r in RunStore(run).rounds() if len(r["train"]) != len(dirs)}
+    if partial:
+        raise RuntimeError(f"{label}: not every merchant trained in every round (round: failures): {partial}")
     results = {}
     for d in dirs:
         models, history_length = load_models(workdir / label / d.name)
