@@ -268,36 +268,35 @@ def recommend(
     model: Annotated[Path, typer.Option(help="A finished run's directory, or the node's state directory.")],
     customer: Annotated[str, typer.Option(help="Customer id as in the orders table.")],
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    diversity: Annotated[float, typer.Option(help="0 = by score; up to 1 = more varied lists (MMR).")] = 0.0,
     secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for the merchant's systems.")] = False,
 ) -> None:
-    """Top-k items for one customer, each with the parts its score is made of."""
+    """Top-k items for one customer, each with the reasons its score is made of."""
     from client.global_model import load_models
     from client.interactions import build_interactions
     from client.recommend import recommend as top_items
     from client.schema import SchemaError, load_merchant
+    from explain.recommendation_reasons import explain_recommendation
     from privacy.ckks import ContextError
 
     try:
         interactions = build_interactions(load_merchant(data))
         models, history_length = load_models(model, secret_context)
-    except (SchemaError, FileNotFoundError, ContextError) as exc:
+        items = top_items(models.recommender, interactions, customer, k, history_length, diversity)
+    except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         _fail(str(exc))
     if customer not in interactions.customers:
         console.print(f"[yellow]customer {customer!r} has no purchases in {data}: "
                       "ranking by the items' popularity part only[/]")
-    items = top_items(models.recommender, interactions, customer, k, history_length)
+    explanations = [explain_recommendation(rec) for rec in items]
     if as_json:
-        payload = [{"item_id": r.item_id, "title": r.title, "score": r.score, "reasons": r.reasons(),
-                    "parts": {"history": [{"title": t, "contribution": v} for t, v in
-                                          zip(r.history_titles, r.parts.per_history_item.tolist(), strict=True)],
-                              "features": dict(zip(r.features, r.parts.per_feature.tolist(), strict=True)),
-                              "popularity": float(r.parts.bias.sum())}} for r in items]
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(json.dumps([e.record() for e in explanations], indent=2))
         return
     table = Table("#", "item", "title", "score", "why", title=f"top {k} for customer {customer}")
-    for rank, rec in enumerate(items, 1):
-        table.add_row(str(rank), rec.item_id, rec.title, f"{rec.score:.3f}", "; ".join(rec.reasons()))
+    for rank, explanation in enumerate(explanations, 1):
+        table.add_row(str(rank), explanation.item_id, explanation.title, f"{explanation.score:.3f}",
+                      explanation.sentence)
     console.print(table)
 
 

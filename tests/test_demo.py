@@ -38,9 +38,9 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price
     assert [i["item_id"] for i in from_run] == [i["item_id"] for i in items]
     assert len(items) == 10
     for item in items:
-        parts = item["parts"]
-        total = sum(h["contribution"] for h in parts["history"]) + parts["popularity"]
-        assert total == pytest.approx(item["score"], abs=1e-4)
+        for view in ("by_history", "by_content"):
+            assert sum(r["contribution"] for r in item[view]) == pytest.approx(item["score"], abs=1e-4)
+        assert item["sentence"].endswith(".")
 
     prices = subprocess.run([sys.executable, "-m", "fedshop.cli", "price", "--data", str(out / "data" / "merchant_1"),
                              "--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"),

@@ -1,0 +1,86 @@
+"""Is the explanation faithful? A deletion check of the "because you bought X" reasons.
+
+For a customer's top recommendation, each history item h is attributed a part ``R_h`` of the score
+(:mod:`explain.recommendation_reasons`). Deleting h from the history and re-scoring with the
+model itself gives the real drop. With the model's mean pooling, the drop is
+``(n R_h - sum R) / (n - 1)``: equal to ``R_h`` minus the mean of the other parts, so the parts
+rank history items exactly as deletion does, while a single part over- or under-states its own
+drop by that mean. The check reports both: how often the top reason is the deletion that hurts
+the score most, the correlation of parts and drops (within each customer, and pooled over
+customers, where the mean of the other parts differs), and the mean gap between the top reason's
+part and its drop.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from client.interactions import Interactions
+from client.recommend import recommend
+from client.training import padded_history
+from models.recommender import Recommender
+
+
+@dataclass(frozen=True)
+class FidelityCheck:
+    """Deletion check over many customers' top recommendations."""
+
+    customers: int
+    top_reason_is_largest_drop: float  # share of customers
+    correlation: float  # Pearson, parts vs real drops, over every (customer, history item)
+    within_customer_correlation: float  # mean Pearson within each customer's history (3+ items)
+    top_reason_part: float  # mean part of the top reason, score units
+    top_reason_drop: float  # mean real drop when it is deleted
+    mean_abs_gap: float  # mean |part - drop| of the top reason
+    largest_sum_gap: float  # largest |sum of parts - score|
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def deletion_drops(model: Recommender, data: Interactions, history: np.ndarray, candidate: int,
+                   history_length: int) -> np.ndarray:
+    """The model's score of ``candidate`` minus its score with each history item deleted in turn."""
+    features = data.features
+    variants = [history] + [np.delete(history, i) for i in range(len(history))]
+    padded = [padded_history(v, features, history_length) for v in variants]
+    ids, tokens, mask = (torch.from_numpy(np.stack(p)) for p in zip(*padded, strict=True))
+    cand_ids = torch.full((len(variants), 1), int(features.id_index[candidate]))
+    cand_tokens = torch.from_numpy(features.token_index[candidate]).expand(len(variants), 1, -1)
+    scores = model(ids, tokens, mask, cand_ids, cand_tokens)[:, 0].double().numpy()
+    return scores[0] - scores[1:]
+
+
+def deletion_check(model: Recommender, data: Interactions, history_length: int, customers: list[int]
+                   ) -> FidelityCheck:
+    """Run the check on the top recommendation of each of ``customers`` with two or more history items."""
+    model.eval()
+    parts, drops, top_agrees, top_parts, top_drops, sum_gaps = [], [], [], [], [], []
+    for customer in customers:
+        name = data.customers[customer]
+        history = data.full_history(name)[-history_length:]
+        if len(history) < 2:
+            continue
+        top = recommend(model, data, name, 1, history_length)[0]
+        attributed = top.parts.per_history_item
+        drop = deletion_drops(model, data, history, data.features.position[top.item_id], history_length)
+        parts.append(attributed)
+        drops.append(drop)
+        best = int(np.argmax(attributed))
+        top_agrees.append(best == int(np.argmax(drop)))
+        top_parts.append(attributed[best])
+        top_drops.append(drop[best])
+        sum_gaps.append(abs(top.parts.score - top.score))
+    if not parts:
+        return FidelityCheck(0, *[float("nan")] * 7)
+    all_parts, all_drops = np.concatenate(parts), np.concatenate(drops)
+    within = [np.corrcoef(p, d)[0, 1] for p, d in zip(parts, drops, strict=True) if len(p) >= 3 and np.std(p) > 0]
+    return FidelityCheck(
+        customers=len(parts), top_reason_is_largest_drop=float(np.mean(top_agrees)),
+        correlation=float(np.corrcoef(all_parts, all_drops)[0, 1]),
+        within_customer_correlation=float(np.mean(within)) if within else float("nan"),
+        top_reason_part=float(np.mean(top_parts)), top_reason_drop=float(np.mean(top_drops)),
+        mean_abs_gap=float(np.mean(np.abs(np.array(top_parts) - np.array(top_drops)))),
+        largest_sum_gap=float(np.max(sum_gaps)))

@@ -1,0 +1,101 @@
+"""Why an item was recommended: the model's score split into reasons a person and a machine read.
+
+The recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), and
+:func:`models.recommender.score_parts` splits it exactly into cells (history item h, candidate
+feature f) plus the candidate's bias. Two views of those cells are given, each summing to the
+score:
+
+* **by history**: one reason per item the customer bought ("because you bought X": everything that
+  item contributed) and the popularity part (the candidate's bias, which no history changes);
+* **by content**: the candidate itself ("customers with your history bought it": its id column),
+  one reason per content token of the candidate ("matches your interest in category Y": how much
+  the customer's history points at that token) and the same popularity part.
+
+Every reason has its contribution in score units and its share: the contribution over the sum of
+the absolute contributions of its view, so shares are comparable across items and a negative
+reason shows as a negative share. The sentence names the largest positive reason of each view (see :func:`sentence`).
+"""
+
+from dataclasses import asdict, dataclass
+
+from client.recommend import Recommendation
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One part of a score: what it is, its contribution (score units) and its share."""
+
+    kind: str  # "history", "item", "content" or "popularity"
+    label: str
+    contribution: float
+    share: float
+    text: str
+
+
+@dataclass(frozen=True)
+class RecommendationExplanation:
+    """A recommended item, its score and the two exact views of why."""
+
+    item_id: str
+    title: str
+    score: float
+    by_history: list[Reason]
+    by_content: list[Reason]
+    sentence: str
+
+    def record(self) -> dict:
+        """JSON form for the merchant's systems and the auditors' report."""
+        return asdict(self)
+
+
+def content_phrase(token: str) -> str:
+    """A content token (``models.item_features``) as the interest it stands for."""
+    kind, _, value = token.partition(":")
+    if kind == "category":
+        return f"your interest in category '{value}'"
+    if kind == "price band":
+        return f"your usual price range (about {2 ** int(value):g})"
+    if kind == "word":
+        return f"your interest in '{value}' items"
+    return f"'{token}'"
+
+
+def _view(parts: list[tuple[str, str, float, str]]) -> list[Reason]:
+    total = sum(abs(value) for _, _, value, _ in parts) or 1.0
+    reasons = [Reason(kind, label, float(value), float(value / total), text) for kind, label, value, text in parts]
+    return sorted(reasons, key=lambda r: -r.contribution)
+
+
+def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
+    """Both views of ``rec``'s score and the one-line sentence."""
+    popularity = ("popularity", "popular item", float(rec.parts.bias.sum()), "it is popular with shoppers")
+    by_history = _view([("history", title, float(value), f"because you bought {title}")
+                        for title, value in zip(rec.history_titles, rec.parts.per_history_item, strict=True)]
+                       + [popularity])
+    per_feature = rec.parts.per_feature
+    by_content = _view([("item", "this item", float(per_feature[0]), "customers with your history bought it")]
+                       + [("content", token, float(value), f"it matches {content_phrase(token)}")
+                          for token, value in zip(rec.features[1:], per_feature[1:], strict=True)]
+                       + [popularity])
+    return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content,
+                                     sentence(by_history, by_content))
+
+
+def sentence(by_history: list[Reason], by_content: list[Reason]) -> str:
+    """The largest positive reason of the history view, then the largest positive content reason
+    not already said, each with the share of its own view, as one sentence."""
+    chosen: list[Reason] = []
+    for view in (by_history, by_content):
+        said = {reason.text for reason in chosen}
+        chosen += [next((r for r in view if r.contribution > 0 and r.text not in said), None)]
+    chosen = [reason for reason in chosen if reason is not None]
+    if not chosen:
+        return "Recommended as the least unlikely of the remaining items: no part of its score is positive."
+    text = " and ".join(f"{reason.text} ({reason.share:.0%})" for reason in chosen)
+    return text[0].upper() + text[1:] + "."
+
+
+def largest_gap(explanation: RecommendationExplanation) -> float:
+    """How far either view's sum is from the model's score (float32 rounding only; reported)."""
+    return max(abs(sum(r.contribution for r in view) - explanation.score)
+               for view in (explanation.by_history, explanation.by_content))

@@ -1,0 +1,89 @@
+"""Recommendation reasons: exact views of the score, a faithful deletion check, and MMR diversity."""
+
+import numpy as np
+import pytest
+import torch
+
+from client.interactions import build_interactions
+from client.recommend import recommend
+from client.schema import load_merchant
+from client.training import NextItemExamples, shuffled_loader, train_epochs
+from explain.diversity import mmr_order
+from explain.fidelity import deletion_check, deletion_drops
+from explain.recommendation_reasons import content_phrase, explain_recommendation, largest_gap
+from models.recommender import build_recommender
+
+
+@pytest.fixture(scope="module")
+def trained(federation_dirs):
+    data = build_interactions(load_merchant(federation_dirs[0]))
+    model = build_recommender(seed=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs=3)
+    return model.eval(), data
+
+
+def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:
+    model, data = trained
+    for customer in data.customers[:30]:
+        for explanation in map(explain_recommendation, recommend(model, data, customer, 5, 20)):
+            assert largest_gap(explanation) < 1e-4
+            for view in (explanation.by_history, explanation.by_content):
+                assert sum(abs(r.share) for r in view) == pytest.approx(1.0)
+                assert [r.contribution for r in view] == sorted((r.contribution for r in view), reverse=True)
+            assert explanation.by_history[-1].kind in {"history", "popularity"}
+            top = explanation.by_history[0]
+            if top.contribution > 0:
+                assert explanation.sentence.lower().startswith(f"{top.text} ({top.share:.0%})".lower())
+
+
+def test_content_reasons_name_what_the_item_matched() -> None:
+    assert content_phrase("category:kitchen") == "your interest in category 'kitchen'"
+    assert content_phrase("word:mug") == "your interest in 'mug' items"
+    assert content_phrase("price band:3") == "your usual price range (about 8)"
+
+
+def test_items_bought_before_the_history_window_are_not_recommended(trained) -> None:
+    """Only the last ``history_length`` items feed the model, but nothing bought is shown again."""
+    model, data = trained
+    long_buyers = [c for c in data.customers if len(data.full_history(c)) > 4]
+    assert long_buyers
+    for customer in long_buyers[:20]:
+        shown = {r.item_id for r in recommend(model, data, customer, 50, history_length=2)}
+        assert not shown & {data.features.item_ids[r] for r in data.full_history(customer)}
+
+
+def test_deletion_drop_matches_the_model_rescored_without_the_item(trained) -> None:
+    model, data = trained
+    customer = next(c for c in data.customers if len(data.full_history(c)) >= 3)
+    history = data.full_history(customer)[-20:]
+    top = recommend(model, data, customer, 1, 20)[0]
+    drops = deletion_drops(model, data, history, data.features.position[top.item_id], 20)
+    parts, n = top.parts.per_history_item, len(history)
+    np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
+
+
+def test_deletion_check_over_many_customers(trained) -> None:
+    model, data = trained
+    check = deletion_check(model, data, 20, list(range(len(data.customers))))
+    assert check.customers > 100
+    assert check.top_reason_is_largest_drop == 1.0
+    assert check.within_customer_correlation > 0.999 and check.largest_sum_gap < 1e-4
+    assert check.correlation > 0.5
+    assert check.top_reason_drop > 0
+
+
+def test_mmr_without_diversity_is_the_ranking_and_with_it_diversifies(trained) -> None:
+    model, data = trained
+    rng = np.random.default_rng(0)
+    scores, vectors = rng.normal(size=200), rng.normal(size=(200, 8))
+    scores[:5] = -np.inf
+    plain = mmr_order(scores, vectors, 10, 0.0)
+    np.testing.assert_array_equal(plain, np.argsort(-scores)[:10])
+    copies = np.repeat(rng.normal(size=(1, 8)), 200, axis=0) + 0.01 * rng.normal(size=(200, 8))
+    copies[150:] = rng.normal(size=(50, 8))
+    varied = mmr_order(scores, copies, 10, 0.7)
+    assert len(set(varied)) == 10 and not set(varied) & set(range(5))
+    assert (varied >= 150).sum() > (plain >= 150).sum()
+    with pytest.raises(ValueError, match="diversity must be between 0 and 1"):
+        mmr_order(scores, vectors, 10, 1.5)
