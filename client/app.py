@@ -8,7 +8,9 @@ of the last round, which this node decrypts with the merchant's secret context a
 total weight. The reply carries this merchant's model multiplied by its number of examples,
 encrypted, plus metrics: the examples, the loss and the ε spent so far. An evaluation message
 carries the new aggregate; the node evaluates it on its held-out items and keeps a decrypted copy
-in its state directory. The merchant's orders never leave this process.
+in its state directory; after the last round it adds its audit summaries (``client.audit``). A share
+of the merchant's customers (``audit-holdout``) never trains, so that the audit can test
+membership inference. The merchant's orders never leave this process.
 """
 
 import json
@@ -21,6 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch.utils.data import Dataset
 
+from client.audit import audit_metrics
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
 from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
@@ -32,6 +35,7 @@ from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
 from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.ledger import PrivacyLedger
+from privacy.membership import held_out_of_training
 
 
 @lru_cache(maxsize=4)
@@ -100,7 +104,8 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
             float(config["demand-dp-learning-rate"]), epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
     return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
-                    "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": clip["recommender"]}
+                    "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": clip["recommender"],
+                    "epsilon-budget": budget.epsilon}
 
 
 def train_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
@@ -109,13 +114,16 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     models, key = global_model(msg, config, options)
     round_ = int(config["server-round"])
     seed = int(config["seed"]) * 100_003 + round_
+    interactions = load_interactions(options.data_dir)
+    held_out = held_out_of_training(interactions.customers, float(config["audit-holdout"]))
     datasets: dict[str, Dataset] = {"recommender": NextItemExamples(
-        load_interactions(options.data_dir), int(config["history-length"]), int(config["negatives"]), seed)}
+        interactions, int(config["history-length"]), int(config["negatives"]), seed, held_out)}
     if config["pricing"]:
-        datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed)
+        datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
+                                            held_out=frozenset(np.array(interactions.customers)[held_out]))
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
-               "max-grad-norm": 0.0}
+               "max-grad-norm": 0.0, "epsilon-budget": 0.0}
     if config["dp"]:
         losses, privacy = _train_private(models, datasets, config, options, str(context.run_id), round_)
     else:
@@ -139,14 +147,21 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     """Rank the held-out items with the new global model; keep the merchant's copy of it."""
     config = msg.content.config_records["config"]
     models, key = global_model(msg, config, options)
-    metrics = evaluate_ranking(models.recommender, load_interactions(options.data_dir), int(config["history-length"]))
+    interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
+    metrics = evaluate_ranking(models.recommender, interactions, history_length)
+    audit = {}
+    if int(config["server-round"]) == int(config["num-server-rounds"]):
+        audit = audit_metrics(models, interactions, load_demand_panel(options.data_dir) if config["pricing"] else None,
+                              history_length, held_out_of_training(interactions.customers,
+                                                                   float(config["audit-holdout"])),
+                              int(config["seed"]))
     options.state_dir.mkdir(parents=True, exist_ok=True)
     np.savez(options.state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
     info = {"round": int(config["server-round"]), "history_length": int(config["history-length"])}
     (options.state_dir / MODEL_COPY_INFO).write_text(json.dumps(info))
     content = RecordDict({
         "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
-                                 "ndcg10": metrics.ndcg}),
+                                 "ndcg10": metrics.ndcg, **audit}),
         MERCHANT_RECORD: _merchant_record(options, key),
     })
     return Message(content=content, reply_to=msg)

@@ -50,6 +50,7 @@ class DemandPanel:
     price: np.ndarray  # [items, weeks] price paid (carried forward), NaN before the first sale
     units: np.ndarray  # [items, weeks] units sold, net of returns
     on_sale: np.ndarray  # [items, weeks] bool
+    customer_ids: list[str]  # sorted; row c of ``customer_cells`` is customer_ids[c]'s
     customer_cells: list[np.ndarray]  # per customer: [n, 3] rows of (item, week, units)
 
     @cached_property
@@ -129,8 +130,9 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
     cell_units = lines.groupby(["customer_id", "row", "week"])["units"].sum()
     cap = max(float(np.quantile(cell_units, BULK_QUANTILE)), BULK_MEDIANS * float(cell_units.median()))
     cells = cell_units.clip(upper=cap).reset_index()
-    customer_cells = [group[["row", "week", "units"]].to_numpy(dtype=np.float64)
-                      for _, group in cells.groupby("customer_id", sort=True)]
+    groups = list(cells.groupby("customer_id", sort=True))
+    customer_ids = [str(customer) for customer, _ in groups]
+    customer_cells = [group[["row", "week", "units"]].to_numpy(dtype=np.float64) for _, group in groups]
 
     catalog = data.catalog.set_index("item_id").reindex(item_ids)
     titles = catalog["title"].fillna(pd.Series(item_ids, index=item_ids)).astype(str).tolist()
@@ -138,19 +140,24 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
                   else [""] * len(item_ids))
     cost = (pd.to_numeric(catalog["unit_cost"]).to_numpy(dtype=np.float64) if "unit_cost" in catalog
             else np.full(len(item_ids), np.nan))
-    return DemandPanel(item_ids, titles, categories, cost, week_starts, price, units, on_sale, customer_cells)
+    return DemandPanel(item_ids, titles, categories, cost, week_starts, price, units, on_sale, customer_ids,
+                       customer_cells)
 
 
 class CustomerDemand(Dataset):
-    """One training example per customer: up to ``MAX_CELLS`` of their (item, week, units) cells.
+    """One training example per customer (but those ``held_out`` of training): up to ``MAX_CELLS``
+    of their (item, week, units) cells.
 
     A customer with more cells gets a fresh random subset on every access, with units scaled by
     ``cells / MAX_CELLS`` so that the expected loss is their whole loss."""
 
-    def __init__(self, panel: DemandPanel, seed: int, train_weeks: int | None = None) -> None:
+    def __init__(self, panel: DemandPanel, seed: int, train_weeks: int | None = None,
+                 held_out: frozenset[str] = frozenset()) -> None:
         self.panel = panel
         self.on_sale = panel.on_sale_before(train_weeks)
-        cells = [c[self.on_sale[c[:, 0].astype(int), c[:, 1].astype(int)]] for c in panel.customer_cells]
+        cells = [c[self.on_sale[c[:, 0].astype(int), c[:, 1].astype(int)]]
+                 for customer, c in zip(panel.customer_ids, panel.customer_cells, strict=True)
+                 if customer not in held_out]
         self.customers = [c for c in cells if len(c)]
         self.rng = np.random.default_rng(seed)
 

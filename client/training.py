@@ -34,11 +34,13 @@ def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tup
 
 
 class NextItemExamples(Dataset):
-    """One training example per trainable customer; the target is drawn afresh on every access."""
+    """One training example per trainable customer (but those ``held_out`` of training, when given);
+    the target is drawn afresh on every access."""
 
-    def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int) -> None:
+    def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int,
+                 held_out: np.ndarray | None = None) -> None:
         self.data = data
-        self.customers = data.trainable
+        self.customers = [c for c in data.trainable if held_out is None or not held_out[c]]
         self.history_length = history_length
         self.negatives = negatives
         self.rng = np.random.default_rng(seed)

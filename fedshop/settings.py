@@ -31,6 +31,7 @@ class RunSettings:
     demand_learning_rate: float = 0.05  # Adam, when training without DP
     demand_dp_learning_rate: float = 0.2
     demand_max_grad_norm: float = 20.0  # per-customer clipping bound of the demand model
+    audit_holdout: float = 0.1  # share of each merchant's customers kept out of training for the privacy audit
     he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear
     public_context: str = ""  # path to the key steward's public.ctx, on the server machine
 

@@ -1,0 +1,57 @@
+"""The membership-inference audit: the holdout, the attack's arithmetic, and DP's effect on it."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client.demand import CustomerDemand, build_demand_panel
+from client.interactions import build_interactions
+from client.schema import load_merchant
+from client.training import NextItemExamples
+from privacy.membership import LOW_FPR, held_out_of_training, membership_attack, pooled
+
+
+def test_holdout_is_stable_and_about_the_share_asked() -> None:
+    ids = [f"C{i:05d}" for i in range(5000)]
+    held = held_out_of_training(ids, 0.2)
+    assert abs(held.mean() - 0.2) < 0.02
+    np.testing.assert_array_equal(held, held_out_of_training(ids, 0.2))
+    assert not held_out_of_training(ids, 0.0).any() and held_out_of_training(ids, 1.0).all()
+    assert (held_out_of_training(ids, 0.1) <= held).all()  # a smaller share keeps a subset out
+
+
+def test_held_out_customers_never_train_either_model(federation_dirs) -> None:
+    data = load_merchant(federation_dirs[1])
+    interactions, panel = build_interactions(data), build_demand_panel(data)
+    held = held_out_of_training(interactions.customers, 0.3)
+    examples = NextItemExamples(interactions, 20, 8, 0, held)
+    assert not {interactions.customers[c] for c in examples.customers} & set(np.array(interactions.customers)[held])
+    assert len(examples) < len(NextItemExamples(interactions, 20, 8, 0))
+    demand = CustomerDemand(panel, 0, held_out=frozenset(np.array(interactions.customers)[held]))
+    assert len(demand) == sum(1 for c in panel.customer_ids if c not in set(np.array(interactions.customers)[held]))
+
+
+def test_attack_that_separates_perfectly_and_one_that_cannot() -> None:
+    perfect = membership_attack(np.arange(10.0, 20.0), np.arange(0.0, 10.0))
+    assert perfect.auc == 1.0 and perfect.tpr_at_low_fpr == 1.0 and perfect.fpr == 0.0
+    rng = np.random.default_rng(0)
+    blind = membership_attack(rng.normal(size=4000), rng.normal(size=4000))
+    assert abs(blind.auc - 0.5) < 0.03 and blind.fpr <= LOW_FPR and blind.tpr_at_low_fpr < 0.1
+
+
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=40), st.lists(st.floats(-50, 50), min_size=1, max_size=40))
+def test_attack_summary_is_a_valid_auc_and_rates(members: list[float], others: list[float]) -> None:
+    attack = membership_attack(np.array(members), np.array(others))
+    flipped = membership_attack(np.array(others), np.array(members))
+    assert 0.0 <= attack.auc <= 1.0 and attack.auc + flipped.auc == pytest.approx(1.0)
+    assert 0.0 <= attack.tpr_at_low_fpr <= 1.0 and attack.fpr <= LOW_FPR
+    assert (attack.members, attack.non_members) == (len(members), len(others))
+
+
+def test_pooled_attack_weights_merchants_by_their_pairs() -> None:
+    big = membership_attack(np.arange(100.0, 200.0), np.arange(0.0, 100.0))
+    small = membership_attack(np.zeros(2), np.ones(2))
+    combined = pooled([big, small])
+    assert combined.auc == pytest.approx((1.0 * 100 * 100 + 0.0 * 4) / (100 * 100 + 4))
+    assert (combined.members, combined.non_members) == (102, 102)
