@@ -7,8 +7,9 @@ server     start the operator's SuperLink (real process)
 node       start a merchant's SuperNode on its data directory (real process)
 run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
-recommend  a merchant's top-k items for one of its customers, with the score's parts
+recommend  a merchant's top-k items for one of its customers, with the reasons for each
 price      a merchant's recommended prices, with the reasons for each
+report     the auditors' privacy and explanation report of a run (HTML with plots, and JSON)
 """
 
 import json
@@ -109,6 +110,7 @@ def demo(
         watcher.join()
     console.print(_final_table(run_dir))
     console.print(f"run directory: [bold]{run_dir}[/]  (wall time {time.perf_counter() - started:.0f} s)")
+    console.print(f"auditors' report: fedshop report {run_dir} --data {data_dirs[0]} --model {nodes[0]['state-dir']}")
 
 
 keys = typer.Typer(help="CKKS keys for encrypted aggregation (run by the key steward, never the operator).",
@@ -354,6 +356,38 @@ def price(
         console.print("\n".join(f"- {reason}" for reason in records[0]["reasons"]))
     elif len(records) > limit:
         console.print(f"{len(records) - limit} more items: --limit N; --item ID for the reasons; --json for all")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory (the operator's).")],
+    data: Annotated[Path | None, typer.Option(help="A merchant's data directory, for sample explanations.")] = None,
+    model: Annotated[Path | None, typer.Option(help="That merchant's node state directory (or the run with "
+                                                    "--secret-context).")] = None,
+    secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write report.html and report.json (default RUN_DIR).")]
+    = None,
+) -> None:
+    """Write the auditors' report of a run: privacy (ε per merchant, CKKS, what the server stored,
+    membership inference), quality and beyond-accuracy, explanation fidelity and price reasons."""
+    from client.schema import SchemaError
+    from explain.report import ReportError, build_report, merchant_samples
+    from explain.report_html import write_report
+    from privacy.ckks import ContextError
+
+    if (data is None) != (model is None):
+        _fail("sample explanations need both --data and --model (one merchant's)")
+    try:
+        samples = merchant_samples(data, model, secret_context) if data and model else None
+        content = build_report(run_dir, samples)
+    except (ReportError, SchemaError, FileNotFoundError, ContextError) as exc:
+        _fail(str(exc))
+    json_path, html_path = write_report(content, out or run_dir)
+    pooled = content["privacy"]["membership_inference"]["pooled"]
+    if pooled["auc"] is not None:
+        console.print(f"membership inference: AUC {pooled['auc']:.3f} over {pooled['members']} members and "
+                      f"{pooled['non_members']} held-out customers (0.5 = nothing revealed)")
+    console.print(f"wrote [bold]{html_path}[/] and [bold]{json_path}[/]")
 
 
 if __name__ == "__main__":

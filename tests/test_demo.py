@@ -53,3 +53,13 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price
         assert record["objective"] == "profit" and record["recommended_price"] >= record["unit_cost"]
         assert abs(record["change"]) <= 0.15 + 1e-9 and record["elasticity"] < 0
         assert len(record["reasons"]) == 5
+
+    audit = subprocess.run([sys.executable, "-m", "fedshop.cli", "report", str(out / "run"), "--data",
+                            str(out / "data" / "merchant_1"), "--model", str(out / "nodes" / "merchant_1")],
+                           capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads((out / "run" / "report.json").read_text())
+    assert report["audited_round"] == 2 and report["privacy"]["encryption"]["enabled"]
+    assert all(f["content"] == "CKKS ciphertexts" for f in report["privacy"]["server_storage"])
+    assert report["privacy"]["membership_inference"]["pooled"]["non_members"] > 0
+    assert "<svg" in (out / "run" / "report.html").read_text()

@@ -1,0 +1,150 @@
+"""The auditors' report of one run, as data: what ``report.json`` holds and ``report.html`` shows.
+
+Built from the operator's run directory alone (settings, per-round metrics that every merchant
+sent, what the server stored), plus, when a merchant hands over its data directory and model copy,
+sample explained recommendations and prices from that merchant's node. Nothing in the run
+directory is a customer's data: the per-merchant audit figures are the summaries each node sent
+after the last round (``client.audit``).
+"""
+
+import hashlib
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from client.audit import PRICE_MAX_CHANGE, parse_audit
+from privacy.ckks import CKKS
+from privacy.ledger import ACCOUNTANT
+from privacy.membership import LOW_FPR, MembershipAttack, pooled
+from server.run_store import RunStore, read_json
+
+SCHEMA = "fedshop-report/1"
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")  # the JSON Schema report.json follows
+PRIVACY_UNIT = "customer"
+MECHANISM = "DP-SGD (Opacus, per-customer clipping, Poisson sampling, Gaussian noise)"
+SAMPLE_CUSTOMERS, SAMPLE_ITEMS, SAMPLE_PRICES = 3, 5, 5
+
+
+class ReportError(ValueError):
+    """The directory cannot be reported on."""
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def server_storage(run_dir: Path, encrypted: bool) -> list[dict]:
+    """Every model file the server kept: size, SHA-256, and whether it is ciphertext."""
+    files = sorted([*run_dir.glob("*.npz"), *(run_dir / "checkpoints").glob("*.npz")])
+    return [{"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size, "sha256": _digest(path),
+             "content": "CKKS ciphertexts" if encrypted else "plaintext model"} for path in files]
+
+
+def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
+    merchants: dict[str, dict] = {}
+    for record in rounds:
+        for name, metrics in record["train"].items():
+            entry = merchants.setdefault(name, {"rounds": [], "epsilon": [], "refusals": []})
+            entry["rounds"].append(record["round"])
+            entry["epsilon"].append(metrics.get("epsilon", 0.0))
+            entry.update(budget=metrics.get("epsilon-budget"), delta=metrics.get("delta"),
+                         noise_multiplier=metrics.get("noise-multiplier"), max_grad_norm=metrics.get("max-grad-norm"),
+                         sample_rate=metrics.get("sample-rate"), steps_per_round=metrics.get("steps"))
+        for name, reason in record.get("failures", {}).items():
+            merchants.setdefault(name, {"rounds": [], "epsilon": [], "refusals": []})["refusals"].append(
+                {"round": record["round"], "reason": reason})
+    for entry in merchants.values():
+        entry["final_epsilon"] = entry["epsilon"][-1] if entry["epsilon"] else 0.0
+    context = read_json(run_dir / "encrypted_model.json", {}) if settings["he"] else {}
+    return {
+        "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
+        "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
+        "merchants": merchants,
+        "encryption": {"enabled": settings["he"], "scheme": "CKKS (TenSEAL), symmetric", **asdict(CKKS),
+                       "context_id": context.get("context_id")},
+        "server_storage": server_storage(run_dir, settings["he"]),
+    }
+
+
+def _membership(audits: dict[str, dict], holdout: float) -> dict:
+    per = {name: audit["membership"] for name, audit in audits.items() if audit["membership"]}
+    combined = pooled([MembershipAttack(**record) for record in per.values()])
+    return {"attack": "loss threshold: mean log-probability of the customer's own next items",
+            "holdout_share": holdout, "low_fpr": LOW_FPR, "merchants": per, "pooled": asdict(combined)}
+
+
+def build_report(run_dir: Path, samples: dict | None = None) -> dict:
+    """The report of the run in ``run_dir``; ``samples`` from :func:`merchant_samples` when a merchant
+    provides them."""
+    config = read_json(run_dir / "config.json")
+    if config is None:
+        raise ReportError(f"{run_dir}: not a run directory (no config.json)")
+    store = RunStore(run_dir)
+    rounds, settings = store.rounds(), config["settings"]
+    if not rounds:
+        raise ReportError(f"{run_dir}: no round has finished yet, so there is nothing to report")
+    last = rounds[-1]
+    audits = {name: parse_audit(metrics) for name, metrics in last["evaluate"].items()}
+    quality = {name: {"hr10": metrics["hr10"], "ndcg10": metrics["ndcg10"], "customers": metrics["num-examples"],
+                      "ndcg10_by_round": [r["evaluate"].get(name, {}).get("ndcg10") for r in rounds]}
+               for name, metrics in last["evaluate"].items()}
+    report = {
+        "schema": SCHEMA,
+        "run": {"run_dir": str(run_dir.resolve()), "status": store.status(), "rounds": [r["round"] for r in rounds],
+                "settings": settings},
+        "privacy": {**_privacy(rounds, settings, run_dir),
+                    "membership_inference": _membership(audits, settings.get("audit_holdout", 0.0))},
+        "quality": {"merchants": quality,
+                    "lists": {name: audit["lists"] for name, audit in audits.items()}},
+        "explanations": {"fidelity": {name: audit["fidelity"] for name, audit in audits.items()},
+                         "samples": (samples or {}).get("recommendations", [])},
+        "pricing": {"merchants": {name: audit["prices"] for name, audit in audits.items() if audit["prices"]},
+                    "samples": (samples or {}).get("prices", [])},
+        "audited_round": last["round"] if any(a["membership"] or a["fidelity"] for a in audits.values()) else None,
+    }
+    return _finite(report)
+
+
+def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | None = None) -> dict:
+    """Explained recommendations for a few of one merchant's customers and explained prices for a few
+    of its items, computed on that merchant's side (they name its customers' purchases)."""
+    from client.demand import build_demand_panel
+    from client.global_model import load_models
+    from client.interactions import build_interactions
+    from client.pricing import local_demand, recommend_price
+    from client.recommend import recommend
+    from client.schema import load_merchant
+    from explain.price_reasons import price_record
+    from explain.recommendation_reasons import explain_recommendation
+
+    data = load_merchant(data_dir)
+    models, history_length = load_models(model_dir, secret_context)
+    interactions = build_interactions(data)
+    customers = [interactions.customers[c] for c in interactions.evaluable[:SAMPLE_CUSTOMERS]]
+    recommendations = [{"merchant": data.name, "customer": customer,
+                        "items": [explain_recommendation(r).record()
+                                  for r in recommend(models.recommender, interactions, customer, SAMPLE_ITEMS,
+                                                     history_length)]}
+                       for customer in customers]
+    panel = build_demand_panel(data)
+    local = local_demand(models.demand, panel)
+    busiest = sorted(range(len(panel.item_ids)), key=lambda row: -panel.units[row].sum())[:SAMPLE_PRICES]
+    prices = [{"merchant": data.name, **price_record(
+        recommend_price(models.demand, panel, local, row, "revenue", PRICE_MAX_CHANGE), "revenue")} for row in busiest]
+    return {"recommendations": recommendations, "prices": prices}

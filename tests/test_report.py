@@ -1,0 +1,109 @@
+"""The auditors' report: membership inference with and without DP, the JSON schema, the HTML in a browser."""
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from explain.report import SCHEMA_PATH, ReportError, build_report, merchant_samples
+from explain.report_html import write_report
+from fedshop.settings import RunSettings
+from fedshop.simulation import run_simulated_federation
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+AUDIT = RunSettings(num_server_rounds=5, local_epochs=3, he=False, pricing=True, audit_holdout=0.5)
+
+
+def _run(federation_dirs: list[Path], out: Path, settings: RunSettings) -> Path:
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / "nodes" / d.name)}
+             for d in federation_dirs]
+    return run_simulated_federation(nodes, replace(settings, run_dir=str(out / "run")))
+
+
+@pytest.fixture(scope="module")
+def audited_runs(federation_dirs, tmp_path_factory) -> dict[str, Path]:
+    """The same federation trained with and without DP; half of each merchant's customers held out."""
+    out = tmp_path_factory.mktemp("audit")
+    return {"plain": _run(federation_dirs, out / "plain", replace(AUDIT, dp=False)),
+            "dp": _run(federation_dirs, out / "dp", replace(AUDIT, dp=True))}
+
+
+def validate(report: dict) -> None:
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.slow
+def test_dp_pulls_membership_inference_toward_chance(audited_runs) -> None:
+    attacks = {label: build_report(run)["privacy"]["membership_inference"]["pooled"]
+               for label, run in audited_runs.items()}
+    assert attacks["plain"]["non_members"] > 50 and attacks["dp"]["non_members"] == attacks["plain"]["non_members"]
+    assert attacks["plain"]["auc"] > 0.6
+    assert abs(attacks["dp"]["auc"] - 0.5) < attacks["plain"]["auc"] - 0.5 - 0.08
+
+
+@pytest.mark.slow
+def test_report_json_follows_its_schema_and_holds_the_audit(audited_runs, federation_dirs) -> None:
+    samples = merchant_samples(federation_dirs[0], audited_runs["dp"].parent / "nodes" / federation_dirs[0].name)
+    report = build_report(audited_runs["dp"], samples)
+    validate(report)
+    validate(build_report(audited_runs["plain"]))
+    names = sorted(d.name for d in federation_dirs)
+    privacy = report["privacy"]
+    assert sorted(privacy["merchants"]) == names and privacy["unit"] == "customer"
+    for entry in privacy["merchants"].values():
+        assert entry["epsilon"] == sorted(entry["epsilon"]) and 0 < entry["final_epsilon"] <= entry["budget"]
+    assert all(f["content"] == "plaintext model" for f in privacy["server_storage"])
+    fidelity = report["explanations"]["fidelity"]
+    assert all(f["top_reason_is_largest_drop"] == 1.0 and f["largest_sum_gap"] < 1e-4 for f in fidelity.values())
+    assert report["explanations"]["samples"][0]["items"] and report["pricing"]["samples"]
+    for lists in report["quality"]["lists"].values():
+        assert 0 < lists["plain"]["coverage"] <= 1 and lists["diverse"]["diversity_setting"] > 0
+    assert sorted(report["pricing"]["merchants"]) == names
+
+
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path) -> None:
+    with pytest.raises(ReportError, match="not a run directory"):
+        build_report(tmp_path)
+
+
+def _browser():
+    """Debian's chromium driven by its chromedriver, or a skip that says why not."""
+    if not (os.access(CHROMIUM, os.X_OK) and shutil.which(CHROMEDRIVER)):
+        pytest.skip(f"no headless browser: {CHROMIUM} and {CHROMEDRIVER} are absent "
+                    "(.ci/run installs Debian's chromium and chromium-driver where apt can)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for a driver online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.slow
+def test_report_html_renders_with_its_plots_in_a_real_browser(audited_runs, tmp_path) -> None:
+    _, html = write_report(build_report(audited_runs["dp"]), tmp_path)
+    driver = _browser()
+    try:
+        driver.get(html.as_uri())
+        assert driver.title.startswith("fedshop audit report")
+        sizes = driver.execute_script(
+            "return [...document.querySelectorAll('.figure svg')].map(s => s.getBoundingClientRect().width)")
+        figures = driver.execute_script("return [...document.querySelectorAll('.figure')].map(f => f.id)")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        sections = driver.execute_script("return [...document.querySelectorAll('h2')].map(h => h.id)")
+    finally:
+        driver.quit()
+    assert {"figure-epsilon", "figure-membership", "figure-quality", "figure-diversity", "figure-exposure",
+            "figure-fidelity", "figure-prices"} <= set(figures)
+    assert len(sizes) == len(figures) and all(width > 200 for width in sizes)
+    assert sections == ["privacy", "quality", "explanations", "pricing"]
+    assert not errors, errors
