@@ -54,7 +54,7 @@ def content_phrase(token: str) -> str:
     if kind == "category":
         return f"your interest in category '{value}'"
     if kind == "price band":
-        return f"your usual price range (about {2 ** int(value):g})"
+        return f"your usual price range, around {2 ** int(value):g}"
     if kind == "word":
         return f"your interest in '{value}' items"
     return f"'{token}'"

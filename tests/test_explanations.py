@@ -40,7 +40,7 @@ def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:
 def test_content_reasons_name_what_the_item_matched() -> None:
     assert content_phrase("category:kitchen") == "your interest in category 'kitchen'"
     assert content_phrase("word:mug") == "your interest in 'mug' items"
-    assert content_phrase("price band:3") == "your usual price range (about 8)"
+    assert content_phrase("price band:3") == "your usual price range, around 8"
 
 
 def test_items_bought_before_the_history_window_are_not_recommended(trained) -> None:
