@@ -1,10 +1,16 @@
-"""Shared fixtures: small generated federations, and the real export when ../shared/data has it."""
+"""Shared fixtures: small generated federations, a small trained recommender, and the real export when
+../shared/data has it."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from client.generate import FederationSpec, write_federation
+from client.interactions import Interactions, build_interactions
+from client.schema import load_merchant
+from client.training import NextItemExamples, shuffled_loader, train_epochs
+from models.recommender import Recommender, build_recommender
 
 REPO = Path(__file__).resolve().parents[1]
 UCI_RETAIL = REPO.parent / "shared" / "data" / "uci_online_retail" / "online_retail.parquet"
@@ -22,3 +28,12 @@ def uci_retail() -> Path:
     if not UCI_RETAIL.exists():
         pytest.skip(f"real data absent: {UCI_RETAIL} not found (see ../shared/data/README.md)")
     return UCI_RETAIL
+
+
+def train_small_recommender(data_dir: Path, epochs: int) -> tuple[Recommender, Interactions]:
+    """A recommender trained briefly (seeded, in the clear) on one merchant, in eval mode, and its data."""
+    data = build_interactions(load_merchant(data_dir))
+    model = build_recommender(seed=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs)
+    return model.eval(), data

@@ -2,25 +2,17 @@
 
 import numpy as np
 import pytest
-import torch
 
-from client.interactions import build_interactions
 from client.recommend import recommend
-from client.schema import load_merchant
-from client.training import NextItemExamples, shuffled_loader, train_epochs
 from explain.diversity import mmr_order
 from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import content_phrase, explain_recommendation, largest_gap
-from models.recommender import build_recommender
+from tests.conftest import train_small_recommender
 
 
 @pytest.fixture(scope="module")
 def trained(federation_dirs):
-    data = build_interactions(load_merchant(federation_dirs[0]))
-    model = build_recommender(seed=3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs=3)
-    return model.eval(), data
+    return train_small_recommender(federation_dirs[0], epochs=3)
 
 
 def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:

@@ -4,21 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from client.interactions import build_interactions
 from client.recommend import recommend
-from client.schema import load_merchant
-from client.training import NextItemExamples, padded_history, shuffled_loader, train_epochs
+from client.training import padded_history
 from models.layout import LAYOUT, stable_bucket
 from models.recommender import Recommender, build_recommender, score_parts
+from tests.conftest import train_small_recommender
 
 
 @pytest.fixture(scope="module")
 def trained(federation_dirs):
-    data = build_interactions(load_merchant(federation_dirs[1]))
-    model = build_recommender(seed=3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs=2)
-    return model.eval(), data
+    return train_small_recommender(federation_dirs[1], epochs=2)
 
 
 def test_parts_sum_to_the_model_score_for_random_customers(trained) -> None:
