@@ -107,3 +107,16 @@ def test_report_html_renders_with_its_plots_in_a_real_browser(audited_runs, tmp_
     assert len(sizes) == len(figures) and all(width > 200 for width in sizes)
     assert sections == ["privacy", "quality", "explanations", "pricing"]
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_report_of_a_run_not_yet_audited_says_so(audited_runs, tmp_path) -> None:
+    """Before the last round no node has sent its audit: the report still renders and says why."""
+    run = shutil.copytree(audited_runs["plain"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({"rounds": metrics["rounds"][:-1]}))
+    report = build_report(run)
+    validate(report)
+    assert report["audited_round"] is None and report["privacy"]["membership_inference"]["pooled"]["auc"] is None
+    _, html = write_report(report, tmp_path / "out")
+    assert "No membership-inference figures" in html.read_text()
