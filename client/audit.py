@@ -18,7 +18,7 @@ import numpy as np
 
 from client.demand import DemandPanel
 from client.interactions import Interactions
-from client.pricing import local_demand, recommend_price
+from client.pricing import recommend_prices
 from explain.beyond_accuracy import ListMeasures, list_measures
 from explain.fidelity import FidelityCheck, deletion_check
 from models.shared import SharedModels
@@ -37,9 +37,7 @@ def _flat(prefix: str, record: dict) -> dict[str, float]:
 
 def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
     """Revenue recommendations of every item: which bound held, mean change, mean elasticity."""
-    local = local_demand(models.demand, panel)
-    recs = [recommend_price(models.demand, panel, local, row, "revenue", PRICE_MAX_CHANGE)
-            for row in range(len(panel.item_ids))]
+    recs = recommend_prices(models.demand, panel, range(len(panel.item_ids)), "revenue", PRICE_MAX_CHANGE)
     binding = Counter(BINDINGS[r.binding] for r in recs)
     return {"items": float(len(recs)),
             **{f"bound-{name}": binding[name] / max(len(recs), 1) for name in BINDINGS.values()},

@@ -12,6 +12,7 @@ the price rises. The optimiser searches a grid of prices inside every bound at o
   be computed and the revenue is optimised instead, which the result says).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,3 +147,10 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
         base_elasticity=base, category_evidence=evidence, units_now=units_now,
         units_new=units_now * (best / current) ** elasticity, unit_cost=cost, price_range_seen=seen, trend=trend,
         feasible=feasible)
+
+
+def recommend_prices(model: DemandModel, panel: DemandPanel, rows: Iterable[int], objective: str,
+                     max_change: float) -> list[PriceRecommendation]:
+    """:func:`recommend_price` for each of ``rows``, with the panel's :func:`local_demand` computed once."""
+    local = local_demand(model, panel)
+    return [recommend_price(model, panel, local, row, objective, max_change) for row in rows]

@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from client.audit import PRICE_MAX_CHANGE, parse_audit
+from client.demand import build_demand_panel
+from client.global_model import load_models
+from client.interactions import build_interactions
+from client.pricing import recommend_prices
+from client.recommend import recommend
+from client.schema import load_merchant
+from explain.price_reasons import price_record
+from explain.recommendation_reasons import explain_recommendation
 from privacy.ckks import CKKS
 from privacy.ledger import ACCOUNTANT
 from privacy.membership import LOW_FPR, MembershipAttack, pooled
@@ -124,15 +132,6 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
 def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | None = None) -> dict:
     """Explained recommendations for a few of one merchant's customers and explained prices for a few
     of its items, computed on that merchant's side (they name its customers' purchases)."""
-    from client.demand import build_demand_panel
-    from client.global_model import load_models
-    from client.interactions import build_interactions
-    from client.pricing import local_demand, recommend_price
-    from client.recommend import recommend
-    from client.schema import load_merchant
-    from explain.price_reasons import price_record
-    from explain.recommendation_reasons import explain_recommendation
-
     data = load_merchant(data_dir)
     models, history_length = load_models(model_dir, secret_context)
     interactions = build_interactions(data)
@@ -143,8 +142,7 @@ def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | Non
                                                      history_length)]}
                        for customer in customers]
     panel = build_demand_panel(data)
-    local = local_demand(models.demand, panel)
     busiest = sorted(range(len(panel.item_ids)), key=lambda row: -panel.units[row].sum())[:SAMPLE_PRICES]
-    prices = [{"merchant": data.name, **price_record(
-        recommend_price(models.demand, panel, local, row, "revenue", PRICE_MAX_CHANGE), "revenue")} for row in busiest]
+    prices = [{"merchant": data.name, **price_record(rec, "revenue")}
+              for rec in recommend_prices(models.demand, panel, busiest, "revenue", PRICE_MAX_CHANGE)]
     return {"recommendations": recommendations, "prices": prices}

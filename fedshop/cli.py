@@ -316,7 +316,7 @@ def price(
     """Recommended prices per item inside the merchant's bounds, with the reasons for each."""
     from client.demand import build_demand_panel
     from client.global_model import load_models
-    from client.pricing import local_demand, recommend_price
+    from client.pricing import recommend_prices
     from client.schema import SchemaError, load_merchant
     from explain.price_reasons import price_record
     from privacy.ckks import ContextError
@@ -331,9 +331,8 @@ def price(
         rows = [panel.row(i) for i in item] if item else range(len(panel.item_ids))
     except (SchemaError, FileNotFoundError, ContextError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
-    local = local_demand(models.demand, panel)
-    records = [price_record(recommend_price(models.demand, panel, local, row, objective, max_change), objective)
-               for row in rows]
+    records = [price_record(rec, objective) for rec in recommend_prices(models.demand, panel, rows, objective,
+                                                                        max_change)]
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
