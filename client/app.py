@@ -27,6 +27,7 @@ from client.audit import audit_metrics
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
 from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
+from client.interactions import Interactions
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
 from fedshop.protocol import MERCHANT_RECORD
@@ -82,6 +83,11 @@ def _merchant_record(options: NodeOptions, key: KeyContext | None) -> ConfigReco
     return ConfigRecord({"name": options.merchant, "context-id": key.context_id if key else ""})
 
 
+def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarray:
+    """Which of the merchant's customers the run keeps out of training for the audit (the same every round)."""
+    return held_out_of_training(interactions.customers, float(config["audit-holdout"]))
+
+
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
                    run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
     """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
@@ -115,7 +121,7 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     round_ = int(config["server-round"])
     seed = int(config["seed"]) * 100_003 + round_
     interactions = load_interactions(options.data_dir)
-    held_out = held_out_of_training(interactions.customers, float(config["audit-holdout"]))
+    held_out = _audit_holdout(interactions, config)
     datasets: dict[str, Dataset] = {"recommender": NextItemExamples(
         interactions, int(config["history-length"]), int(config["negatives"]), seed, held_out)}
     if config["pricing"]:
@@ -152,9 +158,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     audit = {}
     if int(config["server-round"]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, interactions, load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, held_out_of_training(interactions.customers,
-                                                                   float(config["audit-holdout"])),
-                              int(config["seed"]))
+                              history_length, _audit_holdout(interactions, config), int(config["seed"]))
     options.state_dir.mkdir(parents=True, exist_ok=True)
     np.savez(options.state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
     info = {"round": int(config["server-round"]), "history_length": int(config["history-length"])}
