@@ -15,6 +15,7 @@ import torch
 from models.parameters import parameter_count, unflatten
 from models.shared import SharedModels
 from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
+from server.run_store import RunStore
 
 MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
 
@@ -26,19 +27,21 @@ def decrypt_global_state(key: KeyContext, ciphertexts: dict[str, np.ndarray],
 
 
 def _history_length(model_dir: Path) -> int:
-    if (model_dir / "config.json").exists():
-        return int(json.loads((model_dir / "config.json").read_text())["settings"]["history_length"])
+    config = RunStore(model_dir).config()
+    if config is not None:
+        return int(config["settings"]["history_length"])
     if (model_dir / MODEL_COPY_INFO).exists():
         return int(json.loads((model_dir / MODEL_COPY_INFO).read_text())["history_length"])
     raise FileNotFoundError(f"{model_dir}: neither a run directory (config.json) "
                             f"nor a node's model copy ({MODEL_COPY_INFO})")
 
 
-def _decrypted_state(path: Path, secret_context: Path | None) -> dict[str, torch.Tensor]:
+def _decrypted_state(store: RunStore, secret_context: Path | None) -> dict[str, torch.Tensor]:
+    path = store.encrypted_model_path
     if secret_context is None:
         raise ContextError(f"{path} is encrypted: only a merchant can read it, with --secret-context secret.ctx")
     key = load_secret_context(secret_context)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(store.encrypted_meta_path.read_text())
     if meta["context_id"] != key.context_id:
         raise ContextError(f"{path} was encrypted under context {meta['context_id']}, not {key.context_id}")
     with np.load(path) as saved:
@@ -50,14 +53,15 @@ def load_models(model_dir: Path, secret_context: Path | None = None) -> tuple[Sh
     """The global models of a run directory or of a node's state directory, and the recommender's
     history length they were trained with."""
     model_dir = Path(model_dir)
-    plain, encrypted = model_dir / MODEL_COPY, model_dir / "encrypted_model.npz"
+    plain, store = model_dir / MODEL_COPY, RunStore(model_dir)
     if plain.exists():
         with np.load(plain) as saved:
             state = {key: torch.from_numpy(saved[key]) for key in saved.files}
-    elif encrypted.exists():
-        state = _decrypted_state(encrypted, secret_context)
+    elif store.encrypted_model_path.exists():
+        state = _decrypted_state(store, secret_context)
     else:
-        raise FileNotFoundError(f"{model_dir}: no {MODEL_COPY} or encrypted_model.npz; has the run finished?")
+        raise FileNotFoundError(f"{model_dir}: no {MODEL_COPY} or {store.encrypted_model_path.name}; "
+                                "has the run finished?")
     models = SharedModels()
     models.load_state_dict(state)
     return models.eval(), _history_length(model_dir)

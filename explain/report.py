@@ -79,7 +79,7 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
                 {"round": record["round"], "reason": reason})
     for entry in merchants.values():
         entry["final_epsilon"] = entry["epsilon"][-1] if entry["epsilon"] else 0.0
-    context = read_json(run_dir / "encrypted_model.json", {}) if settings["he"] else {}
+    context = read_json(RunStore(run_dir).encrypted_meta_path, {}) if settings["he"] else {}
     return {
         "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
@@ -100,10 +100,10 @@ def _membership(audits: dict[str, dict], holdout: float) -> dict:
 def build_report(run_dir: Path, samples: dict | None = None) -> dict:
     """The report of the run in ``run_dir``; ``samples`` from :func:`merchant_samples` when a merchant
     provides them."""
-    config = read_json(run_dir / "config.json")
+    store = RunStore(run_dir)
+    config = store.config()
     if config is None:
         raise ReportError(f"{run_dir}: not a run directory (no config.json)")
-    store = RunStore(run_dir)
     rounds, settings = store.rounds(), config["settings"]
     if not rounds:
         raise ReportError(f"{run_dir}: no round has finished yet, so there is nothing to report")

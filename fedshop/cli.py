@@ -255,9 +255,9 @@ def run(
 def watch_command(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Follow a run round by round until it finishes."""
     from fedshop.progress import watch_run
-    from server.run_store import read_json
+    from server.run_store import RunStore
 
-    config = read_json(run_dir / "config.json")
+    config = RunStore(run_dir).config()
     if config is None:
         _fail(f"{run_dir}: not a run directory (no config.json)")
     status = watch_run(run_dir, config["settings"]["num_server_rounds"], console)

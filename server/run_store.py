@@ -57,6 +57,10 @@ class RunStore:
         self.checkpoints = self.run_dir / "checkpoints"
 
     @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.json"
+
+    @property
     def model_path(self) -> Path:
         return self.run_dir / "model.npz"
 
@@ -64,11 +68,19 @@ class RunStore:
     def encrypted_model_path(self) -> Path:
         return self.run_dir / "encrypted_model.npz"
 
+    @property
+    def encrypted_meta_path(self) -> Path:
+        return self.encrypted_model_path.with_suffix(".json")
+
+    def config(self) -> dict[str, Any] | None:
+        """The run's settings and layout, or None when ``run_dir`` is not a run directory."""
+        return read_json(self.config_path)
+
     def open(self, settings: RunSettings) -> int:
         """Start or resume the run; returns the number of rounds already completed."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         wanted = {"settings": asdict(settings), "layout": asdict(LAYOUT)}
-        existing = read_json(self.run_dir / "config.json")
+        existing = self.config()
         if existing is not None:
             changed = {k for k in wanted["settings"] if existing["settings"].get(k) != wanted["settings"][k]}
             if changed - RESUMABLE_CHANGES or existing["layout"] != wanted["layout"]:
@@ -76,7 +88,7 @@ class RunStore:
                     f"{self.run_dir} holds a run with other settings ({sorted(changed - RESUMABLE_CHANGES)} "
                     "differ); choose another run directory to start a new run"
                 )
-        write_json(self.run_dir / "config.json", wanted)
+        write_json(self.config_path, wanted)
         completed = self.latest_checkpoint_round()
         self.write_status("running", completed, settings.num_server_rounds)
         return completed
@@ -119,7 +131,7 @@ class RunStore:
     def save_model(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], encrypted: bool) -> None:
         """The final model: plaintext ``model.npz``, or ciphertexts and their weight when encrypted."""
         if encrypted:
-            write_json(self.encrypted_model_path.with_suffix(".json"), meta)
+            write_json(self.encrypted_meta_path, meta)
             _write_npz(self.encrypted_model_path, arrays)
         else:
             _write_npz(self.model_path, arrays)
