@@ -9,6 +9,7 @@ after the last round (``client.audit``).
 
 import hashlib
 import math
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,25 +66,24 @@ def server_storage(run_dir: Path, encrypted: bool) -> list[dict]:
 
 
 def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
-    merchants: dict[str, dict] = {}
+    merchants: dict[str, dict] = defaultdict(lambda: {"rounds": [], "epsilon": [], "refusals": []})
     for record in rounds:
         for name, metrics in record["train"].items():
-            entry = merchants.setdefault(name, {"rounds": [], "epsilon": [], "refusals": []})
+            entry = merchants[name]
             entry["rounds"].append(record["round"])
             entry["epsilon"].append(metrics.get("epsilon", 0.0))
             entry.update(budget=metrics.get("epsilon-budget"), delta=metrics.get("delta"),
                          noise_multiplier=metrics.get("noise-multiplier"), max_grad_norm=metrics.get("max-grad-norm"),
                          sample_rate=metrics.get("sample-rate"), steps_per_round=metrics.get("steps"))
         for name, reason in record.get("failures", {}).items():
-            merchants.setdefault(name, {"rounds": [], "epsilon": [], "refusals": []})["refusals"].append(
-                {"round": record["round"], "reason": reason})
+            merchants[name]["refusals"].append({"round": record["round"], "reason": reason})
     for entry in merchants.values():
         entry["final_epsilon"] = entry["epsilon"][-1] if entry["epsilon"] else 0.0
     context = read_json(RunStore(run_dir).encrypted_meta_path, {}) if settings["he"] else {}
     return {
         "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
-        "merchants": merchants,
+        "merchants": dict(merchants),
         "encryption": {"enabled": settings["he"], "scheme": "CKKS (TenSEAL), symmetric", **asdict(CKKS),
                        "context_id": context.get("context_id")},
         "server_storage": server_storage(run_dir, settings["he"]),
