@@ -103,7 +103,8 @@ def local_only(data: Interactions, settings: RunSettings) -> RankingMetrics:
     """fedshop's model trained by the merchant alone for as many epochs as the federation runs."""
     torch.manual_seed(settings.seed)
     model = build_recommender(settings.seed)
-    dataset = NextItemExamples(data, settings.history_length, settings.negatives, settings.seed)
+    dataset = NextItemExamples(data, settings.history_length, settings.negatives, settings.seed,
+                               predictions=settings.predictions_per_customer)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     for round_ in range(settings.num_server_rounds):
         train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer, settings.local_epochs)

@@ -123,7 +123,8 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     interactions = load_interactions(options.data_dir)
     held_out = _audit_holdout(interactions, config)
     datasets: dict[str, Dataset] = {"recommender": NextItemExamples(
-        interactions, int(config["history-length"]), int(config["negatives"]), seed, held_out)}
+        interactions, int(config["history-length"]), int(config["negatives"]), seed, held_out,
+        int(config["predictions-per-customer"]))}
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
                                             held_out=frozenset(np.array(interactions.customers)[held_out]))

@@ -1,9 +1,12 @@
 """Local training and evaluation of the recommender on one merchant's data.
 
-Training uses one example per customer per epoch (a random next item of their history, predicted
-from the items before it, against sampled negatives from the merchant's catalogue), so that a
-per-sample bound is a per-customer bound. Evaluation ranks the whole catalogue for every customer
-with a held-out item (HR@10, NDCG@10).
+Training uses one example per customer per epoch, so that a per-sample bound is a per-customer
+bound. The example holds several predictions: random next items of the customer's history, each
+predicted from the items before it against sampled negatives from the merchant's catalogue. The
+customer's loss is their mean, so DP-SGD clips one gradient per customer that averages over more of
+their history (the "augmentation multiplicity" of De et al., 2022: the noise stays the same and the
+clipped signal is less noisy). Evaluation ranks the whole catalogue for every customer with a
+held-out item (HR@10, NDCG@10).
 """
 
 from collections.abc import Callable
@@ -34,15 +37,24 @@ def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tup
 
 
 class NextItemExamples(Dataset):
-    """One training example per trainable customer (but those ``held_out`` of training, when given);
-    the target is drawn afresh on every access."""
+    """One training example per trainable customer (but those ``held_out`` of training, when given).
+
+    An example makes ``predictions`` next-item predictions at positions of the customer's history
+    drawn afresh on every access. It holds, side by side, the ``history_length`` items before each
+    target (``[predictions * history_length]`` ids, ``[..., T]`` tokens), one window per prediction
+    that selects its own items (``[predictions, predictions * history_length]``) and candidates:
+    the targets in order, then ``negatives`` items sampled from the catalogue that every prediction
+    ranks its target against."""
 
     def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int,
-                 held_out: np.ndarray | None = None) -> None:
+                 held_out: np.ndarray | None = None, predictions: int = 1) -> None:
+        if predictions < 1:
+            raise ValueError(f"predictions per customer must be at least 1, got {predictions}")
         self.data = data
         self.customers = [c for c in data.trainable if held_out is None or not held_out[c]]
         self.history_length = history_length
         self.negatives = negatives
+        self.predictions = predictions
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -51,13 +63,35 @@ class NextItemExamples(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         features = self.data.features
         history = self.data.histories[self.customers[index]]
-        position = int(self.rng.integers(1, len(history)))
-        ids, tokens, mask = padded_history(history[:position], features, self.history_length)
-        candidates = np.concatenate([[history[position]],
-                                     self.rng.integers(0, len(features.item_ids), self.negatives)])
-        return (torch.from_numpy(ids), torch.from_numpy(tokens), torch.from_numpy(mask),
-                torch.from_numpy(features.id_index[candidates]),
+        targets = self.rng.integers(1, len(history), self.predictions)
+        ids, tokens, masks = zip(*(padded_history(history[:t], features, self.history_length) for t in targets),
+                                 strict=True)
+        windows = np.kron(np.eye(self.predictions, dtype=np.float32), np.ones(self.history_length, np.float32))
+        windows = windows * np.concatenate(masks)
+        candidates = np.concatenate([history[targets], self.rng.integers(0, len(features.item_ids), self.negatives)])
+        return (torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(tokens)),
+                torch.from_numpy(windows), torch.from_numpy(features.id_index[candidates]),
                 torch.from_numpy(features.token_index[candidates]))
+
+
+class NextItemLoss(nn.Module):
+    """Sampled-softmax cross-entropy of each prediction, averaged per customer.
+
+    Takes the model's scores ``[B, K, K + N]`` of :class:`NextItemExamples`: prediction ``k`` ranks
+    candidate ``k`` (its target) against the ``N`` shared negatives; the other targets are later or
+    earlier purchases, not negatives, and are left out. Shaped like a torch loss (``reduction``, a
+    target argument it ignores) so that Opacus' ghost clipping can ask it for per-customer losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, scores: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+        predictions = scores.shape[1]
+        positive = torch.diagonal(scores[:, :, :predictions], dim1=1, dim2=2)
+        negatives = torch.logsumexp(scores[:, :, predictions:], dim=-1)
+        per_customer = (torch.logaddexp(positive, negatives) - positive).mean(dim=1)
+        return per_customer if self.reduction == "none" else per_customer.mean()
 
 
 def shuffled_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
@@ -67,10 +101,9 @@ def shuffled_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
 
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epochs: int,
                  loss_fn: nn.Module | None = None, after_step: Callable[[], None] | None = None) -> float:
-    """Run ``epochs`` passes of sampled-softmax training (the target is candidate 0, which a
-    per-customer loss such as the demand model's ignores); returns the mean loss of the last epoch.
-    DP-SGD passes Opacus' wrapped model, optimizer and loss."""
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    """Run ``epochs`` passes minimising ``loss_fn`` (by default the recommender's :class:`NextItemLoss`);
+    returns the mean loss of the last epoch. DP-SGD passes Opacus' wrapped model, optimizer and loss."""
+    loss_fn = loss_fn or NextItemLoss()
     model.train()
     last = float("nan")
     for _ in range(epochs):

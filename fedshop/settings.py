@@ -18,6 +18,7 @@ class RunSettings:
     learning_rate: float = 0.01  # Adam, when training without DP
     batch_size: int = 128
     negatives: int = 64
+    predictions_per_customer: int = 4  # next items each customer's example predicts (one clipped gradient)
     history_length: int = 20
     seed: int = 7
     run_dir: str = "runs/latest"

@@ -47,25 +47,29 @@ class Recommender(nn.Module):
         token_part = (self.token_bias(tokens) * _present(tokens)).sum(dim=-2)
         return self.id_bias(ids).squeeze(-1) + token_part.squeeze(-1)
 
-    def pooled_query(self, history_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean of ``W e_h`` over the unmasked history vectors: ``[B, L, d], [B, L] -> [B, d]``."""
-        projected = self.interaction(history_vectors) * mask.unsqueeze(-1)
-        return projected.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    def pooled_query(self, history_vectors: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Mean of ``W e_h`` over each window of one history: ``[B, H, d], [B, K, H] -> [B, K, d]``."""
+        projected = self.interaction(history_vectors)
+        return windows @ projected / windows.sum(dim=-1, keepdim=True).clamp(min=1.0)
 
     def user_query(self, ids: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The customer vector of a history given as ``[B, L]`` ids, ``[B, L, T]`` tokens, ``[B, L]`` mask."""
-        return self.pooled_query(self.item_vectors(ids, tokens), mask)
+        return self.pooled_query(self.item_vectors(ids, tokens), mask.unsqueeze(1)).squeeze(1)
 
     def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B, C]`` of ``C`` candidates per customer.
+        """Scores ``[B, C]`` of ``C`` candidates per customer for a history mask ``[B, H]``; for
+        ``K`` windows of the history ``[B, K, H]`` (several predictions from one customer's
+        purchases, see ``client.training``), the scores of each window, ``[B, K, C]``.
 
         History and candidates go through each table in one lookup, so every parameter is used
         once per forward pass (Opacus' ghost clipping requires it)."""
         length = hist_ids.shape[1]
+        windows = hist_mask if hist_mask.dim() == 3 else hist_mask.unsqueeze(1)
         vectors = self.item_vectors(torch.cat([hist_ids, cand_ids], 1), torch.cat([hist_tokens, cand_tokens], 1))
-        query = self.pooled_query(vectors[:, :length], hist_mask)
-        return (vectors[:, length:] * query.unsqueeze(1)).sum(dim=-1) + self.item_bias(cand_ids, cand_tokens)
+        query = self.pooled_query(vectors[:, :length], windows)
+        scores = query @ vectors[:, length:].transpose(1, 2) + self.item_bias(cand_ids, cand_tokens).unsqueeze(1)
+        return scores if hist_mask.dim() == 3 else scores.squeeze(1)
 
 
 def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:

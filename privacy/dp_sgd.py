@@ -23,7 +23,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.training import train_epochs
+from client.training import NextItemLoss, train_epochs
 from privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
 from privacy.ledger import ACCOUNTANT, Mechanism
 
@@ -109,7 +109,7 @@ def train_private(model: nn.Module, dataset: Dataset, release: Release, batch_si
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator())
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     private, optimizer, criterion, loader = engine.make_private(
-        module=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(), data_loader=loader,
+        module=model, optimizer=optimizer, criterion=criterion or NextItemLoss(), data_loader=loader,
         noise_multiplier=release.mechanism.noise_multiplier, max_grad_norm=release.max_grad_norm,
         grad_sample_mode="ghost", noise_generator=_entropy_generator())
     loss = train_epochs(private, loader, optimizer, epochs, criterion, after_step)

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
 from torch import nn
 
 from client.interactions import build_interactions
 from client.schema import load_merchant
-from client.training import NextItemExamples
+from client.training import NextItemExamples, NextItemLoss
 from models.recommender import build_recommender
 from privacy.dp_sgd import TrainingShape, plan_round, train_private
 from privacy.embedding_norms import embedding_norm_sample
@@ -40,6 +41,25 @@ def test_embedding_norms_are_the_true_per_sample_gradient_norms() -> None:
     unpadded = ids.clamp(min=1)
     opacus_own = compute_embedding_norm_sample(layer, [unpadded], backprops)[layer.weight]
     torch.testing.assert_close(embedding_norm_sample(layer, [unpadded], backprops)[layer.weight], opacus_own)
+
+
+def test_ghost_clipping_norm_is_each_customers_whole_gradient_over_all_their_predictions(federation_dirs) -> None:
+    data = build_interactions(load_merchant(federation_dirs[2]))
+    dataset = NextItemExamples(data, 20, 8, seed=0, predictions=3)
+    batch = [torch.stack(part) for part in zip(*(dataset[i] for i in range(6)), strict=True)]
+    assert batch[0].shape == (6, 60) and batch[2].shape == (6, 3, 60) and batch[3].shape == (6, 11)
+    model = build_recommender(2)
+    expected = []
+    for customer in range(6):
+        model.zero_grad()
+        NextItemLoss()(model(*(part[customer:customer + 1] for part in batch)), torch.zeros(1)).backward()
+        expected.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())))
+    private, optimizer, criterion, _ = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=NextItemLoss(),
+        data_loader=torch.utils.data.DataLoader(dataset, batch_size=6), noise_multiplier=0.0, max_grad_norm=1e6,
+        grad_sample_mode="ghost")
+    criterion(private(*batch), torch.zeros(6)).backward()
+    torch.testing.assert_close(private.get_norm_sample(), torch.stack(expected), rtol=1e-4, atol=1e-6)
 
 
 def test_ledger_grows_matches_opacus_accountant_and_persists(tmp_path: Path) -> None:
