@@ -55,6 +55,7 @@ class NextItemExamples(Dataset):
         self.history_length = history_length
         self.negatives = negatives
         self.predictions = predictions
+        self._blocks = np.kron(np.eye(predictions, dtype=np.float32), np.ones(history_length, np.float32))
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -66,8 +67,7 @@ class NextItemExamples(Dataset):
         targets = self.rng.integers(1, len(history), self.predictions)
         ids, tokens, masks = zip(*(padded_history(history[:t], features, self.history_length) for t in targets),
                                  strict=True)
-        windows = np.kron(np.eye(self.predictions, dtype=np.float32), np.ones(self.history_length, np.float32))
-        windows = windows * np.concatenate(masks)
+        windows = self._blocks * np.concatenate(masks)
         candidates = np.concatenate([history[targets], self.rng.integers(0, len(features.item_ids), self.negatives)])
         return (torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(tokens)),
                 torch.from_numpy(windows), torch.from_numpy(features.id_index[candidates]),
