@@ -28,6 +28,7 @@ from torch import nn
 from client.generate import FederationSpec, generate_federation
 from client.interactions import build_interactions
 from client.training import NextItemExamples, shuffled_loader, train_epochs
+from fedshop.settings import RunSettings
 from models.parameters import flatten, parameter_count
 from models.recommender import build_recommender
 from models.shared import build_shared_models
@@ -91,7 +92,9 @@ def _dp_step_time(dataset: NextItemExamples, batch: int) -> float:
 def dp_costs(customers: int, batch: int) -> dict:
     torch.set_num_threads(1)
     merchant = generate_federation(FederationSpec(customers=(customers, 40), products=600))[0]
-    dataset = NextItemExamples(build_interactions(merchant), 20, 64, seed=0)
+    settings = RunSettings()  # the example a node trains on: its history length, negatives and predictions
+    dataset = NextItemExamples(build_interactions(merchant), settings.history_length, settings.negatives, seed=0,
+                               predictions=settings.predictions_per_customer)
     _dp_step_time(dataset, batch)  # warm-up: imports, first allocations
     plain = _plain_step_time(dataset, batch)
     ours = _dp_step_time(dataset, batch)
