@@ -11,8 +11,8 @@ Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * l
 * ``a_i``, the item's demand level, is local: it is never trained in the federation. Given the
   shared part it has a closed form on the merchant's node (:func:`client.pricing.local_demand`), so
   training uses the conditional likelihood that does not involve it: where in time each unit sold
-  fell, among the weeks the item was on sale. That likelihood splits into one term per customer (their units), which
-  makes Opacus' per-sample clipping a per-customer clipping.
+  fell, among the weeks the item was on sale. That likelihood splits into one term per customer
+  (their units), which makes Opacus' per-sample clipping a per-customer clipping.
 """
 
 import math
