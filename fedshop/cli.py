@@ -158,16 +158,18 @@ def partition(
 def server(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the SuperLink's APIs.")] = 9092,
-    state: Annotated[Path, typer.Option(help="SuperLink state database.")] = Path("runs/superlink.db"),
+    state: Annotated[Path | None, typer.Option(
+        help="SQLite file for the SuperLink's state (default: in memory; see fedshop.deployment).")] = None,
     certificates: Annotated[Path | None, typer.Option(
         help="Folder with ca.crt, server.pem, server.key for TLS (insecure without).")] = None,
 ) -> None:
     """Start the operator's SuperLink; runs submitted with `fedshop run` execute the fedshop ServerApp."""
     from fedshop.deployment import process_environment, superlink_command
 
-    state.parent.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        state.parent.mkdir(parents=True, exist_ok=True)
     command = superlink_command(host, port, state, certificates)
-    console.print(f"starting SuperLink on {host}:{port} (state in {state})")
+    console.print(f"starting SuperLink on {host}:{port} (state {f'in {state}' if state else 'in memory'})")
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 

@@ -36,11 +36,20 @@ def tls_flags(certificates: Path | None, files: tuple[str, ...]) -> list[str]:
     return [flag for name, file in zip(names, files, strict=True) for flag in (name, str(certificates / file))]
 
 
-def superlink_command(host: str, port: int, database: Path, certificates: Path | None = None) -> list[str]:
-    """The SuperLink: Fleet, Control and ServerApp runtime APIs on ``host:port``."""
+def superlink_command(host: str, port: int, database: Path | None = None,
+                      certificates: Path | None = None) -> list[str]:
+    """The SuperLink: Fleet, Control and ServerApp runtime APIs on ``host:port``.
+
+    Without ``database`` it keeps its state (runs, messages, the encrypted updates in flight) in
+    memory, Flower's default. With a SQLite ``database`` that state survives a SuperLink restart, but
+    every encrypted update is written through SQLite too: on a loaded machine a write can hold the lock
+    past Flower's 5 s busy timeout, the SuperLink answers a task heartbeat with HTTP 500 and the run
+    fails. A fedshop run does not need the SuperLink's state to resume: its checkpoints are in the
+    run directory (``server.run_store``).
+    """
+    state = ["--database", str(database)] if database is not None else []
     return [flower_tool("flower-superlink"), *tls_flags(certificates, ("ca.crt", "server.pem", "server.key")),
-            "--disable-runtime-dependency-installation", "--host", host, "--port", str(port),
-            "--database", str(database)]
+            "--disable-runtime-dependency-installation", "--host", host, "--port", str(port), *state]
 
 
 @dataclass(frozen=True)

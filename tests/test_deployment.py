@@ -80,13 +80,21 @@ def test_flower_processes_find_flower_tools_without_an_activated_virtualenv(monk
     assert found.returncode == 0
 
 
+def test_superlink_keeps_its_state_in_memory_unless_given_a_database() -> None:
+    """A SQLite state file failed CI: under load an encrypted update's write held the lock past Flower's
+    busy timeout, the SuperLink answered a heartbeat with HTTP 500 and the run failed."""
+    assert "--database" not in superlink_command("127.0.0.1", 9092)
+    on_disk = superlink_command("127.0.0.1", 9092, Path("runs/superlink.db"))
+    assert on_disk[on_disk.index("--database") + 1] == "runs/superlink.db"
+
+
 @pytest.mark.slow
 def test_superlink_and_three_supernodes_train_two_rounds_with_dp_and_he(tmp_path: Path, federation_dirs,
                                                                       launch) -> None:
     started = time.monotonic()
     create_keys(tmp_path / "keys")
     port = free_port()
-    superlink, superlink_log = launch(superlink_command("127.0.0.1", port, tmp_path / "state.db"), "superlink")
+    superlink, superlink_log = launch(superlink_command("127.0.0.1", port), "superlink")
     wait_for_port(port, superlink, superlink_log)
     for data_dir in federation_dirs:
         privacy = NodePrivacy(secret_context=tmp_path / "keys" / "secret.ctx", state_dir=tmp_path / data_dir.name)
