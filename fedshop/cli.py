@@ -169,7 +169,7 @@ def server(
     if state is not None:
         state.parent.mkdir(parents=True, exist_ok=True)
     command = superlink_command(host, port, state, certificates)
-    console.print(f"starting SuperLink on {host}:{port} (state {f'in {state}' if state else 'in memory'})")
+    console.print(f"starting SuperLink on {host}:{port} (state in {state or 'memory'})")
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
