@@ -15,15 +15,15 @@ from client.schema import merchant_directories
 from fedshop.settings import RunSettings
 
 
-def benchmark_arguments(description: str) -> argparse.Namespace:
-    """``--data``, ``--merchants``, ``--by``, ``--quick`` and ``--json``, parsed."""
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """``--data``, ``--merchants``, ``--by``, ``--quick`` and ``--json``; a benchmark may add its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, help="merchant directories, or one export file to partition")
     parser.add_argument("--merchants", type=int, default=4, help="merchants to split an export into")
     parser.add_argument("--by", default="Country", help="column an export is split by")
     parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
     parser.add_argument("--json", type=Path, help="write every figure here")
-    return parser.parse_args()
+    return parser
 
 
 def benchmark_settings(args: argparse.Namespace) -> RunSettings:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from merchant_inputs import benchmark_arguments, benchmark_settings, merchant_dirs
+from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import ConcatDataset
@@ -176,7 +176,7 @@ def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> flo
 
 
 def main() -> None:
-    args = benchmark_arguments(__doc__.splitlines()[0])
+    args = benchmark_parser(__doc__.splitlines()[0]).parse_args()
     settings = benchmark_settings(args)
     torch.set_num_threads(1)
     console = Console(width=max(Console().width, 140))

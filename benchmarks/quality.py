@@ -1,12 +1,17 @@
 """Recommendation quality side by side, on one split of one data set, in one run.
 
-    python benchmarks/quality.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--quick] [--json OUT]
+    python benchmarks/quality.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--quick] [--repeats N] [--json OUT]
 
 Rows: popularity and item-kNN per merchant, a centralised ALS (the `implicit` library) on all
 merchants pooled (the non-private upper reference), fedshop trained by each merchant alone, and
 fedshop federated in the clear, with DP at several ε, and with encrypted aggregation. Every row is
 scored by the same evaluator: leave-last-out per customer, the whole merchant catalogue ranked,
 HR@10, NDCG@10 and catalogue coverage, per merchant and macro-averaged over merchants.
+
+Two figures say how far a difference can be trusted. DP noise is drawn afresh on every run, so
+``--repeats N`` trains every DP row N times and shows the mean, with each run's macro NDCG@10 below
+the table. A merchant's gain from federation is the mean over its customers of federated minus
+local-only NDCG@10 (the same customers, the same held-out items), shown with its 95% interval.
 
 Data: generated merchants by default; ``--data DIR`` takes merchant directories; ``--data FILE``
 (e.g. ../shared/data/uci_online_retail/online_retail.parquet) is split with ``fedshop partition``'s
@@ -25,7 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402  (after the BLAS thread setting, which implicit requires)
 import torch  # noqa: E402
 from implicit.als import AlternatingLeastSquares  # noqa: E402
-from merchant_inputs import benchmark_arguments, benchmark_settings, merchant_dirs  # noqa: E402
+from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy import sparse  # noqa: E402
@@ -36,7 +41,8 @@ from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     NextItemExamples,
     RankingMetrics,
-    evaluate_ranking,
+    catalogue_scores,
+    customer_ndcg,
     mask_history,
     ranking_metrics,
     shuffled_loader,
@@ -44,12 +50,13 @@ from client.training import (  # noqa: E402
 )
 from fedshop.settings import RunSettings  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
-from models.recommender import build_recommender  # noqa: E402
+from models.recommender import Recommender, build_recommender  # noqa: E402
 from privacy.ckks import create_keys  # noqa: E402
 from server.run_store import RunStore  # noqa: E402
 
 TARGET_EPSILON = 8.0  # the ε the DP target names; --quick runs only it (the others are the same code, noisier)
 DP_EPSILONS = (1.0, 3.0, TARGET_EPSILON)
+Evaluation = tuple[RankingMetrics, np.ndarray]  # one merchant's metrics, and each evaluable customer's NDCG@10
 
 
 def dp_row(epsilon: float) -> str:
@@ -104,7 +111,14 @@ def central_als(datasets: dict[str, Interactions], seed: int) -> dict[str, Ranki
     return results
 
 
-def local_only(data: Interactions, settings: RunSettings) -> RankingMetrics:
+def evaluate(model: Recommender, data: Interactions, history_length: int) -> Evaluation:
+    """The model's metrics on one merchant's held-out items, and each customer's NDCG@10."""
+    customers = data.evaluable
+    scores = catalogue_scores(model, data, customers, history_length)
+    return ranking_metrics(data, customers, scores), customer_ndcg(data, customers, scores)
+
+
+def local_only(data: Interactions, settings: RunSettings) -> Evaluation:
     """fedshop's model trained by the merchant alone for as many epochs as the federation runs."""
     torch.manual_seed(settings.seed)
     model = build_recommender(settings.seed)
@@ -113,11 +127,11 @@ def local_only(data: Interactions, settings: RunSettings) -> RankingMetrics:
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     for round_ in range(settings.num_server_rounds):
         train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer, settings.local_epochs)
-    return evaluate_ranking(model, data, settings.history_length)
+    return evaluate(model, data, settings.history_length)
 
 
 def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str,
-              datasets: dict[str, Interactions]) -> dict[str, RankingMetrics]:
+              datasets: dict[str, Interactions]) -> dict[str, Evaluation]:
     """A real Flower simulation; each merchant's final model copy is scored by the evaluator."""
     keys = workdir / "keys"
     if not (keys / "secret.ctx").exists():
@@ -132,8 +146,26 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
     results = {}
     for d in dirs:
         models, history_length = load_models(workdir / label / d.name)
-        results[d.name] = evaluate_ranking(models.recommender, datasets[d.name], history_length)
+        results[d.name] = evaluate(models.recommender, datasets[d.name], history_length)
     return results
+
+
+def metrics(evaluations: dict[str, Evaluation]) -> dict[str, RankingMetrics]:
+    return {merchant: evaluation[0] for merchant, evaluation in evaluations.items()}
+
+
+def mean_over_runs(runs: list[dict[str, RankingMetrics]]) -> dict[str, RankingMetrics]:
+    """Each merchant's metrics averaged over repeated runs of one method."""
+    def mean(merchant: str, key: str) -> float:
+        return float(np.mean([getattr(run[merchant], key) for run in runs]))
+    return {m: RankingMetrics(mean(m, "hit_rate"), mean(m, "ndcg"), runs[0][m].customers, mean(m, "coverage"))
+            for m in runs[0]}
+
+
+def paired_gain(federation: np.ndarray, alone: np.ndarray) -> tuple[float, float]:
+    """Mean per-customer gain of federation over training alone, and its 95% half-width (normal)."""
+    difference = federation - alone
+    return float(difference.mean()), float(1.96 * difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
 def macro(per_merchant: dict[str, RankingMetrics]) -> dict[str, float]:
@@ -141,42 +173,55 @@ def macro(per_merchant: dict[str, RankingMetrics]) -> dict[str, float]:
             for key in ("hit_rate", "ndcg", "coverage")}
 
 
-def targets(rows: dict[str, dict[str, RankingMetrics]]) -> list[tuple[str, bool, str]]:
+def targets(rows: dict[str, dict[str, RankingMetrics]], gains: dict[str, tuple[float, float]],
+            dp_runs: list[float]) -> list[tuple[str, bool, str]]:
     fed, central = macro(rows["fedshop federated"])["ndcg"], macro(rows["central ALS (implicit)"])["ndcg"]
     dp8 = macro(rows[dp_row(TARGET_EPSILON)])["ndcg"]
     local = rows["fedshop local-only"]
-    gains = {m: rows["fedshop federated"][m].ndcg - local[m].ndcg for m in local}
+    runs = f" (mean of {len(dp_runs)} runs, {min(dp_runs):.4f}-{max(dp_runs):.4f})" if len(dp_runs) > 1 else ""
     he_gap = max(abs(getattr(rows["fedshop federated + HE"][m], k) - getattr(rows["fedshop federated"][m], k))
                  for m in rows["fedshop federated"] for k in ("hit_rate", "ndcg", "coverage"))
     smallest = min(local, key=lambda m: local[m].customers)
     return [
         ("federated NDCG@10 >= central ALS - 5%", fed >= 0.95 * central, f"{fed:.4f} vs {central:.4f}"),
-        (f"federated + DP(ε={TARGET_EPSILON:g}) within 10% of federated", dp8 >= 0.9 * fed, f"{dp8:.4f} vs {fed:.4f}"),
-        ("every merchant gains from federation", all(g > 0 for g in gains.values()),
-         ", ".join(f"{m}: {g:+.4f}" for m, g in gains.items()) + f" (smallest: {smallest})"),
+        (f"federated + DP(ε={TARGET_EPSILON:g}) within 10% of federated", dp8 >= 0.9 * fed,
+         f"{dp8:.4f}{runs} vs {fed:.4f}"),
+        ("every merchant gains from federation", all(gain > 0 for gain, _ in gains.values()),
+         ", ".join(f"{m}: {gain:+.4f} ± {half:.4f}" for m, (gain, half) in gains.items()) + f" (smallest: {smallest})"),
         ("HE on/off agree to 1e-3", he_gap <= 1e-3, f"max gap {he_gap:.1e}"),
     ]
 
 
 def main() -> None:
-    args = benchmark_arguments(__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each DP row (fresh noise); the mean is shown")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     settings = benchmark_settings(args)
     console = Console(width=max(Console().width, 160))
     with tempfile.TemporaryDirectory(prefix="fedshop-quality-") as tmp:
         workdir = Path(tmp)
         dirs = merchant_dirs(args, workdir)
         datasets = {d.name: build_interactions(load_merchant(d)) for d in dirs}
+        alone = {m: local_only(d, settings) for m, d in datasets.items()}
+        plain = federated(dirs, settings, workdir, "plain", datasets)
         rows: dict[str, dict[str, RankingMetrics]] = {
             "popularity": {m: popularity(d) for m, d in datasets.items()},
             "item-kNN": {m: item_knn(d) for m, d in datasets.items()},
             "central ALS (implicit)": central_als(datasets, settings.seed),
-            "fedshop local-only": {m: local_only(d, settings) for m, d in datasets.items()},
-            "fedshop federated": federated(dirs, settings, workdir, "plain", datasets),
-            "fedshop federated + HE": federated(dirs, replace(settings, he=True), workdir, "he", datasets),
+            "fedshop local-only": metrics(alone),
+            "fedshop federated": metrics(plain),
+            "fedshop federated + HE": metrics(federated(dirs, replace(settings, he=True), workdir, "he", datasets)),
         }
+        runs: dict[str, list[dict[str, RankingMetrics]]] = {}
         for epsilon in (TARGET_EPSILON,) if args.quick else DP_EPSILONS:
-            rows[dp_row(epsilon)] = federated(
-                dirs, replace(settings, dp=True, target_epsilon=epsilon), workdir, f"dp{epsilon:g}", datasets)
+            dp = replace(settings, dp=True, target_epsilon=epsilon)
+            runs[dp_row(epsilon)] = [metrics(federated(dirs, dp, workdir, f"dp{epsilon:g}-{run}", datasets))
+                                     for run in range(args.repeats)]
+            rows[dp_row(epsilon)] = mean_over_runs(runs[dp_row(epsilon)])
+    gains = {m: paired_gain(plain[m][1], alone[m][1]) for m in datasets}
+    run_ndcg = {row: [macro(run)["ndcg"] for run in per_run] for row, per_run in runs.items()}
     merchants = list(datasets)
     table = Table("method", "HR@10", "NDCG@10", "coverage", *(f"NDCG {m}" for m in merchants),
                   title=f"recommendation quality, macro over {len(merchants)} merchants "
@@ -186,14 +231,20 @@ def main() -> None:
         table.add_row(method, f"{summary['hit_rate']:.4f}", f"{summary['ndcg']:.4f}", f"{summary['coverage']:.3f}",
                       *(f"{per_merchant[m].ndcg:.4f}" for m in merchants))
     console.print(table)
-    checks = targets(rows)
+    if args.repeats > 1:
+        for row, values in run_ndcg.items():
+            console.print(f"{row}: macro NDCG@10 of each run " + ", ".join(f"{v:.4f}" for v in values))
+    checks = targets(rows, gains, run_ndcg[dp_row(TARGET_EPSILON)])
     for name, met, detail in checks:
         console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
     if args.json:
         args.json.write_text(json.dumps({
             "settings": asdict(settings), "quick": args.quick, "data": str(args.data or "generated"),
-            "methods": {method: {"macro": macro(per), "merchants": {m: asdict(r) for m, r in per.items()}}
+            "repeats": args.repeats,
+            "methods": {method: {"macro": macro(per), "merchants": {m: asdict(r) for m, r in per.items()},
+                                 **({"runs_macro_ndcg": run_ndcg[method]} if method in run_ndcg else {})}
                         for method, per in rows.items()},
+            "gain_over_local_only": {m: {"ndcg": gain, "half_width_95": half} for m, (gain, half) in gains.items()},
             "targets": [{"target": n, "met": met, "detail": d} for n, met, d in checks],
         }, indent=2))
 

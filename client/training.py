@@ -152,16 +152,19 @@ class RankingMetrics:
     coverage: float = 0.0  # share of the catalogue that appears in someone's top 10
 
 
+def customer_ndcg(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:
+    """NDCG@10 of each customer's held-out item in history-masked ``scores`` (0 when outside the top 10)."""
+    targets = data.held_out[customers]
+    ranks = (scores > scores[np.arange(len(customers)), targets][:, None]).sum(axis=1)
+    return np.where(ranks < TOP_K, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
     """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
-    targets = data.held_out[customers]
-    target_scores = scores[np.arange(len(customers)), targets]
-    ranks = (scores > target_scores[:, None]).sum(axis=1)
-    hits = ranks < TOP_K
-    gains = np.where(hits, 1.0 / np.log2(ranks + 2.0), 0.0)
+    gains = customer_ndcg(data, customers, scores)
     top = np.argpartition(-scores, min(TOP_K, scores.shape[1] - 1), axis=1)[:, :TOP_K]
     coverage = len(np.unique(top)) / scores.shape[1]
-    return RankingMetrics(float(hits.mean()), float(gains.mean()), len(customers), coverage)
+    return RankingMetrics(float((gains > 0).mean()), float(gains.mean()), len(customers), coverage)
 
 
 def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:

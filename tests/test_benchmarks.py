@@ -35,6 +35,10 @@ def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
     he, clear = figures["methods"]["fedshop federated + HE"], figures["methods"]["fedshop federated"]
     assert he["macro"]["ndcg"] == pytest.approx(clear["macro"]["ndcg"], abs=1e-3)
+    alone = figures["methods"]["fedshop local-only"]["merchants"]
+    for merchant, gain in figures["gain_over_local_only"].items():
+        assert gain["ndcg"] == pytest.approx(clear["merchants"][merchant]["ndcg"] - alone[merchant]["ndcg"])
+        assert 0 < gain["half_width_95"] < 1
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from torch import nn
 
 from client.interactions import build_interactions
 from client.schema import load_merchant
-from client.training import NextItemExamples, NextItemLoss, padded_history
+from client.training import NextItemExamples, NextItemLoss, customer_ndcg, padded_history, ranking_metrics
 from models.recommender import build_recommender
 
 
@@ -69,3 +69,16 @@ def test_one_prediction_is_the_plain_next_item_example(interactions) -> None:
                and np.array_equal(padded_history(history[:t], features, 20)[0], ids.numpy())
                and np.array_equal(padded_history(history[:t], features, 20)[2], windows[0].numpy())
                for t in range(1, len(history)))
+
+
+def test_ranking_scores_each_held_out_item_by_how_many_items_outrank_it(interactions) -> None:
+    customers = interactions.evaluable[:3]
+    scores = np.zeros((3, len(interactions.features.item_ids)))
+    for row, (customer, above) in enumerate(zip(customers, (0, 3, 12), strict=True)):
+        others = np.flatnonzero(np.arange(scores.shape[1]) != interactions.held_out[customer])
+        scores[row, others[:above]] = 1.0
+        scores[row, interactions.held_out[customer]] = 0.5
+    gains = customer_ndcg(interactions, customers, scores)
+    np.testing.assert_allclose(gains, [1.0, 1 / np.log2(5), 0.0])
+    metrics = ranking_metrics(interactions, customers, scores)
+    assert metrics.hit_rate == pytest.approx(2 / 3) and metrics.ndcg == pytest.approx(gains.mean())
