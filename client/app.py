@@ -128,6 +128,9 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
                                             held_out=frozenset(np.array(interactions.customers)[held_out]))
+    if empty := [name for name, data in datasets.items() if len(data) == 0]:
+        raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model "
+                         "(a recommender example is a customer who bought two or more distinct items)")
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
                "max-grad-norm": 0.0, "epsilon-budget": 0.0}
