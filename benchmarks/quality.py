@@ -57,10 +57,16 @@ from server.run_store import RunStore  # noqa: E402
 TARGET_EPSILON = 8.0  # the ε the DP target names; --quick runs only it (the others are the same code, noisier)
 DP_EPSILONS = (1.0, 3.0, TARGET_EPSILON)
 Evaluation = tuple[RankingMetrics, np.ndarray]  # one merchant's metrics, and each evaluable customer's NDCG@10
+MIN_EVALUABLE = 2  # customers with a held-out item a merchant needs: its gain's interval takes two
 
 
 def dp_row(epsilon: float) -> str:
     return f"fedshop federated + DP ε={epsilon:g}"
+
+
+def unscorable(datasets: dict[str, Interactions]) -> list[str]:
+    """Merchants with fewer than ``MIN_EVALUABLE`` customers to score, each with how many it has."""
+    return [f"{m} ({len(d.evaluable)})" for m, d in datasets.items() if len(d.evaluable) < MIN_EVALUABLE]
 
 
 def _history_matrix(data: Interactions) -> sparse.csr_matrix:
@@ -204,6 +210,9 @@ def main() -> None:
         workdir = Path(tmp)
         dirs = merchant_dirs(args, workdir)
         datasets = {d.name: build_interactions(load_merchant(d)) for d in dirs}
+        if short := unscorable(datasets):
+            parser.error(f"too few customers who bought two or more items to score (need {MIN_EVALUABLE}): "
+                         f"{', '.join(short)}; give those merchants more orders or split into fewer merchants")
         alone = {m: local_only(d, settings) for m, d in datasets.items()}
         plain = federated(dirs, settings, workdir, "plain", datasets)
         rows: dict[str, dict[str, RankingMetrics]] = {

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from client.generate import FederationSpec, write_federation
 from tests.conftest import REPO
 
 
@@ -52,3 +54,14 @@ def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> N
     assert all(-1 <= share <= 1 for share in figures["revenue_uplift_share_of_oracle"].values())
     assert len(figures["holdout_wape"]) == 4 and len(figures["targets"]) == 2
     assert "held-out demand error" in printed
+
+
+def test_quality_harness_names_a_merchant_it_cannot_score(tmp_path: Path) -> None:
+    merchants = write_federation(tmp_path / "data", FederationSpec.quick())
+    orders = merchants[-1] / "orders.csv"
+    one_item_each = pd.read_csv(orders).drop_duplicates("customer_id")
+    one_item_each.to_csv(orders, index=False)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
+                           "--data", str(tmp_path / "data")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{merchants[-1].name} (0)" in done.stderr and merchants[0].name not in done.stderr
