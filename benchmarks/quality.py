@@ -211,7 +211,7 @@ def main() -> None:
         dirs = merchant_dirs(args, workdir)
         datasets = {d.name: build_interactions(load_merchant(d)) for d in dirs}
         if short := unscorable(datasets):
-            parser.error(f"too few customers who bought two or more items to score (need {MIN_EVALUABLE}): "
+            parser.error(f"too few customers who bought two or more distinct items to score (need {MIN_EVALUABLE}): "
                          f"{', '.join(short)}; give those merchants more orders or split into fewer merchants")
         alone = {m: local_only(d, settings) for m, d in datasets.items()}
         plain = federated(dirs, settings, workdir, "plain", datasets)

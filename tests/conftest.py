@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -20,6 +21,16 @@ UCI_RETAIL = REPO.parent / "shared" / "data" / "uci_online_retail" / "online_ret
 def federation_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The quick generated federation (3 merchants of different sizes), written as CSV."""
     return write_federation(tmp_path_factory.mktemp("federation"), FederationSpec.quick())
+
+
+@pytest.fixture
+def one_item_customers_federation(tmp_path: Path) -> list[Path]:
+    """The quick federation, but every customer of its last merchant bought a single item (nothing to
+    train on or score)."""
+    merchants = write_federation(tmp_path / "data", FederationSpec.quick())
+    orders = merchants[-1] / "orders.csv"
+    pd.read_csv(orders).drop_duplicates("customer_id").to_csv(orders, index=False)
+    return merchants
 
 
 @pytest.fixture(scope="session")

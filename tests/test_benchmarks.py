@@ -5,10 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from client.generate import FederationSpec, write_federation
 from tests.conftest import REPO
 
 
@@ -56,12 +54,9 @@ def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> N
     assert "held-out demand error" in printed
 
 
-def test_quality_harness_names_a_merchant_it_cannot_score(tmp_path: Path) -> None:
-    merchants = write_federation(tmp_path / "data", FederationSpec.quick())
-    orders = merchants[-1] / "orders.csv"
-    one_item_each = pd.read_csv(orders).drop_duplicates("customer_id")
-    one_item_each.to_csv(orders, index=False)
+def test_quality_harness_names_a_merchant_it_cannot_score(one_item_customers_federation: list[Path]) -> None:
+    merchants = one_item_customers_federation
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
-                           "--data", str(tmp_path / "data")], capture_output=True, text=True, timeout=300)
+                           "--data", str(merchants[0].parent)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{merchants[-1].name} (0)" in done.stderr and merchants[0].name not in done.stderr

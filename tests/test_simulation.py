@@ -2,11 +2,9 @@
 
 import time
 
-import pandas as pd
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
-from client.generate import FederationSpec, write_federation
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
 from server.run_store import RunStore
@@ -36,10 +34,9 @@ def test_round_one_waits_for_every_simulated_merchant(federation_dirs, tmp_path,
 
 
 @pytest.mark.slow
-def test_merchant_with_nothing_to_train_on_is_named_and_the_run_goes_on(tmp_path) -> None:
-    merchants = write_federation(tmp_path / "data", FederationSpec.quick())
-    orders = merchants[-1] / "orders.csv"
-    pd.read_csv(orders).drop_duplicates("customer_id").to_csv(orders, index=False)  # one item per customer
+def test_merchant_with_nothing_to_train_on_is_named_and_the_run_goes_on(one_item_customers_federation,
+                                                                        tmp_path) -> None:
+    merchants = one_item_customers_federation
     nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in merchants]
     settings = RunSettings(num_server_rounds=1, local_epochs=1, he=False, run_dir=str(tmp_path / "run"))
     record, = RunStore(run_simulated_federation(nodes, settings)).rounds()
