@@ -46,6 +46,7 @@ from client.training import (  # noqa: E402
     mask_history,
     ranking_metrics,
     shuffled_loader,
+    summarise_ranking,
     train_epochs,
 )
 from fedshop.settings import RunSettings  # noqa: E402
@@ -121,7 +122,8 @@ def evaluate(model: Recommender, data: Interactions, history_length: int) -> Eva
     """The model's metrics on one merchant's held-out items, and each customer's NDCG@10."""
     customers = data.evaluable
     scores = catalogue_scores(model, data, customers, history_length)
-    return ranking_metrics(data, customers, scores), customer_ndcg(data, customers, scores)
+    gains = customer_ndcg(data, customers, scores)
+    return summarise_ranking(gains, scores), gains
 
 
 def local_only(data: Interactions, settings: RunSettings) -> Evaluation:

@@ -159,12 +159,16 @@ def customer_ndcg(data: Interactions, customers: list[int], scores: np.ndarray) 
     return np.where(ranks < TOP_K, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
-def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
-    """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
-    gains = customer_ndcg(data, customers, scores)
+def summarise_ranking(gains: np.ndarray, scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage from each customer's NDCG@10 and the scores it came from."""
     top = np.argpartition(-scores, min(TOP_K, scores.shape[1] - 1), axis=1)[:, :TOP_K]
     coverage = len(np.unique(top)) / scores.shape[1]
-    return RankingMetrics(float((gains > 0).mean()), float(gains.mean()), len(customers), coverage)
+    return RankingMetrics(float((gains > 0).mean()), float(gains.mean()), len(gains), coverage)
+
+
+def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
+    return summarise_ranking(customer_ndcg(data, customers, scores), scores)
 
 
 def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:
