@@ -27,7 +27,7 @@ from client.audit import audit_metrics
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
 from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
-from client.interactions import Interactions
+from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
 from fedshop.protocol import MERCHANT_RECORD
@@ -129,8 +129,8 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
         datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
                                             held_out=frozenset(np.array(interactions.customers)[held_out]))
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
-        raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model "
-                         "(a recommender example is a customer who bought two or more distinct items)")
+        why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
+        raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
                "max-grad-norm": 0.0, "epsilon-budget": 0.0}

@@ -4,8 +4,9 @@
   returned or cancelled item is not a purchase.
 * A customer's history is their distinct purchased items in order of first purchase.
 * Leave-last-out: each customer with two or more items has their last new item held out for
-  evaluation; everything before it is training history. Customers with one item only train others
-  through nothing and are not evaluated (there is no history to recommend from).
+  evaluation; everything before it is training history. Customers with one item only are not
+  evaluated (there is no history to recommend from); a training example predicts a later history
+  item from earlier ones, so only customers with three or more items train the recommender.
 """
 
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ import pandas as pd
 
 from client.schema import MerchantData
 from models.item_features import ItemFeatures, encode_catalog
+
+TRAINING_EXAMPLE_RULE = ("a recommender training example is a customer who bought three or more distinct items: "
+                         "the last is kept to score the model, the others to learn from")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def node(
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink."""
-    from client.interactions import build_interactions
+    from client.interactions import TRAINING_EXAMPLE_RULE, build_interactions
     from client.node_data import node_options
     from client.schema import SchemaError, load_merchant
     from fedshop.deployment import NodePrivacy, process_environment, supernode_command
@@ -201,6 +201,9 @@ def node(
     given = {"merchant": merchant, "delta": delta, "state-dir": state_dir and str(state_dir)}
     options = node_options({"data-dir": str(data), "epsilon-budget": budget,
                             **{key: value for key, value in given.items() if value is not None}})
+    if not interactions.trainable:
+        _fail(f"merchant {options.merchant}: no training example for the recommender model in {data} "
+              f"({TRAINING_EXAMPLE_RULE}); this node would fail every round, so it does not join")
     guarantee = options.budget(len(interactions.customers))
     spent = PrivacyLedger(options.ledger_path).epsilon(guarantee.delta)
     console.print(f"merchant [bold]{options.merchant}[/]: {len(interactions.customers)} customers, "

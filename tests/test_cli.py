@@ -18,6 +18,18 @@ def test_node_with_malformed_data_names_the_file_row_and_column(tmp_path: Path) 
     assert "orders.csv, row 1 (line 2), column 'timestamp'" in " ".join(result.output.split())
 
 
+def test_node_whose_customers_bought_two_items_each_refuses_to_join(tmp_path: Path) -> None:
+    (tmp_path / "catalog.csv").write_text("item_id,title\nA,MUG\nB,JUG\nC,BOWL\n")
+    (tmp_path / "orders.csv").write_text("customer_id,item_id,timestamp,quantity,unit_price\n"
+                                         "c1,A,2025-01-01,1,2.0\nc1,B,2025-01-02,1,3.0\n"
+                                         "c2,B,2025-01-01,1,3.0\nc2,C,2025-01-03,2,4.0\n")
+    result = runner.invoke(app, ["node", "--data", str(tmp_path), "--server", "127.0.0.1:9", "--merchant", "shop_a"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "merchant shop_a: no training example for the recommender model" in message
+    assert "bought three or more distinct items" in message
+
+
 def test_recommend_without_a_finished_run_says_so(federation_dirs, tmp_path: Path) -> None:
     result = runner.invoke(app, ["recommend", "--data", str(federation_dirs[0]), "--model", str(tmp_path),
                                  "--customer", "x"])
