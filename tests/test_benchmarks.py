@@ -29,8 +29,8 @@ def test_privacy_cost_benchmark_quick_mode_writes_its_figures(tmp_path: Path) ->
 @pytest.mark.slow
 def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
     _, figures = run_quick("quality.py", tmp_path / "quality.json")
-    assert len(figures["methods"]) == 7 and len(figures["targets"]) == 4
-    assert "fedshop federated + DP ε=8" in figures["methods"]
+    assert len(figures["methods"]) == 8 and len(figures["targets"]) == 4
+    assert {"fedshop federated + DP ε=8", "fedshop pooled + DP ε=8 (reference)"} <= set(figures["methods"])
     for method in figures["methods"].values():
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
     he, clear = figures["methods"]["fedshop federated + HE"], figures["methods"]["fedshop federated"]
