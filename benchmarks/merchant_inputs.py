@@ -1,4 +1,4 @@
-"""The command line and the merchant data the quality and pricing benchmarks share.
+"""The command line, the merchant data and the training examples the benchmarks share.
 
 Imported by the benchmark scripts as a sibling module (``benchmarks/`` has no ``__init__.py``:
 Opacus installs a top-level ``benchmarks`` package of its own).
@@ -10,8 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from client.generate import FederationSpec, write_federation
+from client.interactions import Interactions
 from client.partition import partition_export
 from client.schema import merchant_directories
+from client.training import NextItemExamples
 from fedshop.settings import RunSettings
 
 
@@ -41,3 +43,9 @@ def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
         partition_export(args.data, args.merchants, args.by, workdir / "data")
         return merchant_directories(workdir / "data")
     return merchant_directories(args.data)
+
+
+def training_examples(data: Interactions, settings: RunSettings, seed: int) -> NextItemExamples:
+    """The examples a node trains on under ``settings``: its history length, negatives and predictions."""
+    return NextItemExamples(data, settings.history_length, settings.negatives, seed,
+                            predictions=settings.predictions_per_customer)

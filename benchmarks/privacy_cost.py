@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from merchant_inputs import training_examples
 from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
 from opacus.grad_sample.utils import register_norm_sampler
 from rich.console import Console
@@ -92,9 +93,7 @@ def _dp_step_time(dataset: NextItemExamples, batch: int) -> float:
 def dp_costs(customers: int, batch: int) -> dict:
     torch.set_num_threads(1)
     merchant = generate_federation(FederationSpec(customers=(customers, 40), products=600))[0]
-    settings = RunSettings()  # the example a node trains on: its history length, negatives and predictions
-    dataset = NextItemExamples(build_interactions(merchant), settings.history_length, settings.negatives, seed=0,
-                               predictions=settings.predictions_per_customer)
+    dataset = training_examples(build_interactions(merchant), RunSettings(), seed=0)
     _dp_step_time(dataset, batch)  # warm-up: imports, first allocations
     plain = _plain_step_time(dataset, batch)
     ours = _dp_step_time(dataset, batch)

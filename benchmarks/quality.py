@@ -34,7 +34,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402  (after the BLAS thread setting, which implicit requires)
 import torch  # noqa: E402
 from implicit.als import AlternatingLeastSquares  # noqa: E402
-from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs  # noqa: E402
+from merchant_inputs import (  # noqa: E402
+    benchmark_parser,
+    benchmark_settings,
+    merchant_dirs,
+    training_examples,
+)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy import sparse  # noqa: E402
@@ -44,7 +49,6 @@ from client.global_model import load_models  # noqa: E402
 from client.interactions import Interactions, build_interactions  # noqa: E402
 from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
-    NextItemExamples,
     RankingMetrics,
     catalogue_scores,
     customer_ndcg,
@@ -140,8 +144,7 @@ def local_only(data: Interactions, settings: RunSettings) -> Evaluation:
     """fedshop's model trained by the merchant alone for as many epochs as the federation runs."""
     torch.manual_seed(settings.seed)
     model = build_recommender(settings.seed)
-    dataset = NextItemExamples(data, settings.history_length, settings.negatives, settings.seed,
-                               predictions=settings.predictions_per_customer)
+    dataset = training_examples(data, settings, settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     for round_ in range(settings.num_server_rounds):
         train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer, settings.local_epochs)
@@ -156,9 +159,7 @@ def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[
     model = build_recommender(settings.seed)
     customers = sum(len(d.customers) for d in datasets.values())
     for round_ in range(settings.num_server_rounds):
-        pooled = ConcatDataset([NextItemExamples(d, settings.history_length, settings.negatives,
-                                                 settings.seed + 1000 * round_ + i,
-                                                 predictions=settings.predictions_per_customer)
+        pooled = ConcatDataset([training_examples(d, settings, settings.seed + 1000 * round_ + i)
                                 for i, d in enumerate(datasets.values())])
         shape = TrainingShape("recommender", len(pooled), settings.batch_size, settings.local_epochs,
                               settings.max_grad_norm)
