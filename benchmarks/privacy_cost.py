@@ -34,6 +34,7 @@ from models.parameters import flatten, parameter_count
 from models.recommender import build_recommender
 from models.shared import build_shared_models
 from privacy.ckks import (
+    CIPHERTEXT_SIZES,
     add_updates,
     create_keys,
     decrypt,
@@ -69,7 +70,7 @@ def he_costs(merchants: int, repeats: int) -> dict:
     decrypt_s, plain = timed(lambda: decrypt(secret, total, parameter_count()), repeats)
     error = float(np.abs(plain - np.sum(vectors, axis=0)).max())
     upload = sum(c.nbytes for c in update.values())
-    return {"parameters": parameter_count(), "ciphertexts": len(update), "upload_bytes": upload,
+    return {"parameters": parameter_count(), "ciphertexts": len(update[CIPHERTEXT_SIZES]), "upload_bytes": upload,
             "upload_x_float32": upload / (4 * parameter_count()), "encrypt_s": encrypt_s,
             "aggregate_s": aggregate_s, "aggregate_merchants": merchants, "decrypt_s": decrypt_s,
             "max_abs_error": error}

@@ -12,17 +12,22 @@ from fedshop.settings import RunSettings
 from models.parameters import flatten, parameter_count
 from models.shared import build_shared_models
 from privacy.ckks import (
-    CIPHERTEXT_KEY,
+    CIPHERTEXT_SIZES,
+    CIPHERTEXTS,
     CKKS,
+    MAX_CIPHERTEXT_BYTES,
     CiphertextError,
     ContextError,
     add_updates,
+    ciphertext_count,
     create_keys,
     decrypt,
     encrypt,
     load_public_context,
     load_secret_context,
+    pack,
     parse_update,
+    unpack,
 )
 from server.encrypted_strategy import EncryptedFedAvg
 from server.run_store import RunStore
@@ -75,21 +80,69 @@ def test_merchant_secret_context_must_match_its_manifest(keys, tmp_path: Path) -
         load_secret_context(folder / "public.ctx")
 
 
+def _with_ciphertext(update: dict[str, np.ndarray], index: int, data: bytes) -> dict[str, np.ndarray]:
+    parts = unpack(update, len(update[CIPHERTEXT_SIZES]))
+    parts[index] = data
+    return pack(parts)
+
+
 def test_truncated_foreign_and_miscounted_ciphertexts_are_refused(keys) -> None:
     secret, public, _ = keys
     good = encrypt(secret, np.ones(CKKS.slots + 5))
-    truncated = {**good, CIPHERTEXT_KEY.format(1): good[CIPHERTEXT_KEY.format(1)][:1000]}
-    with pytest.raises(CiphertextError, match="ct.00001 cannot be read under context .*truncated"):
+    truncated = _with_ciphertext(good, 1, unpack(good, 2)[1][:1000])
+    with pytest.raises(CiphertextError, match="ciphertext 1 cannot be read under context .*truncated"):
         parse_update(public, truncated, CKKS.slots + 5)
     other = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[40, 20, 40])
     other.global_scale = 2.0**20
-    foreign = {**good, CIPHERTEXT_KEY.format(0): np.frombuffer(ts.ckks_vector(other, [1.0]).serialize(), np.uint8)}
-    with pytest.raises(CiphertextError, match="ct.00000 cannot be read under context"):
+    foreign = _with_ciphertext(good, 0, ts.ckks_vector(other, [1.0]).serialize())
+    with pytest.raises(CiphertextError, match="ciphertext 0 cannot be read under context"):
         parse_update(public, foreign, CKKS.slots + 5)
     with pytest.raises(CiphertextError, match="expected 3 ciphertexts"):
         parse_update(public, good, 2 * CKKS.slots + 1)
-    with pytest.raises(CiphertextError, match="ct.00000 holds 2051 values, expected 2050"):
+    with pytest.raises(CiphertextError, match="ciphertext 0 holds 2051 values, expected 2050"):
         parse_update(public, good, CKKS.slots + 4)
+
+
+def test_an_encrypted_model_travels_as_two_arrays_whatever_its_size(keys) -> None:
+    """Flower moves each array of a message as objects of its own: one array per ciphertext made a
+    real round spend most of its time in transit."""
+    secret, _, _ = keys
+    update = encrypt(secret, np.ones(parameter_count()))
+    assert sorted(update) == sorted((CIPHERTEXTS, CIPHERTEXT_SIZES))
+    assert len(update[CIPHERTEXT_SIZES]) == ciphertext_count(parameter_count()) > 100
+
+
+@settings(max_examples=50, deadline=None)
+@given(parts=st.lists(st.binary(min_size=1, max_size=40), max_size=6))
+def test_packed_ciphertexts_unpack_to_themselves(parts: list[bytes]) -> None:
+    assert unpack(pack(parts), len(parts)) == parts
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=60), sizes=st.lists(st.integers(-2**62, 2**62) | st.integers(-3, 70), max_size=6),
+       count=st.integers(0, 6))
+def test_any_packing_splits_exactly_or_is_refused(data: bytes, sizes: list[int], count: int) -> None:
+    arrays = {CIPHERTEXTS: np.frombuffer(data, np.uint8), CIPHERTEXT_SIZES: np.array(sizes, np.int64)}
+    try:
+        parts = unpack(arrays, count)
+    except CiphertextError:
+        return
+    assert len(parts) == count and [len(p) for p in parts] == sizes and b"".join(parts) == data
+    assert all(0 < len(p) <= MAX_CIPHERTEXT_BYTES for p in parts)
+
+
+def test_packings_of_the_wrong_shape_are_refused_by_name() -> None:
+    good = pack([b"abc", b"de"])
+    cases = {
+        "an encrypted model is the arrays": {**good, "ct.00000": good[CIPHERTEXTS]},
+        "ciphertexts is float64": {**good, CIPHERTEXTS: good[CIPHERTEXTS].astype(float)},
+        "ciphertext-sizes is int32": {**good, CIPHERTEXT_SIZES: good[CIPHERTEXT_SIZES].astype(np.int32)},
+        "sizes add up to 5 bytes, but ciphertexts holds 4": {**good, CIPHERTEXTS: good[CIPHERTEXTS][:4]},
+        "ciphertext 1 has 0 bytes": pack([b"abcde", b""]),
+    }
+    for message, arrays in cases.items():
+        with pytest.raises(CiphertextError, match=message):
+            unpack(arrays, 2)
 
 
 def test_server_refuses_updates_made_under_another_context(keys, tmp_path: Path) -> None:
@@ -97,11 +150,11 @@ def test_server_refuses_updates_made_under_another_context(keys, tmp_path: Path)
     strategy = EncryptedFedAvg(RunStore(tmp_path), RunSettings(run_dir=str(tmp_path)), 0, public)
     update = encrypt(secret, 3 * flatten(build_shared_models(1).state_dict()))
     accepted = strategy.accept_update(merchant_reply(update, {"num-examples": 3}, context_id=public.context_id))
-    assert len(accepted) == len(update)
+    assert len(accepted) == ciphertext_count(parameter_count())
     with pytest.raises(UpdateRefused, match=f"encrypted under context feedfacefeedface, but this federation "
                                             f"uses context {public.context_id}"):
         strategy.accept_update(merchant_reply(update, {"num-examples": 3}, context_id="feedfacefeedface"))
-    short = dict(list(update.items())[:-1])
-    with pytest.raises(UpdateRefused, match=f"expected {len(update)} ciphertexts"):
+    short = pack(unpack(update, len(accepted))[:-1])
+    with pytest.raises(UpdateRefused, match=f"expected {len(accepted)} ciphertexts, got {len(accepted) - 1}"):
         strategy.accept_update(merchant_reply(short, {"num-examples": 3}, context_id=public.context_id))
     assert parameter_count() == flatten(build_shared_models(1).state_dict()).size
