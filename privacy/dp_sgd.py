@@ -19,13 +19,12 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.training import NextItemLoss, train_epochs
 from privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
-from privacy.ledger import ACCOUNTANT, Mechanism
+from privacy.ledger import ACCOUNTANT, Mechanism, composed_epsilon
 
 
 @dataclass(frozen=True)
@@ -68,10 +67,8 @@ class DpPlan:
 
 
 def _run_epsilon(shapes: Sequence[TrainingShape], rounds: int, noise_multiplier: float, delta: float) -> float:
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, m.sample_rate, m.steps * rounds)
-                          for m in (shape.mechanism(noise_multiplier) for shape in shapes)]
-    return float(accountant.get_epsilon(delta))
+    return composed_epsilon([Mechanism(noise_multiplier, m.sample_rate, m.steps * rounds)
+                             for m in (shape.mechanism(noise_multiplier) for shape in shapes)], delta)
 
 
 def plan_round(shapes: Sequence[TrainingShape], rounds: int, target_epsilon: float, noise_multiplier: float,

@@ -64,15 +64,17 @@ def test_ghost_clipping_norm_is_each_customers_whole_gradient_over_all_their_pre
 
 def test_ledger_grows_matches_opacus_accountant_and_persists(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.json")
-    round_ = Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=60)
+    releases = {"recommender": Mechanism(noise_multiplier=1.1, sample_rate=0.05, steps=60),
+                "demand": Mechanism(noise_multiplier=1.1, sample_rate=0.2, steps=15)}
     reference = RDPAccountant()
     spent = []
     for number in range(1, 4):
-        spent.append(ledger.record("run-1", number, "recommender", round_, delta=1e-5))
-        for _ in range(round_.steps):
-            reference.step(noise_multiplier=round_.noise_multiplier, sample_rate=round_.sample_rate)
-        assert spent[-1] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
-    assert spent[0] < spent[1] < spent[2]
+        for model, release in releases.items():
+            spent.append(ledger.record("run-1", number, model, release, delta=1e-5))
+            for _ in range(release.steps):
+                reference.step(noise_multiplier=release.noise_multiplier, sample_rate=release.sample_rate)
+            assert spent[-1] == reference.get_epsilon(1e-5)
+    assert spent == sorted(set(spent))
     assert PrivacyLedger(tmp_path / "ledger.json").epsilon(1e-5) == pytest.approx(spent[-1])
 
 
