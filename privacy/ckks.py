@@ -20,6 +20,7 @@ transit.
 """
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +138,8 @@ def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:
 
 def unpack(arrays: dict[str, np.ndarray], count: int) -> list[bytes]:
     """The ``count`` serialised ciphertexts of a packed encrypted model, checked before any is split off."""
-    if sorted(arrays) != sorted((CIPHERTEXTS, CIPHERTEXT_SIZES)):
-        names = sorted(arrays)
+    names = sorted(arrays)
+    if names != sorted((CIPHERTEXTS, CIPHERTEXT_SIZES)):
         raise CiphertextError(f"an encrypted model is the arrays {CIPHERTEXTS!r} and {CIPHERTEXT_SIZES!r}, got "
                               f"{len(names)} arrays: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")
     data, sizes = arrays[CIPHERTEXTS], arrays[CIPHERTEXT_SIZES]
@@ -148,14 +149,15 @@ def unpack(arrays: dict[str, np.ndarray], count: int) -> list[bytes]:
         raise CiphertextError(f"{CIPHERTEXT_SIZES} is {sizes.dtype}{list(sizes.shape)}, expected int64 sizes")
     if len(sizes) != count:
         raise CiphertextError(f"expected {count} ciphertexts, got {len(sizes)}")
-    for index, size in enumerate(sizes.tolist()):
+    lengths = sizes.tolist()
+    for index, size in enumerate(lengths):
         if not 0 < size <= MAX_CIPHERTEXT_BYTES:
             raise CiphertextError(f"ciphertext {index} has {size} bytes, outside (0, {MAX_CIPHERTEXT_BYTES}]")
-    if int(sizes.sum()) != data.size:
-        raise CiphertextError(f"the {count} ciphertexts' sizes add up to {int(sizes.sum())} bytes, "
+    if sum(lengths) != data.size:
+        raise CiphertextError(f"the {count} ciphertexts' sizes add up to {sum(lengths)} bytes, "
                               f"but {CIPHERTEXTS} holds {data.size}")
-    ends = np.cumsum(sizes)
-    return [data[end - size:end].tobytes() for size, end in zip(sizes.tolist(), ends.tolist(), strict=True)]
+    ends = itertools.accumulate(lengths)
+    return [data[end - size:end].tobytes() for size, end in zip(lengths, ends, strict=True)]
 
 
 def encrypt(key: KeyContext, values: np.ndarray) -> dict[str, np.ndarray]:

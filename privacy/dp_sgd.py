@@ -15,7 +15,7 @@ import math
 import secrets
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from opacus import PrivacyEngine
@@ -67,7 +67,7 @@ class DpPlan:
 
 
 def _run_epsilon(shapes: Sequence[TrainingShape], rounds: int, noise_multiplier: float, delta: float) -> float:
-    return composed_epsilon([Mechanism(noise_multiplier, m.sample_rate, m.steps * rounds)
+    return composed_epsilon([replace(m, steps=m.steps * rounds)
                              for m in (shape.mechanism(noise_multiplier) for shape in shapes)], delta)
 
 
