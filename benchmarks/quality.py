@@ -51,7 +51,7 @@ from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     RankingMetrics,
     catalogue_scores,
-    customer_ndcg,
+    customer_gains,
     mask_history,
     ranking_metrics,
     shuffled_loader,
@@ -136,8 +136,8 @@ def evaluate(model: Recommender, data: Interactions, history_length: int) -> Eva
     """The model's metrics on one merchant's held-out items, and each customer's NDCG@10."""
     customers = data.evaluable
     scores = catalogue_scores(model, data, customers, history_length)
-    gains = customer_ndcg(data, customers, scores)
-    return summarise_ranking(gains, scores), gains
+    gains = customer_gains(data, customers, scores)
+    return summarise_ranking(gains, scores), gains.ndcg
 
 
 def local_only(data: Interactions, settings: RunSettings) -> Evaluation:

@@ -11,6 +11,7 @@ held-out item (HR@10, NDCG@10).
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -152,23 +153,41 @@ class RankingMetrics:
     coverage: float = 0.0  # share of the catalogue that appears in someone's top 10
 
 
-def customer_ndcg(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:
-    """NDCG@10 of each customer's held-out item in history-masked ``scores`` (0 when outside the top 10)."""
-    targets = data.held_out[customers]
-    ranks = (scores > scores[np.arange(len(customers)), targets][:, None]).sum(axis=1)
-    return np.where(ranks < TOP_K, 1.0 / np.log2(ranks + 2.0), 0.0)
+class CustomerGains(NamedTuple):
+    """Each evaluated customer's NDCG@10 and hit@10 of their held-out item."""
+
+    ndcg: np.ndarray
+    hit: np.ndarray
 
 
-def summarise_ranking(gains: np.ndarray, scores: np.ndarray) -> RankingMetrics:
-    """HR@10, NDCG@10 and coverage from each customer's NDCG@10 and the scores it came from."""
+_GAINS = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(TOP_K) + 2.0))])  # NDCG of ranks below k
+
+
+def customer_gains(data: Interactions, customers: list[int], scores: np.ndarray) -> CustomerGains:
+    """Expected NDCG@10 and hit@10 of each customer's held-out item in history-masked ``scores``, with
+    ties broken at random: an item scored like the held-out one may come first as often as after it, so
+    a scorer that leaves most of the catalogue tied (popularity, item-kNN) is not ranked first among its
+    ties. A held-out item scored ``-inf`` (not shown) gains nothing."""
+    target = scores[np.arange(len(customers)), data.held_out[customers]][:, None]
+    above = (scores > target).sum(axis=1)
+    tied = (scores == target).sum(axis=1) - 1
+    first, last = np.minimum(above, TOP_K), np.minimum(above + tied + 1, TOP_K)
+    shown = np.isfinite(target[:, 0])
+    ndcg = np.where(shown, (_GAINS[last] - _GAINS[first]) / (tied + 1), 0.0)
+    hit = np.where(shown, (last - first) / (tied + 1), 0.0)
+    return CustomerGains(ndcg, hit)
+
+
+def summarise_ranking(gains: CustomerGains, scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage from each customer's gains and the scores they came from."""
     top = np.argpartition(-scores, min(TOP_K, scores.shape[1] - 1), axis=1)[:, :TOP_K]
     coverage = len(np.unique(top)) / scores.shape[1]
-    return RankingMetrics(float((gains > 0).mean()), float(gains.mean()), len(gains), coverage)
+    return RankingMetrics(float(gains.hit.mean()), float(gains.ndcg.mean()), len(gains.ndcg), coverage)
 
 
 def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
     """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
-    return summarise_ranking(customer_ndcg(data, customers, scores), scores)
+    return summarise_ranking(customer_gains(data, customers, scores), scores)
 
 
 def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:

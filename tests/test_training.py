@@ -9,7 +9,7 @@ from torch import nn
 
 from client.interactions import build_interactions
 from client.schema import load_merchant
-from client.training import NextItemExamples, NextItemLoss, customer_ndcg, padded_history, ranking_metrics
+from client.training import NextItemExamples, NextItemLoss, customer_gains, padded_history, ranking_metrics
 from models.recommender import build_recommender
 
 
@@ -78,7 +78,23 @@ def test_ranking_scores_each_held_out_item_by_how_many_items_outrank_it(interact
         others = np.flatnonzero(np.arange(scores.shape[1]) != interactions.held_out[customer])
         scores[row, others[:above]] = 1.0
         scores[row, interactions.held_out[customer]] = 0.5
-    gains = customer_ndcg(interactions, customers, scores)
-    np.testing.assert_allclose(gains, [1.0, 1 / np.log2(5), 0.0])
+    gains = customer_gains(interactions, customers, scores)
+    np.testing.assert_allclose(gains.ndcg, [1.0, 1 / np.log2(5), 0.0])
+    np.testing.assert_allclose(gains.hit, [1.0, 1.0, 0.0])
     metrics = ranking_metrics(interactions, customers, scores)
-    assert metrics.hit_rate == pytest.approx(2 / 3) and metrics.ndcg == pytest.approx(gains.mean())
+    assert metrics.hit_rate == pytest.approx(2 / 3) and metrics.ndcg == pytest.approx(gains.ndcg.mean())
+
+
+def test_ties_with_the_held_out_item_are_broken_at_random_not_in_its_favour(interactions) -> None:
+    customers = interactions.evaluable[:3]
+    items = len(interactions.features.item_ids)
+    scores = np.zeros((3, items))  # a sparse scorer: the held-out item tied with the whole catalogue
+    scores[1, :] = -np.inf
+    scores[1, interactions.held_out[customers[1]]] = 0.0  # alone and finite: ranked first
+    scores[2, interactions.held_out[customers[2]]] = -np.inf  # not shown at all: no gain
+    gains = customer_gains(interactions, customers, scores)
+    every_rank = 1.0 / np.log2(np.arange(10) + 2.0)
+    np.testing.assert_allclose(gains.ndcg, [every_rank.sum() / items, 1.0, 0.0])
+    np.testing.assert_allclose(gains.hit, [10 / items, 1.0, 0.0])
+    metrics = ranking_metrics(interactions, customers, scores)
+    assert metrics.ndcg == pytest.approx(gains.ndcg.mean()) and metrics.hit_rate == pytest.approx(gains.hit.mean())
