@@ -51,11 +51,12 @@ def gini(counts: np.ndarray) -> float:
     return float((2 * np.arange(1, n + 1) - n - 1) @ ordered / (n * ordered.sum()))
 
 
-def _intra_list_diversity(lists: np.ndarray, tokens: list[set[str]]) -> float:
+def _intra_list_diversity(lists: list[np.ndarray], tokens: list[set[str]]) -> float:
     def distance(a: int, b: int) -> float:
         union = tokens[a] | tokens[b]
         return 1.0 - len(tokens[a] & tokens[b]) / len(union) if union else 0.0
-    return float(np.mean([np.mean([distance(a, b) for a, b in combinations(row, 2)]) for row in lists]))
+    pairs = [[distance(a, b) for a, b in combinations(row, 2)] for row in lists]
+    return float(np.mean([np.mean(row) for row in pairs if row])) if any(pairs) else 0.0
 
 
 @torch.no_grad()
@@ -65,18 +66,19 @@ def list_measures(model: Recommender, data: Interactions, history_length: int, d
     scores = catalogue_scores(model, data, customers, history_length)
     features = data.features
     vectors = model.item_vectors(torch.from_numpy(features.id_index), torch.from_numpy(features.token_index)).numpy()
-    lists = np.stack([mmr_order(row, vectors, TOP_K, diversity) for row in scores])
+    lists = [mmr_order(row, vectors, TOP_K, diversity) for row in scores]  # shorter where few items are left
+    shown = np.concatenate(lists)
     ranked = np.full_like(scores, -np.inf)
     for row, chosen in enumerate(lists):
         ranked[row, chosen] = TOP_K - np.arange(len(chosen))
     accuracy = ranking_metrics(data, customers, ranked)
     buyers = np.bincount(np.concatenate(data.histories), minlength=len(features.item_ids))
     popularity = np.maximum(buyers, 1) / max(len(data.customers), 1)
-    exposure = np.bincount(lists.ravel(), minlength=len(features.item_ids))
+    exposure = np.bincount(shown, minlength=len(features.item_ids))
     return ListMeasures(
         diversity_setting=diversity, hit_rate=accuracy.hit_rate, ndcg=accuracy.ndcg,
         coverage=float((exposure > 0).mean()),
         intra_list_diversity=_intra_list_diversity(lists, [set(t) for t in features.tokens]),
-        novelty=float(-np.log2(popularity[lists]).mean()),
-        popularity_lift=float(popularity[lists].mean() / popularity.mean()),
+        novelty=float(-np.log2(popularity[shown]).mean()),
+        popularity_lift=float(popularity[shown].mean() / popularity.mean()),
         exposure_gini=gini(exposure))

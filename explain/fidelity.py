@@ -55,15 +55,17 @@ def deletion_drops(model: Recommender, data: Interactions, history: np.ndarray, 
 
 def deletion_check(model: Recommender, data: Interactions, history_length: int, customers: list[int]
                    ) -> FidelityCheck:
-    """Run the check on the top recommendation of each of ``customers`` with two or more history items."""
+    """Run the check on the top recommendation of each of ``customers`` with two or more history items
+    (a customer who has bought the whole catalogue has no recommendation to check)."""
     model.eval()
     parts, drops, top_agrees, top_parts, top_drops, sum_gaps = [], [], [], [], [], []
     for customer in customers:
         name = data.customers[customer]
         history = data.full_history(name)[-history_length:]
-        if len(history) < 2:
+        listed = recommend(model, data, name, 1, history_length)
+        if len(history) < 2 or not listed:  # nothing to delete, or nothing left to recommend
             continue
-        top = recommend(model, data, name, 1, history_length)[0]
+        top = listed[0]
         attributed = top.parts.per_history_item
         drop = deletion_drops(model, data, history, data.features.position[top.item_id], history_length)
         parts.append(attributed)

@@ -1,12 +1,17 @@
 """Recommendation reasons: exact views of the score, a faithful deletion check, and MMR diversity."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from client.audit import audit_metrics, parse_audit
+from client.interactions import build_interactions
 from client.recommend import recommend
+from client.schema import MerchantData, load_merchant, write_merchant
 from explain.diversity import mmr_order
 from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import content_phrase, explain_recommendation, largest_gap
+from models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
 
@@ -79,3 +84,21 @@ def test_mmr_without_diversity_is_the_ranking_and_with_it_diversifies(trained) -
     assert (varied >= 150).sum() > (plain >= 150).sum()
     with pytest.raises(ValueError, match="diversity must be between 0 and 1"):
         mmr_order(scores, vectors, 10, 1.5)
+
+
+def test_a_customer_who_bought_the_whole_catalogue_gets_an_empty_list_and_the_audit_runs(tmp_path) -> None:
+    """A small shop where one customer bought every item: nothing is left to recommend them, and the
+    last round's audit (deletion check and list measures) must still complete."""
+    items = [f"i{n}" for n in range(6)]
+    lines = [(c, item, day) for c, bought in (("all", items), ("a", items[:3]), ("b", items[2:5]), ("c", items[1:4]))
+             for day, item in enumerate(bought)]
+    orders = pd.DataFrame({"customer_id": [c for c, _, _ in lines], "item_id": [i for _, i, _ in lines],
+                           "timestamp": [pd.Timestamp("2024-01-01") + pd.Timedelta(days=d) for _, _, d in lines],
+                           "quantity": 1, "unit_price": 2.5})
+    catalog = pd.DataFrame({"item_id": items, "title": [f"blue mug {n}" for n in range(6)], "category": "kitchen"})
+    data = build_interactions(load_merchant(write_merchant(MerchantData("tiny", orders, catalog), tmp_path)))
+    models = build_shared_models(seed=1).eval()
+    assert recommend(models.recommender, data, "all", 5, 20) == []
+    audit = parse_audit(audit_metrics(models, data, None, 20, np.zeros(len(data.customers), dtype=bool), seed=0))
+    assert audit["fidelity"]["customers"] == 3  # every customer but the one with nothing left to recommend
+    assert audit["lists"]["plain"]["hit_rate"] >= 0
