@@ -28,7 +28,7 @@ from torch import nn
 
 from client.generate import FederationSpec, generate_federation
 from client.interactions import build_interactions
-from client.training import NextItemExamples, shuffled_loader, train_epochs
+from client.training import NextItemExamples, shuffled_loader, train_epochs, train_recommender_private
 from fedshop.settings import RunSettings
 from models.parameters import flatten, parameter_count
 from models.recommender import build_recommender
@@ -43,7 +43,7 @@ from privacy.ckks import (
     load_secret_context,
     parse_update,
 )
-from privacy.dp_sgd import TrainingShape, plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.embedding_norms import embedding_norm_sample
 
 
@@ -87,7 +87,7 @@ def _plain_step_time(dataset: NextItemExamples, batch: int) -> float:
 def _dp_step_time(dataset: NextItemExamples, batch: int) -> float:
     release = plan_round([TrainingShape("recommender", len(dataset), batch, 1, 0.5)], 5, 8.0, 0.0, 1e-5).releases[0]
     start = time.perf_counter()
-    train_private(build_recommender(0), dataset, release, batch, 2.0, epochs=1)
+    train_recommender_private(build_recommender(0), dataset, release, batch, 2.0, epochs=1)
     return (time.perf_counter() - start) / release.mechanism.steps
 
 

@@ -57,12 +57,13 @@ from client.training import (  # noqa: E402
     shuffled_loader,
     summarise_ranking,
     train_epochs,
+    train_recommender_private,
 )
 from fedshop.settings import RunSettings  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
 from models.recommender import Recommender, build_recommender  # noqa: E402
 from privacy.ckks import create_keys  # noqa: E402
-from privacy.dp_sgd import TrainingShape, plan_round, train_private  # noqa: E402
+from privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
 from privacy.ledger import default_delta  # noqa: E402
 from server.run_store import RunStore  # noqa: E402
 
@@ -165,8 +166,8 @@ def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[
                               settings.max_grad_norm)
         plan = plan_round([shape], settings.num_server_rounds, settings.target_epsilon, settings.noise_multiplier,
                           default_delta(customers))
-        train_private(model, pooled, plan.release("recommender"), settings.batch_size, settings.dp_learning_rate,
-                      settings.local_epochs)
+        train_recommender_private(model, pooled, plan.release("recommender"), settings.batch_size,
+                                  settings.dp_learning_rate, settings.local_epochs)
     return {m: evaluate(model, d, settings.history_length) for m, d in datasets.items()}
 
 

@@ -29,12 +29,18 @@ from client.demand_training import train_demand, train_demand_private
 from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
-from client.training import NextItemExamples, evaluate_ranking, shuffled_loader, train_epochs
+from client.training import (
+    NextItemExamples,
+    evaluate_ranking,
+    shuffled_loader,
+    train_epochs,
+    train_recommender_private,
+)
 from fedshop.protocol import MERCHANT_RECORD
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
-from privacy.dp_sgd import TrainingShape, plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.ledger import PrivacyLedger
 from privacy.membership import held_out_of_training
 
@@ -100,9 +106,9 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
     ledger = PrivacyLedger(options.ledger_path)
     ledger.authorize(options.merchant, plan.mechanisms, budget)
     losses = {}
-    losses["recommender"], spent = train_private(models.recommender, datasets["recommender"],
-                                                 plan.release("recommender"), batch_size,
-                                                 float(config["dp-learning-rate"]), epochs)
+    losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
+                                                             plan.release("recommender"), batch_size,
+                                                             float(config["dp-learning-rate"]), epochs)
     epsilon = ledger.record(run, round_, "recommender", spent, budget.delta)
     if "demand" in datasets:
         losses["demand"], demand_spent = train_demand_private(

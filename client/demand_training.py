@@ -5,6 +5,7 @@ ElasticNet proximal step after every update; DP-SGD clips per customer like the 
 """
 
 import torch
+from torch.utils.data import DataLoader
 
 from client.demand import CustomerDemand
 from client.training import shuffled_loader, train_epochs
@@ -24,5 +25,7 @@ def train_demand(model: DemandModel, dataset: CustomerDemand, batch_size: int, l
 def train_demand_private(model: DemandModel, dataset: CustomerDemand, release: Release, batch_size: int,
                          learning_rate: float, epochs: int) -> tuple[float, Mechanism]:
     """DP-SGD with per-customer clipping; returns the loss and what was spent."""
-    return train_private(model, dataset, release, batch_size, learning_rate, epochs, CustomerLoss(),
-                         lambda: model.shrink(learning_rate))
+    def loop(private: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss: torch.nn.Module
+             ) -> float:
+        return train_epochs(private, loader, optimizer, epochs, loss, lambda: model.shrink(learning_rate))
+    return train_private(model, dataset, release, batch_size, learning_rate, CustomerLoss(), loop)

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from client.interactions import Interactions
 from models.item_features import ItemFeatures
 from models.recommender import Recommender
+from privacy.dp_sgd import Release, train_private
+from privacy.ledger import Mechanism
 
 TOP_K = 10
 
@@ -121,6 +123,15 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             batches += 1
         last = total / max(batches, 1)
     return last
+
+
+def train_recommender_private(model: Recommender, dataset: Dataset, release: Release, batch_size: int,
+                              learning_rate: float, epochs: int) -> tuple[float, Mechanism]:
+    """DP-SGD on the recommender for ``epochs`` passes (one clipped gradient per customer); the last
+    epoch's loss and what was spent."""
+    def loop(private: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss: nn.Module) -> float:
+        return train_epochs(private, loader, optimizer, epochs, loss)
+    return train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
 
 
 @torch.no_grad()

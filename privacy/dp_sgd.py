@@ -1,5 +1,8 @@
 """DP-SGD for the shared models with Opacus, one example per customer (per-customer clipping).
 
+The mechanism knows nothing of what it trains: the caller brings the model, its per-example loss and
+its training loop (``TrainingLoop``), and this module makes them private and accounts for them.
+
 Ghost clipping (``grad_sample_mode="ghost"``) computes per-sample gradient norms without
 materialising a per-sample gradient for every embedding table, which the default modes do at
 several hundred times the cost of a plain step.
@@ -22,7 +25,6 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.training import NextItemLoss, train_epochs
 from privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
 from privacy.ledger import ACCOUNTANT, Mechanism, composed_epsilon
 
@@ -93,23 +95,27 @@ def _entropy_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63))
 
 
+TrainingLoop = Callable[[nn.Module, DataLoader, torch.optim.Optimizer, nn.Module], float]
+"""The caller's passes over a loader: ``(model, loader, optimizer, criterion) -> last loss``."""
+
+
 def train_private(model: nn.Module, dataset: Dataset, release: Release, batch_size: int, learning_rate: float,
-                  epochs: int, criterion: nn.Module | None = None,
-                  after_step: Callable[[], None] | None = None) -> tuple[float, Mechanism]:
-    """Train ``model`` in place with DP-SGD; returns the last epoch's mean loss and what was spent.
+                  criterion: nn.Module, loop: TrainingLoop) -> tuple[float, Mechanism]:
+    """Train ``model`` in place with DP-SGD through the caller's ``loop``; returns its loss and what was spent.
 
     ``criterion`` must be able to return per-sample losses (``reduction="none"``), as Opacus' ghost
-    clipping asks; ``after_step`` runs after every update (a data-independent proximal step)."""
+    clipping asks; ``loop`` receives the private model, loader, optimizer and criterion and makes as
+    many passes as the release was planned for."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see the module docstring
         engine = PrivacyEngine(accountant=ACCOUNTANT)
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator())
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     private, optimizer, criterion, loader = engine.make_private(
-        module=model, optimizer=optimizer, criterion=criterion or NextItemLoss(), data_loader=loader,
+        module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
         noise_multiplier=release.mechanism.noise_multiplier, max_grad_norm=release.max_grad_norm,
         grad_sample_mode="ghost", noise_generator=_entropy_generator())
-    loss = train_epochs(private, loader, optimizer, epochs, criterion, after_step)
+    loss = loop(private, loader, optimizer, criterion)
     private.remove_hooks()
     (noise, rate, steps), = engine.accountant.history
     return loss, Mechanism(float(noise), float(rate), int(steps))

@@ -12,9 +12,9 @@ from torch import nn
 
 from client.interactions import build_interactions
 from client.schema import load_merchant
-from client.training import NextItemExamples, NextItemLoss
+from client.training import NextItemExamples, NextItemLoss, train_recommender_private
 from models.recommender import build_recommender
-from privacy.dp_sgd import TrainingShape, plan_round, train_private
+from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.embedding_norms import embedding_norm_sample
 from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, default_delta
 
@@ -118,11 +118,11 @@ def test_private_training_changes_the_model_and_reports_what_it_spent(federation
     model, before = build_recommender(1), build_recommender(1).item_id.weight.clone()
     shape = TrainingShape("recommender", len(dataset), 16, 2, 0.5)
     release = plan_round([shape], 3, 8.0, 0.0, default_delta(len(data.customers))).release("recommender")
-    loss, spent = train_private(model, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
+    loss, spent = train_recommender_private(model, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert math.isfinite(loss)
     assert spent == release.mechanism
     assert not torch.equal(model.item_id.weight, before)
     assert not hasattr(model, "_forward_counter")  # Opacus' hooks are gone from the plain model
     again = build_recommender(1)
-    train_private(again, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
+    train_recommender_private(again, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert not torch.equal(model.item_id.weight, again.item_id.weight)  # noise no one can regenerate
