@@ -7,13 +7,14 @@ in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' 
 of the last round, which this node decrypts with the merchant's secret context and divides by the
 total weight. The reply carries this merchant's model multiplied by its number of examples,
 encrypted, plus metrics: the examples, the loss and the ε spent so far. An evaluation message
-carries the new aggregate; the node evaluates it on its held-out items and keeps a decrypted copy
+carries the new aggregate; the node fits its merchant-local part of the recommender on top of it
+(``client.local_fit``: never sent, never used by the next round's training), evaluates the served
+model (shared + local) and the shared one on its held-out items, and keeps a decrypted copy of both
 in its state directory; after the last round it adds its audit summaries (``client.audit``). A share
 of the merchant's customers (``audit-holdout``) never trains, so that the audit can test
 membership inference. The merchant's orders never leave this process.
 """
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,17 +27,20 @@ from torch.utils.data import Dataset
 from client.audit import audit_metrics
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
-from client.global_model import MODEL_COPY, MODEL_COPY_INFO, decrypt_global_state
+from client.global_model import decrypt_global_state, load_local_part, save_model_copy
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
+from client.local_fit import fit_local_part
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import (
     NextItemExamples,
     evaluate_ranking,
+    private_batch,
     shuffled_loader,
     train_epochs,
     train_recommender_private,
 )
 from fedshop.protocol import MERCHANT_RECORD
+from models.local_part import served_recommender
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
@@ -97,22 +101,25 @@ def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarr
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
                    run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
     """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
-    batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
+    epochs, full_batch = int(config["local-epochs"]), int(config["dp-batch-size"])
     clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
+    recommender_batch = private_batch(len(datasets["recommender"]), full_batch, float(config["dp-max-sample-rate"]))
+    batch = {"recommender": recommender_batch, "demand": int(config["batch-size"])}
+    recommender_lr = float(config["dp-learning-rate"]) * recommender_batch / full_batch  # linear scaling
     budget = options.budget(len(load_interactions(options.data_dir).customers))
-    shapes = [TrainingShape(name, len(data), batch_size, epochs, clip[name]) for name, data in datasets.items()]
+    shapes = [TrainingShape(name, len(data), batch[name], epochs, clip[name]) for name, data in datasets.items()]
     plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
                       float(config["noise-multiplier"]), budget.delta)
     ledger = PrivacyLedger(options.ledger_path)
     ledger.authorize(options.merchant, plan.mechanisms, budget)
     losses = {}
     losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
-                                                             plan.release("recommender"), batch_size,
-                                                             float(config["dp-learning-rate"]), epochs)
+                                                             plan.release("recommender"), recommender_batch,
+                                                             recommender_lr, epochs)
     epsilon = ledger.record(run, round_, "recommender", spent, budget.delta)
     if "demand" in datasets:
         losses["demand"], demand_spent = train_demand_private(
-            models.demand, datasets["demand"], plan.release("demand"), batch_size,
+            models.demand, datasets["demand"], plan.release("demand"), batch["demand"],
             float(config["demand-dp-learning-rate"]), epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
     return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
@@ -120,17 +127,27 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
                     "epsilon-budget": budget.epsilon}
 
 
+def _round_seed(config: ConfigRecord) -> int:
+    return int(config["seed"]) * 100_003 + int(config["server-round"])
+
+
+def _recommender_examples(interactions: Interactions, config: ConfigRecord, seed: int,
+                          left_out: np.ndarray) -> NextItemExamples:
+    """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least)."""
+    return NextItemExamples(interactions, int(config["history-length"]), int(config["negatives"]), seed, left_out,
+                            int(config["predictions-per-customer"]))
+
+
 def train_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
-    """One round on this merchant's data, with DP-SGD when the run asks for it."""
+    """One round on this merchant's data, with DP-SGD when the run asks for it. Only the decrypted
+    aggregate and the merchant's customers enter it: never the merchant-local part."""
     config = msg.content.config_records["config"]
     models, key = global_model(msg, config, options)
     round_ = int(config["server-round"])
-    seed = int(config["seed"]) * 100_003 + round_
+    seed = _round_seed(config)
     interactions = load_interactions(options.data_dir)
     held_out = _audit_holdout(interactions, config)
-    datasets: dict[str, Dataset] = {"recommender": NextItemExamples(
-        interactions, int(config["history-length"]), int(config["negatives"]), seed, held_out,
-        int(config["predictions-per-customer"]))}
+    datasets: dict[str, Dataset] = {"recommender": _recommender_examples(interactions, config, seed, held_out)}
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
                                             held_out=frozenset(np.array(interactions.customers)[held_out]))
@@ -159,23 +176,38 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     return Message(content=content, reply_to=msg)
 
 
-def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
-    """Rank the held-out items with the new global model; keep the merchant's copy of it."""
+def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
+    """Fit the merchant-local part on top of the new global model, rank the held-out items with the
+    served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
     config = msg.content.config_records["config"]
     models, key = global_model(msg, config, options)
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
-    metrics = evaluate_ranking(models.recommender, interactions, history_length)
+    run, seed, local = str(context.run_id), _round_seed(config), {}
+    fit = None
+    if epochs := int(config["local-part-epochs"]):
+        fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
+                             _audit_holdout(interactions, config),
+                             lambda left_out: _recommender_examples(interactions, config, seed, left_out),
+                             history_length, int(config["batch-size"]), float(config["learning-rate"]), epochs, seed)
+        local = {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
+                 "local-part-validation-ndcg10": fit.served_validation_ndcg,
+                 "shared-validation-ndcg10": fit.shared_validation_ndcg,
+                 "local-part-validation-customers": fit.validation_customers}
+    part = fit.part if fit else None
+    served = served_recommender(models.recommender, part)
+    metrics = evaluate_ranking(served, interactions, history_length)
+    shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}
     if int(config["server-round"]) == int(config["num-server-rounds"]):
-        audit = audit_metrics(models, interactions, load_demand_panel(options.data_dir) if config["pricing"] else None,
+        audit = audit_metrics(models, served, interactions,
+                              load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, _audit_holdout(interactions, config), int(config["seed"]))
-    options.state_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(options.state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
-    info = {"round": int(config["server-round"]), "history_length": int(config["history-length"])}
-    (options.state_dir / MODEL_COPY_INFO).write_text(json.dumps(info))
+    save_model_copy(options.state_dir, models, part, {"round": int(config["server-round"]), "run": run,
+                                                      "history_length": history_length})
     content = RecordDict({
         "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
-                                 "ndcg10": metrics.ndcg, **audit}),
+                                 "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
+                                 **local, **audit}),
         MERCHANT_RECORD: _merchant_record(options, key),
     })
     return Message(content=content, reply_to=msg)
@@ -193,7 +225,7 @@ def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        return evaluate_locally(msg, node_options(context.node_config, simulation_nodes))
+        return evaluate_locally(msg, context, node_options(context.node_config, simulation_nodes))
 
     return app
 

@@ -3,8 +3,9 @@
 In the last round's evaluation each merchant measures, on its own data, what the auditors' report
 (``explain.report``) shows per merchant, and sends only these summaries with its metrics:
 
-* the membership-inference attack on its audit holdout (``privacy.membership``);
-* its top-10 lists' beyond-accuracy measures, plain and with the diversity setting
+* the membership-inference attack on its audit holdout (``privacy.membership``), against the shared
+  recommender the federation released;
+* its served top-10 lists' beyond-accuracy measures, plain and with the diversity setting
   (``explain.beyond_accuracy``);
 * the deletion check of its explanations (``explain.fidelity``) on a sample of customers;
 * a summary of its price recommendations and their reasons (which bound held, the elasticities).
@@ -21,6 +22,7 @@ from client.interactions import Interactions
 from client.pricing import recommend_prices
 from explain.beyond_accuracy import ListMeasures, list_measures
 from explain.fidelity import FidelityCheck, deletion_check
+from models.recommender import Recommender
 from models.shared import SharedModels
 from privacy.membership import MembershipAttack, attack_scores, membership_attack
 
@@ -46,17 +48,19 @@ def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
             "category-evidence": float(np.mean([r.category_evidence for r in recs]))}
 
 
-def audit_metrics(models: SharedModels, data: Interactions, panel: DemandPanel | None, history_length: int,
-                  held_out: np.ndarray, seed: int) -> dict[str, float]:
-    """Every audit summary of this merchant, flat, for a MetricRecord."""
+def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, panel: DemandPanel | None,
+                  history_length: int, held_out: np.ndarray, seed: int) -> dict[str, float]:
+    """Every audit summary of this merchant, flat, for a MetricRecord. The membership attack targets
+    the shared recommender (what the federation released, which the (ε, δ) guarantee covers); the
+    deletion check and the list measures the ``served`` one (shared + local, what customers see)."""
     scores = attack_scores(models.recommender, data, history_length)
     attack = membership_attack(scores[~held_out], scores[held_out])
     rng = np.random.default_rng(seed)
     sample = rng.permutation(len(data.customers))[:FIDELITY_CUSTOMERS].tolist()
     metrics = {**_flat("mia", attack.record()),
-               **_flat("fidelity", deletion_check(models.recommender, data, history_length, sample).record())}
+               **_flat("fidelity", deletion_check(served, data, history_length, sample).record())}
     for label, diversity in (("plain", 0.0), ("diverse", DIVERSITY_SETTING)):
-        metrics |= _flat(label, list_measures(models.recommender, data, history_length, diversity).record())
+        metrics |= _flat(label, list_measures(served, data, history_length, diversity).record())
     if panel is not None:
         metrics |= {f"{AUDIT_PREFIX}price-{key}": value for key, value in price_summary(models, panel).items()}
     return metrics

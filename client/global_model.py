@@ -1,23 +1,37 @@
 """A finished run's global model as a merchant reads it: the node's decrypted copy, or the run's
 stored model (decrypted with the merchant's secret context when the run was encrypted).
 
-The node writes its copy (``MODEL_COPY`` + ``MODEL_COPY_INFO``) after every evaluation; the server
+The node writes its copy (``MODEL_COPY`` + ``MODEL_COPY_INFO``) after every evaluation, with its
+merchant-local part of the recommender (``LOCAL_PART``, ``models.local_part``) beside it; the server
 writes ``model.npz`` or ``encrypted_model.npz`` into the run directory. Both hold the shared models
-(recommender and demand model) of ``models.shared``.
+(recommender and demand model) of ``models.shared``; only a node's directory holds a local part, so
+the recommender served from a run directory is the shared one alone.
 """
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from models.local_part import LocalPart, served_recommender
 from models.parameters import parameter_count, unflatten
+from models.recommender import Recommender
 from models.shared import SharedModels
 from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
 from server.run_store import RunStore
 
-MODEL_COPY, MODEL_COPY_INFO = "model.npz", "model.json"
+MODEL_COPY, MODEL_COPY_INFO, LOCAL_PART = "model.npz", "model.json", "local_part.npz"
+
+
+class LoadedModels(NamedTuple):
+    """What a merchant serves from: the federation's models, the recommender it serves (shared + its
+    local part, or the shared one alone) and the history length they were trained with."""
+
+    models: SharedModels
+    served: Recommender
+    history_length: int
 
 
 def decrypt_global_state(key: KeyContext, ciphertexts: dict[str, np.ndarray],
@@ -49,9 +63,31 @@ def _decrypted_state(store: RunStore, secret_context: Path | None) -> dict[str, 
     return decrypt_global_state(key, ciphertexts, float(meta["aggregate_weight"]))
 
 
-def load_models(model_dir: Path, secret_context: Path | None = None) -> tuple[SharedModels, int]:
-    """The global models of a run directory or of a node's state directory, and the recommender's
-    history length they were trained with."""
+def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | None, info: dict) -> None:
+    """The node's copy of the round's global models, its local part (or none) and what they are."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
+    if local is None:
+        (state_dir / LOCAL_PART).unlink(missing_ok=True)
+    else:
+        np.savez(state_dir / LOCAL_PART, **local)
+    (state_dir / MODEL_COPY_INFO).write_text(json.dumps({**info, "local_part": local is not None}))
+
+
+def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None:
+    """The local part kept in a node's directory (only if it belongs to ``run``, when given), or None."""
+    path, info_path = Path(model_dir) / LOCAL_PART, Path(model_dir) / MODEL_COPY_INFO
+    if not path.exists() or not info_path.exists():
+        return None
+    if run is not None and json.loads(info_path.read_text()).get("run") != run:
+        return None
+    with np.load(path) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def load_models(model_dir: Path, secret_context: Path | None = None) -> LoadedModels:
+    """The global models of a run directory or of a node's state directory, the recommender the
+    merchant serves from them, and the recommender's history length."""
     model_dir = Path(model_dir)
     plain, store = model_dir / MODEL_COPY, RunStore(model_dir)
     if plain.exists():
@@ -64,4 +100,6 @@ def load_models(model_dir: Path, secret_context: Path | None = None) -> tuple[Sh
                                 "has the run finished?")
     models = SharedModels()
     models.load_state_dict(state)
-    return models.eval(), _history_length(model_dir)
+    models.eval()
+    local = load_local_part(model_dir) if plain.exists() else None
+    return LoadedModels(models, served_recommender(models.recommender, local), _history_length(model_dir))

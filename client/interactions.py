@@ -38,6 +38,13 @@ class Interactions:
         held_out = self.held_out[index]
         return np.append(self.histories[index], held_out) if held_out >= 0 else self.histories[index]
 
+    def one_step_back(self) -> "Interactions":
+        """The same customers with each history's last item held out instead (customers with one history
+        item are not evaluable): a validation split that never touches the held-out items."""
+        held_out = np.array([h[-1] if len(h) >= 2 else -1 for h in self.histories], dtype=np.int64)
+        return Interactions(self.features, self.customers, [h[:-1] if len(h) >= 2 else h for h in self.histories],
+                            held_out)
+
     @property
     def trainable(self) -> list[int]:
         """Customers with at least two history items (one training example each)."""

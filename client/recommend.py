@@ -1,7 +1,9 @@
 """A merchant's recommendations for one of its customers, each with its score split into parts.
 
-Runs on the merchant's node with the merchant's own data and the trained global model; the parts
-come from :func:`models.recommender.score_parts` and sum exactly to the score
+Runs on the merchant's node with the merchant's own data and the model it serves (the shared model
+plus its local part, ``models.local_part``); the parts come from
+:func:`models.recommender.score_parts` and sum exactly to the score, and the shared model's parts of
+the same candidate say what the federation contributed to it
 (:mod:`explain.recommendation_reasons` turns them into reasons). ``diversity`` re-ranks with MMR
 (:mod:`explain.diversity`).
 """
@@ -27,12 +29,14 @@ class Recommendation:
     parts: ScoreParts
     history_titles: list[str]  # the customer's history items, in the order of ``parts.matrix`` rows
     features: list[str]  # "item id" then the candidate's content tokens, as ``parts`` columns
+    shared_parts: ScoreParts | None = None  # the shared model's parts, when ``parts`` are shared + local
 
 
 @torch.no_grad()
 def recommend(model: Recommender, data: Interactions, customer: str, k: int,
-              history_length: int, diversity: float = 0.0) -> list[Recommendation]:
-    """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``)."""
+              history_length: int, diversity: float = 0.0, shared: Recommender | None = None) -> list[Recommendation]:
+    """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``),
+    scored by ``model``; with ``shared``, the federation's model that ``model`` adds a local part to."""
     features = data.features
     bought = data.full_history(customer)
     history = bought[-history_length:]
@@ -42,10 +46,14 @@ def recommend(model: Recommender, data: Interactions, customer: str, k: int,
     scores = (model.user_query(ids, tokens, mask) @ vectors.T)[0]
     scores = (scores + model.item_bias(all_ids, all_tokens)).numpy()
     scores[bought] = -np.inf
+
+    def parts(scorer: Recommender, row: int) -> ScoreParts:
+        return score_parts(scorer, features.id_index[history], features.token_index[history],
+                           int(features.id_index[row]), features.token_index[row])
+
     return [Recommendation(
         item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]),
-        parts=score_parts(model, features.id_index[history], features.token_index[history],
-                          int(features.id_index[row]), features.token_index[row]),
-        history_titles=[features.titles[h] for h in history],
+        parts=parts(model, row), history_titles=[features.titles[h] for h in history],
         features=["item id", *features.tokens[row]],
+        shared_parts=parts(shared, row) if shared is not None else None,
     ) for row in mmr_order(scores, vectors.numpy(), k, diversity)]

@@ -1,19 +1,27 @@
 """Why an item was recommended: the model's score split into reasons a person and a machine read.
 
-The recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), and
+The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), with
+the shared model's weights plus the merchant's local part (``models.local_part``), and
 :func:`models.recommender.score_parts` splits it exactly into cells (history item h, candidate
-feature f) plus the candidate's bias. Two views of those cells are given, each summing to the
+feature f) plus the candidate's bias. Three views of those cells are given, each summing to the
 score:
 
 * **by history**: one reason per item the customer bought ("because you bought X": everything that
-  item contributed) and the popularity part (the candidate's bias, which no history changes);
+  item contributed) and the popularity part (the candidate's bias, which no history changes), split
+  into the federation's ("popular with shoppers") and the shop's own ("popular at this shop");
 * **by content**: the candidate itself ("customers with your history bought it": its id column),
   one reason per content token of the candidate ("matches your interest in category Y": how much
-  the customer's history points at that token) and the same popularity part.
+  the customer's history points at that token) and the same popularity parts;
+* **by source**: what the federation's shared model gives the item (its match to the customer's
+  history, its popularity) and what the shop's own customers add on top (the local part's share of
+  each), so the merchant and the auditor see how much of a recommendation the federation carries.
+
+Without a local part the shop's reasons are absent and the federation's carry the whole score.
 
 Every reason has its contribution in score units and its share: the contribution over the sum of
 the absolute contributions of its view, so shares are comparable across items and a negative
-reason shows as a negative share. The sentence names the largest positive reason of each view (see :func:`sentence`).
+reason shows as a negative share. The sentence names the largest positive reason of the first two
+views (see :func:`sentence`).
 """
 
 from dataclasses import asdict, dataclass
@@ -25,7 +33,7 @@ from client.recommend import Recommendation
 class Reason:
     """One part of a score: what it is, its contribution (score units) and its share."""
 
-    kind: str  # "history", "item", "content" or "popularity"
+    kind: str  # "history", "item", "content", "popularity", "shop" or "federation"
     label: str
     contribution: float
     share: float
@@ -34,13 +42,14 @@ class Reason:
 
 @dataclass(frozen=True)
 class RecommendationExplanation:
-    """A recommended item, its score and the two exact views of why."""
+    """A recommended item, its score and the three exact views of why."""
 
     item_id: str
     title: str
     score: float
     by_history: list[Reason]
     by_content: list[Reason]
+    by_source: list[Reason]
     sentence: str
 
     def record(self) -> dict:
@@ -66,18 +75,41 @@ def _view(parts: list[tuple[str, str, float, str]]) -> list[Reason]:
     return sorted(reasons, key=lambda r: -r.contribution)
 
 
+def _popularity(rec: Recommendation) -> list[tuple[str, str, float, str]]:
+    """The candidate's bias: the federation's part and, with a local part, the shop's own."""
+    if rec.shared_parts is None:
+        return [("popularity", "popular item", float(rec.parts.bias.sum()), "it is popular with shoppers")]
+    shared = float(rec.shared_parts.bias.sum())
+    return [("popularity", "popular item", shared, "it is popular with shoppers across the federation"),
+            ("shop", "popular at this shop", float(rec.parts.bias.sum()) - shared, "it is popular at this shop")]
+
+
+def _by_source(rec: Recommendation) -> list[Reason]:
+    shared = rec.shared_parts or rec.parts
+    match = float(shared.matrix.sum())
+    parts = [("federation", "federation: your history", match,
+              "shoppers across the federation with a history like yours buy it"),
+             ("federation", "federation: popularity", float(shared.bias.sum()),
+              "it is popular with shoppers across the federation")]
+    if rec.shared_parts is not None:
+        parts += [("shop", "this shop: your history", float(rec.parts.matrix.sum()) - match,
+                   "this shop's own customers with a history like yours bought it"),
+                  _popularity(rec)[1]]
+    return _view(parts)
+
+
 def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
-    """Both views of ``rec``'s score and the one-line sentence."""
-    popularity = ("popularity", "popular item", float(rec.parts.bias.sum()), "it is popular with shoppers")
+    """The three views of ``rec``'s score and the one-line sentence."""
+    popularity = _popularity(rec)
     by_history = _view([("history", title, float(value), f"because you bought {title}")
                         for title, value in zip(rec.history_titles, rec.parts.per_history_item, strict=True)]
-                       + [popularity])
+                       + popularity)
     per_feature = rec.parts.per_feature
     by_content = _view([("item", "this item", float(per_feature[0]), "customers with your history bought it")]
                        + [("content", token, float(value), f"it matches {content_phrase(token)}")
                           for token, value in zip(rec.features[1:], per_feature[1:], strict=True)]
-                       + [popularity])
-    return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content,
+                       + popularity)
+    return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content, _by_source(rec),
                                      sentence(by_history, by_content))
 
 
@@ -96,6 +128,6 @@ def sentence(by_history: list[Reason], by_content: list[Reason]) -> str:
 
 
 def largest_gap(explanation: RecommendationExplanation) -> float:
-    """How far either view's sum is from the model's score (float32 rounding only; reported)."""
+    """How far any view's sum is from the model's score (float32 rounding only; reported)."""
     return max(abs(sum(r.contribution for r in view) - explanation.score)
-               for view in (explanation.by_history, explanation.by_content))
+               for view in (explanation.by_history, explanation.by_content, explanation.by_source))

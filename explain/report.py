@@ -23,6 +23,7 @@ from client.recommend import recommend
 from client.schema import load_merchant
 from explain.price_reasons import price_record
 from explain.recommendation_reasons import explain_recommendation
+from models.parameters import parameter_shapes
 from privacy.ckks import CKKS
 from privacy.ledger import ACCOUNTANT
 from privacy.membership import LOW_FPR, MembershipAttack, pooled
@@ -33,6 +34,12 @@ SCHEMA_PATH = Path(__file__).with_name("report_schema.json")  # the JSON Schema 
 PRIVACY_UNIT = "customer"
 MECHANISM = "DP-SGD (Opacus, per-customer clipping, Poisson sampling, Gaussian noise)"
 SAMPLE_CUSTOMERS, SAMPLE_ITEMS, SAMPLE_PRICES = 3, 5, 5
+LOCAL_PART_WHAT = ("each merchant's local part of the recommender: an offset to every recommender parameter, "
+                   "fine-tuned on the merchant's own training customers without noise after each release")
+LOCAL_PART_WHY = ("it never leaves the merchant's node (neither the server nor other merchants receive it) and the "
+                  "shared model's training never reads it: it is post-processing of the released shared model, so "
+                  "the guarantee of what the federation released holds; the merchant's recommendations use it, as "
+                  "any recommender a merchant runs on its own data would")
 
 
 class ReportError(ValueError):
@@ -83,6 +90,7 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
     return {
         "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
+        "parameters": parameter_split(settings),
         "merchants": dict(merchants),
         "encryption": {"enabled": settings["he"], "scheme": "CKKS (TenSEAL), symmetric", **asdict(CKKS),
                        "context_id": context.get("context_id")},
@@ -90,10 +98,26 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
     }
 
 
+def parameter_split(settings: dict) -> dict:
+    """Which parameters leave the nodes (shared: DP-SGD, CKKS, covered by (ε, δ)) and which never do."""
+    counts: dict[str, int] = defaultdict(int)
+    for name, shape in parameter_shapes():
+        counts[name.split(".")[0]] += math.prod(shape)
+    fit_epochs = settings.get("local_part_epochs", 0)
+    return {
+        "shared": {"models": dict(counts), "count": sum(counts.values()), "released": True,
+                   "covered_by_guarantee": settings["dp"]},
+        "local": {"what": LOCAL_PART_WHAT if fit_epochs else "none: each merchant serves the shared recommender",
+                  "fit_epochs_per_round": fit_epochs, "released": False, "covered_by_guarantee": False,
+                  "why_outside": LOCAL_PART_WHY if fit_epochs else ""},
+    }
+
+
 def _membership(audits: dict[str, dict], holdout: float) -> dict:
     per = {name: audit["membership"] for name, audit in audits.items() if audit["membership"]}
     combined = pooled([MembershipAttack(**record) for record in per.values()])
-    return {"attack": "loss threshold: mean log-probability of the customer's own next items",
+    return {"attack": "loss threshold against the shared recommender: mean log-probability of the customer's own "
+                      "next items",
             "holdout_share": holdout, "low_fpr": LOW_FPR, "merchants": per, "pooled": asdict(combined)}
 
 
@@ -110,6 +134,7 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
     last = rounds[-1]
     audits = {name: parse_audit(metrics) for name, metrics in last["evaluate"].items()}
     quality = {name: {"hr10": metrics["hr10"], "ndcg10": metrics["ndcg10"], "customers": metrics["num-examples"],
+                      "shared_ndcg10": metrics.get("shared-ndcg10"),
                       "ndcg10_by_round": [r["evaluate"].get(name, {}).get("ndcg10") for r in rounds]}
                for name, metrics in last["evaluate"].items()}
     report = {
@@ -133,13 +158,13 @@ def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | Non
     """Explained recommendations for a few of one merchant's customers and explained prices for a few
     of its items, computed on that merchant's side (they name its customers' purchases)."""
     data = load_merchant(data_dir)
-    models, history_length = load_models(model_dir, secret_context)
+    models, served, history_length = load_models(model_dir, secret_context)
     interactions = build_interactions(data)
     customers = [interactions.customers[c] for c in interactions.evaluable[:SAMPLE_CUSTOMERS]]
     recommendations = [{"merchant": data.name, "customer": customer,
                         "items": [explain_recommendation(r).record()
-                                  for r in recommend(models.recommender, interactions, customer, SAMPLE_ITEMS,
-                                                     history_length)]}
+                                  for r in recommend(served, interactions, customer, SAMPLE_ITEMS, history_length,
+                                                     shared=models.recommender)]}
                        for customer in customers]
     panel = build_demand_panel(data)
     busiest = sorted(range(len(panel.item_ids)), key=lambda row: -panel.units[row].sum())[:SAMPLE_PRICES]

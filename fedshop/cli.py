@@ -289,8 +289,8 @@ def recommend(
 
     try:
         interactions = build_interactions(load_merchant(data))
-        models, history_length = load_models(model, secret_context)
-        items = top_items(models.recommender, interactions, customer, k, history_length, diversity)
+        models, served, history_length = load_models(model, secret_context)
+        items = top_items(served, interactions, customer, k, history_length, diversity, shared=models.recommender)
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         _fail(str(exc))
     if customer not in interactions.customers:
@@ -332,7 +332,7 @@ def price(
         _fail(f"--max-change must be between 0 and 1 (a fraction of the current price), not {max_change}")
     try:
         panel = build_demand_panel(load_merchant(data))
-        models, _ = load_models(model, secret_context)
+        models = load_models(model, secret_context).models
         rows = [panel.row(i) for i in item] if item else range(len(panel.item_ids))
     except (SchemaError, FileNotFoundError, ContextError, KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))

@@ -15,7 +15,7 @@ class RunSettings:
 
     num_server_rounds: int = 5
     local_epochs: int = 3
-    learning_rate: float = 0.01  # Adam, when training without DP
+    learning_rate: float = 0.01  # Adam, when training without DP (and the merchant-local part)
     batch_size: int = 128
     negatives: int = 64
     predictions_per_customer: int = 4  # next items each customer's example predicts (one clipped gradient)
@@ -27,7 +27,10 @@ class RunSettings:
     target_epsilon: float = 8.0  # per merchant for the whole run; 0 = use noise_multiplier as given
     noise_multiplier: float = 1.0
     max_grad_norm: float = 0.5  # per-customer clipping bound
-    dp_learning_rate: float = 2.0  # SGD under DP (Adam would amplify the noise on rarely seen rows)
+    dp_batch_size: int = 1024  # the recommender's expected batch under DP-SGD (the noise is shared by a batch)
+    dp_max_sample_rate: float = 0.25  # ... but at most this share of a merchant's customers per batch
+    dp_learning_rate: float = 32.0  # SGD at dp_batch_size, scaled with a smaller batch (Adam would amplify noise)
+    local_part_epochs: int = 3  # per round, the merchant-local part's fit on its own customers (0: serve shared only)
     pricing: bool = True  # train the demand model in the same rounds (and the same ε budget)
     demand_learning_rate: float = 0.05  # Adam, when training without DP
     demand_dp_learning_rate: float = 0.2

@@ -29,15 +29,20 @@ def test_privacy_cost_benchmark_quick_mode_writes_its_figures(tmp_path: Path) ->
 @pytest.mark.slow
 def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
     _, figures = run_quick("quality.py", tmp_path / "quality.json")
-    assert len(figures["methods"]) == 8 and len(figures["targets"]) == 4
-    assert {"fedshop federated + DP ε=8", "fedshop pooled + DP ε=8 (reference)"} <= set(figures["methods"])
-    for method in figures["methods"].values():
+    methods = figures["methods"]
+    assert len(methods) == 12 and len(figures["targets"]) == 5
+    assert {"fedshop federated + DP ε=8 + HE (shared)", "fedshop served: DP ε=8 + HE, shared + local",
+            "fedshop pooled + DP ε=8 (reference)", "central EASE", "best alone (per merchant)"} <= set(methods)
+    for method in methods.values():
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
-    he, clear = figures["methods"]["fedshop federated + HE"], figures["methods"]["fedshop federated"]
+    he, clear = methods["fedshop federated + HE (shared)"], methods["fedshop federated (shared)"]
     assert he["macro"]["ndcg"] == pytest.approx(clear["macro"]["ndcg"], abs=1e-3)
-    alone = figures["methods"]["fedshop local-only"]["merchants"]
-    for merchant, gain in figures["gain_over_local_only"].items():
-        assert gain["ndcg"] == pytest.approx(clear["merchants"][merchant]["ndcg"] - alone[merchant]["ndcg"])
+    alone = {name: methods[name]["merchants"] for name in ("popularity", "item-kNN", "fedshop local-only")}
+    best = methods["best alone (per merchant)"]["merchants"]
+    served = methods["fedshop served: DP ε=8 + HE, shared + local"]
+    for merchant, gain in figures["served_gain_over_best_alone"].items():
+        assert best[merchant]["ndcg"] == max(per[merchant]["ndcg"] for per in alone.values())
+        assert gain["ndcg"] == pytest.approx(served["merchants"][merchant]["ndcg"] - best[merchant]["ndcg"])
         assert 0 < gain["half_width_95"] < 1
 
 

@@ -1,0 +1,112 @@
+"""The merchant-local part: served = shared + local, fitted after the release, never in the shared update."""
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+import privacy.dp_sgd
+from client.app import evaluate_locally, train_locally
+from client.global_model import LOCAL_PART, load_models
+from client.interactions import build_interactions
+from client.local_fit import fit_local_part, validation_customers
+from client.node_data import node_options
+from client.recommend import recommend
+from client.schema import load_merchant
+from client.training import NextItemExamples
+from explain.recommendation_reasons import explain_recommendation, largest_gap
+from fedshop.settings import RunSettings
+from models.local_part import local_part, served_recommender
+from models.recommender import build_recommender
+from models.shared import build_shared_models
+from tests.conftest import train_small_recommender
+
+SETTINGS = RunSettings(num_server_rounds=2, local_epochs=1, pricing=False, he=False, dp_batch_size=64,
+                       local_part_epochs=1)
+
+
+def _message(kind: str, settings: RunSettings) -> Message:
+    config = ConfigRecord({**settings.training_config(), "server-round": 1})
+    content = RecordDict({"arrays": ArrayRecord(build_shared_models(settings.seed).state_dict()), "config": config})
+    metadata = Metadata(run_id=7, message_id=f"{kind}-1", src_node_id=1, dst_node_id=2, reply_to_message_id="",
+                        group_id="1", created_at=time.time(), ttl=600.0, message_type=kind)
+    return Message(content=content, metadata=metadata)
+
+
+def _node(data_dir: Path, state_dir: Path) -> tuple[Context, object]:
+    config = {"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9}
+    return Context(run_id=7, node_id=1, node_config=config, state=RecordDict(), run_config={}), node_options(config)
+
+
+def test_served_model_is_the_shared_one_plus_the_local_offsets() -> None:
+    shared = build_recommender(1)
+    rng = np.random.default_rng(0)
+    offsets = {name: rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
+    served = served_recommender(shared, offsets)
+    for name, value in served.state_dict().items():
+        torch.testing.assert_close(value, shared.state_dict()[name] + torch.from_numpy(offsets[name]))
+    recovered = local_part(served, shared)
+    assert all(np.allclose(recovered[name], offsets[name], atol=1e-6) for name in offsets)
+    assert all(torch.equal(a, b) for a, b in zip(served_recommender(shared, None).state_dict().values(),
+                                                 shared.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="local part interaction.weight: shape"):
+        served_recommender(shared, {**offsets, "interaction.weight": np.zeros((2, 2), np.float32)})
+
+
+def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation_dirs, tmp_path, monkeypatch) -> None:
+    """DP soundness: a node's DP-SGD update may depend only on its customers and the released model,
+    never on the local part it fitted without noise. The noise is seeded here so that two runs can be
+    compared bit for bit; the local part on disk differs between them."""
+    monkeypatch.setattr(privacy.dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    shapes = {name: tuple(t.shape) for name, t in build_recommender(1).state_dict().items()}
+    replies = []
+    for fill in (None, 0.0, 1e3):
+        state_dir = tmp_path / f"state-{fill}"
+        context, options = _node(federation_dirs[2], state_dir)
+        evaluate_locally(_message("evaluate", SETTINGS), context, options)  # fits and keeps a local part
+        if fill is None:
+            (state_dir / LOCAL_PART).unlink()
+        else:
+            np.savez(state_dir / LOCAL_PART, **{name: np.full(shape, fill, np.float32)
+                                                for name, shape in shapes.items()})
+        reply = train_locally(_message("train", SETTINGS), context, options)
+        replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
+    assert reply.content.metric_records["metrics"]["epsilon"] > 0
+    for other in replies[1:]:
+        assert all(np.array_equal(replies[0][name], other[name]) for name in replies[0])
+
+
+def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(federation_dirs, tmp_path) -> None:
+    context, options = _node(federation_dirs[0], tmp_path / "state")
+    reply = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=3)), context, options)
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["local-part-served"] == 1 and metrics["local-part-epochs"] >= 1
+    assert metrics["local-part-validation-ndcg10"] > metrics["shared-validation-ndcg10"]
+    assert metrics["ndcg10"] != metrics["shared-ndcg10"]
+    models, served, _ = load_models(tmp_path / "state")
+    assert not torch.equal(served.item_id.weight, models.recommender.item_id.weight)
+    data = build_interactions(load_merchant(federation_dirs[0]))
+    for rec in recommend(served, data, data.customers[0], 5, 20, shared=models.recommender):
+        explanation = explain_recommendation(rec)
+        assert largest_gap(explanation) < 1e-4
+        kinds = {r.kind for r in explanation.by_source}
+        assert kinds == {"federation", "shop"} and "popular at this shop" in {r.label for r in explanation.by_history}
+    without = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=0)), context, options)
+    plain = without.content.metric_records["metrics"]
+    assert plain["ndcg10"] == plain["shared-ndcg10"] and not (tmp_path / "state" / LOCAL_PART).exists()
+
+
+def test_local_fit_serves_the_shared_model_when_the_local_part_only_hurts_on_validation(federation_dirs) -> None:
+    shared, data = train_small_recommender(federation_dirs[0], epochs=3)
+    rng = np.random.default_rng(1)
+    garbage = {name: rng.normal(0, 5, tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
+    nobody = np.zeros(len(data.customers), dtype=bool)
+    fit = fit_local_part(shared, garbage, data, nobody, lambda left_out: NextItemExamples(data, 20, 16, 0, left_out),
+                         20, 32, 0.01, 0, seed=0)
+    assert fit.part is None and fit.served_validation_ndcg == fit.shared_validation_ndcg > 0
+    chosen = validation_customers(data.customers, nobody)
+    assert fit.validation_customers == int(chosen[data.one_step_back().evaluable].sum()) > 0
