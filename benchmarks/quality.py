@@ -51,6 +51,7 @@ from torch.utils.data import ConcatDataset  # noqa: E402
 
 from client.global_model import load_models  # noqa: E402
 from client.interactions import Interactions, build_interactions  # noqa: E402
+from client.local_fit import serving_model  # noqa: E402
 from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     RankingMetrics,
@@ -238,7 +239,8 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
         raise RuntimeError(f"{label}: not every merchant trained in every round (round: failures): {partial}")
     results: dict[str, dict[str, Evaluation]] = {"shared": {}, "served": {}}
     for d in dirs:
-        models, served, history_length = load_models(workdir / label / d.name)
+        models, local, history_length = load_models(workdir / label / d.name)
+        served = serving_model(models.recommender, local, datasets[d.name])
         results["shared"][d.name] = evaluate(models.recommender, datasets[d.name], history_length)
         results["served"][d.name] = evaluate(served, datasets[d.name], history_length)
     return results

@@ -29,7 +29,7 @@ from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
 from client.global_model import decrypt_global_state, load_local_part, save_model_copy
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
-from client.local_fit import fit_local_part
+from client.local_fit import fit_local_part, serving_model
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
 from client.training import (
     NextItemExamples,
@@ -40,7 +40,6 @@ from client.training import (
     train_recommender_private,
 )
 from fedshop.protocol import MERCHANT_RECORD
-from models.local_part import served_recommender
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
@@ -190,11 +189,12 @@ def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Me
                              lambda left_out: _recommender_examples(interactions, config, seed, left_out),
                              history_length, int(config["batch-size"]), float(config["learning-rate"]), epochs, seed)
         local = {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
+                 "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
                  "local-part-validation-ndcg10": fit.served_validation_ndcg,
                  "shared-validation-ndcg10": fit.shared_validation_ndcg,
                  "local-part-validation-customers": fit.validation_customers}
     part = fit.part if fit else None
-    served = served_recommender(models.recommender, part)
+    served = serving_model(models.recommender, part, interactions)
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}

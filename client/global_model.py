@@ -15,22 +15,22 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from models.local_part import LocalPart, served_recommender
+from models.local_part import LocalPart
 from models.parameters import parameter_count, unflatten
-from models.recommender import Recommender
 from models.shared import SharedModels
 from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
 from server.run_store import RunStore
 
 MODEL_COPY, MODEL_COPY_INFO, LOCAL_PART = "model.npz", "model.json", "local_part.npz"
+_OFFSET = "offset/"
 
 
 class LoadedModels(NamedTuple):
-    """What a merchant serves from: the federation's models, the recommender it serves (shared + its
-    local part, or the shared one alone) and the history length they were trained with."""
+    """What a merchant serves from: the federation's models, its local part of the recommender (None
+    for a run directory, or when its node serves the shared model alone) and the history length."""
 
     models: SharedModels
-    served: Recommender
+    local: LocalPart | None
     history_length: int
 
 
@@ -70,7 +70,8 @@ def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | No
     if local is None:
         (state_dir / LOCAL_PART).unlink(missing_ok=True)
     else:
-        np.savez(state_dir / LOCAL_PART, **local)
+        np.savez(state_dir / LOCAL_PART, co_purchase_weight=np.float64(local.co_purchase_weight),
+                 **{_OFFSET + name: value for name, value in (local.offsets or {}).items()})
     (state_dir / MODEL_COPY_INFO).write_text(json.dumps({**info, "local_part": local is not None}))
 
 
@@ -82,12 +83,13 @@ def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None
     if run is not None and json.loads(info_path.read_text()).get("run") != run:
         return None
     with np.load(path) as saved:
-        return {name: saved[name] for name in saved.files}
+        offsets = {name.removeprefix(_OFFSET): saved[name] for name in saved.files if name.startswith(_OFFSET)}
+        return LocalPart(offsets or None, float(saved["co_purchase_weight"]))
 
 
 def load_models(model_dir: Path, secret_context: Path | None = None) -> LoadedModels:
-    """The global models of a run directory or of a node's state directory, the recommender the
-    merchant serves from them, and the recommender's history length."""
+    """The global models of a run directory or of a node's state directory (with the node's local
+    part, if it keeps one), and the recommender's history length."""
     model_dir = Path(model_dir)
     plain, store = model_dir / MODEL_COPY, RunStore(model_dir)
     if plain.exists():
@@ -100,6 +102,5 @@ def load_models(model_dir: Path, secret_context: Path | None = None) -> LoadedMo
                                 "has the run finished?")
     models = SharedModels()
     models.load_state_dict(state)
-    models.eval()
     local = load_local_part(model_dir) if plain.exists() else None
-    return LoadedModels(models, served_recommender(models.recommender, local), _history_length(model_dir))
+    return LoadedModels(models.eval(), local, _history_length(model_dir))

@@ -43,8 +43,7 @@ def recommend(model: Recommender, data: Interactions, customer: str, k: int,
     ids, tokens, mask = (torch.from_numpy(a)[None] for a in padded_history(history, features, history_length))
     all_ids, all_tokens = torch.from_numpy(features.id_index), torch.from_numpy(features.token_index)
     vectors = model.item_vectors(all_ids, all_tokens)
-    scores = (model.user_query(ids, tokens, mask) @ vectors.T)[0]
-    scores = (scores + model.item_bias(all_ids, all_tokens)).numpy()
+    scores = model.candidate_scores(ids, tokens, mask, all_ids, all_tokens)[0].numpy()
     scores[bought] = -np.inf
 
     def parts(scorer: Recommender, row: int) -> ScoreParts:
@@ -54,6 +53,6 @@ def recommend(model: Recommender, data: Interactions, customer: str, k: int,
     return [Recommendation(
         item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]),
         parts=parts(model, row), history_titles=[features.titles[h] for h in history],
-        features=["item id", *features.tokens[row]],
+        features=["item id", *features.tokens[row], *model.extra_features],
         shared_parts=parts(shared, row) if shared is not None else None,
     ) for row in mmr_order(scores, vectors.numpy(), k, diversity)]

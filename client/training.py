@@ -147,11 +147,11 @@ def catalogue_scores(model: Recommender, data: Interactions, customers: list[int
     """Scores ``[customers, catalogue]`` with each customer's own history items masked out."""
     features = data.features
     model.eval()
-    all_vectors = model.item_vectors(torch.from_numpy(features.id_index), torch.from_numpy(features.token_index))
-    all_bias = model.item_bias(torch.from_numpy(features.id_index), torch.from_numpy(features.token_index))
     padded = [padded_history(data.histories[c], features, history_length) for c in customers]
     ids, tokens, mask = (torch.from_numpy(np.stack(parts)) for parts in zip(*padded, strict=True))
-    return mask_history(data, customers, (model.user_query(ids, tokens, mask) @ all_vectors.T + all_bias).numpy())
+    scores = model.candidate_scores(ids, tokens, mask, torch.from_numpy(features.id_index),
+                                    torch.from_numpy(features.token_index))
+    return mask_history(data, customers, scores.numpy())
 
 
 def mask_history(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Why an item was recommended: the model's score split into reasons a person and a machine read.
 
 The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), with
-the shared model's weights plus the merchant's local part (``models.local_part``), and
+the shared model's weights plus the merchant's offsets, plus ``w sum_h similarity(h, i)`` over the
+shop's co-purchases (the local part, ``models.local_part``), and
 :func:`models.recommender.score_parts` splits it exactly into cells (history item h, candidate
-feature f) plus the candidate's bias. Three views of those cells are given, each summing to the
+feature f, the co-purchases being one more feature) plus the candidate's bias. Three views of those cells are given, each summing to the
 score:
 
 * **by history**: one reason per item the customer bought ("because you bought X": everything that
@@ -11,7 +12,8 @@ score:
   into the federation's ("popular with shoppers") and the shop's own ("popular at this shop");
 * **by content**: the candidate itself ("customers with your history bought it": its id column),
   one reason per content token of the candidate ("matches your interest in category Y": how much
-  the customer's history points at that token) and the same popularity parts;
+  the customer's history points at that token), the shop's co-purchases of the customer's items with
+  it (a local part's column) and the same popularity parts;
 * **by source**: what the federation's shared model gives the item (its match to the customer's
   history, its popularity) and what the shop's own customers add on top (the local part's share of
   each), so the merchant and the auditor see how much of a recommendation the federation carries.
@@ -27,6 +29,7 @@ views (see :func:`sentence`).
 from dataclasses import asdict, dataclass
 
 from client.recommend import Recommendation
+from models.local_part import CO_PURCHASE_FEATURE
 
 
 @dataclass(frozen=True)
@@ -84,18 +87,35 @@ def _popularity(rec: Recommendation) -> list[tuple[str, str, float, str]]:
             ("shop", "popular at this shop", float(rec.parts.bias.sum()) - shared, "it is popular at this shop")]
 
 
+CO_PURCHASE_TEXT = "customers of this shop who bought what you bought also bought it"
+
+
+def _co_purchase(rec: Recommendation) -> float:
+    """What the shop's co-purchases add to the score (0 without them)."""
+    return float(rec.parts.per_feature[-1]) if rec.features[-1] == CO_PURCHASE_FEATURE else 0.0
+
+
 def _by_source(rec: Recommendation) -> list[Reason]:
     shared = rec.shared_parts or rec.parts
-    match = float(shared.matrix.sum())
+    match, co_purchase = float(shared.matrix.sum()), _co_purchase(rec)
     parts = [("federation", "federation: your history", match,
               "shoppers across the federation with a history like yours buy it"),
              ("federation", "federation: popularity", float(shared.bias.sum()),
               "it is popular with shoppers across the federation")]
     if rec.shared_parts is not None:
-        parts += [("shop", "this shop: your history", float(rec.parts.matrix.sum()) - match,
+        parts += [("shop", "this shop: your history", float(rec.parts.matrix.sum()) - match - co_purchase,
                    "this shop's own customers with a history like yours bought it"),
+                  ("shop", "this shop: co-purchases", co_purchase, CO_PURCHASE_TEXT),
                   _popularity(rec)[1]]
     return _view(parts)
+
+
+def _feature_reason(label: str, value: float) -> tuple[str, str, float, str]:
+    if label == "item id":
+        return "item", "this item", value, "customers with your history bought it"
+    if label == CO_PURCHASE_FEATURE:
+        return "shop", label, value, CO_PURCHASE_TEXT
+    return "content", label, value, f"it matches {content_phrase(label)}"
 
 
 def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
@@ -104,11 +124,8 @@ def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
     by_history = _view([("history", title, float(value), f"because you bought {title}")
                         for title, value in zip(rec.history_titles, rec.parts.per_history_item, strict=True)]
                        + popularity)
-    per_feature = rec.parts.per_feature
-    by_content = _view([("item", "this item", float(per_feature[0]), "customers with your history bought it")]
-                       + [("content", token, float(value), f"it matches {content_phrase(token)}")
-                          for token, value in zip(rec.features[1:], per_feature[1:], strict=True)]
-                       + popularity)
+    by_content = _view([_feature_reason(label, float(value))
+                        for label, value in zip(rec.features, rec.parts.per_feature, strict=True)] + popularity)
     return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content, _by_source(rec),
                                      sentence(by_history, by_content))
 

@@ -18,6 +18,7 @@ from client.audit import PRICE_MAX_CHANGE, parse_audit
 from client.demand import build_demand_panel
 from client.global_model import load_models
 from client.interactions import build_interactions
+from client.local_fit import serving_model
 from client.pricing import recommend_prices
 from client.recommend import recommend
 from client.schema import load_merchant
@@ -34,8 +35,10 @@ SCHEMA_PATH = Path(__file__).with_name("report_schema.json")  # the JSON Schema 
 PRIVACY_UNIT = "customer"
 MECHANISM = "DP-SGD (Opacus, per-customer clipping, Poisson sampling, Gaussian noise)"
 SAMPLE_CUSTOMERS, SAMPLE_ITEMS, SAMPLE_PRICES = 3, 5, 5
-LOCAL_PART_WHAT = ("each merchant's local part of the recommender: an offset to every recommender parameter, "
-                   "fine-tuned on the merchant's own training customers without noise after each release")
+LOCAL_PART_WHAT = ("each merchant's local part of the recommender: an offset to every recommender parameter "
+                   "(a fine-tune of the released model) and the weight of its shop's co-purchase counts, fitted on "
+                   "the merchant's own customers without noise after each release and chosen on its own validation "
+                   "customers")
 LOCAL_PART_WHY = ("it never leaves the merchant's node (neither the server nor other merchants receive it) and the "
                   "shared model's training never reads it: it is post-processing of the released shared model, so "
                   "the guarantee of what the federation released holds; the merchant's recommendations use it, as "
@@ -158,8 +161,9 @@ def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | Non
     """Explained recommendations for a few of one merchant's customers and explained prices for a few
     of its items, computed on that merchant's side (they name its customers' purchases)."""
     data = load_merchant(data_dir)
-    models, served, history_length = load_models(model_dir, secret_context)
+    models, local, history_length = load_models(model_dir, secret_context)
     interactions = build_interactions(data)
+    served = serving_model(models.recommender, local, interactions)
     customers = [interactions.customers[c] for c in interactions.evaluable[:SAMPLE_CUSTOMERS]]
     recommendations = [{"merchant": data.name, "customer": customer,
                         "items": [explain_recommendation(r).record()

@@ -282,6 +282,7 @@ def recommend(
     """Top-k items for one customer, each with the reasons its score is made of."""
     from client.global_model import load_models
     from client.interactions import build_interactions
+    from client.local_fit import serving_model
     from client.recommend import recommend as top_items
     from client.schema import SchemaError, load_merchant
     from explain.recommendation_reasons import explain_recommendation
@@ -289,7 +290,8 @@ def recommend(
 
     try:
         interactions = build_interactions(load_merchant(data))
-        models, served, history_length = load_models(model, secret_context)
+        models, local, history_length = load_models(model, secret_context)
+        served = serving_model(models.recommender, local, interactions)
         items = top_items(served, interactions, customer, k, history_length, diversity, shared=models.recommender)
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         _fail(str(exc))

@@ -2,46 +2,145 @@
 federation's model, kept on its node.
 
 The federation releases the *shared* recommender (trained with DP-SGD, aggregated under CKKS, the
-part the (ε, δ) guarantee covers). A merchant's *local part* is one offset per shared parameter: a
-fine-tune of the released model on the merchant's own customers, without noise, that never leaves
-the node. The served recommender is shared + local, the same architecture with summed weights, so
-its score still splits exactly per history item and per candidate feature
-(:func:`models.recommender.score_parts`), and the shared model's own split of the same score says
-what the federation contributed and what the shop's own data added.
+part the (ε, δ) guarantee covers). A merchant's *local part* never leaves its node and has two
+pieces, both learnt from the merchant's own customers without noise:
+
+* **offsets** to every shared parameter: a fine-tune of the released model on the merchant's
+  customers (the served item tower is shared + offsets);
+* **co-purchases**: how often the shop's customers bought two items together (cosine of the items'
+  buyer sets, each item's strongest ``NEIGHBOURS`` kept), added to the score with a weight: a
+  history item ``h`` adds ``weight * similarity(h, i)`` to candidate ``i``.
+
+The served score is therefore still a sum of one part per history item and candidate feature
+(:func:`models.recommender.score_parts`, with the co-purchase column as an extra feature), and the
+shared model's own split of the same candidate says what the federation contributed.
 
 The local part is post-processing of what was released: it is fitted after the shared model is
 released and never enters a shared parameter's per-customer gradient (the shared model trains as if
 it did not exist).
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from scipy import sparse
 
 from models.recommender import Recommender
 
-LocalPart = dict[str, np.ndarray]
-"""Offsets of the recommender's parameters, by state-dict name (float32)."""
+NEIGHBOURS = 100  # co-purchase neighbours kept per item
+CO_PURCHASE_FEATURE = "co-purchases at this shop"
 
 
-def served_recommender(shared: Recommender, local: LocalPart | None) -> Recommender:
-    """A new recommender whose weights are the shared model's plus the local part's (a copy of the
-    shared model when there is no local part)."""
-    state = shared.state_dict()
-    if local is not None:
-        if set(local) != set(state):
-            raise ValueError(f"a local part holds offsets for {sorted(state)}, got {sorted(local)}")
-        for name, offset in local.items():
-            if offset.shape != tuple(state[name].shape):
-                raise ValueError(f"local part {name}: shape {offset.shape}, the model's is {tuple(state[name].shape)}")
-        state = {name: value + torch.from_numpy(np.asarray(local[name], dtype=np.float32))
-                 for name, value in state.items()}
-    served = Recommender(shared.layout)
-    served.load_state_dict(state)
-    return served.eval()
+@dataclass(frozen=True)
+class LocalPart:
+    """What a merchant's node adds to the shared recommender."""
+
+    offsets: dict[str, np.ndarray] | None  # per state-dict name, float32; None: the shared weights as released
+    co_purchase_weight: float = 0.0
 
 
-def local_part(served: Recommender, shared: Recommender) -> LocalPart:
-    """What the served model adds to the shared one, parameter by parameter."""
+class CoPurchases:
+    """Cosine similarity of id buckets over a shop's baskets (each customer's distinct items), pruned to
+    each bucket's ``NEIGHBOURS`` strongest; the diagonal is zero."""
+
+    def __init__(self, baskets: Sequence[np.ndarray], buckets: int) -> None:
+        rows = np.concatenate([np.full(len(b), c) for c, b in enumerate(baskets)] or [np.zeros(0, int)])
+        cols = np.concatenate(list(baskets) or [np.zeros(0, int)])
+        bought = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(baskets), buckets))
+        bought.data[:] = 1.0
+        norms = np.sqrt(np.asarray(bought.sum(axis=0)).ravel())
+        scale = sparse.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
+        similarity = (scale @ (bought.T @ bought) @ scale).tocsr()
+        similarity = similarity - sparse.diags(similarity.diagonal())
+        similarity.eliminate_zeros()
+        self.similarity = _strongest(similarity, NEIGHBOURS).tocsc()  # read by candidate column
+
+    def scores(self, hist_ids: np.ndarray, mask: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
+        """``sum_h mask_h * similarity(h, c)`` for histories ``[B, L]`` and one candidate set ``[C]``."""
+        rows = np.repeat(np.arange(hist_ids.shape[0]), hist_ids.shape[1])
+        history = sparse.csr_matrix((mask.ravel().astype(np.float64), (rows, hist_ids.ravel())),
+                                    shape=(hist_ids.shape[0], self.similarity.shape[0]))
+        return (history @ self.similarity[:, cand_ids]).toarray()
+
+    def pairs(self, hist_ids: np.ndarray, cand_id: int) -> np.ndarray:
+        """``similarity(h, cand_id)`` for each history item ``h``."""
+        return self.similarity[:, cand_id].toarray().ravel()[hist_ids]
+
+
+def _strongest(similarity: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:
+    """Each row's ``keep`` largest entries."""
+    rows, cols, values = [], [], []
+    for row in range(similarity.shape[0]):
+        start, end = similarity.indptr[row], similarity.indptr[row + 1]
+        if end == start:
+            continue
+        chosen = np.argsort(-similarity.data[start:end], kind="stable")[:keep]
+        rows.append(np.full(len(chosen), row))
+        cols.append(similarity.indices[start:end][chosen])
+        values.append(similarity.data[start:end][chosen])
+    if not rows:
+        return sparse.csr_matrix(similarity.shape)
+    return sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=similarity.shape)
+
+
+class ServedRecommender(Recommender):
+    """The recommender a merchant serves: the shared weights plus its offsets, and its shop's
+    co-purchases with their weight."""
+
+    extra_features = (CO_PURCHASE_FEATURE,)
+
+    def __init__(self, shared: Recommender, local: LocalPart, co_purchases: CoPurchases | None) -> None:
+        super().__init__(shared.layout)
+        state = shared.state_dict()
+        if local.offsets is not None:
+            _check_offsets(local.offsets, state)
+            state = {name: value + torch.from_numpy(np.asarray(local.offsets[name], dtype=np.float32))
+                     for name, value in state.items()}
+        self.load_state_dict(state)
+        self.co_purchases = co_purchases
+        self.co_purchase_weight = float(local.co_purchase_weight) if co_purchases is not None else 0.0
+        self.eval()
+
+    def _co_purchase(self, hist_ids: torch.Tensor, mask: torch.Tensor, cand_ids: np.ndarray) -> torch.Tensor:
+        if self.co_purchase_weight == 0.0:
+            return torch.zeros(hist_ids.shape[0], len(cand_ids))
+        scores = self.co_purchases.scores(hist_ids.numpy(), mask.numpy(), cand_ids)
+        return torch.from_numpy(self.co_purchase_weight * scores).float()
+
+    def candidate_scores(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
+                         cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
+        scores = super().candidate_scores(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
+        return scores + self._co_purchase(hist_ids, hist_mask, cand_ids.numpy())
+
+    def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
+                cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
+        """Scores of per-row candidates ``[B, C]`` for a history mask ``[B, H]`` (as the shared model's
+        forward, plus the co-purchase part; the windowed training form is the shared model's alone)."""
+        scores = super().forward(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
+        extra = torch.stack([self._co_purchase(hist_ids[row:row + 1], hist_mask[row:row + 1], cand_ids[row].numpy())[0]
+                             for row in range(len(hist_ids))])
+        return scores + extra
+
+    def extra_parts(self, hist_ids: torch.Tensor, cand_id: int) -> torch.Tensor:
+        if self.co_purchase_weight == 0.0:
+            return torch.zeros(len(hist_ids), 1)
+        pairs = self.co_purchases.pairs(hist_ids.numpy(), cand_id)
+        return torch.from_numpy(self.co_purchase_weight * pairs).float().unsqueeze(1)
+
+
+def _check_offsets(offsets: dict[str, np.ndarray], state: dict[str, torch.Tensor]) -> None:
+    if set(offsets) != set(state):
+        raise ValueError(f"a local part holds offsets for {sorted(state)}, got {sorted(offsets)}")
+    for name, offset in offsets.items():
+        if offset.shape != tuple(state[name].shape):
+            raise ValueError(f"local part {name}: shape {offset.shape}, the model's is {tuple(state[name].shape)}")
+
+
+def offsets(served: Recommender, shared: Recommender) -> dict[str, np.ndarray]:
+    """What the served model's weights add to the shared one's, parameter by parameter."""
     shared_state = shared.state_dict()
     return {name: (value - shared_state[name]).detach().numpy().astype(np.float32)
             for name, value in served.state_dict().items()}

@@ -56,6 +56,20 @@ class Recommender(nn.Module):
         """The customer vector of a history given as ``[B, L]`` ids, ``[B, L, T]`` tokens, ``[B, L]`` mask."""
         return self.pooled_query(self.item_vectors(ids, tokens), mask.unsqueeze(1)).squeeze(1)
 
+    def candidate_scores(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
+                         cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, C]`` of one candidate set (``[C]`` ids, ``[C, T]`` tokens, e.g. a whole catalogue)
+        for ``B`` histories given as :meth:`user_query` takes them."""
+        vectors = self.item_vectors(cand_ids, cand_tokens)
+        return self.user_query(hist_ids, hist_tokens, hist_mask) @ vectors.T + self.item_bias(cand_ids, cand_tokens)
+
+    def extra_parts(self, hist_ids: torch.Tensor, cand_id: int) -> torch.Tensor:
+        """Score cells ``[H, E]`` beyond the item tower's, per history item (none here: ``E = 0``)."""
+        return torch.zeros(len(hist_ids), 0)
+
+    extra_features: tuple[str, ...] = ()
+    """Labels of the columns :meth:`extra_parts` adds to :func:`score_parts`."""
+
     def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, C]`` of ``C`` candidates per customer for a history mask ``[B, H]``; for
@@ -92,8 +106,9 @@ class ScoreParts:
     """Exact split of one score.
 
     ``matrix[h, f]`` is what history item ``h`` contributes through candidate feature ``f``
-    (feature 0 is the candidate's id, then its tokens); ``bias[f]`` is the candidate's bias part of
-    feature ``f``. ``matrix.sum() + bias.sum()`` equals the model's score.
+    (feature 0 is the candidate's id, then its tokens, then the model's ``extra_features``);
+    ``bias[f]`` is the candidate's bias part of feature ``f`` (none for extra features).
+    ``matrix.sum() + bias.sum()`` equals the model's score.
     """
 
     matrix: np.ndarray
@@ -120,6 +135,8 @@ def score_parts(model: Recommender, hist_ids: np.ndarray, hist_tokens: np.ndarra
     tokens = torch.as_tensor(cand_tokens[:n_tokens])
     queries = model.interaction(model.item_vectors(torch.as_tensor(hist_ids), torch.as_tensor(hist_tokens)))
     features = torch.cat([model.item_id.weight[cand_id].unsqueeze(0), model.item_token(tokens)])
-    matrix = (queries @ features.T) / max(len(hist_ids), 1)
-    bias = torch.cat([model.id_bias.weight[cand_id], model.token_bias(tokens).squeeze(-1)])
+    history = torch.as_tensor(hist_ids)
+    matrix = torch.cat([(queries @ features.T) / max(len(hist_ids), 1), model.extra_parts(history, cand_id)], dim=1)
+    extra = torch.zeros(len(model.extra_features))
+    bias = torch.cat([model.id_bias.weight[cand_id], model.token_bias(tokens).squeeze(-1), extra])
     return ScoreParts(matrix=matrix.double().numpy(), bias=bias.double().numpy())

@@ -11,16 +11,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 
 import privacy.dp_sgd
 from client.app import evaluate_locally, train_locally
-from client.global_model import LOCAL_PART, load_models
+from client.global_model import LOCAL_PART, load_local_part, load_models, save_model_copy
 from client.interactions import build_interactions
-from client.local_fit import fit_local_part, validation_customers
+from client.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
 from client.node_data import node_options
 from client.recommend import recommend
 from client.schema import load_merchant
-from client.training import NextItemExamples
+from client.training import NextItemExamples, catalogue_scores, padded_history
 from explain.recommendation_reasons import explain_recommendation, largest_gap
 from fedshop.settings import RunSettings
-from models.local_part import local_part, served_recommender
+from models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
 from models.recommender import build_recommender
 from models.shared import build_shared_models
 from tests.conftest import train_small_recommender
@@ -42,19 +42,39 @@ def _node(data_dir: Path, state_dir: Path) -> tuple[Context, object]:
     return Context(run_id=7, node_id=1, node_config=config, state=RecordDict(), run_config={}), node_options(config)
 
 
-def test_served_model_is_the_shared_one_plus_the_local_offsets() -> None:
-    shared = build_recommender(1)
+def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(federation_dirs) -> None:
+    shared, data = train_small_recommender(federation_dirs[1], epochs=1)
     rng = np.random.default_rng(0)
-    offsets = {name: rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
-    served = served_recommender(shared, offsets)
-    for name, value in served.state_dict().items():
-        torch.testing.assert_close(value, shared.state_dict()[name] + torch.from_numpy(offsets[name]))
-    recovered = local_part(served, shared)
-    assert all(np.allclose(recovered[name], offsets[name], atol=1e-6) for name in offsets)
-    assert all(torch.equal(a, b) for a, b in zip(served_recommender(shared, None).state_dict().values(),
-                                                 shared.state_dict().values(), strict=True))
+    shifts = {name: rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
+    tuned = ServedRecommender(shared, LocalPart(shifts), None)
+    for name, value in tuned.state_dict().items():
+        torch.testing.assert_close(value, shared.state_dict()[name] + torch.from_numpy(shifts[name]))
+    recovered = offsets(tuned, shared)
+    assert all(np.allclose(recovered[name], shifts[name], atol=1e-5) for name in shifts)
     with pytest.raises(ValueError, match="local part interaction.weight: shape"):
-        served_recommender(shared, {**offsets, "interaction.weight": np.zeros((2, 2), np.float32)})
+        ServedRecommender(shared, LocalPart({**shifts, "interaction.weight": np.zeros((2, 2), np.float32)}), None)
+    served = serving_model(shared, LocalPart(None, co_purchase_weight=3.0), data)
+    customers = data.evaluable[:20]
+    plain = catalogue_scores(shared, data, customers, 20)
+    co_purchase = shop_co_purchases(data)
+    for row, customer in enumerate(customers):
+        ids, _, mask = padded_history(data.histories[customer], data.features, 20)
+        expected = plain[row] + 3.0 * co_purchase.scores(ids[None], mask[None], data.features.id_index)[0]
+        np.testing.assert_allclose(catalogue_scores(served, data, [customer], 20)[0], expected, rtol=1e-5, atol=1e-5)
+    for rec in recommend(served, data, data.customers[0], 5, 20, shared=shared):
+        assert rec.parts.score == pytest.approx(rec.score, abs=1e-4) and rec.features[-1] == CO_PURCHASE_FEATURE
+        history = data.full_history(data.customers[0])[-20:]
+        pairs = co_purchase.pairs(data.features.id_index[history], int(data.features.id_index[
+            data.features.position[rec.item_id]]))
+        np.testing.assert_allclose(rec.parts.matrix[:, -1], 3.0 * pairs, rtol=1e-5)
+
+
+def test_co_purchases_are_cosines_of_buyer_sets_without_the_diagonal() -> None:
+    baskets = [np.array([1, 2]), np.array([1, 2, 3]), np.array([3])]
+    similarity = CoPurchases(baskets, 5).similarity.toarray()
+    np.testing.assert_allclose(similarity[1, 2], 2 / np.sqrt(2 * 2))
+    np.testing.assert_allclose(similarity[1, 3], 1 / np.sqrt(2 * 2))
+    assert similarity[1, 1] == 0 and similarity[4].sum() == 0
 
 
 def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation_dirs, tmp_path, monkeypatch) -> None:
@@ -71,8 +91,10 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
         if fill is None:
             (state_dir / LOCAL_PART).unlink()
         else:
-            np.savez(state_dir / LOCAL_PART, **{name: np.full(shape, fill, np.float32)
-                                                for name, shape in shapes.items()})
+            save_model_copy(state_dir, build_shared_models(0), LocalPart({name: np.full(shape, fill, np.float32)
+                                                                          for name, shape in shapes.items()}, fill),
+                            {"run": str(context.run_id), "round": 1, "history_length": 20})
+        assert (load_local_part(state_dir, str(context.run_id)) is None) == (fill is None)
         reply = train_locally(_message("train", SETTINGS), context, options)
         replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
     assert reply.content.metric_records["metrics"]["epsilon"] > 0
@@ -87,9 +109,10 @@ def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(fede
     assert metrics["local-part-served"] == 1 and metrics["local-part-epochs"] >= 1
     assert metrics["local-part-validation-ndcg10"] > metrics["shared-validation-ndcg10"]
     assert metrics["ndcg10"] != metrics["shared-ndcg10"]
-    models, served, _ = load_models(tmp_path / "state")
-    assert not torch.equal(served.item_id.weight, models.recommender.item_id.weight)
+    models, local, _ = load_models(tmp_path / "state")
     data = build_interactions(load_merchant(federation_dirs[0]))
+    served = serving_model(models.recommender, local, data)
+    assert local is not None and metrics["local-part-co-purchase-weight"] == local.co_purchase_weight
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=models.recommender):
         explanation = explain_recommendation(rec)
         assert largest_gap(explanation) < 1e-4
@@ -103,7 +126,8 @@ def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(fede
 def test_local_fit_serves_the_shared_model_when_the_local_part_only_hurts_on_validation(federation_dirs) -> None:
     shared, data = train_small_recommender(federation_dirs[0], epochs=3)
     rng = np.random.default_rng(1)
-    garbage = {name: rng.normal(0, 5, tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
+    garbage = LocalPart({name: rng.normal(0, 5, tuple(t.shape)).astype(np.float32)
+                         for name, t in shared.state_dict().items()})
     nobody = np.zeros(len(data.customers), dtype=bool)
     fit = fit_local_part(shared, garbage, data, nobody, lambda left_out: NextItemExamples(data, 20, 16, 0, left_out),
                          20, 32, 0.01, 0, seed=0)
