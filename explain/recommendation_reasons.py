@@ -1,11 +1,11 @@
 """Why an item was recommended: the model's score split into reasons a person and a machine read.
 
 The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), with
-the shared model's weights plus the merchant's offsets, plus ``w sum_h similarity(h, i)`` over the
+the shared model's weights plus the merchant's offsets, plus ``w/|H| sum_h similarity(h, i)`` over the
 shop's co-purchases (the local part, ``models.local_part``), and
 :func:`models.recommender.score_parts` splits it exactly into cells (history item h, candidate
-feature f, the co-purchases being one more feature) plus the candidate's bias. Three views of those cells are given, each summing to the
-score:
+feature f, the co-purchases being one more feature) plus the candidate's bias. Three views of those
+cells are given, each summing to the score:
 
 * **by history**: one reason per item the customer bought ("because you bought X": everything that
   item contributed) and the popularity part (the candidate's bias, which no history changes), split

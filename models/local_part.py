@@ -8,12 +8,14 @@ pieces, both learnt from the merchant's own customers without noise:
 * **offsets** to every shared parameter: a fine-tune of the released model on the merchant's
   customers (the served item tower is shared + offsets);
 * **co-purchases**: how often the shop's customers bought two items together (cosine of the items'
-  buyer sets, each item's strongest ``NEIGHBOURS`` kept), added to the score with a weight: a
-  history item ``h`` adds ``weight * similarity(h, i)`` to candidate ``i``.
+  buyer sets, each item's strongest ``NEIGHBOURS`` kept), added to the score with a weight and
+  pooled over the history like the item tower: each of the ``|H|`` history items ``h`` adds
+  ``weight * similarity(h, i) / |H|`` to candidate ``i``.
 
-The served score is therefore still a sum of one part per history item and candidate feature
-(:func:`models.recommender.score_parts`, with the co-purchase column as an extra feature), and the
-shared model's own split of the same candidate says what the federation contributed.
+The served score is therefore still the mean over the history of one part per history item and
+candidate feature (:func:`models.recommender.score_parts`, with the co-purchase column as an extra
+feature), so the deletion check's identity (``explain.fidelity``) holds for it too, and the shared
+model's own split of the same candidate says what the federation contributed.
 
 The local part is post-processing of what was released: it is fitted after the shared model is
 released and never enters a shared parameter's per-customer gradient (the shared model trains as if
@@ -58,15 +60,17 @@ class CoPurchases:
         self.similarity = _strongest(similarity, NEIGHBOURS).tocsc()  # read by candidate column
 
     def scores(self, hist_ids: np.ndarray, mask: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
-        """``sum_h mask_h * similarity(h, c)`` for histories ``[B, L]`` and one candidate set ``[C]``."""
+        """Mean over each history of ``similarity(h, c)``, for histories ``[B, L]`` (``mask`` 1 for real
+        items) and one candidate set ``[C]``."""
         rows = np.repeat(np.arange(hist_ids.shape[0]), hist_ids.shape[1])
-        history = sparse.csr_matrix((mask.ravel().astype(np.float64), (rows, hist_ids.ravel())),
+        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+        history = sparse.csr_matrix((weights.ravel().astype(np.float64), (rows, hist_ids.ravel())),
                                     shape=(hist_ids.shape[0], self.similarity.shape[0]))
         return (history @ self.similarity[:, cand_ids]).toarray()
 
     def pairs(self, hist_ids: np.ndarray, cand_id: int) -> np.ndarray:
-        """``similarity(h, cand_id)`` for each history item ``h``."""
-        return self.similarity[:, cand_id].toarray().ravel()[hist_ids]
+        """``similarity(h, cand_id) / |H|`` for each item ``h`` of one history (no padding)."""
+        return self.similarity[:, cand_id].toarray().ravel()[hist_ids] / max(len(hist_ids), 1)
 
 
 def _strongest(similarity: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:

@@ -18,6 +18,7 @@ from client.node_data import node_options
 from client.recommend import recommend
 from client.schema import load_merchant
 from client.training import NextItemExamples, catalogue_scores, padded_history
+from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import explain_recommendation, largest_gap
 from fedshop.settings import RunSettings
 from models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
@@ -61,12 +62,13 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
         ids, _, mask = padded_history(data.histories[customer], data.features, 20)
         expected = plain[row] + 3.0 * co_purchase.scores(ids[None], mask[None], data.features.id_index)[0]
         np.testing.assert_allclose(catalogue_scores(served, data, [customer], 20)[0], expected, rtol=1e-5, atol=1e-5)
+    history = data.full_history(data.customers[0])[-20:]
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=shared):
         assert rec.parts.score == pytest.approx(rec.score, abs=1e-4) and rec.features[-1] == CO_PURCHASE_FEATURE
-        history = data.full_history(data.customers[0])[-20:]
-        pairs = co_purchase.pairs(data.features.id_index[history], int(data.features.id_index[
-            data.features.position[rec.item_id]]))
-        np.testing.assert_allclose(rec.parts.matrix[:, -1], 3.0 * pairs, rtol=1e-5)
+        candidate = int(data.features.id_index[data.features.position[rec.item_id]])
+        column = co_purchase.similarity[:, candidate].toarray().ravel()
+        pooled = 3.0 * column[data.features.id_index[history]] / len(history)  # mean-pooled like the item tower
+        np.testing.assert_allclose(rec.parts.matrix[:, -1], pooled, rtol=1e-5, atol=1e-7)
 
 
 def test_co_purchases_are_cosines_of_buyer_sets_without_the_diagonal() -> None:
@@ -134,3 +136,18 @@ def test_local_fit_serves_the_shared_model_when_the_local_part_only_hurts_on_val
     assert fit.part is None and fit.served_validation_ndcg == fit.shared_validation_ndcg > 0
     chosen = validation_customers(data.customers, nobody)
     assert fit.validation_customers == int(chosen[data.one_step_back().evaluable].sum()) > 0
+
+
+def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_dirs) -> None:
+    """The co-purchase part is mean-pooled like the item tower, so the "because you bought X" parts
+    still rank history items exactly as deleting them does."""
+    shared, data = train_small_recommender(federation_dirs[0], epochs=2)
+    served = serving_model(shared, LocalPart(None, co_purchase_weight=8.0), data)
+    check = deletion_check(served, data, 20, list(range(60)))
+    assert check.customers > 30 and check.top_reason_is_largest_drop == 1.0 and check.largest_sum_gap < 1e-4
+    for customer in data.customers[:20]:
+        history = data.full_history(customer)[-20:]
+        for rec in recommend(served, data, customer, 3, 20):
+            parts, n = rec.parts.per_history_item, len(history)
+            drops = deletion_drops(served, data, history, data.features.position[rec.item_id], 20)
+            np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
