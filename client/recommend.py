@@ -36,7 +36,9 @@ class Recommendation:
 def recommend(model: Recommender, data: Interactions, customer: str, k: int,
               history_length: int, diversity: float = 0.0, shared: Recommender | None = None) -> list[Recommendation]:
     """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``),
-    scored by ``model``; with ``shared``, the federation's model that ``model`` adds a local part to."""
+    scored by ``model``; ``shared`` is the federation's model that ``model`` adds a local part to (None,
+    or ``model`` itself, when the merchant serves the shared model alone)."""
+    local = shared is not None and shared is not model
     features = data.features
     bought = data.full_history(customer)
     history = bought[-history_length:]
@@ -54,5 +56,5 @@ def recommend(model: Recommender, data: Interactions, customer: str, k: int,
         item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]),
         parts=parts(model, row), history_titles=[features.titles[h] for h in history],
         features=["item id", *features.tokens[row], *model.extra_features],
-        shared_parts=parts(shared, row) if shared is not None else None,
+        shared_parts=parts(shared, row) if local else None,
     ) for row in mmr_order(scores, vectors.numpy(), k, diversity)]

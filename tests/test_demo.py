@@ -33,14 +33,18 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price
         assert shown.returncode == 0, shown.stdout + shown.stderr
         return json.loads(shown.stdout)
 
-    items = recommend("--model", str(out / "nodes" / "merchant_1"))
+    items = recommend("--model", str(out / "nodes" / "merchant_1"))  # the node serves shared + its local part
     from_run = recommend("--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"))
-    assert [i["item_id"] for i in from_run] == [i["item_id"] for i in items]
-    assert len(items) == 10
-    for item in items:
-        for view in ("by_history", "by_content"):
+    local_part = (out / "nodes" / "merchant_1" / "local_part.npz").exists()
+    assert local_part or [i["item_id"] for i in from_run] == [i["item_id"] for i in items]
+    assert len(items) == len(from_run) == 10
+    for item in items + from_run:
+        for view in ("by_history", "by_content", "by_source"):
             assert sum(r["contribution"] for r in item[view]) == pytest.approx(item["score"], abs=1e-4)
         assert item["sentence"].endswith(".")
+    assert {r["kind"] for item in from_run for r in item["by_source"]} == {"federation"}  # the shared model alone
+    assert {r["kind"] for item in items for r in item["by_source"]} == ({"federation", "shop"} if local_part
+                                                                         else {"federation"})
 
     prices = subprocess.run([sys.executable, "-m", "fedshop.cli", "price", "--data", str(out / "data" / "merchant_1"),
                              "--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"),
