@@ -123,7 +123,7 @@ def test_superlink_and_three_supernodes_train_two_rounds_with_dp_and_he(tmp_path
         assert record["failures"] == {}
         assert all(0 < m["epsilon"] <= settings.target_epsilon + 0.05 for m in record["train"].values())
     assert not store.model_path.exists() and store.encrypted_model_path.exists()
-    final, _ = load_models(store.run_dir, tmp_path / "keys" / "secret.ctx")
+    final = load_models(store.run_dir, tmp_path / "keys" / "secret.ctx").models
     initial = build_shared_models(settings.seed).state_dict()
     for name in ("recommender.item_id.weight", "demand.base.weight"):
         assert not np.allclose(final.state_dict()[name].numpy(), initial[name].numpy()), name

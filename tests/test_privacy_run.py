@@ -34,8 +34,8 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
                                      replace(base, he=False, run_dir=str(tmp_path / "clear-run")))
     blind = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "blind"),
                                      replace(base, he=True, run_dir=str(tmp_path / "blind-run")))
-    clear_model, _ = load_models(clear)
-    blind_model, _ = load_models(blind, keys / "secret.ctx")
+    clear_model = load_models(clear).models
+    blind_model = load_models(blind, keys / "secret.ctx").models
     for name, value in clear_model.state_dict().items():
         np.testing.assert_allclose(blind_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
     clear_rounds, blind_rounds = RunStore(clear).rounds(), RunStore(blind).rounds()
@@ -50,7 +50,7 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
         with np.load(stored_model) as stored:
             assert parse_update(public, dict(stored), parameter_count())
     # Each merchant keeps its own decrypted copy, equal to the clear run's model.
-    node_model, _ = load_models(tmp_path / "blind" / federation_dirs[0].name)
+    node_model = load_models(tmp_path / "blind" / federation_dirs[0].name).models
     for name, value in clear_model.state_dict().items():
         np.testing.assert_allclose(node_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
 
