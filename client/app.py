@@ -39,13 +39,13 @@ from client.training import (
     train_epochs,
     train_recommender_private,
 )
+from explain.membership import held_out_of_training
 from fedshop.protocol import MERCHANT_RECORD
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
 from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.ledger import PrivacyLedger
-from privacy.membership import held_out_of_training
 
 
 @lru_cache(maxsize=4)

@@ -22,9 +22,9 @@ from client.interactions import Interactions
 from client.pricing import recommend_prices
 from explain.beyond_accuracy import ListMeasures, list_measures
 from explain.fidelity import FidelityCheck, deletion_check
+from explain.membership import MembershipAttack, attack_scores, membership_attack
 from models.recommender import Recommender
 from models.shared import SharedModels
-from privacy.membership import MembershipAttack, attack_scores, membership_attack
 
 AUDIT_PREFIX = "audit-"
 DIVERSITY_SETTING = 0.3  # the MMR setting whose effect the report shows

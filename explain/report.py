@@ -22,12 +22,12 @@ from client.local_fit import serving_model
 from client.pricing import recommend_prices
 from client.recommend import recommend
 from client.schema import load_merchant
+from explain.membership import LOW_FPR, MembershipAttack, pooled
 from explain.price_reasons import price_record
 from explain.recommendation_reasons import explain_recommendation
 from models.parameters import parameter_shapes
 from privacy.ckks import CKKS
 from privacy.ledger import ACCOUNTANT
-from privacy.membership import LOW_FPR, MembershipAttack, pooled
 from server.run_store import RunStore, read_json
 
 SCHEMA = "fedshop-report/1"

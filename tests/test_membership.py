@@ -9,7 +9,7 @@ from client.demand import CustomerDemand, build_demand_panel
 from client.interactions import build_interactions
 from client.schema import load_merchant
 from client.training import NextItemExamples
-from privacy.membership import LOW_FPR, held_out_of_training, membership_attack, pooled
+from explain.membership import LOW_FPR, held_out_of_training, membership_attack, pooled
 
 
 def test_holdout_is_stable_and_about_the_share_asked() -> None:
