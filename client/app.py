@@ -41,6 +41,7 @@ from client.training import (
 )
 from explain.membership import held_out_of_training
 from fedshop.protocol import MERCHANT_RECORD
+from models.local_part import LocalPart
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
@@ -175,25 +176,32 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     return Message(content=content, reply_to=msg)
 
 
+def _local_part(models: SharedModels, interactions: Interactions, config: ConfigRecord, options: NodeOptions,
+                run: str) -> tuple[LocalPart | None, dict[str, float]]:
+    """This round's local part of the recommender (None: serve the shared one) and what its fit reports."""
+    epochs, seed = int(config["local-part-epochs"]), _round_seed(config)
+    if not epochs:
+        return None, {}
+    fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
+                         _audit_holdout(interactions, config),
+                         lambda left_out: _recommender_examples(interactions, config, seed, left_out),
+                         int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
+                         epochs, seed)
+    return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
+                      "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
+                      "local-part-validation-ndcg10": fit.served_validation_ndcg,
+                      "shared-validation-ndcg10": fit.shared_validation_ndcg,
+                      "local-part-validation-customers": fit.validation_customers}
+
+
 def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
     """Fit the merchant-local part on top of the new global model, rank the held-out items with the
     served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
     config = msg.content.config_records["config"]
     models, key = global_model(msg, config, options)
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
-    run, seed, local = str(context.run_id), _round_seed(config), {}
-    fit = None
-    if epochs := int(config["local-part-epochs"]):
-        fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
-                             _audit_holdout(interactions, config),
-                             lambda left_out: _recommender_examples(interactions, config, seed, left_out),
-                             history_length, int(config["batch-size"]), float(config["learning-rate"]), epochs, seed)
-        local = {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
-                 "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
-                 "local-part-validation-ndcg10": fit.served_validation_ndcg,
-                 "shared-validation-ndcg10": fit.shared_validation_ndcg,
-                 "local-part-validation-customers": fit.validation_customers}
-    part = fit.part if fit else None
+    run = str(context.run_id)
+    part, fit_metrics = _local_part(models, interactions, config, options, run)
     served = serving_model(models.recommender, part, interactions)
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
@@ -207,7 +215,7 @@ def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Me
     content = RecordDict({
         "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
                                  "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
-                                 **local, **audit}),
+                                 **fit_metrics, **audit}),
         MERCHANT_RECORD: _merchant_record(options, key),
     })
     return Message(content=content, reply_to=msg)
