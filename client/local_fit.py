@@ -29,7 +29,7 @@ from models.local_part import CoPurchases, LocalPart, ServedRecommender, offsets
 from models.recommender import Recommender
 
 VALIDATION_SHARE = 0.1
-CO_PURCHASE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0)
+CO_PURCHASE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0, 4096.0)  # up to: they decide
 _BUCKETS = 10_000
 
 
