@@ -19,9 +19,11 @@ POLL_S = 0.5
 
 
 def round_table(record: dict[str, Any], title: str | None = None) -> Table:
-    """Per-merchant numbers of one round: examples, loss, ε spent so far, HR@10, NDCG@10, failures."""
+    """Per-merchant numbers of one round: examples, loss, ε spent so far, HR@10 and NDCG@10 of the model
+    the merchant serves (shared + its local part), NDCG@10 of the shared model alone, failures."""
     table = Table(title=title or f"round {record['round']}", title_justify="left")
-    for column in ("merchant", "customers trained", "train loss", "ε spent", "HR@10", "NDCG@10", "note"):
+    for column in ("merchant", "customers trained", "train loss", "ε spent", "HR@10", "NDCG@10", "NDCG@10 shared",
+                   "note"):
         table.add_column(column, justify="left" if column in ("merchant", "note") else "right")
     merchants = sorted({*record.get("train", {}), *record.get("evaluate", {}), *record.get("failures", {})})
     for merchant in merchants:
@@ -33,6 +35,7 @@ def round_table(record: dict[str, Any], title: str | None = None) -> Table:
             f"{train['epsilon']:.2f}" if train.get("epsilon") else "-",
             f"{evaluate['hr10']:.3f}" if "hr10" in evaluate else "-",
             f"{evaluate['ndcg10']:.3f}" if "ndcg10" in evaluate else "-",
+            f"{evaluate['shared-ndcg10']:.3f}" if "shared-ndcg10" in evaluate else "-",
             record.get("failures", {}).get(merchant, ""),
         )
     return table
