@@ -92,9 +92,7 @@ def _strongest(similarity: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:
 
 class ServedRecommender(Recommender):
     """The recommender a merchant serves: the shared weights plus its offsets, and its shop's
-    co-purchases with their weight."""
-
-    extra_features = (CO_PURCHASE_FEATURE,)
+    co-purchases with their weight (an extra score column only when the weight is not 0)."""
 
     def __init__(self, shared: Recommender, local: LocalPart, co_purchases: CoPurchases | None) -> None:
         super().__init__(shared.layout)
@@ -106,6 +104,7 @@ class ServedRecommender(Recommender):
         self.load_state_dict(state)
         self.co_purchases = co_purchases
         self.co_purchase_weight = float(local.co_purchase_weight) if co_purchases is not None else 0.0
+        self.extra_features = (CO_PURCHASE_FEATURE,) if self.co_purchase_weight else ()
         self.eval()
 
     def _co_purchase(self, hist_ids: torch.Tensor, mask: torch.Tensor, cand_ids: np.ndarray) -> torch.Tensor:
@@ -129,8 +128,8 @@ class ServedRecommender(Recommender):
         return scores + extra
 
     def extra_parts(self, hist_ids: torch.Tensor, cand_id: int) -> torch.Tensor:
-        if self.co_purchase_weight == 0.0:
-            return torch.zeros(len(hist_ids), 1)
+        if not self.extra_features:
+            return super().extra_parts(hist_ids, cand_id)
         pairs = self.co_purchases.pairs(hist_ids.numpy(), cand_id)
         return torch.from_numpy(self.co_purchase_weight * pairs).float().unsqueeze(1)
 

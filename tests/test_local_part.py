@@ -50,6 +50,7 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
     tuned = ServedRecommender(shared, LocalPart(shifts), None)
     for name, value in tuned.state_dict().items():
         torch.testing.assert_close(value, shared.state_dict()[name] + torch.from_numpy(shifts[name]))
+    assert tuned.extra_features == ()  # no co-purchase weight: no co-purchase reason either
     recovered = offsets(tuned, shared)
     assert all(np.allclose(recovered[name], shifts[name], atol=1e-5) for name in shifts)
     with pytest.raises(ValueError, match="local part interaction.weight: shape"):
