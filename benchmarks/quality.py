@@ -58,7 +58,7 @@ from client.training import (  # noqa: E402
     catalogue_scores,
     customer_gains,
     mask_history,
-    private_batch,
+    private_recipe,
     shuffled_loader,
     summarise_ranking,
     train_epochs,
@@ -180,10 +180,7 @@ def central_ease(datasets: dict[str, Interactions], regularization: float = EASE
 
 def evaluate(model: Recommender, data: Interactions, history_length: int) -> Evaluation:
     """The model's metrics on one merchant's held-out items, and each customer's NDCG@10."""
-    customers = data.evaluable
-    scores = catalogue_scores(model, data, customers, history_length)
-    gains = customer_gains(data, customers, scores)
-    return summarise_ranking(gains, scores), gains.ndcg
+    return scored(data, catalogue_scores(model, data, data.evaluable, history_length))
 
 
 def local_only(data: Interactions, settings: RunSettings) -> Evaluation:
@@ -214,12 +211,13 @@ def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[
     for round_ in range(settings.num_server_rounds):
         pooled = ConcatDataset([training_examples(d, settings, settings.seed + 1000 * round_ + i)
                                 for i, d in enumerate(datasets.values())])
-        batch = private_batch(len(pooled), settings.dp_batch_size, settings.dp_max_sample_rate)
+        batch, learning_rate = private_recipe(len(pooled), settings.dp_batch_size, settings.dp_max_sample_rate,
+                                              settings.dp_learning_rate)
         shape = TrainingShape("recommender", len(pooled), batch, settings.local_epochs, settings.max_grad_norm)
         plan = plan_round([shape], settings.num_server_rounds, settings.target_epsilon, settings.noise_multiplier,
                           default_delta(customers))
-        train_recommender_private(model, pooled, plan.release("recommender"), batch,
-                                  settings.dp_learning_rate * batch / settings.dp_batch_size, settings.local_epochs)
+        train_recommender_private(model, pooled, plan.release("recommender"), batch, learning_rate,
+                                  settings.local_epochs)
     return {m: evaluate(model, d, settings.history_length) for m, d in datasets.items()}
 
 

@@ -34,7 +34,7 @@ from client.node_data import NodeOptions, load_demand_panel, load_interactions, 
 from client.training import (
     NextItemExamples,
     evaluate_ranking,
-    private_batch,
+    private_recipe,
     shuffled_loader,
     train_epochs,
     train_recommender_private,
@@ -101,11 +101,12 @@ def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarr
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
                    run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
     """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
-    epochs, full_batch = int(config["local-epochs"]), int(config["dp-batch-size"])
+    epochs = int(config["local-epochs"])
     clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
-    recommender_batch = private_batch(len(datasets["recommender"]), full_batch, float(config["dp-max-sample-rate"]))
+    recommender_batch, recommender_lr = private_recipe(len(datasets["recommender"]), int(config["dp-batch-size"]),
+                                                       float(config["dp-max-sample-rate"]),
+                                                       float(config["dp-learning-rate"]))
     batch = {"recommender": recommender_batch, "demand": int(config["batch-size"])}
-    recommender_lr = float(config["dp-learning-rate"]) * recommender_batch / full_batch  # linear scaling
     budget = options.budget(len(load_interactions(options.data_dir).customers))
     shapes = [TrainingShape(name, len(data), batch[name], epochs, clip[name]) for name, data in datasets.items()]
     plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),

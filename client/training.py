@@ -125,11 +125,15 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     return last
 
 
-def private_batch(examples: int, batch_size: int, max_sample_rate: float) -> int:
-    """The recommender's expected DP-SGD batch for ``examples`` customers: ``batch_size``, but at most
-    ``max_sample_rate`` of them. Large batches share one noise draw among more customers; a merchant of
-    about one batch would instead take a handful of full-batch steps, which need far more noise each."""
-    return max(1, min(batch_size, round(max_sample_rate * examples)))
+def private_recipe(examples: int, batch_size: int, max_sample_rate: float,
+                   learning_rate: float) -> tuple[int, float]:
+    """The recommender's expected DP-SGD batch for ``examples`` customers and its learning rate:
+    ``batch_size``, but at most ``max_sample_rate`` of them, with ``learning_rate`` (the rate at the
+    full batch) scaled linearly to a smaller batch. Large batches share one noise draw among more
+    customers; a merchant of about one batch would instead take a handful of full-batch steps, which
+    need far more noise each."""
+    batch = max(1, min(batch_size, round(max_sample_rate * examples)))
+    return batch, learning_rate * batch / batch_size
 
 
 def train_recommender_private(model: Recommender, dataset: Dataset, release: Release, batch_size: int,
