@@ -140,8 +140,7 @@ def revenue_uplift(model: DemandModel, panel: DemandPanel, truth: dict[str, floa
     gained = best = 0.0
     for row in range(len(panel.item_ids)):
         rec = recommend_price(model, panel, local, row, "revenue", MAX_CHANGE)
-        with torch.no_grad():
-            oracle.base.weight.fill_(float(np.log(np.expm1(-beta[row]))))
+        oracle.set_base_elasticity(float(beta[row]))
         ideal = recommend_price(oracle, panel, local, row, "revenue", MAX_CHANGE)
 
         def true_revenue(price: float, now: float = rec.current_price, b: float = beta[row]) -> float:

@@ -103,10 +103,13 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
     """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
     epochs = int(config["local-epochs"])
     clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
-    recommender_batch, recommender_lr = private_recipe(len(datasets["recommender"]), int(config["dp-batch-size"]),
-                                                       float(config["dp-max-sample-rate"]),
-                                                       float(config["dp-learning-rate"]))
-    batch = {"recommender": recommender_batch, "demand": int(config["batch-size"])}
+    max_rate = float(config["dp-max-sample-rate"])
+    recipes = {"recommender": private_recipe(len(datasets["recommender"]), int(config["dp-batch-size"]), max_rate,
+                                             float(config["dp-learning-rate"]))}
+    if "demand" in datasets:
+        recipes["demand"] = private_recipe(len(datasets["demand"]), int(config["demand-dp-batch-size"]), max_rate,
+                                           float(config["demand-dp-learning-rate"]))
+    batch = {name: recipe[0] for name, recipe in recipes.items()}
     budget = options.budget(len(load_interactions(options.data_dir).customers))
     shapes = [TrainingShape(name, len(data), batch[name], epochs, clip[name]) for name, data in datasets.items()]
     plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
@@ -115,13 +118,12 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
     ledger.authorize(options.merchant, plan.mechanisms, budget)
     losses = {}
     losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
-                                                             plan.release("recommender"), recommender_batch,
-                                                             recommender_lr, epochs)
+                                                             plan.release("recommender"), *recipes["recommender"],
+                                                             epochs)
     epsilon = ledger.record(run, round_, "recommender", spent, budget.delta)
     if "demand" in datasets:
         losses["demand"], demand_spent = train_demand_private(
-            models.demand, datasets["demand"], plan.release("demand"), batch["demand"],
-            float(config["demand-dp-learning-rate"]), epochs)
+            models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
     return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
                     "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": clip["recommender"],

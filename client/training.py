@@ -127,7 +127,7 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 
 def private_recipe(examples: int, batch_size: int, max_sample_rate: float,
                    learning_rate: float) -> tuple[int, float]:
-    """The recommender's expected DP-SGD batch for ``examples`` customers and its learning rate:
+    """A model's expected DP-SGD batch for ``examples`` customers and its learning rate:
     ``batch_size``, but at most ``max_sample_rate`` of them, with ``learning_rate`` (the rate at the
     full batch) scaled linearly to a smaller batch. Large batches share one noise draw among more
     customers; a merchant of about one batch would instead take a handful of full-batch steps, which

@@ -2,11 +2,16 @@
 
 Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * log(p_it / p_ref_i) + s_w(t)``:
 
-* ``b_c = -softplus(base + dev_c)`` is the elasticity of category ``c`` (hashed, as in the
+* ``b_c = -softplus(k * (base + dev_c))`` is the elasticity of category ``c`` (hashed, as in the
   recommender's layout, so no catalogue is disclosed). It is negative by construction (demand never
   rises with price), and the category deviations ``dev_c`` carry an ElasticNet penalty applied as a
   proximal step after each update: a category moves away from the shared base only as far as its
-  data pulls it, and exactly to the base when the evidence is weak.
+  data pulls it, and exactly to the base when the evidence is weak. The scale ``k``
+  (``elasticity_scale``) is a fixed preconditioner for DP-SGD: a customer's gradient is mostly
+  seasonality (each unit pulls on its week; a price effect pulls only by the small log price
+  ratio), so unscaled elasticity parameters get a sliver of the clipped norm and drown in noise that
+  is the same on every coordinate. Storing them divided by ``k`` multiplies their gradient by ``k``
+  and their step by ``k**2``; it is data-independent, so it costs no privacy.
 * ``s_w`` is a shared effect per ISO week of the year (seasonality).
 * ``a_i``, the item's demand level, is local: it is never trained in the federation. Given the
   shared part it has a closed form on the merchant's node (:func:`client.pricing.local_demand`), so
@@ -31,6 +36,7 @@ class DemandLayout:
     category_buckets: int = 256
     season_weeks: int = 54  # ISO weeks 1..53, index 0 unused
     initial_elasticity: float = -1.0
+    elasticity_scale: float = 5.0  # the elasticity's logit is k * (base + dev_c): see the module docstring
     l1: float = 0.002  # ElasticNet penalty on the category deviations (per proximal step, times lr)
     l2: float = 0.01
 
@@ -55,14 +61,20 @@ class DemandModel(nn.Module):
         self.category = nn.Embedding(layout.category_buckets, 1, padding_idx=0)
         self.season = nn.Embedding(layout.season_weeks, 1, padding_idx=0)
         with torch.no_grad():
-            self.base.weight.fill_(math.log(math.expm1(-layout.initial_elasticity)))
             self.category.weight.zero_()
             self.season.weight.zero_()
+        self.set_base_elasticity(layout.initial_elasticity)
+
+    @torch.no_grad()
+    def set_base_elasticity(self, elasticity: float) -> None:
+        """Set the shared base so that a category without a deviation has ``elasticity`` (< 0)."""
+        self.base.weight.fill_(math.log(math.expm1(-elasticity)) / self.layout.elasticity_scale)
 
     def elasticity(self, categories: torch.Tensor) -> torch.Tensor:
         """Elasticity ``b_c`` of each category bucket, same shape as ``categories``."""
         base = self.base(torch.zeros_like(categories)).squeeze(-1)
-        return -nn.functional.softplus(base + self.category(categories).squeeze(-1))
+        logit = self.layout.elasticity_scale * (base + self.category(categories).squeeze(-1))
+        return -nn.functional.softplus(logit)
 
     def log_demand_shape(self, categories: torch.Tensor, log_price_ratio: torch.Tensor,
                          season_weeks: torch.Tensor) -> torch.Tensor:

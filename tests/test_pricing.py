@@ -15,6 +15,7 @@ from client.generate import ELASTICITY
 from client.pricing import EXTRAPOLATION, local_demand, recommend_price
 from client.schema import MerchantData, load_merchant, write_merchant
 from explain.price_reasons import price_reasons, price_record
+from fedshop.settings import RunSettings
 from models.demand import DemandModel, category_bucket
 
 MONDAY = pd.Timestamp("2025-03-03T10:00:00Z")
@@ -68,7 +69,7 @@ def test_an_item_sold_at_a_single_price_teaches_no_elasticity(tmp_path: Path) ->
 def test_training_moves_elasticities_toward_the_generators_truth(federation_dirs) -> None:
     model = DemandModel()
     dataset = CustomerDemand(build_demand_panel(load_merchant(federation_dirs[0])), seed=0)
-    train_demand(model, dataset, batch_size=64, learning_rate=0.05, epochs=15, seed=0)
+    train_demand(model, dataset, batch_size=64, learning_rate=RunSettings().demand_learning_rate, epochs=15, seed=0)
     names = list(ELASTICITY)
     learned = model.elasticity(torch.tensor([category_bucket(n) for n in names])).detach().numpy()
     truth = np.array([ELASTICITY[n] for n in names])
@@ -86,8 +87,7 @@ def _priced_item(tmp_path: Path, cost: float | None) -> tuple:
 
 def _model_with_elasticity(elasticity: float) -> DemandModel:
     model = DemandModel()
-    with torch.no_grad():
-        model.base.weight.fill_(float(np.log(np.expm1(-elasticity))))
+    model.set_base_elasticity(elasticity)
     return model
 
 
