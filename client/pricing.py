@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from client.demand import DemandPanel
+from client.item_elasticity import ItemElasticities, dispersion, fit_item_elasticities
 from models.demand import DemandModel
 
 EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
@@ -39,9 +40,11 @@ class PriceRecommendation:
     lower_bound: float
     upper_bound: float
     binding: str  # "max change", "price range seen", "unit cost" or "" (an interior optimum)
-    elasticity: float
-    base_elasticity: float  # the federation's base; elasticity - base is the category's own part
+    elasticity: float  # the item's: its category's plus the item's own deviation
+    category_elasticity: float  # the federation's for the item's category
+    base_elasticity: float  # the federation's base; category - base is the category's own part
     category_evidence: bool  # False when the category's deviation is exactly 0 (ElasticNet)
+    item_evidence: float  # information on the item's own deviation from this shop's sales (0: none)
     units_now: float  # expected units per week
     units_new: float
     unit_cost: float | None
@@ -68,9 +71,12 @@ class PriceRecommendation:
 
 @dataclass(frozen=True)
 class LocalDemand:
-    """The shared model applied to one merchant's panel: the demand shape ``b_c * log(p / p_ref) + s_w``
-    of every item and week ``[items, weeks]``, and the merchant's own item levels ``a_i`` ``[items]``."""
+    """The shared model applied to one merchant's panel with the merchant's own parts: each item's
+    elasticity (its category's, shrunk-to deviation included, ``client.item_elasticity``), the demand
+    shape ``b_i * log(p / p_ref) + s_w`` of every item and week ``[items, weeks]``, and the item
+    levels ``a_i`` ``[items]``."""
 
+    elasticities: ItemElasticities
     shape: np.ndarray
     levels: np.ndarray
 
@@ -79,18 +85,29 @@ class LocalDemand:
         return np.where(panel.on_sale, np.exp(self.levels[:, None] + self.shape), 0.0)
 
 
-def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> LocalDemand:
-    """The shape once for the whole panel, and each item's level: its units over its weeks on sale
-    (before ``train_weeks``) divided by what the shape expects over those weeks (the maximum-likelihood
-    level given the shared part)."""
-    with torch.no_grad():
-        shape = model.log_demand_shape(
-            torch.from_numpy(panel.category_buckets), torch.from_numpy(panel.log_price_ratio),
-            torch.from_numpy(np.broadcast_to(panel.season_weeks, panel.price.shape).copy())).numpy().astype(np.float64)
-    on_sale = panel.on_sale_before(train_weeks)
+def _levels(shape: np.ndarray, on_sale: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Each item's maximum-likelihood level given the shape: its units over its weeks on sale divided
+    by what the shape expects over those weeks."""
     expected = np.where(on_sale, np.exp(shape), 0.0).sum(axis=1)
-    sold = np.where(on_sale, panel.units, 0.0).sum(axis=1)
-    return LocalDemand(shape, np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12)))
+    sold = np.where(on_sale, units, 0.0).sum(axis=1)
+    return np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12))
+
+
+def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> LocalDemand:
+    """The merchant's demand from the shared model and its own sales (before ``train_weeks``): the
+    items' levels under the shared shape, the dispersion around it, each item's own elasticity, and
+    the levels again under the items' shape."""
+    with torch.no_grad():
+        shared = model.elasticity(torch.from_numpy(panel.category_buckets)).numpy().astype(np.float64)
+        season = model.season_effect(torch.from_numpy(panel.season_weeks)).numpy().astype(np.float64)
+    x = panel.log_price_ratio.astype(np.float64)
+    on_sale = panel.on_sale_before(train_weeks)
+    shared_shape = shared[:, None] * x + season[None, :]
+    expected = np.exp(_levels(shared_shape, on_sale, panel.units)[:, None] + shared_shape)
+    phi = dispersion(expected, panel.units, on_sale, len(panel.item_ids))
+    items = fit_item_elasticities(shared, x, season[None, :], on_sale, panel.units, phi)
+    shape = items.elasticity[:, None] * x + season[None, :]
+    return LocalDemand(items, shape, _levels(shape, on_sale, panel.units))
 
 
 def _bounds(current: float, seen: tuple[float, float], max_change: float,
@@ -117,8 +134,8 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
     if objective == "profit" and cost is None:
         objective = "revenue"
     bucket = torch.tensor([int(panel.category_buckets[row])])
+    elasticity = float(local.elasticities.elasticity[row])
     with torch.no_grad():
-        elasticity = float(model.elasticity(bucket)[0])
         base = float(model.elasticity(torch.zeros_like(bucket))[0])  # the padding row holds no deviation
         evidence = bool(model.category.weight[bucket].abs().sum() > 0)
         season_next = float(model.season.weight[int(panel.season_weeks[-1]) % 53 + 1, 0])
@@ -144,7 +161,8 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
         item_id=panel.item_ids[row], title=panel.titles[row], category=panel.categories[row], objective=objective,
         current_price=current, recommended_price=best, lower_bound=float(lower), upper_bound=float(upper),
         binding=_binding(best, lower, upper, limits) if feasible else "unit cost", elasticity=elasticity,
-        base_elasticity=base, category_evidence=evidence, units_now=units_now,
+        category_elasticity=float(local.elasticities.shared[row]), base_elasticity=base, category_evidence=evidence,
+        item_evidence=float(local.elasticities.evidence[row]), units_now=units_now,
         units_new=units_now * (best / current) ** elasticity, unit_cost=cost, price_range_seen=seen, trend=trend,
         feasible=feasible)
 

@@ -8,18 +8,33 @@ decision itself, not a story told beside it.
 from client.pricing import PriceRecommendation
 from models.demand import UNCATEGORISED
 
+PRICING_POLICY = (
+    "No personalised prices: a recommended price is per item and the same for every customer. It is "
+    "computed from the item's weekly sales in aggregate (units, prices paid, promotions) and the "
+    "federation's demand model; no customer's identity, history or profile enters it.")
+
 
 def _percent(ratio: float) -> str:
     return f"{ratio:+.0%}"
 
 
-def elasticity_reason(rec: PriceRecommendation) -> str:
+def _category_part(rec: PriceRecommendation) -> str:
     category = rec.category or UNCATEGORISED
     if not rec.category_evidence:
-        return (f"elasticity {rec.elasticity:.2f}: the federation's shared base; merchants' data shows no "
-                f"reliable difference for category '{category}'")
-    return (f"elasticity {rec.elasticity:.2f} for category '{category}', learned across the federation "
-            f"(shared base {rec.base_elasticity:.2f}, category's own part {rec.elasticity - rec.base_elasticity:+.2f})")
+        return (f"the federation's shared base {rec.category_elasticity:.2f} (merchants' data shows no reliable "
+                f"difference for category '{category}')")
+    return (f"{rec.category_elasticity:.2f} for category '{category}', learned across the federation (shared base "
+            f"{rec.base_elasticity:.2f}, category's own part {rec.category_elasticity - rec.base_elasticity:+.2f})")
+
+
+def elasticity_reason(rec: PriceRecommendation) -> str:
+    own = rec.elasticity - rec.category_elasticity
+    if abs(own) < 5e-3:
+        why = ("its price changes in this shop's sales say too little to differ from the category"
+               if rec.item_evidence < 1.0 else "this shop's sales agree with the category")
+        return f"elasticity {rec.elasticity:.2f}: {_category_part(rec)}; the item's own part is 0 ({why})"
+    return (f"elasticity {rec.elasticity:.2f}: {_category_part(rec)}, plus the item's own part {own:+.2f} from "
+            f"this shop's sales (shrunk toward the category by its evidence, {rec.item_evidence:.1f})")
 
 
 def demand_reason(rec: PriceRecommendation) -> str:
@@ -71,7 +86,9 @@ def price_record(rec: PriceRecommendation, asked: str) -> dict:
         "objective_asked": asked, "current_price": rec.current_price, "recommended_price": rec.recommended_price,
         "change": rec.recommended_price / rec.current_price - 1, "bounds": [rec.lower_bound, rec.upper_bound],
         "binding": rec.binding or None, "feasible": rec.feasible, "elasticity": rec.elasticity,
-        "elasticity_base": rec.base_elasticity, "category_evidence": rec.category_evidence,
+        "elasticity_category": rec.category_elasticity, "elasticity_base": rec.base_elasticity,
+        "category_evidence": rec.category_evidence, "elasticity_item_part": rec.elasticity - rec.category_elasticity,
+        "item_evidence": rec.item_evidence,
         "units_per_week": [rec.units_now, rec.units_new], "revenue_per_week": [rec.revenue_now, rec.revenue_new],
         "profit_per_week": None if rec.unit_cost is None else [rec.profit_now, rec.profit_new],
         "unit_cost": rec.unit_cost, "price_range_seen": list(rec.price_range_seen), "demand_trend": rec.trend,

@@ -23,7 +23,7 @@ from client.pricing import recommend_prices
 from client.recommend import recommend
 from client.schema import load_merchant
 from explain.membership import LOW_FPR, MembershipAttack, pooled
-from explain.price_reasons import price_record
+from explain.price_reasons import PRICING_POLICY, price_record
 from explain.recommendation_reasons import explain_recommendation
 from models.parameters import parameter_shapes
 from privacy.ckks import CKKS
@@ -150,7 +150,8 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
                     "lists": {name: audit["lists"] for name, audit in audits.items()}},
         "explanations": {"fidelity": {name: audit["fidelity"] for name, audit in audits.items()},
                          "samples": (samples or {}).get("recommendations", [])},
-        "pricing": {"merchants": {name: audit["prices"] for name, audit in audits.items() if audit["prices"]},
+        "pricing": {"policy": PRICING_POLICY,
+                    "merchants": {name: audit["prices"] for name, audit in audits.items() if audit["prices"]},
                     "samples": (samples or {}).get("prices", [])},
         "audited_round": last["round"] if any(a["membership"] or a["fidelity"] for a in audits.values()) else None,
     }

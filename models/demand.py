@@ -76,11 +76,14 @@ class DemandModel(nn.Module):
         logit = self.layout.elasticity_scale * (base + self.category(categories).squeeze(-1))
         return -nn.functional.softplus(logit)
 
+    def season_effect(self, season_weeks: torch.Tensor) -> torch.Tensor:
+        """``s_w`` of each ISO week of the year, same shape as ``season_weeks``."""
+        return self.season(season_weeks).squeeze(-1)
+
     def log_demand_shape(self, categories: torch.Tensor, log_price_ratio: torch.Tensor,
                          season_weeks: torch.Tensor) -> torch.Tensor:
         """``b_c * log(p / p_ref) + s_w`` per week: ``[...], [..., T], [..., T] -> [..., T]``."""
-        season = self.season(season_weeks).squeeze(-1)
-        return self.elasticity(categories).unsqueeze(-1) * log_price_ratio + season
+        return self.elasticity(categories).unsqueeze(-1) * log_price_ratio + self.season_effect(season_weeks)
 
     def forward(self, categories: torch.Tensor, log_price_ratio: torch.Tensor, season_weeks: torch.Tensor,
                 on_sale: torch.Tensor, week: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> N
     for per_merchant in figures["elasticity_error"].values():
         assert len(per_merchant) == 3 and all(0 <= e < 5 for e in per_merchant.values())
     assert all(-1 <= share <= 1 for share in figures["revenue_uplift_share_of_oracle"].values())
-    assert len(figures["holdout_wape"]) == 4 and len(figures["targets"]) == 2
+    assert len(figures["holdout_wape"]) == 5 and len(figures["targets"]) == 6
     assert "held-out demand error" in printed
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
+import client.pricing
 import privacy.dp_sgd
 from client.app import evaluate_locally, train_locally
 from client.global_model import LOCAL_PART, load_local_part, load_models, save_model_copy
@@ -103,6 +104,25 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
     assert reply.content.metric_records["metrics"]["epsilon"] > 0
     for other in replies[1:]:
         assert all(np.array_equal(replies[0][name], other[name]) for name in replies[0])
+
+
+def test_shared_demand_update_is_bit_identical_whatever_the_item_elasticities_hold(federation_dirs, tmp_path,
+                                                                                 monkeypatch) -> None:
+    """DP soundness of the item deviations: they are fitted on the merchant's sales without noise, so
+    the shared demand model's DP-SGD update must not depend on them (seeded noise, as above)."""
+    monkeypatch.setattr(privacy.dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    settings = replace(SETTINGS, pricing=True, local_part_epochs=0)
+    true_fit = client.pricing.fit_item_elasticities
+    replies = []
+    for shift in (0.0, -50.0):
+        monkeypatch.setattr(client.pricing, "fit_item_elasticities", lambda *args, shift=shift: replace(
+            true_fit(*args), deviation=true_fit(*args).deviation + shift))
+        context, options = _node(federation_dirs[2], tmp_path / f"state-{shift}")
+        evaluate_locally(_message("evaluate", settings), context, options)
+        reply = train_locally(_message("train", settings), context, options)
+        replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
+    assert reply.content.metric_records["metrics"]["demand-loss"] > 0
+    assert all(np.array_equal(replies[0][name], replies[1][name]) for name in replies[0])
 
 
 def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(federation_dirs, tmp_path) -> None:

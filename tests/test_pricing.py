@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from client.demand import CustomerDemand, build_demand_panel
 from client.demand_training import train_demand
 from client.generate import ELASTICITY
-from client.pricing import EXTRAPOLATION, local_demand, recommend_price
+from client.pricing import EXTRAPOLATION, local_demand, recommend_price, recommend_prices
 from client.schema import MerchantData, load_merchant, write_merchant
 from explain.price_reasons import price_reasons, price_record
 from fedshop.settings import RunSettings
@@ -131,3 +131,48 @@ def test_the_optimum_and_the_bound_that_stopped_it_are_the_textbook_ones(tmp_pat
     record = price_record(rec, "revenue")
     assert record["reasons"][0].startswith("limited by the prices this item has sold at (4.50–5.50")
     assert "elasticity -0.50" in record["reasons"][1] and record["units_per_week"][1] < record["units_per_week"][0]
+
+
+def _two_brands(tmp_path: Path, elasticities: tuple[float, float], seed: int = 0) -> MerchantData:
+    """Two items of one category over 60 weeks, prices moving ±30%, units from each item's own curve."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for item, elasticity in zip("AB", elasticities, strict=True):
+        for week in range(60):
+            price = 5.0 * float(np.exp(rng.uniform(-0.3, 0.3)))
+            units = int(rng.poisson(30.0 * (price / 5.0) ** elasticity))
+            lines += [(f"c{week}-{item}-{k}", item, week, k % 5, 1, round(price, 2)) for k in range(units)]
+    return _merchant(tmp_path, lines)
+
+
+def test_competing_items_of_one_category_get_their_own_elasticities(tmp_path: Path) -> None:
+    panel = build_demand_panel(_two_brands(tmp_path, (-3.0, -0.5)))
+    local = local_demand(_model_with_elasticity(-1.5), panel)
+    a, b = panel.row("A"), panel.row("B")
+    assert local.elasticities.spread > 0.5
+    assert local.elasticities.elasticity[a] == pytest.approx(-3.0, abs=0.4)
+    assert local.elasticities.elasticity[b] == pytest.approx(-0.5, abs=0.4)
+    assert local.elasticities.shared.tolist() == pytest.approx([-1.5, -1.5])
+    reason = price_reasons(recommend_price(_model_with_elasticity(-1.5), panel, local, a, "revenue", 0.2),
+                           "revenue")[1]
+    assert "the federation's shared base -1.50" in reason and "plus the item's own part -1." in reason
+
+
+def test_items_that_do_not_differ_keep_their_categorys_elasticity(tmp_path: Path) -> None:
+    panel = build_demand_panel(_two_brands(tmp_path, (-1.5, -1.5), seed=1))
+    local = local_demand(_model_with_elasticity(-1.5), panel)
+    assert np.abs(local.elasticities.deviation).max() < 0.2
+    recs = [recommend_price(_model_with_elasticity(-1.5), panel, local, row, "revenue", 0.2) for row in (0, 1)]
+    assert all(r.elasticity == pytest.approx(r.category_elasticity + local.elasticities.deviation[i])
+               for i, r in enumerate(recs))
+
+
+def test_an_items_price_is_the_same_whoever_bought_it(tmp_path: Path) -> None:
+    """No personalised prices: moving every order line to another customer changes no price."""
+    data = _two_brands(tmp_path / "one", (-2.0, -1.0), seed=2)
+    orders = data.orders.assign(customer_id=np.random.default_rng(0).permutation(data.orders["customer_id"]))
+    shuffled = load_merchant(write_merchant(MerchantData("shop", orders, data.catalog), tmp_path / "two" / "shop"))
+    model = _model_with_elasticity(-1.5)
+    prices = [[price_record(r, "revenue") for r in recommend_prices(model, build_demand_panel(d), [0, 1], "revenue",
+                                                                     0.2)] for d in (data, shuffled)]
+    assert prices[0] == prices[1]
