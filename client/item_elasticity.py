@@ -26,6 +26,7 @@ import numpy as np
 
 NEWTON_STEPS = 12
 MAX_ELASTICITY = -0.05  # demand never rises with price: an item's elasticity stays below this
+MIN_ELASTICITY = -6.0  # ... and above this: steeper slopes come from lumpy orders, not from price
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ItemElasticities:
 
     @property
     def elasticity(self) -> np.ndarray:
-        return np.minimum(self.shared + self.deviation, MAX_ELASTICITY)
+        return np.clip(self.shared + self.deviation, MIN_ELASTICITY, MAX_ELASTICITY)
 
 
 def _moments(beta: np.ndarray, x: np.ndarray, season: np.ndarray, on_sale: np.ndarray,
@@ -80,6 +81,6 @@ def fit_item_elasticities(shared: np.ndarray, x: np.ndarray, season: np.ndarray,
         for _ in range(NEWTON_STEPS):
             score, information = _moments(shared + deviation, x, season, on_sale, units)
             deviation += (score / phi - prior * deviation) / (information / phi + prior)
-            deviation = np.minimum(shared + deviation, MAX_ELASTICITY) - shared
+            deviation = np.clip(shared + deviation, MIN_ELASTICITY, MAX_ELASTICITY) - shared
         information = information / phi
     return ItemElasticities(shared, deviation, information, float(np.sqrt(spread2)))

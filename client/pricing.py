@@ -24,6 +24,7 @@ from models.demand import DemandModel
 
 EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
 TREND_WEEKS = 8
+LEVEL_HALF_LIFE = 8.0  # weeks: an item's demand level weighs its recent sales most
 GRID = 401
 
 
@@ -86,11 +87,26 @@ class LocalDemand:
 
 
 def _levels(shape: np.ndarray, on_sale: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Each item's maximum-likelihood level given the shape: its units over its weeks on sale divided
-    by what the shape expects over those weeks."""
-    expected = np.where(on_sale, np.exp(shape), 0.0).sum(axis=1)
-    sold = np.where(on_sale, units, 0.0).sum(axis=1)
-    return np.log(np.maximum(sold, 0.5) / np.maximum(expected, 1e-12))
+    """Each item's level given the shape: its units over its weeks on sale divided by what the shape
+    expects over those weeks, both weighted by recency (half-life ``LEVEL_HALF_LIFE`` weeks before
+    the last week on sale) so that the level is the item's current one; an item without sales gets
+    half a unit over its weeks."""
+    last = np.flatnonzero(on_sale.any(axis=0))
+    age = (last[-1] if len(last) else 0) - np.arange(shape.shape[1])
+    weight = np.where(on_sale, 0.5 ** (np.maximum(age, 0) / LEVEL_HALF_LIFE), 0.0)
+    expected = (weight * np.exp(np.where(on_sale, shape, 0.0))).sum(axis=1)
+    sold = (weight * np.where(on_sale, units, 0.0)).sum(axis=1)
+    floor = 0.5 * weight.sum(axis=1) / np.maximum(on_sale.sum(axis=1), 1)
+    return np.log(np.maximum(sold, floor) / np.maximum(expected, 1e-12))
+
+
+def _within_prices_seen(log_ratio: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Log price ratios limited to each item's range in the ``seen`` weeks, widened by
+    ``EXTRAPOLATION``: a forecast, like a recommendation, does not extrapolate an elasticity further."""
+    low = np.where(seen, log_ratio, np.inf).min(axis=1, initial=np.inf)
+    high = np.where(seen, log_ratio, -np.inf).max(axis=1, initial=-np.inf)
+    low, high = np.where(np.isfinite(low), low, 0.0), np.where(np.isfinite(high), high, 0.0)
+    return np.clip(log_ratio, (low + np.log1p(-EXTRAPOLATION))[:, None], (high + np.log1p(EXTRAPOLATION))[:, None])
 
 
 def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None = None) -> LocalDemand:
@@ -100,8 +116,8 @@ def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None
     with torch.no_grad():
         shared = model.elasticity(torch.from_numpy(panel.category_buckets)).numpy().astype(np.float64)
         season = model.season_effect(torch.from_numpy(panel.season_weeks)).numpy().astype(np.float64)
-    x = panel.log_price_ratio.astype(np.float64)
     on_sale = panel.on_sale_before(train_weeks)
+    x = _within_prices_seen(panel.log_price_ratio.astype(np.float64), on_sale)
     shared_shape = shared[:, None] * x + season[None, :]
     expected = np.exp(_levels(shared_shape, on_sale, panel.units)[:, None] + shared_shape)
     phi = dispersion(expected, panel.units, on_sale, len(panel.item_ids))

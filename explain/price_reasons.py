@@ -70,7 +70,7 @@ def bound_reason(rec: PriceRecommendation) -> str:
 
 def trend_reason(rec: PriceRecommendation) -> str:
     return (f"recent demand ran {_percent(rec.trend)} against what price and season explain "
-            "(the last 8 weeks; not used in the price)")
+            "(the last 8 weeks; the demand level already weighs recent weeks most)")
 
 
 def price_reasons(rec: PriceRecommendation, asked: str) -> list[str]:
