@@ -8,10 +8,12 @@ The rules, in order:
 * **Weeks** are ISO weeks (Monday to Sunday, UTC) from the merchant's first to its last order. An
   item is *on sale* from the week of its first sale to the week of its last sale; a week on sale
   with no sales is zero demand, at the item's last price paid (prices carry forward).
-* **Price** of a week is the unit-weighted mean price paid that week. Promotions are temporary
-  prices like any other: they are the price variation that identifies elasticity, so they need no
-  flag of their own. The **reference price** of an item is the median of its weekly prices, and
-  the model sees ``log(price / reference)``.
+* **Price** of a week is the unit-weighted mean price paid that week. A temporary price cut is a
+  price like any other: it is the variation that identifies elasticity. The **reference price** of
+  an item is the median of its weekly prices, and the model sees ``log(price / reference)``.
+* **Promotion flags** (optional order columns, ``models.demand.PROMOTION_FLAGS``): the share of the
+  week's units sold under each flag, so the model can learn what a promotion adds beyond its price.
+  A week without sales carries no flags (an export records promotions only on lines sold).
 * **Seasonality** is the ISO week of the year, shared across merchants (see ``models.demand``).
 * **Bulk lines** (a customer's units of one item in one week) are capped at the merchant's 99th
   percentile (or five times the median line, if larger: a small shop's largest line is not an
@@ -32,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from client.schema import MerchantData
-from models.demand import category_bucket
+from models.demand import PROMOTION_FLAGS, category_bucket
 
 BULK_QUANTILE, BULK_MEDIANS = 0.99, 5.0
 MAX_CELLS = 16  # cells per customer per draw; a customer with more is subsampled and reweighted
@@ -50,6 +52,7 @@ class DemandPanel:
     price: np.ndarray  # [items, weeks] price paid (carried forward), NaN before the first sale
     units: np.ndarray  # [items, weeks] units sold, net of returns
     on_sale: np.ndarray  # [items, weeks] bool
+    promotion: np.ndarray  # [flags, items, weeks] share of the week's units sold under each flag
     customer_ids: list[str]  # sorted; row c of ``customer_cells`` is customer_ids[c]'s
     customer_cells: list[np.ndarray]  # per customer: [n, 3] rows of (item, week, units)
 
@@ -114,13 +117,18 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
 
     item_ids = sorted(lines["item_id"].unique())
     item_row = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    lines = lines.assign(row=item_row.reindex(lines["item_id"]).to_numpy())
-    weekly = lines.groupby(["row", "week"]).agg(units=("units", "sum"), paid=("paid", "sum"))
+    lines = lines.assign(row=item_row.reindex(lines["item_id"]).to_numpy(),
+                         **{f"on_{flag}": lines[flag].fillna(0.0) * lines["units"] for flag in PROMOTION_FLAGS})
+    weekly = lines.groupby(["row", "week"]).agg(units=("units", "sum"), paid=("paid", "sum"),
+                                                **{flag: (f"on_{flag}", "sum") for flag in PROMOTION_FLAGS})
     shape = (len(item_ids), len(week_starts))
     units, paid_price = np.zeros(shape), np.full(shape, np.nan)
     rows, weeks = (weekly.index.get_level_values(k).to_numpy() for k in ("row", "week"))
     units[rows, weeks] = weekly["units"].to_numpy()
     paid_price[rows, weeks] = (weekly["paid"] / weekly["units"]).to_numpy()
+    promotion = np.zeros((len(PROMOTION_FLAGS), *shape), dtype=np.float32)
+    for index, flag in enumerate(PROMOTION_FLAGS):
+        promotion[index, rows, weeks] = (weekly[flag] / weekly["units"]).to_numpy()
     price = pd.DataFrame(paid_price).ffill(axis=1).to_numpy()
     first_week = lines.groupby("row")["week"].min().reindex(range(len(item_ids))).to_numpy()
     last_week = lines.groupby("row")["week"].max().reindex(range(len(item_ids))).to_numpy()
@@ -140,8 +148,8 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
                   else [""] * len(item_ids))
     cost = (pd.to_numeric(catalog["unit_cost"]).to_numpy(dtype=np.float64) if "unit_cost" in catalog
             else np.full(len(item_ids), np.nan))
-    return DemandPanel(item_ids, titles, categories, cost, week_starts, price, units, on_sale, customer_ids,
-                       customer_cells)
+    return DemandPanel(item_ids, titles, categories, cost, week_starts, price, units, on_sale, promotion,
+                       customer_ids, customer_cells)
 
 
 class CustomerDemand(Dataset):
@@ -180,6 +188,7 @@ class CustomerDemand(Dataset):
         categories = np.where(real, panel.category_buckets[rows], 0)
         on_sale = self.on_sale[rows] & real[:, None]
         season = np.broadcast_to(panel.season_weeks, on_sale.shape) * on_sale
+        promotion = np.ascontiguousarray(panel.promotion[:, rows].transpose(1, 0, 2) * on_sale[:, None, :])
         return (torch.from_numpy(categories), torch.from_numpy(panel.log_price_ratio[rows]),
-                torch.from_numpy(np.ascontiguousarray(season)), torch.from_numpy(on_sale),
+                torch.from_numpy(promotion), torch.from_numpy(np.ascontiguousarray(season)), torch.from_numpy(on_sale),
                 torch.from_numpy(week), torch.from_numpy(units))

@@ -20,7 +20,7 @@ import torch
 
 from client.demand import DemandPanel
 from client.item_elasticity import ItemElasticities, dispersion, fit_item_elasticities
-from models.demand import DemandModel
+from models.demand import PROMOTION_FLAGS, DemandModel
 
 EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
 TREND_WEEKS = 8
@@ -51,6 +51,7 @@ class PriceRecommendation:
     unit_cost: float | None
     price_range_seen: tuple[float, float]
     trend: float  # actual / expected units over the last TREND_WEEKS weeks, minus 1
+    promotion_lifts: tuple[tuple[str, float], ...] = ()  # (flag, demand multiplier) of flags this item sold under
     feasible: bool = True  # False when no allowed price covers the unit cost
 
     @property
@@ -116,13 +117,15 @@ def local_demand(model: DemandModel, panel: DemandPanel, train_weeks: int | None
     with torch.no_grad():
         shared = model.elasticity(torch.from_numpy(panel.category_buckets)).numpy().astype(np.float64)
         season = model.season_effect(torch.from_numpy(panel.season_weeks)).numpy().astype(np.float64)
+        lift = model.promotion_lift(torch.from_numpy(panel.promotion).transpose(0, 1)).numpy().astype(np.float64)
     on_sale = panel.on_sale_before(train_weeks)
     x = _within_prices_seen(panel.log_price_ratio.astype(np.float64), on_sale)
-    shared_shape = shared[:, None] * x + season[None, :]
+    other = season[None, :] + lift  # what moves demand besides the price: [items, weeks]
+    shared_shape = shared[:, None] * x + other
     expected = np.exp(_levels(shared_shape, on_sale, panel.units)[:, None] + shared_shape)
     phi = dispersion(expected, panel.units, on_sale, len(panel.item_ids))
-    items = fit_item_elasticities(shared, x, season[None, :], on_sale, panel.units, phi)
-    shape = items.elasticity[:, None] * x + season[None, :]
+    items = fit_item_elasticities(shared, x, other, on_sale, panel.units, phi)
+    shape = items.elasticity[:, None] * x + other
     return LocalDemand(items, shape, _levels(shape, on_sale, panel.units))
 
 
@@ -155,6 +158,8 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
         base = float(model.elasticity(torch.zeros_like(bucket))[0])  # the padding row holds no deviation
         evidence = bool(model.category.weight[bucket].abs().sum() > 0)
         season_next = float(model.season.weight[int(panel.season_weeks[-1]) % 53 + 1, 0])
+        lifts = tuple((flag, float(np.exp(model.promotion.weight[index, 0])))
+                      for index, flag in enumerate(PROMOTION_FLAGS) if panel.promotion[index, row].any())
     last = int(np.flatnonzero(panel.on_sale[row])[-1])
     current = float(panel.price[row, last])
     seen = tuple(float(x[row]) for x in panel.price_range)
@@ -180,7 +185,7 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
         category_elasticity=float(local.elasticities.shared[row]), base_elasticity=base, category_evidence=evidence,
         item_evidence=float(local.elasticities.evidence[row]), units_now=units_now,
         units_new=units_now * (best / current) ** elasticity, unit_cost=cost, price_range_seen=seen, trend=trend,
-        feasible=feasible)
+        feasible=feasible, promotion_lifts=lifts)
 
 
 def recommend_prices(model: DemandModel, panel: DemandPanel, rows: Iterable[int], objective: str,

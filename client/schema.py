@@ -3,7 +3,9 @@
 A merchant's data directory holds two tables, each as CSV or Parquet:
 
 * ``orders`` — one row per order line: ``customer_id``, ``item_id``, ``timestamp``, ``quantity``,
-  ``unit_price`` and optionally ``order_id``. A negative quantity is a return or cancellation.
+  ``unit_price`` and optionally ``order_id`` and the promotion flags ``promotion`` (the line was
+  sold on a price-cut promotion) and ``display`` (the item was featured or on display): 1/0,
+  true/false or yes/no, blank for no. A negative quantity is a return or cancellation.
 * ``catalog`` — one row per item: ``item_id``, ``title`` and optionally ``category`` and
   ``unit_cost``.
 
@@ -18,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.demand import PROMOTION_FLAGS
+
 MAX_INTEGER = 2**53  # whole numbers beyond this cannot be told apart from their neighbours
+FLAG_WORDS = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 
 
 class SchemaError(ValueError):
@@ -30,7 +35,7 @@ class Column:
     """One column of a table: its name, its kind of value, and whether it must be present."""
 
     name: str
-    kind: str  # "text", "integer", "number" or "timestamp"
+    kind: str  # "text", "integer", "number", "timestamp" or "flag" (yes/no, parsed to 1.0/0.0)
     required: bool = True
     check: Callable[[pd.Series], pd.Series] | None = None  # True where a parsed value is invalid
     rule: str = ""  # what ``check`` demands, for the error message
@@ -51,6 +56,7 @@ ORDERS_COLUMNS = (
     Column("quantity", "integer", check=_zero, rule="must not be 0 (negative means a return)"),
     Column("unit_price", "number", check=_negative, rule="must be 0 or more"),
     Column("order_id", "text", required=False),
+    *(Column(flag, "flag", required=False) for flag in PROMOTION_FLAGS),
 )
 
 CATALOG_COLUMNS = (
@@ -121,6 +127,9 @@ def _parse(raw: pd.Series, column: Column) -> pd.Series:
         if getattr(parsed.dt, "tz", None) is None:
             parsed = parsed.dt.tz_localize("UTC")
         return parsed.dt.tz_convert("UTC")
+    if column.kind == "flag":
+        words = raw.astype(str).str.strip().str.lower()
+        return words.map(FLAG_WORDS).astype("float64")
     numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
     numbers = numbers.where(np.isfinite(numbers))
     if column.kind == "integer":
@@ -139,7 +148,8 @@ def _validate_column(path: Path, frame: pd.DataFrame, column: Column) -> pd.Seri
     if bad.any():
         row = int(bad.to_numpy().argmax())
         expected = {"integer": "a whole number", "number": "a finite number",
-                    "timestamp": "an ISO 8601 timestamp", "text": "text"}[column.kind]
+                    "timestamp": "an ISO 8601 timestamp", "text": "text",
+                    "flag": "a flag (1/0, true/false or yes/no)"}[column.kind]
         raise SchemaError(
             f"{_where(path, row)}, column '{column.name}': {raw.iloc[row]!r} is not {expected}"
         )

@@ -73,10 +73,17 @@ def trend_reason(rec: PriceRecommendation) -> str:
             "(the last 8 weeks; the demand level already weighs recent weeks most)")
 
 
+def promotion_reason(rec: PriceRecommendation) -> str:
+    lifts = ", ".join(f"'{flag}' {_percent(multiplier - 1)}" for flag, multiplier in rec.promotion_lifts)
+    return (f"this item sold under promotion flags; their lift on demand, learned across the federation: {lifts}. "
+            "The price and the expected demand are for a week without them")
+
+
 def price_reasons(rec: PriceRecommendation, asked: str) -> list[str]:
     """The reasons for ``rec``, most important first; ``asked`` is the objective the merchant asked for."""
+    promotion = [promotion_reason(rec)] if rec.promotion_lifts else []
     return [bound_reason(rec), elasticity_reason(rec), demand_reason(rec), objective_reason(rec, asked),
-            trend_reason(rec)]
+            *promotion, trend_reason(rec)]
 
 
 def price_record(rec: PriceRecommendation, asked: str) -> dict:
@@ -92,5 +99,6 @@ def price_record(rec: PriceRecommendation, asked: str) -> dict:
         "units_per_week": [rec.units_now, rec.units_new], "revenue_per_week": [rec.revenue_now, rec.revenue_new],
         "profit_per_week": None if rec.unit_cost is None else [rec.profit_now, rec.profit_new],
         "unit_cost": rec.unit_cost, "price_range_seen": list(rec.price_range_seen), "demand_trend": rec.trend,
+        "promotion_lifts": dict(rec.promotion_lifts),
         "reasons": price_reasons(rec, asked),
     }

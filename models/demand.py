@@ -13,7 +13,11 @@ Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * l
   is the same on every coordinate. Storing them divided by ``k`` multiplies their gradient by ``k``
   and their step by ``k**2``; it is data-independent, so it costs no privacy.
 * ``s_w`` is a shared effect per ISO week of the year (seasonality).
-* ``a_i``, the item's demand level, is local: it is never trained in the federation. Given the
+* ``g_f * share_f(i, t)``: the lift of each promotion flag ``f`` (``PROMOTION_FLAGS``, optional
+  columns of the orders) times the share of the item's units that week sold under it, shared by
+  every merchant; 0 for a merchant whose export has no flags.
+* ``a_i``, the item's demand level, is local: it is never trained in the federation (nor is the
+  item's own deviation from its category's elasticity, ``client.item_elasticity``). Given the
   shared part it has a closed form on the merchant's node (:func:`client.pricing.local_demand`), so
   training uses the conditional likelihood that does not involve it: where in time each unit sold
   fell, among the weeks the item was on sale. That likelihood splits into one term per customer
@@ -43,6 +47,7 @@ class DemandLayout:
 
 DEMAND_LAYOUT = DemandLayout()
 UNCATEGORISED = "(uncategorised)"
+PROMOTION_FLAGS = ("promotion", "display")  # a price-cut promotion tag; a feature or display placement
 
 
 def category_bucket(category: str, layout: DemandLayout = DEMAND_LAYOUT) -> int:
@@ -60,9 +65,11 @@ class DemandModel(nn.Module):
         self.base = nn.Embedding(1, 1)
         self.category = nn.Embedding(layout.category_buckets, 1, padding_idx=0)
         self.season = nn.Embedding(layout.season_weeks, 1, padding_idx=0)
+        self.promotion = nn.Embedding(len(PROMOTION_FLAGS), 1)
         with torch.no_grad():
             self.category.weight.zero_()
             self.season.weight.zero_()
+            self.promotion.weight.zero_()
         self.set_base_elasticity(layout.initial_elasticity)
 
     @torch.no_grad()
@@ -80,19 +87,27 @@ class DemandModel(nn.Module):
         """``s_w`` of each ISO week of the year, same shape as ``season_weeks``."""
         return self.season(season_weeks).squeeze(-1)
 
-    def log_demand_shape(self, categories: torch.Tensor, log_price_ratio: torch.Tensor,
-                         season_weeks: torch.Tensor) -> torch.Tensor:
-        """``b_c * log(p / p_ref) + s_w`` per week: ``[...], [..., T], [..., T] -> [..., T]``."""
-        return self.elasticity(categories).unsqueeze(-1) * log_price_ratio + self.season_effect(season_weeks)
+    def promotion_lift(self, promotion: torch.Tensor) -> torch.Tensor:
+        """``sum_f g_f * share_f`` per week: ``[..., F, T] -> [..., T]``."""
+        flags = torch.arange(len(PROMOTION_FLAGS)).expand(promotion.shape[:-1])
+        return (self.promotion(flags) * promotion).sum(dim=-2)
 
-    def forward(self, categories: torch.Tensor, log_price_ratio: torch.Tensor, season_weeks: torch.Tensor,
-                on_sale: torch.Tensor, week: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    def log_demand_shape(self, categories: torch.Tensor, log_price_ratio: torch.Tensor, promotion: torch.Tensor,
+                         season_weeks: torch.Tensor) -> torch.Tensor:
+        """``b_c * log(p / p_ref) + g . share + s_w`` per week:
+        ``[...], [..., T], [..., F, T], [..., T] -> [..., T]``."""
+        return (self.elasticity(categories).unsqueeze(-1) * log_price_ratio + self.promotion_lift(promotion)
+                + self.season_effect(season_weeks))
+
+    def forward(self, categories: torch.Tensor, log_price_ratio: torch.Tensor, promotion: torch.Tensor,
+                season_weeks: torch.Tensor, on_sale: torch.Tensor, week: torch.Tensor,
+                units: torch.Tensor) -> torch.Tensor:
         """Each customer's negative log-likelihood ``[B]`` of when their units were bought.
 
         Per customer ``K`` cells (item, week bought, units): ``categories [B, K]``, the item's weekly
-        ``log_price_ratio``, ``season_weeks`` and ``on_sale`` mask ``[B, K, T]``, ``week [B, K]`` and
-        ``units [B, K]`` (0 for padding cells)."""
-        shape = self.log_demand_shape(categories, log_price_ratio, season_weeks)
+        ``log_price_ratio``, ``season_weeks`` and ``on_sale`` mask ``[B, K, T]``, its promotion
+        shares ``[B, K, F, T]``, ``week [B, K]`` and ``units [B, K]`` (0 for padding cells)."""
+        shape = self.log_demand_shape(categories, log_price_ratio, promotion, season_weeks)
         log_share = torch.log_softmax(shape.masked_fill(~on_sale, -1e9), dim=-1)
         chosen = log_share.gather(-1, week.unsqueeze(-1)).squeeze(-1)
         return -(units * chosen).sum(dim=-1)

@@ -40,6 +40,31 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(again.orders, data.orders)
 
 
+PROMOTED = ("customer_id,item_id,timestamp,quantity,unit_price,promotion,display\n"
+            "c1,A1,2025-01-02T10:00:00Z,2,3.5,1,no\n"
+            "c1,B2,2025-01-03T11:00:00Z,1,4.0,,Yes\n"
+            "c2,A1,2025-01-04T09:30:00Z,1,3.5,false,0\n"
+            "c2,B2,2025-01-05T09:30:00Z,1,4.0, TRUE ,\n")
+
+
+def test_promotion_flags_are_optional_and_read_as_yes_or_no(tmp_path: Path) -> None:
+    data = load_merchant(_merchant(tmp_path / "flags", orders=PROMOTED))
+    assert data.orders["promotion"].fillna(0).tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert data.orders["display"].fillna(0).tolist() == [0.0, 1.0, 0.0, 0.0]
+    write_merchant(data, tmp_path / "pq", "parquet")
+    pd.testing.assert_frame_equal(load_merchant(tmp_path / "pq").orders, data.orders)
+    plain = load_merchant(_merchant(tmp_path / "plain"))
+    assert plain.orders["promotion"].isna().all() and plain.orders["display"].isna().all()
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "-1", "0.5"])
+def test_a_bad_promotion_flag_names_file_row_and_column(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SchemaError) as error:
+        load_merchant(_merchant(tmp_path, orders=PROMOTED.replace(",false,0", f",{value},0")))
+    assert (f"orders.csv, row 3 (line 4), column 'promotion': '{value}' is not a flag (1/0, true/false or yes/no)"
+            in str(error.value))
+
+
 @pytest.mark.parametrize(("orders", "message"), [
     (ORDERS.replace("unit_price,", ""), "missing column(s) 'unit_price'"),
     (ORDERS.replace("c1,B2,2025-01-03 11:00:00,1,", "c1,B2,2025-01-03 11:00:00,two,"),
