@@ -25,6 +25,7 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,16 @@ def truth_of(categories: list[str]) -> dict[str, float]:
     return {name: float(TRUE_ELASTICITIES[category_bucket(name) % SYNTHETIC_CATEGORIES]) for name in names}
 
 
-def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> tuple[Path, dict[str, float]]:
+class SemiSynthetic(NamedTuple):
+    """A merchant redrawn from a known curve: its directory, the true elasticity per category and the
+    true expected units (items by week starts)."""
+
+    data_dir: Path
+    truth: dict[str, float]
+    expected: pd.DataFrame
+
+
+def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> SemiSynthetic:
     """The merchant's real prices and customers with units redrawn from a known demand curve."""
     real = load_merchant(data_dir)
     panel = build_demand_panel(real)
@@ -88,7 +98,16 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> tuple
         "unit_price": panel.price[item[cells], week[cells]]})
     catalog = pd.DataFrame({"item_id": panel.item_ids, "title": panel.titles, "category": categories})
     write_merchant(MerchantData(data_dir.name, orders, catalog), out / data_dir.name)
-    return out / data_dir.name, truth
+    return SemiSynthetic(out / data_dir.name, truth, pd.DataFrame(mean, index=panel.item_ids,
+                                                                  columns=pd.DatetimeIndex(panel.week_starts)))
+
+
+def noise_ceiling(panel: DemandPanel, expected: pd.DataFrame) -> tuple[float, float]:
+    """WAPE of the naive forecast and of the true expected units on a redrawn merchant's held-out
+    weeks: how far any forecast can get below naive when the weekly counts are this noisy."""
+    train_weeks = panel.units.shape[1] - HOLDOUT_WEEKS
+    truth = expected.reindex(index=panel.item_ids, columns=pd.DatetimeIndex(panel.week_starts)).fillna(0.0)
+    return wape(None, panel, train_weeks), held_out_error(truth.to_numpy(), panel, train_weeks)
 
 
 def ols_elasticities(panel: DemandPanel) -> np.ndarray:
@@ -165,18 +184,24 @@ def truncated_dirs(dirs: list[Path], cutoff: dict[str, pd.Timestamp], out: Path)
     return result
 
 
-def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> float:
-    """Weighted absolute percentage error of held-out weekly units (items on sale before them);
-    without a model, each item's mean weekly units before the held-out weeks (no price effect)."""
+def held_out_error(predicted: np.ndarray, panel: DemandPanel, train_weeks: int) -> float:
+    """Weighted absolute percentage error of ``predicted`` weekly units in the weeks from
+    ``train_weeks`` on (items on sale before them)."""
     seen = panel.on_sale[:, :train_weeks].any(axis=1)
     held = panel.on_sale & seen[:, None]
     held[:, :train_weeks] = False
+    return float(np.abs(predicted - panel.units)[held].sum() / max(panel.units[held].sum(), 1e-9))
+
+
+def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> float:
+    """:func:`held_out_error` of the model's forecast; without a model, of each item's mean weekly
+    units before the held-out weeks (no price effect)."""
     if model is None:
         mean = panel.units[:, :train_weeks].sum(axis=1) / np.maximum(panel.on_sale[:, :train_weeks].sum(axis=1), 1)
         predicted = np.broadcast_to(mean[:, None], panel.units.shape)
     else:
         predicted = local_demand(model, panel, train_weeks).expected_units(panel)
-    return float(np.abs(predicted - panel.units)[held].sum() / max(panel.units[held].sum(), 1e-9))
+    return held_out_error(predicted, panel, train_weeks)
 
 
 def targets(errors: dict[str, dict[str, float]], wapes: dict[str, dict[str, float]], uplift: dict[str, float],
@@ -211,9 +236,10 @@ def main() -> None:
         real_dirs = merchant_dirs(args, workdir)
         rng = np.random.default_rng(settings.seed)
         synthetic = [semi_synthetic(d, workdir / "synthetic", rng) for d in real_dirs]
-        syn_dirs = [d for d, _ in synthetic]
-        truths = {d.name: t for d, t in synthetic}
+        syn_dirs = [s.data_dir for s in synthetic]
+        truths = {s.data_dir.name: s.truth for s in synthetic}
         panels = {d.name: build_demand_panel(load_merchant(d)) for d in syn_dirs}
+        ceiling = {s.data_dir.name: noise_ceiling(panels[s.data_dir.name], s.expected) for s in synthetic}
         estimates: dict[str, dict[str, np.ndarray]] = {
             "per-merchant log-log OLS": {m: ols_elasticities(p) for m, p in panels.items()},
             "per-merchant ElasticNet (local-only)": {
@@ -260,6 +286,9 @@ def main() -> None:
     for method, per in wapes.items():
         real.add_row(method, f"{np.mean(list(per.values())):.3f}", *(f"{per[m]:.3f}" for m in merchants))
     console.print(real)
+    naive_ceiling, true_ceiling = (float(np.mean([c[k] for c in ceiling.values()])) for k in (0, 1))
+    console.print(f"noise ceiling (semi-synthetic held-out weeks): the true demand curve's WAPE {true_ceiling:.3f} "
+                  f"against naive {naive_ceiling:.3f} ({true_ceiling / naive_ceiling:.2f} x naive)")
     checks = targets(errors, wapes, uplift, min(merchants, key=lambda m: len(panels[m].customer_cells)))
     for name, met, detail in checks:
         console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
@@ -267,6 +296,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "quick": args.quick, "data": str(args.data or "generated"), "elasticity_error": errors,
             "revenue_uplift_share_of_oracle": uplift, "holdout_wape": wapes, "truth": truths,
+            "noise_ceiling_wape": {m: {"naive": n, "true_curve": t} for m, (n, t) in ceiling.items()},
             "targets": [{"target": n, "met": bool(met), "detail": d} for n, met, d in checks],
         }, indent=2))
 

@@ -56,7 +56,8 @@ def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> N
         assert len(per_merchant) == 3 and all(0 <= e < 5 for e in per_merchant.values())
     assert all(-1 <= share <= 1 for share in figures["revenue_uplift_share_of_oracle"].values())
     assert len(figures["holdout_wape"]) == 5 and len(figures["targets"]) == 6
-    assert "held-out demand error" in printed
+    assert "held-out demand error" in printed and "noise ceiling" in printed
+    assert all(0 < ceiling["true_curve"] < 5 for ceiling in figures["noise_ceiling_wape"].values())
 
 
 def test_quality_harness_names_a_merchant_it_cannot_score(one_item_customers_federation: list[Path]) -> None:
