@@ -91,14 +91,15 @@ def _levels(shape: np.ndarray, on_sale: np.ndarray, units: np.ndarray) -> np.nda
     """Each item's level given the shape: its units over its weeks on sale divided by what the shape
     expects over those weeks, both weighted by recency (half-life ``LEVEL_HALF_LIFE`` weeks before
     the last week on sale) so that the level is the item's current one; an item without sales gets
-    half a unit over its weeks."""
+    half a unit over its weeks, one without weeks in the fit half a unit a week."""
     last = np.flatnonzero(on_sale.any(axis=0))
     age = (last[-1] if len(last) else 0) - np.arange(shape.shape[1])
     weight = np.where(on_sale, 0.5 ** (np.maximum(age, 0) / LEVEL_HALF_LIFE), 0.0)
     expected = (weight * np.exp(np.where(on_sale, shape, 0.0))).sum(axis=1)
     sold = (weight * np.where(on_sale, units, 0.0)).sum(axis=1)
-    floor = 0.5 * weight.sum(axis=1) / np.maximum(on_sale.sum(axis=1), 1)
-    return np.log(np.maximum(sold, floor) / np.maximum(expected, 1e-12))
+    weeks = on_sale.sum(axis=1)
+    floor = 0.5 * weight.sum(axis=1) / np.maximum(weeks, 1)
+    return np.log(np.where(weeks > 0, np.maximum(sold, floor) / np.maximum(expected, 1e-12), 0.5))
 
 
 def _within_prices_seen(log_ratio: np.ndarray, seen: np.ndarray) -> np.ndarray:

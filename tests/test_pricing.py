@@ -201,3 +201,11 @@ def test_a_display_flag_that_lifts_demand_is_learned_and_explained(tmp_path: Pat
     rec = recommend_prices(model, panel, [0], "revenue", 0.2)[0]
     assert rec.promotion_lifts == (("display", pytest.approx(lift["display"])),)
     assert any("'display' +1" in reason for reason in price_reasons(rec, "revenue"))
+
+
+def test_an_item_first_sold_after_the_fit_weeks_gets_a_finite_level(tmp_path: Path) -> None:
+    panel = build_demand_panel(_merchant(tmp_path, [("c1", "A", w, 0, 2, 5.0 + w % 2) for w in range(6)]
+                                                   + [("c2", "B", 5, 0, 1, 3.0)]))
+    with np.errstate(all="raise"):
+        local = local_demand(_model_with_elasticity(-1.5), panel, train_weeks=4)
+    assert np.isfinite(local.levels).all() and local.levels[panel.row("B")] == pytest.approx(np.log(0.5))
