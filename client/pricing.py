@@ -1,9 +1,12 @@
-"""A merchant's price recommendations: the shared demand model plus the merchant's own demand levels.
+"""A merchant's price recommendations and demand forecasts: the shared demand model plus the
+merchant's own demand levels and item elasticities.
 
 Runs on the merchant's node. The demand level of each item (``a_i`` in ``models.demand``) is fitted
-here in closed form from the merchant's own sales and never leaves the node. Expected weekly units
-at price ``p`` are ``q(p) = q(p_now) * (p / p_now) ** b``, with ``b`` < 0, so demand always falls as
-the price rises. The optimiser searches a grid of prices inside every bound at once:
+here in closed form from the merchant's own sales, recent weeks weighted most, and each item's own
+elasticity ``b_i`` around its category's (``client.item_elasticity``); neither leaves the node.
+Expected weekly units at price ``p`` are ``q(p) = q(p_now) * (p / p_now) ** b_i``, with ``b_i`` < 0,
+so demand always falls as the price rises. The optimiser searches a grid of prices inside every
+bound at once:
 
 * the merchant's ``max_change`` around the current price;
 * the price range the item was sold at, widened by ``EXTRAPOLATION`` on each side: outside it the
