@@ -34,7 +34,7 @@ class RunSettings:
     pricing: bool = True  # train the demand model in the same rounds (and the same ε budget)
     demand_learning_rate: float = 0.01  # Adam, when training without DP
     demand_dp_batch_size: int = 256  # the demand model's expected DP-SGD batch (capped by dp_max_sample_rate)
-    demand_dp_learning_rate: float = 0.1  # SGD at demand_dp_batch_size, scaled with a smaller batch
+    demand_dp_learning_rate: float = 0.0075  # Adam at demand_dp_batch_size, scaled with a smaller batch
     demand_max_grad_norm: float = 20.0  # per-customer clipping bound of the demand model
     audit_holdout: float = 0.1  # share of each merchant's customers kept out of training for the privacy audit
     he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear

@@ -100,17 +100,19 @@ TrainingLoop = Callable[[nn.Module, DataLoader, torch.optim.Optimizer, nn.Module
 
 
 def train_private(model: nn.Module, dataset: Dataset, release: Release, batch_size: int, learning_rate: float,
-                  criterion: nn.Module, loop: TrainingLoop) -> tuple[float, Mechanism]:
+                  criterion: nn.Module, loop: TrainingLoop,
+                  optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD) -> tuple[float, Mechanism]:
     """Train ``model`` in place with DP-SGD through the caller's ``loop``; returns its loss and what was spent.
 
     ``criterion`` must be able to return per-sample losses (``reduction="none"``), as Opacus' ghost
     clipping asks; ``loop`` receives the private model, loader, optimizer and criterion and makes as
-    many passes as the release was planned for."""
+    many passes as the release was planned for. ``optimizer_class`` (SGD by default) steps on the
+    clipped, noised gradients: whichever it is, it only post-processes what the mechanism released."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see the module docstring
         engine = PrivacyEngine(accountant=ACCOUNTANT)
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator())
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    optimizer = optimizer_class(model.parameters(), lr=learning_rate)
     private, optimizer, criterion, loader = engine.make_private(
         module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
         noise_multiplier=release.mechanism.noise_multiplier, max_grad_norm=release.max_grad_norm,
