@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from client.schema import MerchantData, SchemaError, load_merchant, write_merchant
+from client.schema import (
+    ORDERS_COLUMNS,
+    MerchantData,
+    SchemaError,
+    load_merchant,
+    read_raw,
+    validate_table,
+    write_merchant,
+)
 
 UCI_COLUMNS = {"InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
                "CustomerID", "Country"}
@@ -39,11 +47,26 @@ class MerchantShare:
 def _read_source(source: Path) -> pd.DataFrame:
     if not source.exists():
         raise SchemaError(f"{source}: no such file")
-    if source.suffix == ".parquet":
-        return pd.read_parquet(source)
-    if source.suffix in (".csv", ".gz"):
-        return pd.read_csv(source, dtype=str, keep_default_na=False)
-    raise SchemaError(f"{source}: expected a .csv, .csv.gz or .parquet file")
+    if source.suffix not in (".csv", ".parquet") and not source.name.endswith(".csv.gz"):
+        raise SchemaError(f"{source}: expected a .csv, .csv.gz or .parquet file")
+    raw = read_raw(source)
+    if raw.empty:
+        raise SchemaError(f"{source}: the export has no rows")
+    return raw.reset_index(drop=True)
+
+
+def _from_schema_layout(raw: pd.DataFrame, by: str, source: Path) -> pd.DataFrame:
+    """Lines of an export in the fedshop orders layout, validated as a node validates its orders
+    (errors name the source, the row and the column), with their title, category and ``by``."""
+    if missing := [c.name for c in ORDERS_COLUMNS if c.required and c.name not in raw.columns]:
+        raise SchemaError(f"{source}: missing column(s) {', '.join(repr(m) for m in missing)}; an export needs "
+                          f"the orders columns {', '.join(c.name for c in ORDERS_COLUMNS if c.required)} "
+                          f"(or the UCI Online Retail layout: {', '.join(sorted(UCI_COLUMNS))})")
+    lines = validate_table(source, raw, "orders")
+    lines["title"] = raw["title"].astype(str).to_numpy() if "title" in raw.columns else lines["item_id"]
+    lines["category"] = raw["category"].astype(str).to_numpy() if "category" in raw.columns else ""
+    lines[by] = raw[by].to_numpy()
+    return lines
 
 
 def _from_uci(raw: pd.DataFrame, by: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -92,10 +115,7 @@ def partition_export(source: Path, merchants: int, by: str, out_dir: Path,
     if set(raw.columns) >= UCI_COLUMNS:
         lines, dropped = _from_uci(raw, by)
     else:
-        lines, dropped = raw.copy(), {}
-        for optional in ("title", "category"):
-            if optional not in lines.columns:
-                lines[optional] = lines["item_id"] if optional == "title" else ""
+        lines, dropped = _from_schema_layout(raw, by, source), {}
     lines[by] = lines[by].astype(str)
     sizes = lines.groupby(by)["customer_id"].nunique().sort_values(ascending=False, kind="stable")
     if len(sizes) < merchants:

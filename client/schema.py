@@ -94,9 +94,11 @@ def find_table(data_dir: Path, table: str) -> Path:
     return found[0]
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
+def read_raw(path: Path) -> pd.DataFrame:
+    """A CSV (``.csv``, ``.csv.gz``: every cell as text) or Parquet file as it is, or a
+    :class:`SchemaError` naming the file when it cannot be read."""
     try:
-        if path.suffix == ".csv":
+        if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
             return pd.read_csv(path, dtype=str, keep_default_na=False)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError as exc:
@@ -167,8 +169,13 @@ def _validate_column(path: Path, frame: pd.DataFrame, column: Column) -> pd.Seri
 
 def load_table(path: Path, table: str) -> pd.DataFrame:
     """Read and validate one table file; the frame has exactly the schema's columns."""
+    return validate_table(path, read_raw(path), table)
+
+
+def validate_table(path: Path, frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Validate the schema's columns of ``frame``, read from ``path`` (named in every error); the
+    result has exactly the schema's columns."""
     columns = TABLES[table]
-    frame = _read_raw(path)
     missing = [c.name for c in columns if c.required and c.name not in frame.columns]
     if missing:
         raise SchemaError(

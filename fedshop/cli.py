@@ -57,7 +57,7 @@ def demo(
     out: Out = Path("runs/demo"),
     data: Annotated[Path | None, typer.Option(
         help="Use these merchant directories (e.g. from `fedshop partition`) instead of generated ones.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Training rounds (default 5, or 2 with --quick).")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Training rounds (default 5, or 2 with --quick).")] = None,
     dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
     he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
     epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
@@ -133,7 +133,7 @@ def keys_init(out: Out) -> None:
 @app.command()
 def partition(
     source: Annotated[Path, typer.Option(help="One export covering several merchants (CSV or Parquet).")],
-    merchants: Annotated[int, typer.Option(help="Number of merchant directories to make.")],
+    merchants: Annotated[int, typer.Option(min=2, help="Number of merchant directories to make.")],
     by: Annotated[str, typer.Option(help="Column whose values say which merchant a line belongs to.")],
     out: Out,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
@@ -219,8 +219,9 @@ def node(
 def run(
     server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
     out: Annotated[Path, typer.Option("--out", help="Run directory, on the server machine.")] = Path("runs/latest"),
-    rounds: Annotated[int, typer.Option(help="Training rounds.")] = RunSettings.num_server_rounds,
-    min_nodes: Annotated[int, typer.Option(help="Merchants needed before a round starts.")] = RunSettings.min_nodes,
+    rounds: Annotated[int, typer.Option(min=1, help="Training rounds.")] = RunSettings.num_server_rounds,
+    min_nodes: Annotated[int, typer.Option(min=1, help="Merchants needed before a round starts.")
+                         ] = RunSettings.min_nodes,
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = RunSettings.seed,
     dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
     epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
@@ -274,7 +275,7 @@ def recommend(
     data: Annotated[Path, typer.Option(help="The merchant's data directory.")],
     model: Annotated[Path, typer.Option(help="A finished run's directory, or the node's state directory.")],
     customer: Annotated[str, typer.Option(help="Customer id as in the orders table.")],
-    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 10,
     diversity: Annotated[float, typer.Option(help="0 = by score; up to 1 = more varied lists (MMR).")] = 0.0,
     secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for the merchant's systems.")] = False,
@@ -316,7 +317,7 @@ def price(
     item: Annotated[list[str] | None, typer.Option(help="Only this item (repeat for several).")] = None,
     objective: Annotated[str, typer.Option(help="revenue or profit (profit needs unit_cost).")] = "revenue",
     max_change: Annotated[float, typer.Option(help="Largest relative move from the current price.")] = 0.2,
-    limit: Annotated[int, typer.Option(help="Rows in the table (largest expected gain first).")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="Rows in the table (largest expected gain first).")] = 20,
     secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON of every item, for the merchant's systems.")] = False,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedshop.cli import app
@@ -34,6 +35,26 @@ def test_recommend_without_a_finished_run_says_so(federation_dirs, tmp_path: Pat
     result = runner.invoke(app, ["recommend", "--data", str(federation_dirs[0]), "--model", str(tmp_path),
                                  "--customer", "x"])
     assert result.exit_code == 2 and "no model.npz" in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["recommend", "--data", ".", "--model", ".", "--customer", "x", "-k", "-1"],
+    ["recommend", "--data", ".", "--model", ".", "--customer", "x", "-k", "0"],
+    ["price", "--data", ".", "--model", ".", "--limit", "-1"],
+    ["partition", "--source", "x.csv", "--merchants", "1", "--by", "store", "--out", "out"],
+    ["run", "--rounds", "0"],
+])
+def test_counts_must_be_positive(command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "Invalid value" in result.output and "range" in result.output
+
+
+def test_partition_of_an_export_without_customers_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "export.csv").write_text("item_id,timestamp,quantity,unit_price,store\nA,2025-01-01,1,2.0,x\n")
+    result = runner.invoke(app, ["partition", "--source", str(tmp_path / "export.csv"), "--merchants", "2",
+                                 "--by", "store", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "missing column(s) 'customer_id'" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
 
 
 def test_demo_on_given_merchant_directories_checks_them_first(federation_dirs, tmp_path: Path) -> None:

@@ -46,6 +46,32 @@ def test_bad_requests_say_what_is_wrong(pooled_export: Path, tmp_path: Path) -> 
         partition_export(pooled_export, 5, "store", tmp_path)
 
 
+GOOD_EXPORT = ("customer_id,item_id,timestamp,quantity,unit_price,store\n"
+               "c1,A,2025-01-02T10:00:00Z,2,3.5,north\nc2,B,2025-01-03T10:00:00Z,1,4.0,south\n")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (GOOD_EXPORT.replace("customer_id,", "client,"), "export.csv: missing column(s) 'customer_id'; an export needs"),
+    (GOOD_EXPORT.replace(",1,4.0,", ",one,4.0,"),
+     "export.csv, row 2 (line 3), column 'quantity': 'one' is not a whole number"),
+    (GOOD_EXPORT.replace(",3.5,", ",-3.5,"),
+     "export.csv, row 1 (line 2), column 'unit_price': '-3.5' must be 0 or more"),
+    ("", "export.csv: the file is empty"),
+    (GOOD_EXPORT.split("\n")[0] + "\n", "export.csv: the export has no rows"),
+])
+def test_a_broken_export_gets_one_line_naming_file_and_column(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "export.csv").write_text(content)
+    with pytest.raises(SchemaError) as error:
+        partition_export(tmp_path / "export.csv", 2, "store", tmp_path / "out")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_non_utf8_export_is_named(tmp_path: Path) -> None:
+    (tmp_path / "export.csv").write_bytes(GOOD_EXPORT.replace("c1", "caf\xe9").encode("latin-1"))
+    with pytest.raises(SchemaError, match=r"export.csv: cannot be read as csv"):
+        partition_export(tmp_path / "export.csv", 2, "store", tmp_path / "out")
+
+
 def test_uci_online_retail_by_country(uci_retail: Path, tmp_path: Path) -> None:
     shares = partition_export(uci_retail, 4, "Country", tmp_path, fmt="parquet")
     assert shares[0].groups == ["United Kingdom"]
