@@ -1,6 +1,7 @@
 """The demand model shared by every merchant: price sensitivity per category, learned across merchants.
 
-Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * log(p_it / p_ref_i) + s_w(t)``:
+Weekly units of item ``i`` in week ``t`` follow
+``log E[q_it] = a_i + b_c(i) * log(p_it / p_ref_i) + sum_f g_f * share_f(i, t) + s_w(t)``:
 
 * ``b_c = -softplus(k * (base + dev_c))`` is the elasticity of category ``c`` (hashed, as in the
   recommender's layout, so no catalogue is disclosed). It is negative by construction (demand never
@@ -10,8 +11,8 @@ Weekly units of item ``i`` in week ``t`` follow ``log E[q_it] = a_i + b_c(i) * l
   (``elasticity_scale``) is a fixed preconditioner for DP-SGD: a customer's gradient is mostly
   seasonality (each unit pulls on its week; a price effect pulls only by the small log price
   ratio), so unscaled elasticity parameters get a sliver of the clipped norm and drown in noise that
-  is the same on every coordinate. Storing them divided by ``k`` multiplies their gradient by ``k``
-  and their step by ``k**2``; it is data-independent, so it costs no privacy.
+  is the same on every coordinate. Storing them divided by ``k`` multiplies their gradient, and so
+  their share of the clipped norm, by ``k``; it is data-independent, so it costs no privacy.
 * ``s_w`` is a shared effect per ISO week of the year (seasonality).
 * ``g_f * share_f(i, t)``: the lift of each promotion flag ``f`` (``PROMOTION_FLAGS``, optional
   columns of the orders) times the share of the item's units that week sold under it, shared by
