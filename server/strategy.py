@@ -7,6 +7,7 @@ model after every round and counts rounds on from a resumed checkpoint. The aggr
 :meth:`MerchantFedAvg.aggregate_updates`, the one step a different aggregation replaces.
 """
 
+import re
 from collections.abc import Iterable
 from logging import WARNING
 from typing import Any
@@ -26,10 +27,16 @@ class UpdateRefused(ValueError):
     """A merchant's update cannot be aggregated; the message says why."""
 
 
+_RAISED = re.compile(r"<class '[^']*'>:<'(?P<message>.*)'>", re.DOTALL)
+
+
 def failure_reason(reason: str) -> str:
-    """The sentence a ClientApp raised, without the traceback Flower wraps around it."""
-    message = reason.rsplit("Message: ", 1)[-1]
-    return message.strip().removesuffix("'>").strip()
+    """The sentence a ClientApp raised, without what Flower wraps around it: the exception's class
+    (``<class 'X'>:<'...'>``) and, for a ClientApp's own exceptions, the "occurred. Message:" preamble."""
+    message = reason.strip()
+    if raised := _RAISED.fullmatch(message):
+        message = raised["message"]
+    return message.rsplit("Message: ", 1)[-1].strip().removesuffix("'>").strip()
 
 
 class MerchantFedAvg(FedAvg):

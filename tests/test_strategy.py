@@ -7,7 +7,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
-from server.strategy import MerchantFedAvg
+from server.strategy import MerchantFedAvg, failure_reason
 from tests.messages import merchant_reply
 
 
@@ -35,3 +35,11 @@ def test_malformed_updates_and_metrics_are_dropped_and_named(tmp_path: Path) -> 
     assert "differ from the round's" in failures["eps"]
     assert sorted(store.rounds()[0]["train"]) == ["alpha", "beta"]
     assert store.latest_checkpoint_round() == 1
+
+
+def test_a_failure_is_filed_as_the_sentence_the_node_raised() -> None:
+    sentence = "merchant shop_a: its secret context 1f is not this federation's (2e); get secret.ctx from the steward"
+    raw = f"<class 'privacy.ckks.ContextError'>:<'{sentence}'>"
+    wrapped = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ContextError occurred. "
+               f"Message: {sentence}'>")
+    assert failure_reason(raw) == failure_reason(wrapped) == failure_reason(sentence) == sentence
