@@ -16,18 +16,22 @@ membership inference. The merchant's orders never leave this process.
 """
 
 from functools import lru_cache
+from logging import WARNING
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore import log
 from torch.utils.data import Dataset
 
+from client.aggregate_check import aggregate_problem
 from client.audit import audit_metrics
 from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
-from client.global_model import decrypt_global_state, load_local_part, save_model_copy
+from client.global_model import adopted_copy, decrypt_global_state, load_local_part, save_model_copy
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.local_fit import fit_local_part, serving_model
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
@@ -40,7 +44,7 @@ from client.training import (
     train_recommender_private,
 )
 from explain.membership import held_out_of_training
-from fedshop.protocol import MERCHANT_RECORD
+from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD
 from models.local_part import LocalPart
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
@@ -82,6 +86,34 @@ def global_model(msg: Message, config: ConfigRecord, options: NodeOptions) -> tu
     return models, key
 
 
+class Adopted(NamedTuple):
+    """The round's global models as the node adopts them: the decrypted aggregate, or the previous
+    model when the aggregate was refused (``refusal`` says why; empty when adopted), with the norms
+    of every change adopted in this run."""
+
+    models: SharedModels
+    key: KeyContext | None
+    refusal: str
+    changes: list[float]
+
+
+def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str) -> Adopted:
+    """The round's global models, checked against the last ones this node adopted in ``run`` (the
+    run's initial model in its first round) before anything trains on, evaluates or serves them."""
+    models, key = global_model(msg, config, options)
+    previous = adopted_copy(options.state_dir, run)
+    if previous is None and int(config["server-round"]) == 1:
+        previous = build_shared_models(int(config["seed"])), []
+    if previous is None:
+        return Adopted(models, key, "", [])
+    problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous[0].state_dict()), previous[1])
+    if problem:
+        log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config["server-round"],
+            problem)
+        return Adopted(previous[0], key, problem, previous[1])
+    return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []))
+
+
 def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> ArrayRecord:
     if key is None:
         return ArrayRecord(model.state_dict())
@@ -89,8 +121,9 @@ def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> A
     return ArrayRecord(array_dict={name: Array(data) for name, data in ciphertexts.items()})
 
 
-def _merchant_record(options: NodeOptions, key: KeyContext | None) -> ConfigRecord:
-    return ConfigRecord({"name": options.merchant, "context-id": key.context_id if key else ""})
+def _merchant_record(options: NodeOptions, adopted: Adopted) -> ConfigRecord:
+    return ConfigRecord({"name": options.merchant, "context-id": adopted.key.context_id if adopted.key else "",
+                         AGGREGATE_REFUSED: adopted.refusal})
 
 
 def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarray:
@@ -145,7 +178,8 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     """One round on this merchant's data, with DP-SGD when the run asks for it. Only the decrypted
     aggregate and the merchant's customers enter it: never the merchant-local part."""
     config = msg.content.config_records["config"]
-    models, key = global_model(msg, config, options)
+    adopted = adopted_global_model(msg, config, options, str(context.run_id))
+    models = adopted.models
     round_ = int(config["server-round"])
     seed = _round_seed(config)
     interactions = load_interactions(options.data_dir)
@@ -171,10 +205,11 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
     content = RecordDict({
-        "arrays": _reply_arrays(models, examples, key),
+        "arrays": _reply_arrays(models, examples, adopted.key),
         "metrics": MetricRecord({"num-examples": examples, "train-loss": losses["recommender"],
-                                 "demand-loss": losses.get("demand", 0.0), **privacy}),
-        MERCHANT_RECORD: _merchant_record(options, key),
+                                 "demand-loss": losses.get("demand", 0.0),
+                                 AGGREGATE_REFUSED: float(bool(adopted.refusal)), **privacy}),
+        MERCHANT_RECORD: _merchant_record(options, adopted),
     })
     return Message(content=content, reply_to=msg)
 
@@ -201,9 +236,10 @@ def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Me
     """Fit the merchant-local part on top of the new global model, rank the held-out items with the
     served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
     config = msg.content.config_records["config"]
-    models, key = global_model(msg, config, options)
-    interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
     run = str(context.run_id)
+    adopted = adopted_global_model(msg, config, options, run)
+    models = adopted.models
+    interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
     part, fit_metrics = _local_part(models, interactions, config, options, run)
     served = serving_model(models.recommender, part, interactions)
     metrics = evaluate_ranking(served, interactions, history_length)
@@ -214,12 +250,13 @@ def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Me
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, _audit_holdout(interactions, config), int(config["seed"]))
     save_model_copy(options.state_dir, models, part, {"round": int(config["server-round"]), "run": run,
-                                                      "history_length": history_length})
+                                                      "history_length": history_length,
+                                                      "changes": adopted.changes})
     content = RecordDict({
         "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
                                  "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
-                                 **fit_metrics, **audit}),
-        MERCHANT_RECORD: _merchant_record(options, key),
+                                 AGGREGATE_REFUSED: float(bool(adopted.refusal)), **fit_metrics, **audit}),
+        MERCHANT_RECORD: _merchant_record(options, adopted),
     })
     return Message(content=content, reply_to=msg)
 

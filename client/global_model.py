@@ -75,6 +75,21 @@ def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | No
     (state_dir / MODEL_COPY_INFO).write_text(json.dumps({**info, "local_part": local is not None}))
 
 
+def adopted_copy(state_dir: Path, run: str) -> tuple[SharedModels, list[float]] | None:
+    """The global models the node last adopted in ``run`` (its copy) and the norms of the changes it
+    adopted in that run (``client.aggregate_check``), or None when its copy is from another run."""
+    path, info_path = Path(state_dir) / MODEL_COPY, Path(state_dir) / MODEL_COPY_INFO
+    if not path.exists() or not info_path.exists():
+        return None
+    info = json.loads(info_path.read_text())
+    if info.get("run") != run:
+        return None
+    models = SharedModels()
+    with np.load(path) as saved:
+        models.load_state_dict({key: torch.from_numpy(saved[key]) for key in saved.files})
+    return models, [float(change) for change in info.get("changes", [])]
+
+
 def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None:
     """The local part kept in a node's directory (only if it belongs to ``run``, when given), or None."""
     path, info_path = Path(model_dir) / LOCAL_PART, Path(model_dir) / MODEL_COPY_INFO

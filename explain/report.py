@@ -154,6 +154,9 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
                     "merchants": {name: audit["prices"] for name, audit in audits.items() if audit["prices"]},
                     "samples": (samples or {}).get("prices", [])},
         "audited_round": last["round"] if any(a["membership"] or a["fidelity"] for a in audits.values()) else None,
+        "integrity": {"refused_global_model": [
+            {"round": record["round"], "merchant": name, "reason": reason}
+            for record in rounds for name, reason in record.get("refused_global_model", {}).items()]},
     }
     return _finite(report)
 

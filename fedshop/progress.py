@@ -36,7 +36,9 @@ def round_table(record: dict[str, Any], title: str | None = None) -> Table:
             f"{evaluate['hr10']:.3f}" if "hr10" in evaluate else "-",
             f"{evaluate['ndcg10']:.3f}" if "ndcg10" in evaluate else "-",
             f"{evaluate['shared-ndcg10']:.3f}" if "shared-ndcg10" in evaluate else "-",
-            record.get("failures", {}).get(merchant, ""),
+            record.get("failures", {}).get(merchant, "")
+            or ("refused the global model: " + record["refused_global_model"][merchant]
+                if merchant in record.get("refused_global_model", {}) else ""),
         )
     return table
 

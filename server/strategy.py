@@ -1,8 +1,9 @@
 """The federation's strategy: Flower's FedAvg loop, with per-merchant records and update checks.
 
 Flower's ``Strategy.start`` runs the rounds; this subclass only changes what happens around
-aggregation: it names every merchant's numbers and failures in the run store, refuses updates that
-do not fit the model (dropping that merchant for the round, never the run), checkpoints the global
+aggregation: it names every merchant's numbers and failures in the run store (and the merchants that
+refused the global model they decrypted, with why), refuses updates that do not fit the model
+(dropping that merchant for the round, never the run), checkpoints the global
 model after every round and counts rounds on from a resumed checkpoint. The aggregation itself is
 :meth:`MerchantFedAvg.aggregate_updates`, the one step a different aggregation replaces.
 """
@@ -17,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedshop.protocol import MERCHANT_RECORD
+from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
 from server.update_checks import update_problem
@@ -58,6 +59,11 @@ class MerchantFedAvg(FedAvg):
         if not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
             self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
         return self.names.get(node, f"node {node}")
+
+    @staticmethod
+    def _refusal(msg: Message) -> str:
+        """Why the merchant refused the global model it received ("" when it adopted it)."""
+        return str(msg.content.config_records[MERCHANT_RECORD].get(AGGREGATE_REFUSED, ""))
 
     def _named(self, by_node: dict[int, Any]) -> dict[str, Any]:
         return {self.names.get(node, f"node {node}"): value for node, value in by_node.items()}
@@ -101,7 +107,7 @@ class MerchantFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = server_round + self.offset
-        accepted, updates, train, failures = [], [], {}, {}
+        accepted, updates, train, failures, refusals = [], [], {}, {}, {}
         expected: set[str] | None = None
         for msg in replies:
             who, node = self._merchant(msg), msg.metadata.src_node_id
@@ -118,11 +124,13 @@ class MerchantFedAvg(FedAvg):
                 failures[node] = f"update refused: {refused}"
                 continue
             train[node] = dict(msg.content.metric_records["metrics"])
+            if refusal := self._refusal(msg):
+                refusals[node] = refusal
             accepted.append(msg)
         arrays, metrics = self.aggregate_updates(round_, accepted, updates)
         if arrays is not None:
             self.store.save_checkpoint(round_, {k: v.numpy() for k, v in arrays.items()}, self.checkpoint_meta())
-        self.pending = {"round": round_, "train": train, "failures": failures,
+        self.pending = {"round": round_, "train": train, "failures": failures, "refused_global_model": refusals,
                         "train_aggregate": dict(metrics or {})}
         return arrays, metrics
 
@@ -130,15 +138,19 @@ class MerchantFedAvg(FedAvg):
         round_ = server_round + self.offset
         replies = list(replies)
         evaluate, failures = {}, dict(self.pending.get("failures", {}))
+        refusals = dict(self.pending.get("refused_global_model", {}))
         for msg in replies:
             self._merchant(msg)
             if msg.has_error():
                 failures.setdefault(msg.metadata.src_node_id, failure_reason(msg.error.reason))
             else:
                 evaluate[msg.metadata.src_node_id] = dict(msg.content.metric_records["metrics"])
+                if refusal := self._refusal(msg):
+                    refusals[msg.metadata.src_node_id] = refusal
         metrics = super().aggregate_evaluate(server_round, replies)
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
+                                 "refused_global_model": self._named(refusals),
                                  "evaluate_aggregate": dict(metrics or {})})
         self.store.write_status("running", round_, self.num_rounds)
         return metrics

@@ -120,3 +120,19 @@ def test_report_of_a_run_not_yet_audited_says_so(audited_runs, tmp_path) -> None
     assert report["audited_round"] is None and report["privacy"]["membership_inference"]["pooled"]["auc"] is None
     _, html = write_report(report, tmp_path / "out")
     assert "No membership-inference figures" in html.read_text()
+
+
+@pytest.mark.slow
+def test_report_lists_the_global_models_merchants_refused(audited_runs, tmp_path) -> None:
+    run = shutil.copytree(audited_runs["plain"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    name = sorted(metrics["rounds"][0]["train"])[0]
+    metrics["rounds"][0]["refused_global_model"] = {name: "the global model changed by 9e+08 (...)"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    report = build_report(run)
+    validate(report)
+    assert report["integrity"]["refused_global_model"] == [
+        {"round": metrics["rounds"][0]["round"], "merchant": name, "reason": "the global model changed by 9e+08 (...)"}]
+    assert build_report(audited_runs["plain"])["integrity"]["refused_global_model"] == []
+    _, html = write_report(report, tmp_path / "out")
+    assert "the global model changed by 9e+08" in html.read_text()

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from rich.console import Console
 
+from fedshop.progress import round_table
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
 from server.strategy import MerchantFedAvg, failure_reason
@@ -43,3 +45,14 @@ def test_a_failure_is_filed_as_the_sentence_the_node_raised() -> None:
     wrapped = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ContextError occurred. "
                f"Message: {sentence}'>")
     assert failure_reason(raw) == failure_reason(wrapped) == failure_reason(sentence) == sentence
+
+
+def test_the_operators_round_table_names_a_merchant_that_refused_the_global_model() -> None:
+    record = {"round": 2, "train": {"shop_a": {"num-examples": 10, "train-loss": 1.0}, "shop_b": {"num-examples": 5}},
+              "evaluate": {"shop_a": {"ndcg10": 0.1}}, "failures": {},
+              "refused_global_model": {"shop_a": "the global model changed by 9e+08"}}
+    console = Console(record=True, width=200)
+    console.print(round_table(record))
+    text = console.export_text()
+    assert "refused the global model: the global model changed by 9e+08" in text
+    assert text.count("refused the global model") == 1
