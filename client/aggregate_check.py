@@ -7,7 +7,8 @@ same run and refuses it when it holds a non-finite value or when its change, as 
 over every shared parameter, is more than ``GROWTH_LIMIT`` times the largest change the node has
 adopted in this run so far (for the run's first change: times the norm of the previous model
 itself). A refused model is never trained on, evaluated or served: the node keeps the previous one
-and says why in its reply.
+and says why in its reply. A node without a model of the run to compare with (it joined a resumed
+run after its first round) checks only for non-finite values until it has adopted one.
 
 What this does not stop: a merchant moving the aggregate by less than the limit each round, in a
 consistent direction. Its pull on the aggregate is its declared weight's share of the total, and
