@@ -52,10 +52,24 @@ class MerchantFedAvg(FedAvg):
         self.names: dict[int, str] = {}
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
+        self.instructions: list[Message] = []
+
+    def _sent(self, messages: Iterable[Message]) -> list[Message]:
+        """Keep the round's instructions: the grid gives them their ids when it pushes them."""
+        self.instructions = list(messages)
+        return self.instructions
+
+    def _node(self, reply: Message) -> int:
+        """The node a reply answers for: the destination of the instruction it replies to (the error
+        reply for an unavailable node comes from the SuperLink, not from the node), else its sender."""
+        for sent in self.instructions:
+            if sent.metadata.message_id and sent.metadata.message_id == reply.metadata.reply_to_message_id:
+                return sent.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
     def _merchant(self, msg: Message) -> str:
-        """The sender's merchant name (learnt from its replies), else its node id."""
-        node = msg.metadata.src_node_id
+        """The merchant a reply answers for (its name learnt from its replies), else its node id."""
+        node = self._node(msg)
         if not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
             self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
         return self.names.get(node, f"node {node}")
@@ -71,11 +85,11 @@ class MerchantFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.global_arrays = arrays
-        return super().configure_train(server_round + self.offset, arrays, config, grid)
+        return self._sent(super().configure_train(server_round + self.offset, arrays, config, grid))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return super().configure_evaluate(server_round + self.offset, arrays, config, grid)
+        return self._sent(super().configure_evaluate(server_round + self.offset, arrays, config, grid))
 
     def accept_update(self, msg: Message) -> Any:
         """Check one merchant's update; returns what :meth:`aggregate_updates` combines."""
@@ -110,7 +124,7 @@ class MerchantFedAvg(FedAvg):
         accepted, updates, train, failures, refusals = [], [], {}, {}, {}
         expected: set[str] | None = None
         for msg in replies:
-            who, node = self._merchant(msg), msg.metadata.src_node_id
+            who, node = self._merchant(msg), self._node(msg)
             if msg.has_error():
                 log(WARNING, "round %d: %s failed to train: %s", round_, who, msg.error.reason)
                 failures[node] = failure_reason(msg.error.reason)
@@ -141,12 +155,13 @@ class MerchantFedAvg(FedAvg):
         refusals = dict(self.pending.get("refused_global_model", {}))
         for msg in replies:
             self._merchant(msg)
+            node = self._node(msg)
             if msg.has_error():
-                failures.setdefault(msg.metadata.src_node_id, failure_reason(msg.error.reason))
+                failures.setdefault(node, failure_reason(msg.error.reason))
             else:
-                evaluate[msg.metadata.src_node_id] = dict(msg.content.metric_records["metrics"])
+                evaluate[node] = dict(msg.content.metric_records["metrics"])
                 if refusal := self._refusal(msg):
-                    refusals[msg.metadata.src_node_id] = refusal
+                    refusals[node] = refusal
         metrics = super().aggregate_evaluate(server_round, replies)
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),

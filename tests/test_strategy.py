@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
 from fedshop.progress import round_table
@@ -56,3 +58,46 @@ def test_the_operators_round_table_names_a_merchant_that_refused_the_global_mode
     text = console.export_text()
     assert "refused the global model: the global model changed by 9e+08" in text
     assert text.count("refused the global model") == 1
+
+
+class _TwoNodes:
+    """Just enough of a Grid for a strategy to sample nodes 2 and 3."""
+
+    @staticmethod
+    def get_node_ids() -> list[int]:
+        return [2, 3]
+
+
+def _pushed(messages) -> dict[int, str]:
+    """Give the instructions ids as a grid does when it pushes them; their id by destination node."""
+    for message in messages:
+        message.metadata.__dict__["_message_id"] = f"instruction-{message.metadata.dst_node_id}"
+    return {message.metadata.dst_node_id: message.metadata.message_id for message in messages}
+
+
+def test_a_node_unavailable_reply_from_the_superlink_is_filed_under_the_merchant(tmp_path: Path, monkeypatch) -> None:
+    """Flower answers for an unavailable node with an error reply whose sender is the SuperLink: the
+    failure belongs to the merchant of the instruction it replies to."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what the ServerApp's runtime sets
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    settings = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings)
+    strategy = MerchantFedAvg(store, settings, 0)
+    arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    good = {"num-examples": 10, "train-loss": 1.0}
+    for round_ in (1, 2):
+        ids = _pushed(strategy.configure_train(round_, arrays, ConfigRecord({}), _TwoNodes()))
+        replies = [merchant_reply({"w": np.ones(3, np.float32)}, good, "alpha", node=2, reply_to=ids[2])]
+        if round_ == 1:
+            replies.append(merchant_reply({"w": np.ones(3, np.float32)}, good, "beta", node=3, reply_to=ids[3]))
+        else:
+            replies.append(Message(Error(ErrorCode.NODE_UNAVAILABLE, "node 3 is unavailable"), reply_to=Message(
+                RecordDict(), metadata=Metadata(run_id=1, message_id=ids[3], src_node_id=0, dst_node_id=0,
+                                                reply_to_message_id="", group_id="", created_at=0.0, ttl=60.0,
+                                                message_type="train"))))
+            assert replies[-1].metadata.src_node_id == 0
+        strategy.aggregate_train(round_, replies)
+        strategy.aggregate_evaluate(round_, [])
+    assert store.rounds()[1]["failures"] == {"beta": "node 3 is unavailable"}
