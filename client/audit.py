@@ -46,7 +46,7 @@ def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
             "mean-change": float(np.mean([r.recommended_price / r.current_price - 1 for r in recs])),
             "mean-elasticity": float(np.mean([r.elasticity for r in recs])),
             "category-evidence": float(np.mean([r.category_evidence for r in recs])),
-            "item-own": float(np.mean([abs(r.elasticity - r.category_elasticity) >= 5e-3 for r in recs]))}
+            "item-own": float(np.mean([r.has_own_elasticity for r in recs]))}
 
 
 def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, panel: DemandPanel | None,

@@ -28,6 +28,7 @@ from models.demand import PROMOTION_FLAGS, DemandModel
 EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
 TREND_WEEKS = 8
 LEVEL_HALF_LIFE = 8.0  # weeks: an item's demand level weighs its recent sales most
+OWN_PART_SHOWN = 5e-3  # an item's own part of its elasticity below this is reported as none
 GRID = 401
 
 
@@ -56,6 +57,16 @@ class PriceRecommendation:
     trend: float  # actual / expected units over the last TREND_WEEKS weeks, minus 1
     promotion_lifts: tuple[tuple[str, float], ...] = ()  # (flag, demand multiplier) of flags this item sold under
     feasible: bool = True  # False when no allowed price covers the unit cost
+
+    @property
+    def item_part(self) -> float:
+        """The item's own part of its elasticity (beyond its category's)."""
+        return self.elasticity - self.category_elasticity
+
+    @property
+    def has_own_elasticity(self) -> bool:
+        """Whether the item's own part is large enough to show (at two decimals)."""
+        return abs(self.item_part) >= OWN_PART_SHOWN
 
     @property
     def revenue_now(self) -> float:

@@ -28,13 +28,13 @@ def _category_part(rec: PriceRecommendation) -> str:
 
 
 def elasticity_reason(rec: PriceRecommendation) -> str:
-    own = rec.elasticity - rec.category_elasticity
-    if abs(own) < 5e-3:
+    if not rec.has_own_elasticity:
         why = ("its price changes in this shop's sales say too little to differ from the category"
                if rec.item_evidence < 1.0 else "this shop's sales agree with the category")
         return f"elasticity {rec.elasticity:.2f}: {_category_part(rec)}; the item's own part is 0 ({why})"
-    return (f"elasticity {rec.elasticity:.2f}: {_category_part(rec)}, plus the item's own part {own:+.2f} from "
-            f"this shop's sales (shrunk toward the category by its evidence, {rec.item_evidence:.1f})")
+    return (f"elasticity {rec.elasticity:.2f}: {_category_part(rec)}, plus the item's own part "
+            f"{rec.item_part:+.2f} from this shop's sales (shrunk toward the category by its evidence, "
+            f"{rec.item_evidence:.1f})")
 
 
 def demand_reason(rec: PriceRecommendation) -> str:
@@ -94,7 +94,7 @@ def price_record(rec: PriceRecommendation, asked: str) -> dict:
         "change": rec.recommended_price / rec.current_price - 1, "bounds": [rec.lower_bound, rec.upper_bound],
         "binding": rec.binding or None, "feasible": rec.feasible, "elasticity": rec.elasticity,
         "elasticity_category": rec.category_elasticity, "elasticity_base": rec.base_elasticity,
-        "category_evidence": rec.category_evidence, "elasticity_item_part": rec.elasticity - rec.category_elasticity,
+        "category_evidence": rec.category_evidence, "elasticity_item_part": rec.item_part,
         "item_evidence": rec.item_evidence,
         "units_per_week": [rec.units_now, rec.units_new], "revenue_per_week": [rec.revenue_now, rec.revenue_new],
         "profit_per_week": None if rec.unit_cost is None else [rec.profit_now, rec.profit_new],
