@@ -75,29 +75,36 @@ def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | No
     (state_dir / MODEL_COPY_INFO).write_text(json.dumps({**info, "local_part": local is not None}))
 
 
-def adopted_copy(state_dir: Path, run: str) -> tuple[SharedModels, list[float]] | None:
-    """The global models the node last adopted in ``run`` (its copy) and the norms of the changes it
-    adopted in that run (``client.aggregate_check``), or None when its copy is from another run."""
-    path, info_path = Path(state_dir) / MODEL_COPY, Path(state_dir) / MODEL_COPY_INFO
+def _saved_state(path: Path) -> dict[str, torch.Tensor]:
+    with np.load(path) as saved:
+        return {key: torch.from_numpy(saved[key]) for key in saved.files}
+
+
+def _kept_for(model_dir: Path, name: str, run: str | None) -> tuple[Path, dict] | None:
+    """``name`` in a node's directory and the copy's info, if both exist and belong to ``run`` (any
+    run for None)."""
+    path, info_path = Path(model_dir) / name, Path(model_dir) / MODEL_COPY_INFO
     if not path.exists() or not info_path.exists():
         return None
     info = json.loads(info_path.read_text())
-    if info.get("run") != run:
+    return (path, info) if run is None or info.get("run") == run else None
+
+
+def adopted_copy(state_dir: Path, run: str) -> tuple[SharedModels, list[float]] | None:
+    """The global models the node last adopted in ``run`` (its copy) and the norms of the changes it
+    adopted in that run (``client.aggregate_check``), or None when its copy is from another run."""
+    if (kept := _kept_for(state_dir, MODEL_COPY, run)) is None:
         return None
     models = SharedModels()
-    with np.load(path) as saved:
-        models.load_state_dict({key: torch.from_numpy(saved[key]) for key in saved.files})
-    return models, [float(change) for change in info.get("changes", [])]
+    models.load_state_dict(_saved_state(kept[0]))
+    return models, [float(change) for change in kept[1].get("changes", [])]
 
 
 def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None:
     """The local part kept in a node's directory (only if it belongs to ``run``, when given), or None."""
-    path, info_path = Path(model_dir) / LOCAL_PART, Path(model_dir) / MODEL_COPY_INFO
-    if not path.exists() or not info_path.exists():
+    if (kept := _kept_for(model_dir, LOCAL_PART, run)) is None:
         return None
-    if run is not None and json.loads(info_path.read_text()).get("run") != run:
-        return None
-    with np.load(path) as saved:
+    with np.load(kept[0]) as saved:
         offsets = {name.removeprefix(_OFFSET): saved[name] for name in saved.files if name.startswith(_OFFSET)}
         return LocalPart(offsets or None, float(saved["co_purchase_weight"]))
 
@@ -108,8 +115,7 @@ def load_models(model_dir: Path, secret_context: Path | None = None) -> LoadedMo
     model_dir = Path(model_dir)
     plain, store = model_dir / MODEL_COPY, RunStore(model_dir)
     if plain.exists():
-        with np.load(plain) as saved:
-            state = {key: torch.from_numpy(saved[key]) for key in saved.files}
+        state = _saved_state(plain)
     elif store.encrypted_model_path.exists():
         state = _decrypted_state(store, secret_context)
     else:
