@@ -53,19 +53,22 @@ class MerchantFedAvg(FedAvg):
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
         self.instructions: list[Message] = []
+        self.destinations: dict[str, int] = {}  # instruction id -> its node, once the grid has pushed them
 
     def _sent(self, messages: Iterable[Message]) -> list[Message]:
         """Keep the round's instructions: the grid gives them their ids when it pushes them."""
         self.instructions = list(messages)
+        self.destinations = {}
         return self.instructions
 
     def _node(self, reply: Message) -> int:
         """The node a reply answers for: the destination of the instruction it replies to (the error
         reply for an unavailable node comes from the SuperLink, not from the node), else its sender."""
-        for sent in self.instructions:
-            if sent.metadata.message_id and sent.metadata.message_id == reply.metadata.reply_to_message_id:
-                return sent.metadata.dst_node_id
-        return reply.metadata.src_node_id
+        answered = reply.metadata.reply_to_message_id
+        if answered not in self.destinations:  # ids are given at push: index them on the first reply
+            self.destinations = {sent.metadata.message_id: sent.metadata.dst_node_id for sent in self.instructions
+                                 if sent.metadata.message_id}
+        return self.destinations.get(answered, reply.metadata.src_node_id)
 
     def _merchant(self, msg: Message) -> str:
         """The merchant a reply answers for (its name learnt from its replies), else its node id."""
