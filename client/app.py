@@ -16,9 +16,9 @@ membership inference. The merchant's orders never leave this process.
 """
 
 from functools import lru_cache
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from client.global_model import adopted_copy, decrypt_global_state, load_local_p
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.local_fit import fit_local_part, serving_model
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
+from client.sent_update import keep_sent_update, received_digest, sent_update
 from client.training import (
     NextItemExamples,
     evaluate_ranking,
@@ -44,7 +45,7 @@ from client.training import (
     train_recommender_private,
 )
 from explain.membership import held_out_of_training
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD
+from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, RUN_KEY
 from models.local_part import LocalPart
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
@@ -114,16 +115,15 @@ def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOption
     return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []))
 
 
-def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> ArrayRecord:
+def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> dict[str, np.ndarray]:
     if key is None:
-        return ArrayRecord(model.state_dict())
-    ciphertexts = encrypt(key, weight * flatten(model.state_dict()))
-    return ArrayRecord(array_dict={name: Array(data) for name, data in ciphertexts.items()})
+        return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
+    return encrypt(key, weight * flatten(model.state_dict()))
 
 
-def _merchant_record(options: NodeOptions, adopted: Adopted) -> ConfigRecord:
-    return ConfigRecord({"name": options.merchant, "context-id": adopted.key.context_id if adopted.key else "",
-                         AGGREGATE_REFUSED: adopted.refusal})
+def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
+    return {"name": options.merchant, "context-id": adopted.key.context_id if adopted.key else "",
+            AGGREGATE_REFUSED: adopted.refusal}
 
 
 def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarray:
@@ -148,7 +148,7 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
     plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
                       float(config["noise-multiplier"]), budget.delta)
     ledger = PrivacyLedger(options.ledger_path)
-    ledger.authorize(options.merchant, plan.mechanisms, budget)
+    ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_)
     losses = {}
     losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
                                                              plan.release("recommender"), *recipes["recommender"],
@@ -174,13 +174,25 @@ def _recommender_examples(interactions: Interactions, config: ConfigRecord, seed
                             int(config["predictions-per-customer"]))
 
 
-def train_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
+def _reply(arrays: dict[str, np.ndarray], reply: dict[str, Any]) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()}),
+                       "metrics": MetricRecord(reply["metrics"]), MERCHANT_RECORD: ConfigRecord(reply["merchant"])})
+
+
+def train_locally(msg: Message, options: NodeOptions) -> Message:
     """One round on this merchant's data, with DP-SGD when the run asks for it. Only the decrypted
-    aggregate and the merchant's customers enter it: never the merchant-local part."""
+    aggregate and the merchant's customers enter it: never the merchant-local part. A round this node
+    already answered (the server lost it and asks again) gets the same reply, without training."""
     config = msg.content.config_records["config"]
-    adopted = adopted_global_model(msg, config, options, str(context.run_id))
+    run, round_ = str(config[RUN_KEY]), int(config["server-round"])
+    received = received_digest({name: array.numpy() for name, array in msg.content.array_records["arrays"].items()},
+                               float(config.get("aggregate-weight", 0.0)))
+    if (kept := sent_update(options.state_dir, run, round_, received)) is not None:
+        log(INFO, "merchant %s: round %d of run %s was already trained and paid for; sending the same update",
+            options.merchant, round_, run)
+        return Message(content=_reply(*kept), reply_to=msg)
+    adopted = adopted_global_model(msg, config, options, run)
     models = adopted.models
-    round_ = int(config["server-round"])
     seed = _round_seed(config)
     interactions = load_interactions(options.data_dir)
     held_out = _audit_holdout(interactions, config)
@@ -195,7 +207,7 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
     privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
                "max-grad-norm": 0.0, "epsilon-budget": 0.0}
     if config["dp"]:
-        losses, privacy = _train_private(models, datasets, config, options, str(context.run_id), round_)
+        losses, privacy = _train_private(models, datasets, config, options, run, round_)
     else:
         optimizer = torch.optim.Adam(models.recommender.parameters(), lr=float(config["learning-rate"]))
         losses = {"recommender": train_epochs(models.recommender, shuffled_loader(datasets["recommender"], batch_size,
@@ -204,14 +216,13 @@ def train_locally(msg: Message, context: Context, options: NodeOptions) -> Messa
             losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
-    content = RecordDict({
-        "arrays": _reply_arrays(models, examples, adopted.key),
-        "metrics": MetricRecord({"num-examples": examples, "train-loss": losses["recommender"],
-                                 "demand-loss": losses.get("demand", 0.0),
-                                 AGGREGATE_REFUSED: float(bool(adopted.refusal)), **privacy}),
-        MERCHANT_RECORD: _merchant_record(options, adopted),
-    })
-    return Message(content=content, reply_to=msg)
+    arrays = _reply_arrays(models, examples, adopted.key)
+    reply = {"metrics": {"num-examples": examples, "train-loss": losses["recommender"],
+                         "demand-loss": losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+                         **privacy},
+             "merchant": _merchant_record(options, adopted)}
+    keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
+    return Message(content=_reply(arrays, reply), reply_to=msg)
 
 
 def _local_part(models: SharedModels, interactions: Interactions, config: ConfigRecord, options: NodeOptions,
@@ -232,11 +243,11 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                       "local-part-validation-customers": fit.validation_customers}
 
 
-def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Message:
+def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     """Fit the merchant-local part on top of the new global model, rank the held-out items with the
     served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
     config = msg.content.config_records["config"]
-    run = str(context.run_id)
+    run = str(config[RUN_KEY])
     adopted = adopted_global_model(msg, config, options, run)
     models = adopted.models
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
@@ -256,7 +267,7 @@ def evaluate_locally(msg: Message, context: Context, options: NodeOptions) -> Me
         "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
                                  "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
                                  AGGREGATE_REFUSED: float(bool(adopted.refusal)), **fit_metrics, **audit}),
-        MERCHANT_RECORD: _merchant_record(options, adopted),
+        MERCHANT_RECORD: ConfigRecord(_merchant_record(options, adopted)),
     })
     return Message(content=content, reply_to=msg)
 
@@ -268,12 +279,12 @@ def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        return train_locally(msg, context, node_options(context.node_config, simulation_nodes))
+        return train_locally(msg, node_options(context.node_config, simulation_nodes))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        return evaluate_locally(msg, context, node_options(context.node_config, simulation_nodes))
+        return evaluate_locally(msg, node_options(context.node_config, simulation_nodes))
 
     return app
 

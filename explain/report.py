@@ -76,7 +76,9 @@ def server_storage(run_dir: Path, encrypted: bool) -> list[dict]:
 
 
 def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
-    merchants: dict[str, dict] = defaultdict(lambda: {"rounds": [], "epsilon": [], "refusals": []})
+    merchants: dict[str, dict] = defaultdict(lambda: {  # a merchant that never trained keeps the None values
+        "rounds": [], "epsilon": [], "refusals": [], "budget": None, "delta": None, "noise_multiplier": None,
+        "max_grad_norm": None, "sample_rate": None, "steps_per_round": None})
     for record in rounds:
         for name, metrics in record["train"].items():
             entry = merchants[name]
@@ -156,7 +158,8 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
         "audited_round": last["round"] if any(a["membership"] or a["fidelity"] for a in audits.values()) else None,
         "integrity": {"refused_global_model": [
             {"round": record["round"], "merchant": name, "reason": reason}
-            for record in rounds for name, reason in record.get("refused_global_model", {}).items()]},
+            for record in rounds for name, reason in record.get("refused_global_model", {}).items()],
+            "log": asdict(store.verify_log())},
     }
     return _finite(report)
 

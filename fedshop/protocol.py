@@ -1,9 +1,27 @@
 """Names in the messages between the ServerApp and the merchants' ClientApps, defined once.
 
 Flower's FedAvg puts the model under ``arrays`` and the round's settings under ``config``; fedshop
-adds the merchant's own record (its name, the CKKS context id its update was made under, and
-why it refused the round's global model, if it did) and the refusal as a 0/1 metric.
+adds the run's key to the config (merchants file a run's rounds, their ledger entries and model
+copies under it: it survives a resubmission, Flower's run id does not), the merchant's own record
+(its name, the CKKS context id its update was made under, and why it refused the round's global
+model, if it did) and the refusal as a 0/1 metric. Both sides name a set of arrays by the same
+digest (:func:`arrays_sha256`).
 """
+
+import hashlib
+
+import numpy as np
 
 MERCHANT_RECORD = "merchant"
 AGGREGATE_REFUSED = "aggregate-refused"  # a merchant's refusal of the global model it decrypted (why, or "")
+RUN_KEY = "run-key"
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes), independent of their order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

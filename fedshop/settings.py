@@ -5,6 +5,7 @@ mirrors these defaults so that ``flwr run`` accepts overrides); the in-process d
 directly. Clients receive the training-relevant part with every round.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -22,7 +23,10 @@ class RunSettings:
     history_length: int = 20
     seed: int = 7
     run_dir: str = "runs/latest"
-    min_nodes: int = 2
+    min_nodes: int = 2  # merchants a round waits for ...
+    quorum_wait_s: float = 300.0  # ... at most this long, then goes on with those connected ...
+    quorum: float = 0.5  # ... if they are at least this share of min_nodes (else the run fails, naming who is missing)
+    round_timeout_s: float = 3600.0  # how long a phase waits for a node's reply before filing it as lost
     dp: bool = True  # DP-SGD on every merchant (per-customer guarantee)
     target_epsilon: float = 8.0  # per merchant for the whole run; 0 = use noise_multiplier as given
     noise_multiplier: float = 1.0
@@ -40,9 +44,19 @@ class RunSettings:
     he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear
     public_context: str = ""  # path to the key steward's public.ctx, on the server machine
 
+    def __post_init__(self) -> None:
+        if not 0 < self.quorum <= 1:
+            raise ValueError(f"quorum must be a share of min-nodes in (0, 1], not {self.quorum}")
+        if self.quorum_wait_s < 0 or self.round_timeout_s <= 0:
+            raise ValueError("quorum-wait-s must be ≥ 0 and round-timeout-s > 0")
+
+    def quorum_nodes(self) -> int:
+        """The fewest merchants a round goes on with once it has waited ``quorum_wait_s``."""
+        return max(1, math.ceil(self.quorum * self.min_nodes - 1e-9))
+
     def training_config(self) -> dict[str, Any]:
         """What every client needs each round (sent in the round's ConfigRecord)."""
-        skip = {"run_dir", "min_nodes", "public_context"}
+        skip = {"run_dir", "min_nodes", "public_context", "quorum_wait_s", "quorum", "round_timeout_s"}
         return {key.replace("_", "-"): value for key, value in asdict(self).items() if key not in skip}
 
     def to_run_config(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The ledger lives on the merchant's node (``STATE_DIR/privacy_ledger.json``) and spans runs. Before
 a round trains, the node asks the ledger whether the round's planned steps would take the total
-over the merchant's budget; if so the node refuses to train and says why. A round releases one
+over the merchant's budget, or whether it already paid for this round of this run (a server that
+lost the round asks for it again); if so the node refuses to train and says why. A round releases one
 model per entry (the recommender and the demand model), and all of them compose. Composition is
 Opacus' RDP analysis over the recorded (noise multiplier, sample rate, steps) history, as its
 ``RDPAccountant`` does it, with one step's RDP kept per (noise multiplier, sample rate): the round's
@@ -73,6 +74,10 @@ class BudgetExceeded(RuntimeError):
     """Training would take the merchant past its privacy budget."""
 
 
+class RoundAlreadyPaid(RuntimeError):
+    """A round of a run was already trained and recorded: training it again would charge ε twice."""
+
+
 class PrivacyLedger:
     """The persisted release history of one merchant node."""
 
@@ -85,8 +90,19 @@ class PrivacyLedger:
         recorded = [Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
         return composed_epsilon([*recorded, *planned], delta)
 
-    def authorize(self, merchant: str, planned: Sequence[Mechanism], budget: Budget) -> float:
-        """ε after ``planned`` if it stays within ``budget``; otherwise refuse with the reason."""
+    def paid_for(self, run: str, round_: int) -> bool:
+        """Whether a release of round ``round_`` of ``run`` is already recorded."""
+        return any(e["run"] == run and e["round"] == round_ for e in self.entries)
+
+    def authorize(self, merchant: str, planned: Sequence[Mechanism], budget: Budget, run: str, round_: int) -> float:
+        """ε after ``planned`` (round ``round_`` of ``run``) if it stays within ``budget`` and the round
+        was not paid for already; otherwise refuse with the reason."""
+        if self.paid_for(run, round_):
+            raise RoundAlreadyPaid(
+                f"merchant {merchant} already spent ε on round {round_} of run {run}, and the update it sent then "
+                "is not the answer to this round's global model; training the round again would charge its "
+                "customers twice, so this node refuses"
+            )
         after = self.epsilon(budget.delta, planned)
         if after > budget.epsilon:
             raise BudgetExceeded(

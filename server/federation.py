@@ -10,14 +10,13 @@ from pathlib import Path
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from fedshop.protocol import RUN_KEY
 from fedshop.settings import RunSettings
 from models.shared import build_shared_models
 from privacy.ckks import ContextError, load_public_context
 from server.encrypted_strategy import EncryptedFedAvg
 from server.run_store import RunStore
 from server.strategy import MerchantFedAvg
-
-ROUND_TIMEOUT_S = 3600.0
 
 
 def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[MerchantFedAvg, ArrayRecord]:
@@ -42,9 +41,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     completed = store.open(settings)
     try:
         strategy, arrays = _strategy(store, settings, completed)
-        round_config = settings.training_config()
+        round_config = {**settings.training_config(), RUN_KEY: store.run_key}
         result = strategy.start(grid, arrays, num_rounds=settings.num_server_rounds - completed,
-                                timeout=ROUND_TIMEOUT_S, train_config=ConfigRecord(round_config),
+                                timeout=settings.round_timeout_s, train_config=ConfigRecord(round_config),
                                 evaluate_config=ConfigRecord(round_config))
     except BaseException as exc:
         store.write_status("failed", store.latest_checkpoint_round(), settings.num_server_rounds,

@@ -3,29 +3,38 @@
 Flower's ``Strategy.start`` runs the rounds; this subclass only changes what happens around
 aggregation: it names every merchant's numbers and failures in the run store (and the merchants that
 refused the global model they decrypted, with why), refuses updates that do not fit the model
-(dropping that merchant for the round, never the run), checkpoints the global
-model after every round and counts rounds on from a resumed checkpoint. The aggregation itself is
-:meth:`MerchantFedAvg.aggregate_updates`, the one step a different aggregation replaces.
+(dropping that merchant for the round, never the run), checkpoints the global model after every
+round (chaining the round's record to the aggregate it produced) and counts rounds on from a
+resumed checkpoint. The aggregation itself is :meth:`MerchantFedAvg.aggregate_updates`, the one
+step a different aggregation replaces.
 """
 
 import re
+import time
 from collections.abc import Iterable
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD
+from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, arrays_sha256
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
 from server.update_checks import update_problem
 
+QUORUM_POLL_S = 1.0
+
 
 class UpdateRefused(ValueError):
     """A merchant's update cannot be aggregated; the message says why."""
+
+
+class QuorumNotReached(RuntimeError):
+    """Too few merchants are connected for a round, even after waiting; the message names who is missing."""
 
 
 _RAISED = re.compile(r"<class '[^']*'>:<'(?P<message>.*)'>", re.DOTALL)
@@ -47,11 +56,14 @@ class MerchantFedAvg(FedAvg):
         super().__init__(min_train_nodes=settings.min_nodes, min_evaluate_nodes=settings.min_nodes,
                          min_available_nodes=settings.min_nodes)
         self.store = store
+        self.settings = settings
+        self.lost: set[int] = set()  # nodes the round's training lost: its evaluation does not wait for them
         self.num_rounds = settings.num_server_rounds
         self.offset = completed_rounds
         self.names: dict[int, str] = {}
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
+        self.aggregate_sha256 = ""
         self.instructions: list[Message] = []
         self.destinations: dict[str, int] = {}  # instruction id -> its node, once the grid has pushed them
 
@@ -85,14 +97,47 @@ class MerchantFedAvg(FedAvg):
     def _named(self, by_node: dict[int, Any]) -> dict[str, Any]:
         return {self.names.get(node, f"node {node}"): value for node, value in by_node.items()}
 
+    def _quorum(self, grid: Grid, round_: int, phase: str) -> list[int]:
+        """The connected nodes a phase goes on with (less those the round's training lost): all
+        ``min_nodes`` as soon as they are there, else after ``quorum_wait_s`` whoever is, when they make
+        the quorum; otherwise the run fails naming the merchants missing."""
+        deadline = time.monotonic() + self.settings.quorum_wait_s
+        while len(nodes := [n for n in grid.get_node_ids() if n not in self.lost]) < self.settings.min_nodes:
+            if time.monotonic() >= deadline:
+                break
+            log(INFO, "round %d %s: %d of %d merchants connected; waiting up to %.0f s more", round_, phase,
+                len(nodes), self.settings.min_nodes, deadline - time.monotonic())
+            time.sleep(QUORUM_POLL_S)
+        needed = self.settings.quorum_nodes()
+        seen = {self.names[n] for n in nodes if n in self.names}
+        missing = sorted({name for node, name in self.names.items() if node not in nodes} - seen)
+        if len(nodes) < needed:
+            raise QuorumNotReached(
+                f"round {round_} {phase}: {len(nodes)} of {self.settings.min_nodes} merchants connected after "
+                f"waiting {self.settings.quorum_wait_s:g} s, fewer than the quorum of {needed}"
+                + (f"; missing: {', '.join(missing)}" if missing else ""))
+        if len(nodes) < self.settings.min_nodes:
+            log(WARNING, "round %d %s: going on with %d of %d merchants%s", round_, phase, len(nodes),
+                self.settings.min_nodes, f" (missing: {', '.join(missing)})" if missing else "")
+        return sorted(nodes)
+
+    def _instructions(self, round_: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str,
+                      phase: str) -> list[Message]:
+        config["server-round"] = round_
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._sent(Message(content=content, message_type=kind, dst_node_id=node)
+                          for node in self._quorum(grid, round_, phase))
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.global_arrays = arrays
-        return self._sent(super().configure_train(server_round + self.offset, arrays, config, grid))
+        self.lost = set()
+        return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.TRAIN, "training")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._sent(super().configure_evaluate(server_round + self.offset, arrays, config, grid))
+        return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.EVALUATE,
+                                  "evaluation")
 
     def accept_update(self, msg: Message) -> Any:
         """Check one merchant's update; returns what :meth:`aggregate_updates` combines."""
@@ -126,11 +171,18 @@ class MerchantFedAvg(FedAvg):
         round_ = server_round + self.offset
         accepted, updates, train, failures, refusals = [], [], {}, {}, {}
         expected: set[str] | None = None
+        replies = list(replies)
+        answered = {self._node(msg) for msg in replies}
+        self.lost = {sent.metadata.dst_node_id for sent in self.instructions} - answered
+        for node in self.lost:
+            failures[node] = f"no reply within {self.settings.round_timeout_s:g} s"
         for msg in replies:
             who, node = self._merchant(msg), self._node(msg)
             if msg.has_error():
                 log(WARNING, "round %d: %s failed to train: %s", round_, who, msg.error.reason)
                 failures[node] = failure_reason(msg.error.reason)
+                if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+                    self.lost.add(node)
                 continue
             try:
                 names = self._check_metrics(msg, expected)
@@ -145,8 +197,11 @@ class MerchantFedAvg(FedAvg):
                 refusals[node] = refusal
             accepted.append(msg)
         arrays, metrics = self.aggregate_updates(round_, accepted, updates)
+        self.aggregate_sha256 = ""
         if arrays is not None:
-            self.store.save_checkpoint(round_, {k: v.numpy() for k, v in arrays.items()}, self.checkpoint_meta())
+            kept = {k: v.numpy() for k, v in arrays.items()}
+            self.store.save_checkpoint(round_, kept, self.checkpoint_meta())
+            self.aggregate_sha256 = arrays_sha256(kept)
         self.pending = {"round": round_, "train": train, "failures": failures, "refused_global_model": refusals,
                         "train_aggregate": dict(metrics or {})}
         return arrays, metrics
@@ -169,6 +224,6 @@ class MerchantFedAvg(FedAvg):
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
                                  "refused_global_model": self._named(refusals),
-                                 "evaluate_aggregate": dict(metrics or {})})
+                                 "evaluate_aggregate": dict(metrics or {})}, self.aggregate_sha256)
         self.store.write_status("running", round_, self.num_rounds)
         return metrics

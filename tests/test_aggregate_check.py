@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 from client.aggregate_check import GROWTH_LIMIT, aggregate_problem
 from client.app import evaluate_locally, train_locally
 from client.global_model import decrypt_global_state
 from client.node_data import node_options
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD
+from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, RUN_KEY
 from fedshop.settings import RunSettings
 from models.parameters import flatten, parameter_count
 from models.shared import build_shared_models
@@ -33,7 +33,8 @@ def test_the_rule_refuses_non_finite_values_and_a_change_far_beyond_the_runs() -
 
 def _message(kind: str, round_: int, ciphertexts: dict[str, np.ndarray] | None, weight: float,
              context_id: str) -> Message:
-    config = ConfigRecord({**SETTINGS.training_config(), "server-round": round_, "context-id": context_id,
+    config = ConfigRecord({**SETTINGS.training_config(), RUN_KEY: "run-9", "server-round": round_,
+                           "context-id": context_id,
                            "aggregate-weight": weight})
     arrays = (ArrayRecord(build_shared_models(SETTINGS.seed).state_dict()) if ciphertexts is None
               else ArrayRecord(array_dict={name: Array(data) for name, data in ciphertexts.items()}))
@@ -58,32 +59,31 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
     for data_dir in federation_dirs[1:]:
         config = {"data-dir": str(data_dir), "state-dir": str(tmp_path / data_dir.name), "epsilon-budget": 1e9,
                   "secret-context": str(tmp_path / "keys" / "secret.ctx")}
-        nodes.append((Context(run_id=9, node_id=1, node_config=config, state=RecordDict(), run_config={}),
-                      node_options(config)))
+        nodes.append(node_options(config))
 
     def server_sum(replies: list[Message], extra: list[dict[str, np.ndarray]] = ()) -> tuple[dict, float]:
         updates = [parse_update(public, c, parameter_count()) for c in [*map(_ciphertexts, replies), *extra]]
         weight = sum(float(r.content.metric_records["metrics"]["num-examples"]) for r in replies)
         return add_updates(updates), weight
 
-    first = [train_locally(_message("train", 1, None, 0.0, secret.context_id), *node) for node in nodes]
+    first = [train_locally(_message("train", 1, None, 0.0, secret.context_id), node) for node in nodes]
     round_one, weight = server_sum(first)
-    adopted = [evaluate_locally(_message("evaluate", 1, round_one, weight, secret.context_id), *node)
+    adopted = [evaluate_locally(_message("evaluate", 1, round_one, weight, secret.context_id), node)
                for node in nodes]
     assert all(r.content.metric_records["metrics"][AGGREGATE_REFUSED] == 0 for r in adopted)
 
-    honest = [train_locally(_message("train", 2, round_one, weight, secret.context_id), *node) for node in nodes]
+    honest = [train_locally(_message("train", 2, round_one, weight, secret.context_id), node) for node in nodes]
     huge = np.random.default_rng(0).normal(0, 1e4, parameter_count()) * 100
     poisoned, weight_two = server_sum(honest, [encrypt(secret, huge)])
     weight_two += 100
-    refused = [evaluate_locally(_message("evaluate", 2, poisoned, weight_two, secret.context_id), *node)
+    refused = [evaluate_locally(_message("evaluate", 2, poisoned, weight_two, secret.context_id), node)
                for node in nodes]
     for before, after in zip(adopted, refused, strict=True):
         metrics = after.content.metric_records["metrics"]
         assert metrics[AGGREGATE_REFUSED] == 1
         assert "changed by" in after.content.config_records[MERCHANT_RECORD][AGGREGATE_REFUSED]
         assert metrics["ndcg10"] == before.content.metric_records["metrics"]["ndcg10"]  # the previous model's
-    third = train_locally(_message("train", 3, poisoned, weight_two, secret.context_id), *nodes[0])
+    third = train_locally(_message("train", 3, poisoned, weight_two, secret.context_id), nodes[0])
     assert third.content.metric_records["metrics"][AGGREGATE_REFUSED] == 1
     own = flatten(decrypt_global_state(secret, _ciphertexts(third), 1.0))
     assert np.isfinite(own).all() and np.abs(own).max() < 1e3  # trained from the previous model, not the poison
@@ -93,12 +93,11 @@ def test_a_merchant_without_a_copy_of_this_run_compares_round_one_with_the_initi
         federation_dirs, tmp_path: Path) -> None:
     settings = replace(SETTINGS, he=False)
     config = {"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path / "state"), "epsilon-budget": 1e9}
-    context = Context(run_id=9, node_id=1, node_config=config, state=RecordDict(), run_config={})
     poisoned = {name: value * 1e3 for name, value in build_shared_models(settings.seed).state_dict().items()}
     message = Message(content=RecordDict({"arrays": ArrayRecord(poisoned), "config": ConfigRecord(
-        {**settings.training_config(), "server-round": 1})}), metadata=Metadata(
+        {**settings.training_config(), RUN_KEY: "run-9", "server-round": 1})}), metadata=Metadata(
         run_id=9, message_id="e", src_node_id=1, dst_node_id=2, reply_to_message_id="", group_id="1",
         created_at=time.time(), ttl=600.0, message_type="evaluate"))
-    reply = evaluate_locally(message, context, node_options(config))
+    reply = evaluate_locally(message, node_options(config))
     assert reply.content.metric_records["metrics"][AGGREGATE_REFUSED] == 1
     assert "the norm of the previous model" in reply.content.config_records[MERCHANT_RECORD][AGGREGATE_REFUSED]

@@ -16,7 +16,7 @@ from client.training import NextItemExamples, NextItemLoss, train_recommender_pr
 from models.recommender import build_recommender
 from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.embedding_norms import embedding_norm_sample
-from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, default_delta
+from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, RoundAlreadyPaid, default_delta
 
 
 def _brute_force_norms(layer: nn.Embedding, ids: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
@@ -101,15 +101,28 @@ def test_a_node_past_its_budget_refuses_with_a_reason_a_merchant_reads(tmp_path:
     round_ = Mechanism(noise_multiplier=0.8, sample_rate=0.1, steps=30)
     budget = Budget(epsilon=4.0, delta=1e-5)
     while ledger.epsilon(budget.delta, [round_]) <= budget.epsilon:
-        ledger.authorize("m0", [round_], budget)
+        ledger.authorize("m0", [round_], budget, "run", len(ledger.entries) + 1)
         ledger.record("run", len(ledger.entries) + 1, "recommender", round_, budget.delta)
     with pytest.raises(BudgetExceeded) as refused:
-        ledger.authorize("m0", [round_], budget)
+        ledger.authorize("m0", [round_], budget, "run", len(ledger.entries) + 1)
     message = str(refused.value)
     assert message.startswith("privacy budget reached for merchant m0: this round would bring ε to ")
     assert "over the budget ε=4" in message and "This node refuses to train" in message
     assert ledger.epsilon(budget.delta) <= budget.epsilon
     assert default_delta(2000) == pytest.approx(5e-5)
+
+
+def test_a_round_already_paid_for_is_refused_not_charged_twice(tmp_path: Path) -> None:
+    """A server that lost round 2 asked the node for it again: the resumed run spent ε 9.4 of a target 8."""
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    release, budget = Mechanism(noise_multiplier=1.0, sample_rate=0.1, steps=10), Budget(epsilon=10.0, delta=1e-5)
+    ledger.authorize("m0", [release], budget, "run-a", 2)
+    ledger.record("run-a", 2, "recommender", release, budget.delta)
+    spent = ledger.epsilon(budget.delta)
+    with pytest.raises(RoundAlreadyPaid, match="already spent ε on round 2 of run run-a"):
+        PrivacyLedger(tmp_path / "ledger.json").authorize("m0", [release], budget, "run-a", 2)
+    assert PrivacyLedger(tmp_path / "ledger.json").epsilon(budget.delta) == spent
+    PrivacyLedger(tmp_path / "ledger.json").authorize("m0", [release], budget, "run-a", 3)
 
 
 def test_private_training_changes_the_model_and_reports_what_it_spent(federation_dirs) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 import client.pricing
 import privacy.dp_sgd
@@ -15,33 +15,34 @@ from client.app import evaluate_locally, train_locally
 from client.global_model import LOCAL_PART, load_local_part, load_models, save_model_copy
 from client.interactions import build_interactions
 from client.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
-from client.node_data import node_options
+from client.node_data import NodeOptions, node_options
 from client.recommend import recommend
 from client.schema import load_merchant
 from client.training import NextItemExamples, catalogue_scores, padded_history
 from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import explain_recommendation, largest_gap
+from fedshop.protocol import RUN_KEY
 from fedshop.settings import RunSettings
 from models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
 from models.recommender import build_recommender
 from models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
+RUN = "run-7"
 SETTINGS = RunSettings(num_server_rounds=2, local_epochs=1, pricing=False, he=False, dp_batch_size=64,
                        local_part_epochs=1)
 
 
 def _message(kind: str, settings: RunSettings) -> Message:
-    config = ConfigRecord({**settings.training_config(), "server-round": 1})
+    config = ConfigRecord({**settings.training_config(), RUN_KEY: RUN, "server-round": 1})
     content = RecordDict({"arrays": ArrayRecord(build_shared_models(settings.seed).state_dict()), "config": config})
     metadata = Metadata(run_id=7, message_id=f"{kind}-1", src_node_id=1, dst_node_id=2, reply_to_message_id="",
                         group_id="1", created_at=time.time(), ttl=600.0, message_type=kind)
     return Message(content=content, metadata=metadata)
 
 
-def _node(data_dir: Path, state_dir: Path) -> tuple[Context, object]:
-    config = {"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9}
-    return Context(run_id=7, node_id=1, node_config=config, state=RecordDict(), run_config={}), node_options(config)
+def _node(data_dir: Path, state_dir: Path) -> NodeOptions:
+    return node_options({"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9})
 
 
 def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(federation_dirs) -> None:
@@ -90,16 +91,16 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
     replies = []
     for fill in (None, 0.0, 1e3):
         state_dir = tmp_path / f"state-{fill}"
-        context, options = _node(federation_dirs[2], state_dir)
-        evaluate_locally(_message("evaluate", SETTINGS), context, options)  # fits and keeps a local part
+        options = _node(federation_dirs[2], state_dir)
+        evaluate_locally(_message("evaluate", SETTINGS), options)  # fits and keeps a local part
         if fill is None:
             (state_dir / LOCAL_PART).unlink()
         else:
             save_model_copy(state_dir, build_shared_models(0), LocalPart({name: np.full(shape, fill, np.float32)
                                                                           for name, shape in shapes.items()}, fill),
-                            {"run": str(context.run_id), "round": 1, "history_length": 20})
-        assert (load_local_part(state_dir, str(context.run_id)) is None) == (fill is None)
-        reply = train_locally(_message("train", SETTINGS), context, options)
+                            {"run": RUN, "round": 1, "history_length": 20})
+        assert (load_local_part(state_dir, RUN) is None) == (fill is None)
+        reply = train_locally(_message("train", SETTINGS), options)
         replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
     assert reply.content.metric_records["metrics"]["epsilon"] > 0
     for other in replies[1:]:
@@ -117,17 +118,17 @@ def test_shared_demand_update_is_bit_identical_whatever_the_item_elasticities_ho
     for shift in (0.0, -50.0):
         monkeypatch.setattr(client.pricing, "fit_item_elasticities", lambda *args, shift=shift: replace(
             true_fit(*args), deviation=true_fit(*args).deviation + shift))
-        context, options = _node(federation_dirs[2], tmp_path / f"state-{shift}")
-        evaluate_locally(_message("evaluate", settings), context, options)
-        reply = train_locally(_message("train", settings), context, options)
+        options = _node(federation_dirs[2], tmp_path / f"state-{shift}")
+        evaluate_locally(_message("evaluate", settings), options)
+        reply = train_locally(_message("train", settings), options)
         replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
     assert reply.content.metric_records["metrics"]["demand-loss"] > 0
     assert all(np.array_equal(replies[0][name], replies[1][name]) for name in replies[0])
 
 
 def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(federation_dirs, tmp_path) -> None:
-    context, options = _node(federation_dirs[0], tmp_path / "state")
-    reply = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=3)), context, options)
+    options = _node(federation_dirs[0], tmp_path / "state")
+    reply = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=3)), options)
     metrics = reply.content.metric_records["metrics"]
     assert metrics["local-part-served"] == 1 and metrics["local-part-epochs"] >= 1
     assert metrics["local-part-validation-ndcg10"] > metrics["shared-validation-ndcg10"]
@@ -141,7 +142,7 @@ def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(fede
         assert largest_gap(explanation) < 1e-4
         kinds = {r.kind for r in explanation.by_source}
         assert kinds == {"federation", "shop"} and "popular at this shop" in {r.label for r in explanation.by_history}
-    without = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=0)), context, options)
+    without = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=0)), options)
     plain = without.content.metric_records["metrics"]
     assert plain["ndcg10"] == plain["shared-ndcg10"] and not (tmp_path / "state" / LOCAL_PART).exists()
 

@@ -53,5 +53,22 @@ def test_round_records_replace_on_resume(tmp_path: Path) -> None:
     store.record_round({"round": 1, "evaluate": {"a": {"hr10": 0.1}}})
     store.record_round({"round": 2, "evaluate": {}})
     store.record_round({"round": 1, "evaluate": {"a": {"hr10": 0.2}}})
-    assert [r["round"] for r in store.rounds()] == [1, 2]
+    assert [r["round"] for r in store.rounds()] == [1]
     assert store.rounds()[0]["evaluate"]["a"]["hr10"] == 0.2
+
+
+def test_a_server_process_whose_run_was_resumed_by_another_writes_nothing(tmp_path: Path) -> None:
+    """A ServerApp that outlived its crashed SuperLink must not overwrite the records of the process that
+    resumed the run after the restart; the run keeps its key across the resume."""
+    settings = RunSettings(run_dir=str(tmp_path))
+    stale, resumed = RunStore(tmp_path), RunStore(tmp_path)
+    stale.open(settings)
+    key = stale.run_key
+    resumed.open(settings)
+    assert resumed.run_key == key
+    with pytest.raises(RunStoreError, match="resumed by another server process"):
+        stale.write_status("failed", 1, 5, detail="lost the SuperLink")
+    with pytest.raises(RunStoreError):
+        stale.record_round({"round": 1, "train": {}})
+    resumed.write_status("running", 1, 5)
+    assert RunStore(tmp_path).status()["state"] == "running"

@@ -1,8 +1,10 @@
 """The plaintext strategy drops a bad merchant for the round and averages the rest."""
 
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
@@ -11,7 +13,7 @@ from rich.console import Console
 from fedshop.progress import round_table
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
-from server.strategy import MerchantFedAvg, failure_reason
+from server.strategy import MerchantFedAvg, QuorumNotReached, failure_reason
 from tests.messages import merchant_reply
 
 
@@ -101,3 +103,44 @@ def test_a_node_unavailable_reply_from_the_superlink_is_filed_under_the_merchant
         strategy.aggregate_train(round_, replies)
         strategy.aggregate_evaluate(round_, [])
     assert store.rounds()[1]["failures"] == {"beta": "node 3 is unavailable"}
+
+
+class _Nodes:
+    """Just enough of a Grid for a strategy to sample: the connected node ids, which a test changes."""
+
+    def __init__(self, *nodes: int) -> None:
+        self.nodes = list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_skips_the_lost(
+        tmp_path: Path, monkeypatch) -> None:
+    """Flower's own sampling waits for min_available_nodes without limit: a dead node hung the run."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    settings = RunSettings(run_dir=str(tmp_path), he=False, min_nodes=3, quorum_wait_s=0.2, quorum=0.5)
+    store = RunStore(tmp_path)
+    store.open(settings)
+    strategy = MerchantFedAvg(store, settings, 0)
+    arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    grid = _Nodes(2, 3, 4)
+    ids = _pushed(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    good = {"num-examples": 10, "train-loss": 1.0}
+    replies = [merchant_reply({"w": np.ones(3, np.float32)}, good, name, node=node, reply_to=ids[node])
+               for node, name in ((2, "alpha"), (3, "beta"))]  # node 4 ("gamma", never heard of) is lost
+    strategy.aggregate_train(1, replies)
+    assert strategy.lost == {4}
+    started = time.monotonic()
+    evaluation = list(strategy.configure_evaluate(1, arrays, ConfigRecord({}), grid))
+    assert [m.metadata.dst_node_id for m in evaluation] == [2, 3]
+    assert 0.2 <= time.monotonic() - started < 5
+    strategy.aggregate_evaluate(1, [])
+    assert store.rounds()[0]["failures"] == {"node 4": f"no reply within {settings.round_timeout_s:g} s"}
+
+    grid.nodes = [3]
+    with pytest.raises(QuorumNotReached, match=r"round 2 training: 1 of 3 merchants connected after waiting 0.2 s, "
+                                               r"fewer than the quorum of 2; missing: alpha"):
+        strategy.configure_train(2, arrays, ConfigRecord({}), grid)
