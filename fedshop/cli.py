@@ -4,7 +4,7 @@ demo       the whole federation in one process on generated merchants
 keys init  the key steward's CKKS contexts (secret for merchants, public for the server)
 partition  split one real export into one data directory per merchant
 server     start the operator's SuperLink (real process)
-node       start a merchant's SuperNode on its data directory (real process)
+node       start a merchant's SuperNode on its data directory (real process, kept up)
 run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
 recommend  a merchant's top-k items for one of its customers, with the reasons for each
@@ -185,11 +185,13 @@ def node(
     state_dir: Annotated[Path | None, typer.Option(help="Ledger and model copy (default DATA/.fedshop).")] = None,
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
-    """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink."""
+    """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it
+    again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it."""
     from client.interactions import TRAINING_EXAMPLE_RULE, build_interactions
     from client.node_data import node_options
     from client.schema import SchemaError, load_merchant
     from fedshop.deployment import NodePrivacy, process_environment, supernode_command
+    from fedshop.supervisor import supervise
     from privacy.ckks import ContextError, load_secret_context
     from privacy.ledger import PrivacyLedger
 
@@ -212,7 +214,8 @@ def node(
                   f"connecting to {server}")
     privacy = NodePrivacy(secret_context, guarantee.epsilon, guarantee.delta, options.state_dir)
     command = supernode_command(server, data, options.merchant, port, privacy, root_certificate)
-    raise typer.Exit(subprocess.call(command, env=process_environment()))
+    raise typer.Exit(supervise(command, process_environment(),
+                               lambda line: console.print(f"[yellow]fedshop node {options.merchant}:[/] {line}")))
 
 
 @app.command()
@@ -220,8 +223,12 @@ def run(
     server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
     out: Annotated[Path, typer.Option("--out", help="Run directory, on the server machine.")] = Path("runs/latest"),
     rounds: Annotated[int, typer.Option(min=1, help="Training rounds.")] = RunSettings.num_server_rounds,
-    min_nodes: Annotated[int, typer.Option(min=1, help="Merchants needed before a round starts.")
-                         ] = RunSettings.min_nodes,
+    min_nodes: Annotated[int, typer.Option(min=1, help="Merchants a round waits for.")] = RunSettings.min_nodes,
+    quorum_wait: Annotated[float, typer.Option(min=0, help="Seconds a round waits for them before going on with "
+                                                          "those connected (if they make the quorum).")
+                           ] = RunSettings.quorum_wait_s,
+    quorum: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of --min-nodes a round can go on with.")
+                      ] = RunSettings.quorum,
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = RunSettings.seed,
     dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
     epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
@@ -230,9 +237,12 @@ def run(
     watch: Annotated[bool, typer.Option(help="Follow the run directory when it is on this machine.")] = True,
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
 ) -> None:
-    """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`)."""
+    """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`) and follow it; if the
+    SuperLink restarts, submit it again (it resumes from its last checkpoint). The same command resumes
+    an interrupted run."""
     from fedshop.deployment import process_environment, run_command, write_connection
     from fedshop.progress import watch_run
+    from fedshop.run_driver import RunInterrupted, drive_run
     from privacy.ckks import ContextError, load_public_context
 
     if he:
@@ -242,19 +252,30 @@ def run(
             load_public_context(public_context)
         except ContextError as exc:
             _fail(str(exc))
-    settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, seed=seed, run_dir=str(out.resolve()),
+    settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, quorum_wait_s=quorum_wait, quorum=quorum,
+                           seed=seed, run_dir=str(out.resolve()),
                            dp=dp, target_epsilon=epsilon, he=he,
                            public_context=str(public_context.resolve()) if public_context else "")
-    with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
-        write_connection(Path(home), server, root_certificate)
-        code = subprocess.call(run_command(settings), env=process_environment(Path(home)))
-    if code:
-        _fail(f"flwr run failed with exit code {code}", code)
-    if watch:
-        status = watch_run(out.resolve(), rounds, console)
-        if status.get("state") != "finished":
-            _fail(f"run {status.get('state')}: {status.get('detail', '')}", 1)
-        console.print(_final_table(out.resolve()))
+
+    def submit() -> None:
+        with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
+            write_connection(Path(home), server, root_certificate)
+            code = subprocess.call(run_command(settings), env=process_environment(Path(home)))
+        if code:
+            _fail(f"flwr run failed with exit code {code}", code)
+
+    if not watch:
+        submit()
+        return
+    try:
+        status = drive_run(out.resolve(), server, submit,
+                           lambda interrupted: watch_run(out.resolve(), rounds, console, interrupted),
+                           lambda line: console.print(f"[yellow]fedshop run:[/] {line}"))
+    except RunInterrupted as exc:
+        _fail(str(exc), 1)
+    if status.get("state") != "finished":
+        _fail(f"run {status.get('state')}: {status.get('detail', '')}", 1)
+    console.print(_final_table(out.resolve()))
 
 
 @app.command("watch")
@@ -390,6 +411,9 @@ def report(
     except (ReportError, SchemaError, FileNotFoundError, ContextError) as exc:
         _fail(str(exc))
     json_path, html_path = write_report(content, out or run_dir)
+    log = content["integrity"]["log"]
+    if not log["verified"]:
+        console.print(f"[bold red]the run log does not verify at round {log['broken_at']}:[/] {log['problem']}")
     pooled = content["privacy"]["membership_inference"]["pooled"]
     if pooled["auc"] is not None:
         console.print(f"membership inference: AUC {pooled['auc']:.3f} over {pooled['members']} members and "

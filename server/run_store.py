@@ -70,12 +70,16 @@ class RunStore:
     def lease_path(self) -> Path:
         return self.run_dir / LEASE_FILE
 
+    def lease(self) -> dict[str, Any]:
+        """Which ServerApp process writes the run now (empty before any opened it)."""
+        return read_json(self.lease_path, {})
+
     def _check_lease(self) -> None:
         """Refuse to write for a ServerApp whose run was resumed by another one since it opened it (one
         that outlived a crashed SuperLink must not overwrite the resumed run's records)."""
         if self.holder is None:
             return
-        lease = read_json(self.lease_path, {})
+        lease = self.lease()
         if lease.get("holder") != self.holder:
             raise RunStoreError(f"{self.run_dir} was resumed by another server process (pid {lease.get('pid')}) "
                                 "since this one opened it; this one stops without writing")

@@ -101,12 +101,12 @@ class MerchantFedAvg(FedAvg):
         """The connected nodes a phase goes on with (less those the round's training lost): all
         ``min_nodes`` as soon as they are there, else after ``quorum_wait_s`` whoever is, when they make
         the quorum; otherwise the run fails naming the merchants missing."""
-        deadline = time.monotonic() + self.settings.quorum_wait_s
-        while len(nodes := [n for n in grid.get_node_ids() if n not in self.lost]) < self.settings.min_nodes:
+        deadline, wanted = time.monotonic() + self.settings.quorum_wait_s, self.settings.min_nodes - len(self.lost)
+        while len(nodes := [n for n in grid.get_node_ids() if n not in self.lost]) < wanted:
             if time.monotonic() >= deadline:
                 break
             log(INFO, "round %d %s: %d of %d merchants connected; waiting up to %.0f s more", round_, phase,
-                len(nodes), self.settings.min_nodes, deadline - time.monotonic())
+                len(nodes), wanted, deadline - time.monotonic())
             time.sleep(QUORUM_POLL_S)
         needed = self.settings.quorum_nodes()
         seen = {self.names[n] for n in nodes if n in self.names}

@@ -1,5 +1,7 @@
-"""The federation as real processes: a SuperLink, three SuperNodes and `flwr run` on localhost."""
+"""The federation as real processes on localhost: a SuperLink, three merchants' `fedshop node` and the
+operator's `fedshop run`, with the faults a deployment meets (a restarted SuperLink, a dead node)."""
 
+import json
 import os
 import signal
 import socket
@@ -12,14 +14,7 @@ import numpy as np
 import pytest
 
 from client.global_model import load_models
-from fedshop.deployment import (
-    NodePrivacy,
-    process_environment,
-    run_command,
-    superlink_command,
-    supernode_command,
-    write_connection,
-)
+from fedshop.deployment import process_environment, superlink_command
 from fedshop.settings import RunSettings
 from models.shared import build_shared_models
 from privacy.ckks import create_keys
@@ -27,12 +22,14 @@ from server.run_store import RunStore
 
 START_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 420
+PORTS_USED: list[int] = []  # the SuperLink's and the nodes' ports, for the cleanup
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        PORTS_USED.append(sock.getsockname()[1])
+        return PORTS_USED[-1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
@@ -49,7 +46,8 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture
 def launch(tmp_path: Path):
-    """Start processes in their own process groups; every one is killed at the end, pass or fail."""
+    """Start processes in their own process groups; every one is killed at the end, pass or fail, and
+    so is every Flower process left holding one of the test's ports (a ServerApp outlives its SuperLink)."""
     started: list[subprocess.Popen] = []
 
     def _launch(command: list[str], name: str) -> tuple[subprocess.Popen, Path]:
@@ -69,6 +67,9 @@ def launch(tmp_path: Path):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    for port in PORTS_USED:
+        subprocess.run(["pkill", "-KILL", "-f", f"127.0.0.1:{port}( |$)"], check=False)
+    PORTS_USED.clear()
 
 
 def test_flower_processes_find_flower_tools_without_an_activated_virtualenv(monkeypatch) -> None:
@@ -88,45 +89,95 @@ def test_superlink_keeps_its_state_in_memory_unless_given_a_database() -> None:
     assert on_disk[on_disk.index("--database") + 1] == "runs/superlink.db"
 
 
+def _ledger(state_dir: Path) -> list[dict]:
+    path = state_dir / "privacy_ledger.json"
+    return json.loads(path.read_text())["entries"] if path.exists() else []
+
+
+def _wait(condition, what: str, logs: Path, timeout: float = RUN_TIMEOUT_S) -> float:
+    """Wait for ``condition``; returns when it held (monotonic seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+            pytest.fail(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.2)
+    return time.monotonic()
+
+
+def _kill_node(supervisor: subprocess.Popen) -> None:
+    """kill -9 a merchant's node for good: its SuperNode (and what it started), then its supervisor."""
+    children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True).stdout.split()
+    for child in children:
+        os.killpg(int(child), signal.SIGKILL)
+    os.killpg(supervisor.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_superlink_and_three_supernodes_train_two_rounds_with_dp_and_he(tmp_path: Path, federation_dirs,
-                                                                      launch) -> None:
+def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: Path, federation_dirs, launch) -> None:
+    """Real processes, the README's commands: a SuperLink, three supervised `fedshop node`s and `fedshop run`
+    (DP + HE, --min-nodes 3). The SuperLink is killed (kill -9, its whole process group) while round 2
+    trains and started again; later one node is killed for good. The run finishes by itself, no merchant
+    pays twice for a round, the dead node's failure is filed under its merchant, the run log verifies."""
     started = time.monotonic()
     create_keys(tmp_path / "keys")
     port = free_port()
     superlink, superlink_log = launch(superlink_command("127.0.0.1", port), "superlink")
     wait_for_port(port, superlink, superlink_log)
+    fedshop, secret = [sys.executable, "-m", "fedshop.cli"], str(tmp_path / "keys" / "secret.ctx")
+    nodes = {}
     for data_dir in federation_dirs:
-        privacy = NodePrivacy(secret_context=tmp_path / "keys" / "secret.ctx", state_dir=tmp_path / data_dir.name)
-        launch(supernode_command(f"127.0.0.1:{port}", data_dir, data_dir.name, free_port(), privacy), data_dir.name)
+        nodes[data_dir.name] = launch([*fedshop, "node", "--data", str(data_dir), "--server", f"127.0.0.1:{port}",
+                                       "--port", str(free_port()), "--secret-context", secret,
+                                       "--state-dir", str(tmp_path / data_dir.name)], f"node-{data_dir.name}")[0]
+    run_dir = tmp_path / "run"
+    driver, _ = launch([*fedshop, "run", "--server", f"127.0.0.1:{port}", "--out", str(run_dir), "--rounds", "3",
+                        "--min-nodes", "3", "--quorum-wait", "20", "--public-context",
+                        str(tmp_path / "keys" / "public.ctx")], "fedshop-run")
+    store = RunStore(run_dir)
 
-    settings = RunSettings(num_server_rounds=2, min_nodes=3, local_epochs=1, run_dir=str(tmp_path / "run"),
-                           public_context=str(tmp_path / "keys" / "public.ctx"))
-    assert settings.dp and settings.he
-    write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
-    submitted = subprocess.run(run_command(settings), env=process_environment(tmp_path / "flwr-home"),
-                               capture_output=True, text=True, timeout=120)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    def trained(round_: int) -> bool:
+        return any(e["round"] == round_ for d in federation_dirs for e in _ledger(tmp_path / d.name))
 
-    store = RunStore(settings.run_dir)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while store.status().get("state") not in ("finished", "failed") and time.monotonic() < deadline:
-        time.sleep(1)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
-    assert store.status().get("state") == "finished", f"status {store.status()}\n{logs}"
+    killed = _wait(lambda: trained(2), "a merchant to train round 2", tmp_path)
+    os.killpg(superlink.pid, signal.SIGKILL)
+    superlink.wait()
+    resumed_after = store.latest_checkpoint_round()
+    superlink, superlink_log = launch(superlink_command("127.0.0.1", port), "superlink-restarted")
+    wait_for_port(port, superlink, superlink_log)
+    recovered = _wait(lambda: any(r["round"] == 2 for r in store.rounds()), "round 2 after the restart", tmp_path)
+
+    lost = federation_dirs[-1].name
+    _kill_node(nodes[lost])
+    node_killed = time.monotonic()
+    driver.wait(timeout=RUN_TIMEOUT_S)
+    finished = time.monotonic()
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+    assert driver.returncode == 0 and store.status().get("state") == "finished", f"{store.status()}\n{logs}"
 
     rounds = store.rounds()
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
     names = sorted(d.name for d in federation_dirs)
-    for record in rounds:
-        assert sorted(record["train"]) == names and sorted(record["evaluate"]) == names
-        assert record["failures"] == {}
-        assert all(0 < m["epsilon"] <= settings.target_epsilon + 0.05 for m in record["train"].values())
+    assert sorted(rounds[0]["train"]) == sorted(rounds[1]["train"]) == names
+    assert sorted(rounds[2]["train"]) == sorted(set(names) - {lost}), logs
+    assert lost in rounds[2]["failures"] and lost not in rounds[2]["evaluate"]
+    assert store.verify_log().verified
+    for name in names:
+        entries = _ledger(tmp_path / name)
+        paid = [(e["run"], e["round"], e["model"]) for e in entries]
+        assert len(paid) == len(set(paid)), f"{name} paid twice for a round: {paid}"
+        assert entries[-1]["epsilon_total"] <= 8.0 + 0.05
+        assert len({e["run"] for e in entries}) == 1, "the resumed run is the same run for the merchants"
+    for name in set(names) - {lost}:
+        assert "left the federation" in (tmp_path / f"node-{name}.log").read_text()
+    resent = [n for n in names if "already trained and paid for" in (tmp_path / f"node-{n}.log").read_text()]
+    assert resumed_after == 2 or resent, "round 2 was re-asked but no merchant re-sent its paid update"
+    assert "stopped answering" in (tmp_path / "fedshop-run.log").read_text()
     assert not store.model_path.exists() and store.encrypted_model_path.exists()
     final = load_models(store.run_dir, tmp_path / "keys" / "secret.ctx").models
-    initial = build_shared_models(settings.seed).state_dict()
+    initial = build_shared_models(RunSettings.seed).state_dict()
     for name in ("recommender.item_id.weight", "demand.base.weight"):
         assert not np.allclose(final.state_dict()[name].numpy(), initial[name].numpy()), name
-    for data_dir in federation_dirs:
-        assert (tmp_path / data_dir.name / "privacy_ledger.json").exists()
-    print(f"real-process federation: {time.monotonic() - started:.1f} s")
+    print(f"real-process faults: SuperLink killed {killed - started:.0f} s in; round 2 recorded "
+          f"{recovered - killed:.0f} s after the kill (resumed after round {resumed_after}, re-sent by {resent}); "
+          f"run finished {finished - node_killed:.0f} s after {lost} was killed; {finished - started:.0f} s in all")

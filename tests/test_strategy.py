@@ -1,6 +1,7 @@
 """The plaintext strategy drops a bad merchant for the round and averages the rest."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    settings = RunSettings(run_dir=str(tmp_path), he=False, min_nodes=3, quorum_wait_s=0.2, quorum=0.5)
+    settings = RunSettings(run_dir=str(tmp_path), he=False, min_nodes=3, quorum_wait_s=30, quorum=0.5)
     store = RunStore(tmp_path)
     store.open(settings)
     strategy = MerchantFedAvg(store, settings, 0)
@@ -136,11 +137,12 @@ def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_
     started = time.monotonic()
     evaluation = list(strategy.configure_evaluate(1, arrays, ConfigRecord({}), grid))
     assert [m.metadata.dst_node_id for m in evaluation] == [2, 3]
-    assert 0.2 <= time.monotonic() - started < 5
+    assert time.monotonic() - started < 20, "evaluation waited for the node training lost"
     strategy.aggregate_evaluate(1, [])
     assert store.rounds()[0]["failures"] == {"node 4": f"no reply within {settings.round_timeout_s:g} s"}
 
     grid.nodes = [3]
+    strategy.settings = replace(settings, quorum_wait_s=0.2)
     with pytest.raises(QuorumNotReached, match=r"round 2 training: 1 of 3 merchants connected after waiting 0.2 s, "
                                                r"fewer than the quorum of 2; missing: alpha"):
         strategy.configure_train(2, arrays, ConfigRecord({}), grid)
