@@ -184,13 +184,20 @@ def node(
     delta: Annotated[float | None, typer.Option(help="δ of the guarantee (default 0.1 / customers).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Ledger and model copy (default DATA/.fedshop).")] = None,
     root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+    app_digest: Annotated[str | None, typer.Option(
+        help="Run only submissions of the app with this digest (default: the installed fedshop's).")] = None,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it
-    again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it."""
+    again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it.
+    The node runs every task itself, with the installed fedshop's code, and only for runs of the app
+    whose digest it pinned."""
+    from client.app import app as client_app
     from client.interactions import TRAINING_EXAMPLE_RULE, build_interactions
     from client.node_data import node_options
+    from client.node_runtime import serve_tasks
     from client.schema import SchemaError, load_merchant
     from fedshop.deployment import NodePrivacy, process_environment, supernode_command
+    from fedshop.deployment import app_digest as installed_app_digest
     from fedshop.supervisor import supervise
     from privacy.ckks import ContextError, load_secret_context
     from privacy.ledger import PrivacyLedger
@@ -212,10 +219,20 @@ def node(
                   f"{len(interactions.features.item_ids)} catalogue items; privacy budget ε={guarantee.epsilon:g} "
                   f"at δ={guarantee.delta:.1e} per customer, ε={spent:.2f} spent; context {context_id}; "
                   f"connecting to {server}")
+    pinned = app_digest or installed_app_digest()
+    console.print(f"runs only the app with digest [bold]{pinned}[/] "
+                  f"({'pinned by --app-digest' if app_digest else 'the installed fedshop'})")
     privacy = NodePrivacy(secret_context, guarantee.epsilon, guarantee.delta, options.state_dir)
     command = supernode_command(server, data, options.merchant, port, privacy, root_certificate)
-    raise typer.Exit(supervise(command, process_environment(),
-                               lambda line: console.print(f"[yellow]fedshop node {options.merchant}:[/] {line}")))
+    stop = threading.Event()
+    runtime = threading.Thread(target=serve_tasks, args=(f"127.0.0.1:{port}", client_app, pinned, stop), daemon=True)
+    runtime.start()
+    try:
+        code = supervise(command, process_environment(),
+                         lambda line: console.print(f"[yellow]fedshop node {options.merchant}:[/] {line}"))
+    finally:
+        stop.set()
+    raise typer.Exit(code)
 
 
 @app.command()

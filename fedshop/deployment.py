@@ -5,6 +5,7 @@ and a training run, with the flags that keep Flower offline and the app's depend
 end-to-end test starts the same commands.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,9 +63,19 @@ class NodePrivacy:
     state_dir: Path | None = None
 
 
+def app_digest(app_dir: Path = APP_DIR) -> str:
+    """SHA-256 of the FAB that `flwr run` (``fedshop run``) builds from ``app_dir``: the digest a node
+    pins, so that it runs only a submission of the very app its merchant installed."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
                       privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None) -> list[str]:
-    """A merchant's SuperNode, pointing its ClientApp at the merchant's data, keys and ledger."""
+    """A merchant's SuperNode, pointing its ClientApp at the merchant's data, keys and ledger. It runs no
+    task itself (``--isolation process``): the merchant's task runtime (``client.node_runtime``, in
+    ``fedshop node``) takes its tasks from the runtime API on ``runtime_port``."""
     tls = ["--root-certificates", str(root_certificate)] if root_certificate else ["--insecure"]
     options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget}
     if privacy.secret_context:
@@ -74,8 +85,8 @@ def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: 
     if privacy.state_dir:
         options["state-dir"] = str(privacy.state_dir.resolve())
     node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in options.items())
-    return [flower_tool("flower-supernode"), *tls, "--superlink", server, "--port", str(runtime_port),
-            "--node-config", node_config]
+    return [flower_tool("flower-supernode"), *tls, "--superlink", server, "--isolation", "process",
+            "--port", str(runtime_port), "--node-config", node_config]
 
 
 def write_connection(flwr_home: Path, server: str, root_certificate: Path | None = None) -> None:

@@ -37,6 +37,7 @@ class QuorumNotReached(RuntimeError):
     """Too few merchants are connected for a round, even after waiting; the message names who is missing."""
 
 
+NAMED_FAILURE = re.compile(r"merchant (?P<name>\S+?):? ")  # how a fedshop node starts the failures it reports
 _RAISED = re.compile(r"<class '[^']*'>:<'(?P<message>.*)'>", re.DOTALL)
 
 
@@ -83,10 +84,13 @@ class MerchantFedAvg(FedAvg):
         return self.destinations.get(answered, reply.metadata.src_node_id)
 
     def _merchant(self, msg: Message) -> str:
-        """The merchant a reply answers for (its name learnt from its replies), else its node id."""
+        """The merchant a reply answers for (its name learnt from its replies, or from a failure its node
+        names it in), else its node id."""
         node = self._node(msg)
         if not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
             self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
+        elif msg.has_error() and (named := NAMED_FAILURE.match(failure_reason(msg.error.reason))):
+            self.names.setdefault(node, named["name"])
         return self.names.get(node, f"node {node}")
 
     @staticmethod

@@ -3,6 +3,7 @@ operator's `fedshop run`, with the faults a deployment meets (a restarted SuperL
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,14 @@ import numpy as np
 import pytest
 
 from client.global_model import load_models
-from fedshop.deployment import process_environment, superlink_command
+from fedshop.deployment import (
+    APP_DIR,
+    app_digest,
+    process_environment,
+    run_command,
+    superlink_command,
+    write_connection,
+)
 from fedshop.settings import RunSettings
 from models.shared import build_shared_models
 from privacy.ckks import create_keys
@@ -105,6 +113,25 @@ def _wait(condition, what: str, logs: Path, timeout: float = RUN_TIMEOUT_S) -> f
     return time.monotonic()
 
 
+def _submit_modified_app(tmp_path: Path, port: int) -> Path:
+    """An operator submits a copy of the app whose ClientApp writes a file on the merchant's machine
+    (it could as well read the orders or the secret key); returns its run directory."""
+    copy = shutil.copytree(APP_DIR, tmp_path / "modified-app", ignore=shutil.ignore_patterns(
+        ".venv", ".git", "runs", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"))
+    app_py = copy / "client" / "app.py"
+    honest = "    def train(msg: Message, context: Context) -> Message:\n"
+    assert honest in app_py.read_text()
+    marker = f"        Path({str(tmp_path / 'operator-code-ran')!r}).write_text('the operator chose the code')\n"
+    app_py.write_text(app_py.read_text().replace(honest, honest + marker))
+    settings = RunSettings(num_server_rounds=1, min_nodes=3, run_dir=str(tmp_path / "modified-run"),
+                           public_context=str(tmp_path / "keys" / "public.ctx"))
+    write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
+    submitted = subprocess.run(run_command(settings, copy), env=process_environment(tmp_path / "flwr-home"),
+                               capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    return Path(settings.run_dir)
+
+
 def _kill_node(supervisor: subprocess.Popen) -> None:
     """kill -9 a merchant's node for good: its SuperNode (and what it started), then its supervisor."""
     children = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True).stdout.split()
@@ -115,10 +142,12 @@ def _kill_node(supervisor: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: Path, federation_dirs, launch) -> None:
-    """Real processes, the README's commands: a SuperLink, three supervised `fedshop node`s and `fedshop run`
-    (DP + HE, --min-nodes 3). The SuperLink is killed (kill -9, its whole process group) while round 2
-    trains and started again; later one node is killed for good. The run finishes by itself, no merchant
-    pays twice for a round, the dead node's failure is filed under its merchant, the run log verifies."""
+    """Real processes, the README's commands: a SuperLink, three supervised `fedshop node`s and
+    `fedshop run` (DP + HE, --min-nodes 3). First the operator submits a modified app: every node
+    refuses it, naming both digests, and the modified ClientApp never runs. Then the honest run: the
+    SuperLink is killed (kill -9, its whole process group) while round 2 trains and started again;
+    later one node is killed for good. The run finishes by itself, no merchant pays twice for a round,
+    the dead node's failure is filed under its merchant, the run log verifies."""
     started = time.monotonic()
     create_keys(tmp_path / "keys")
     port = free_port()
@@ -130,6 +159,14 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
         nodes[data_dir.name] = launch([*fedshop, "node", "--data", str(data_dir), "--server", f"127.0.0.1:{port}",
                                        "--port", str(free_port()), "--secret-context", secret,
                                        "--state-dir", str(tmp_path / data_dir.name)], f"node-{data_dir.name}")[0]
+    evil = _submit_modified_app(tmp_path, port)
+    _wait(lambda: RunStore(evil).status().get("state") in ("finished", "failed"), "the modified app's run", tmp_path)
+    refusals = RunStore(evil).rounds()[0]["failures"]
+    assert sorted(refusals) == sorted(d.name for d in federation_dirs), refusals
+    pinned = app_digest()
+    assert all("refused run" in why and pinned in why for why in refusals.values()), refusals
+    assert not (tmp_path / "operator-code-ran").exists(), "a node ran the operator's modified ClientApp"
+
     run_dir = tmp_path / "run"
     driver, _ = launch([*fedshop, "run", "--server", f"127.0.0.1:{port}", "--out", str(run_dir), "--rounds", "3",
                         "--min-nodes", "3", "--quorum-wait", "20", "--public-context",

@@ -146,3 +146,21 @@ def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_
     with pytest.raises(QuorumNotReached, match=r"round 2 training: 1 of 3 merchants connected after waiting 0.2 s, "
                                                r"fewer than the quorum of 2; missing: alpha"):
         strategy.configure_train(2, arrays, ConfigRecord({}), grid)
+
+
+def test_a_failure_before_any_reply_is_filed_under_the_merchant_its_node_names(tmp_path: Path) -> None:
+    settings = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings)
+    strategy = MerchantFedAvg(store, settings, 0)
+    strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    refused = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                            "<class 'client.node_runtime.AppRefused'>:<'merchant shop_a refused run 5: the submitted "
+                            "app has digest 1f, but this node runs only the app its merchant installed, digest 2e'>"),
+                      reply_to=Message(RecordDict(), metadata=Metadata(
+                          run_id=1, message_id="i7", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+                          group_id="", created_at=0.0, ttl=60.0, message_type="train")))
+    strategy.aggregate_train(1, [refused])
+    strategy.aggregate_evaluate(1, [])
+    failures = store.rounds()[0]["failures"]
+    assert list(failures) == ["shop_a"] and "digest 1f" in failures["shop_a"] and "digest 2e" in failures["shop_a"]

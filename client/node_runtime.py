@@ -1,0 +1,108 @@
+"""The merchant's own task runtime: the node runs only the code its merchant installed, and keeps it warm.
+
+Flower's SuperNode, started with ``--isolation process``, does not run tasks itself: a task runtime
+acquires them from its runtime API. Flower's own (``flower-superexec``) starts a new ``flwr-clientapp``
+process for every message, which installs the app the operator submitted (its FAB) and imports its
+ClientApp from the FAB's files: the operator's code, next to the merchant's data and secret key.
+This runtime takes its place inside ``fedshop node``. For every task it pulls the message, checks
+that the submitted app's FAB is, byte for byte, the app this merchant installed (SHA-256 of the FAB,
+against the digest ``fedshop node`` pinned), and then hands the message to the ClientApp imported
+once from the merchant's own installation, never from the FAB. A task of any other app is answered
+with an error naming both digests, which reaches the operator's run record as this merchant's
+failure; the node stays up for the next run. Because the ClientApp, its imports, the merchant's data
+and keys stay loaded between messages, a message costs its work, not a process start.
+"""
+
+import hashlib
+import threading
+from logging import ERROR, INFO
+
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore import log
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+POLL_S = 0.1  # how often the SuperNode is asked for a task (Flower's SuperExec: 1 s)
+RETRY_S = 2.0
+
+
+class AppRefused(RuntimeError):
+    """The submitted app is not the one this merchant installed."""
+
+
+def fab_digest(fab: bytes) -> str:
+    """SHA-256 of a FAB's bytes, computed here rather than taken from what the SuperLink says."""
+    return hashlib.sha256(fab).hexdigest()
+
+
+def _client(address: str, *interceptors: object) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
+                                                 interceptors=list(interceptors),
+                                                 retry_invoker=make_simple_http_retry_invoker())
+
+
+def _refusal(context: Context, run_id: int, submitted: str, pinned: str) -> str:
+    merchant = context.node_config.get("merchant", f"node {context.node_id}")
+    return (f"merchant {merchant} refused run {run_id}: the submitted app has digest {submitted}, but this node "
+            f"runs only the app its merchant installed, digest {pinned} (the operator must submit that same "
+            f"fedshop version; a merchant pins a new one with `fedshop node --app-digest`)")
+
+
+def run_task(address: str, token: str, app: ClientApp, pinned: str) -> None:
+    """Pull one task with its token, check the app, run the merchant's ClientApp and push the reply."""
+    client = _client(address, RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                     RuntimeTokenHttpInterceptor(token))
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message: Message | None = None
+    context: Context | None = None
+    reply, sub_status, details = None, SubStatus.FAILED, ""
+    try:
+        message, context, run, fab = pull_task_input(client)
+        submitted = fab_digest(fab.content)
+        if submitted != pinned:
+            raise AppRefused(_refusal(context, run.run_id, submitted, pinned))
+        reply = app(message=message, context=context)
+        sub_status = SubStatus.COMPLETED
+    except Exception as exc:  # the task fails, never the node: the reply says why
+        log(ERROR, "task failed: %s", exc, exc_info=not isinstance(exc, AppRefused))
+        details = f"{type(exc)}:<'{exc}'>"  # the form Flower's ClientApp process reports a failure in
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        finally:
+            push_task_output(client, context, sub_status, details)
+            heartbeat.stop()
+            client.close()
+
+
+def serve_tasks(address: str, app: ClientApp, pinned: str, stop: threading.Event) -> None:
+    """Acquire the SuperNode's ClientApp tasks one at a time and run them, until ``stop`` is set."""
+    client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+    log(INFO, "task runtime: serving %s with the installed app %s", address, pinned)
+    try:
+        while not stop.is_set():
+            try:
+                acquired = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP],
+                                                                 agentapp_fab_hashes=[]))
+            except Exception as exc:  # a SuperNode restarting answers oddly for a moment: ask again
+                log(ERROR, "task runtime: could not ask %s for a task: %s", address, exc)
+                stop.wait(RETRY_S)
+                continue
+            if acquired.HasField("task") and acquired.token:
+                run_task(address, acquired.token, app, pinned)
+            else:
+                stop.wait(POLL_S)
+    finally:
+        client.close()
