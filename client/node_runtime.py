@@ -7,7 +7,8 @@ ClientApp from the FAB's files: the operator's code, next to the merchant's data
 This runtime takes its place inside ``fedshop node``. For every task it pulls the message, checks
 that the submitted app's FAB is, byte for byte, the app this merchant installed (SHA-256 of the FAB,
 against the digest ``fedshop node`` pinned), and then hands the message to the ClientApp imported
-once from the merchant's own installation, never from the FAB. A task of any other app is answered
+once from the merchant's own installation, never from the FAB (and says in its reply which digest
+ran, for the run record and the auditors' report). A task of any other app is answered
 with an error naming both digests, which reaches the operator's run record as this merchant's
 failure; the node stays up for the next run. Because the ClientApp, its imports, the merchant's data
 and keys stay loaded between messages, a message costs its work, not a process start.
@@ -29,6 +30,8 @@ from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVers
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from fedshop.protocol import APP_DIGEST, MERCHANT_RECORD
 
 POLL_S = 0.1  # how often the SuperNode is asked for a task (Flower's SuperExec: 1 s)
 RETRY_S = 2.0
@@ -71,6 +74,8 @@ def run_task(address: str, token: str, app: ClientApp, pinned: str) -> None:
         if submitted != pinned:
             raise AppRefused(_refusal(context, run.run_id, submitted, pinned))
         reply = app(message=message, context=context)
+        if not reply.has_error() and MERCHANT_RECORD in reply.content.config_records:
+            reply.content.config_records[MERCHANT_RECORD][APP_DIGEST] = pinned
         sub_status = SubStatus.COMPLETED
     except Exception as exc:  # the task fails, never the node: the reply says why
         log(ERROR, "task failed: %s", exc, exc_info=not isinstance(exc, AppRefused))

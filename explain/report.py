@@ -45,6 +45,9 @@ LOCAL_PART_WHY = ("it never leaves the merchant's node (neither the server nor o
                   "any recommender a merchant runs on its own data would")
 
 
+IN_PROCESS = "in-process simulation (the installed code)"
+
+
 class ReportError(ValueError):
     """The directory cannot be reported on."""
 
@@ -159,7 +162,10 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
         "integrity": {"refused_global_model": [
             {"round": record["round"], "merchant": name, "reason": reason}
             for record in rounds for name, reason in record.get("refused_global_model", {}).items()],
-            "log": asdict(store.verify_log())},
+            "log": asdict(store.verify_log()),
+            "app_digests": {name: sorted({record.get("app_digest", {}).get(name) or IN_PROCESS for record in rounds
+                                          if name in record["train"]})
+                            for name in sorted({name for record in rounds for name in record["train"]})}},
     }
     return _finite(report)
 

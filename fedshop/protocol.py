@@ -3,9 +3,9 @@
 Flower's FedAvg puts the model under ``arrays`` and the round's settings under ``config``; fedshop
 adds the run's key to the config (merchants file a run's rounds, their ledger entries and model
 copies under it: it survives a resubmission, Flower's run id does not), the merchant's own record
-(its name, the CKKS context id its update was made under, and why it refused the round's global
-model, if it did) and the refusal as a 0/1 metric. Both sides name a set of arrays by the same
-digest (:func:`arrays_sha256`).
+(its name, the CKKS context id its update was made under, why it refused the round's global model,
+if it did, and the digest of the app its node ran) and the refusal as a 0/1 metric. Both sides
+name a set of arrays by the same digest (:func:`arrays_sha256`).
 """
 
 import hashlib
@@ -15,6 +15,7 @@ import numpy as np
 MERCHANT_RECORD = "merchant"
 AGGREGATE_REFUSED = "aggregate-refused"  # a merchant's refusal of the global model it decrypted (why, or "")
 RUN_KEY = "run-key"
+APP_DIGEST = "app-digest"  # in the merchant's record: the digest of the app that answered (its task runtime's)
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, arrays_sha256
+from fedshop.protocol import AGGREGATE_REFUSED, APP_DIGEST, MERCHANT_RECORD, arrays_sha256
 from fedshop.settings import RunSettings
 from server.run_store import RunStore
 from server.update_checks import update_problem
@@ -173,7 +173,7 @@ class MerchantFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = server_round + self.offset
-        accepted, updates, train, failures, refusals = [], [], {}, {}, {}
+        accepted, updates, train, failures, refusals, code = [], [], {}, {}, {}, {}
         expected: set[str] | None = None
         replies = list(replies)
         answered = {self._node(msg) for msg in replies}
@@ -197,6 +197,7 @@ class MerchantFedAvg(FedAvg):
                 failures[node] = f"update refused: {refused}"
                 continue
             train[node] = dict(msg.content.metric_records["metrics"])
+            code[node] = str(msg.content.config_records[MERCHANT_RECORD].get(APP_DIGEST, ""))
             if refusal := self._refusal(msg):
                 refusals[node] = refusal
             accepted.append(msg)
@@ -207,7 +208,7 @@ class MerchantFedAvg(FedAvg):
             self.store.save_checkpoint(round_, kept, self.checkpoint_meta())
             self.aggregate_sha256 = arrays_sha256(kept)
         self.pending = {"round": round_, "train": train, "failures": failures, "refused_global_model": refusals,
-                        "train_aggregate": dict(metrics or {})}
+                        "app_digest": code, "train_aggregate": dict(metrics or {})}
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -228,6 +229,7 @@ class MerchantFedAvg(FedAvg):
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
                                  "refused_global_model": self._named(refusals),
+                                 "app_digest": self._named(self.pending.get("app_digest", {})),
                                  "evaluate_aggregate": dict(metrics or {})}, self.aggregate_sha256)
         self.store.write_status("running", round_, self.num_rounds)
         return metrics

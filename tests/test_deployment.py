@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from client.global_model import load_models
+from explain.report import build_report
 from fedshop.deployment import (
     APP_DIR,
     app_digest,
@@ -199,6 +200,7 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
     assert sorted(rounds[2]["train"]) == sorted(set(names) - {lost}), logs
     assert lost in rounds[2]["failures"] and lost not in rounds[2]["evaluate"]
     assert store.verify_log().verified
+    assert build_report(run_dir)["integrity"]["app_digests"] == {name: [pinned] for name in names}
     for name in names:
         entries = _ledger(tmp_path / name)
         paid = [(e["run"], e["round"], e["model"]) for e in entries]

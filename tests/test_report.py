@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from explain.report import SCHEMA_PATH, ReportError, build_report, merchant_samples
+from explain.report import IN_PROCESS, SCHEMA_PATH, ReportError, build_report, merchant_samples
 from explain.report_html import write_report
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
@@ -143,7 +143,9 @@ def test_report_lists_the_global_models_merchants_refused(audited_runs, tmp_path
 
 @pytest.mark.slow
 def test_report_verifies_the_run_log_and_names_the_round_edited_after_the_fact(audited_runs, tmp_path) -> None:
-    intact = build_report(audited_runs["dp"])["integrity"]["log"]
+    integrity = build_report(audited_runs["dp"])["integrity"]
+    assert len(integrity["app_digests"]) == 3 and all(d == [IN_PROCESS] for d in integrity["app_digests"].values())
+    intact = integrity["log"]
     assert intact["verified"] and intact["rounds"] == AUDIT.num_server_rounds and len(intact["head"]) == 64
     run = shutil.copytree(audited_runs["dp"], tmp_path / "run")
     metrics = json.loads((run / "metrics.json").read_text())
