@@ -46,9 +46,10 @@ def create_certificates(out: Path, hosts: list[str]) -> list[str]:
     returns the names the server certificate is valid for."""
     out.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys([*hosts, *ALWAYS]))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("fedshop federation CA")).issuer_name(_name("fedshop federation CA"))
+    ca_name = _name("fedshop federation CA")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=CA_DAYS))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

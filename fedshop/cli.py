@@ -2,6 +2,7 @@
 
 demo       the whole federation in one process on generated merchants
 keys init  the key steward's CKKS contexts (secret for merchants, public for the server)
+certs init the operator's TLS certificate authority and the SuperLink's certificate
 partition  split one real export into one data directory per merchant
 server     start the operator's SuperLink (real process)
 node       start a merchant's SuperNode on its data directory (real process, kept up)
@@ -130,6 +131,26 @@ def keys_init(out: Out) -> None:
                   f"  {MANIFEST_FILE}  parameters and context id, for everyone")
 
 
+certs = typer.Typer(help="TLS certificates for the SuperLink (run by the operator).", no_args_is_help=True)
+app.add_typer(certs, name="certs")
+
+
+@certs.command("init")
+def certs_init(
+    out: Out,
+    host: Annotated[list[str] | None, typer.Option(
+        help="An address nodes use to reach the server (repeat; 127.0.0.1 and localhost are always added).")] = None,
+) -> None:
+    """Create the federation's CA and the SuperLink's certificate."""
+    from fedshop.certificates import CA_FILE, CA_KEY, SERVER_CERT, SERVER_KEY, create_certificates
+
+    names = create_certificates(out, host or [])
+    console.print(f"certificates for {', '.join(names)} written to {out}:\n"
+                  f"  {CA_FILE}      hand to every merchant and to `fedshop run` (--root-certificate)\n"
+                  f"  {SERVER_CERT}, {SERVER_KEY}  for `fedshop server --certificates {out}`\n"
+                  f"  {CA_KEY}      keep offline: it signs certificates the nodes will trust")
+
+
 @app.command()
 def partition(
     source: Annotated[Path, typer.Option(help="One export covering several merchants (CSV or Parquet).")],
@@ -161,15 +182,27 @@ def server(
     state: Annotated[Path | None, typer.Option(
         help="SQLite file for the SuperLink's state (default: in memory; see fedshop.deployment).")] = None,
     certificates: Annotated[Path | None, typer.Option(
-        help="Folder with ca.crt, server.pem, server.key for TLS (insecure without).")] = None,
+        help="Folder with ca.crt, server.pem, server.key (`fedshop certs init`).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Serve without TLS, on purpose (nodes then need --insecure).")
+                        ] = False,
 ) -> None:
-    """Start the operator's SuperLink; runs submitted with `fedshop run` execute the fedshop ServerApp."""
+    """Start the operator's SuperLink over TLS; runs submitted with `fedshop run` execute the fedshop ServerApp."""
+    from fedshop.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
     from fedshop.deployment import process_environment, superlink_command
 
+    if certificates is None and not insecure:
+        _fail("fedshop server uses TLS: make certificates with `fedshop certs init --out certs --host ADDRESS` "
+              "(the address nodes use) and pass --certificates certs, or pass --insecure on purpose")
+    if certificates is not None and insecure:
+        _fail("--certificates and --insecure exclude each other")
+    if certificates is not None and (missing := [f for f in (CA_FILE, SERVER_CERT, SERVER_KEY)
+                                                 if not (certificates / f).exists()]):
+        _fail(f"{certificates}: missing {', '.join(missing)} (make them with `fedshop certs init`)")
     if state is not None:
         state.parent.mkdir(parents=True, exist_ok=True)
     command = superlink_command(host, port, state, certificates)
-    console.print(f"starting SuperLink on {host}:{port} (state in {state or 'memory'})")
+    console.print(f"starting SuperLink on {host}:{port} ({'TLS' if certificates else 'no TLS'}, "
+                  f"state in {state or 'memory'})")
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
@@ -183,7 +216,10 @@ def node(
     budget: Annotated[float, typer.Option(help="Most ε this node will ever spend.")] = DEFAULT_EPSILON_BUDGET,
     delta: Annotated[float | None, typer.Option(help="δ of the guarantee (default 0.1 / customers).")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Ledger and model copy (default DATA/.fedshop).")] = None,
-    root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+    root_certificate: Annotated[Path | None, typer.Option(
+        help="The federation's ca.crt (default: the system's trust store).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Connect without TLS, to a server started with --insecure.")
+                        ] = False,
     app_digest: Annotated[str | None, typer.Option(
         help="Run only submissions of the app with this digest (default: the installed fedshop's).")] = None,
 ) -> None:
@@ -196,6 +232,7 @@ def node(
     from client.node_data import node_options
     from client.node_runtime import serve_tasks
     from client.schema import SchemaError, load_merchant
+    from fedshop.certificates import trust_problem
     from fedshop.deployment import NodePrivacy, process_environment, supernode_command
     from fedshop.deployment import app_digest as installed_app_digest
     from fedshop.supervisor import supervise
@@ -219,11 +256,13 @@ def node(
                   f"{len(interactions.features.item_ids)} catalogue items; privacy budget ε={guarantee.epsilon:g} "
                   f"at δ={guarantee.delta:.1e} per customer, ε={spent:.2f} spent; context {context_id}; "
                   f"connecting to {server}")
+    if not insecure and (problem := trust_problem(server, root_certificate)):
+        _fail(f"merchant {options.merchant}: {problem}")
     pinned = app_digest or installed_app_digest()
     console.print(f"runs only the app with digest [bold]{pinned}[/] "
                   f"({'pinned by --app-digest' if app_digest else 'the installed fedshop'})")
     privacy = NodePrivacy(secret_context, guarantee.epsilon, guarantee.delta, options.state_dir)
-    command = supernode_command(server, data, options.merchant, port, privacy, root_certificate)
+    command = supernode_command(server, data, options.merchant, port, privacy, root_certificate, insecure)
     stop = threading.Event()
     runtime = threading.Thread(target=serve_tasks, args=(f"127.0.0.1:{port}", client_app, pinned, stop), daemon=True)
     runtime.start()
@@ -252,7 +291,10 @@ def run(
     he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
     public_context: Annotated[Path | None, typer.Option(help="public.ctx from the key steward.")] = None,
     watch: Annotated[bool, typer.Option(help="Follow the run directory when it is on this machine.")] = True,
-    root_certificate: Annotated[Path | None, typer.Option(help="CA certificate of a TLS SuperLink.")] = None,
+    root_certificate: Annotated[Path | None, typer.Option(
+        help="The federation's ca.crt (default: the system's trust store).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Connect without TLS, to a server started with --insecure.")
+                        ] = False,
 ) -> None:
     """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`) and follow it; if the
     SuperLink restarts, submit it again (it resumes from its last checkpoint). The same command resumes
@@ -276,7 +318,7 @@ def run(
 
     def submit() -> None:
         with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:
-            write_connection(Path(home), server, root_certificate)
+            write_connection(Path(home), server, root_certificate, insecure)
             code = subprocess.call(run_command(settings), env=process_environment(Path(home)))
         if code:
             _fail(f"flwr run failed with exit code {code}", code)

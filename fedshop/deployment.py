@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshop.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
 from fedshop.settings import RunSettings
 from privacy.ledger import DEFAULT_EPSILON_BUDGET
 
@@ -49,7 +50,7 @@ def superlink_command(host: str, port: int, database: Path | None = None,
     run directory (``server.run_store``).
     """
     state = ["--database", str(database)] if database is not None else []
-    return [flower_tool("flower-superlink"), *tls_flags(certificates, ("ca.crt", "server.pem", "server.key")),
+    return [flower_tool("flower-superlink"), *tls_flags(certificates, (CA_FILE, SERVER_CERT, SERVER_KEY)),
             "--disable-runtime-dependency-installation", "--host", host, "--port", str(port), *state]
 
 
@@ -72,11 +73,12 @@ def app_digest(app_dir: Path = APP_DIR) -> str:
 
 
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
-                      privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None) -> list[str]:
+                      privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None,
+                      insecure: bool = False) -> list[str]:
     """A merchant's SuperNode, pointing its ClientApp at the merchant's data, keys and ledger. It runs no
     task itself (``--isolation process``): the merchant's task runtime (``client.node_runtime``, in
     ``fedshop node``) takes its tasks from the runtime API on ``runtime_port``."""
-    tls = ["--root-certificates", str(root_certificate)] if root_certificate else ["--insecure"]
+    tls = ["--insecure"] if insecure else ["--root-certificates", str(root_certificate)] if root_certificate else []
     options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget}
     if privacy.secret_context:
         options["secret-context"] = str(privacy.secret_context.resolve())
@@ -89,10 +91,13 @@ def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: 
             "--port", str(runtime_port), "--node-config", node_config]
 
 
-def write_connection(flwr_home: Path, server: str, root_certificate: Path | None = None) -> None:
-    """Flower CLI config naming the SuperLink ``server`` as the ``fedshop`` connection."""
+def write_connection(flwr_home: Path, server: str, root_certificate: Path | None = None,
+                     insecure: bool = False) -> None:
+    """Flower CLI config naming the SuperLink ``server`` as the ``fedshop`` connection (TLS, trusting
+    ``root_certificate`` or the system's trust store, unless ``insecure``)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    security = (f'root-certificates = "{root_certificate}"' if root_certificate else "insecure = true")
+    security = ("insecure = true" if insecure else
+                f'root-certificates = "{root_certificate.resolve()}"' if root_certificate else "insecure = false")
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "{server}"\n{security}\n'

@@ -16,6 +16,7 @@ import pytest
 
 from client.global_model import load_models
 from explain.report import build_report
+from fedshop.certificates import CA_FILE, create_certificates
 from fedshop.deployment import (
     APP_DIR,
     app_digest,
@@ -126,7 +127,7 @@ def _submit_modified_app(tmp_path: Path, port: int) -> Path:
     app_py.write_text(app_py.read_text().replace(honest, honest + marker))
     settings = RunSettings(num_server_rounds=1, min_nodes=3, run_dir=str(tmp_path / "modified-run"),
                            public_context=str(tmp_path / "keys" / "public.ctx"))
-    write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}")
+    write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}", tmp_path / "certs" / CA_FILE)
     submitted = subprocess.run(run_command(settings, copy), env=process_environment(tmp_path / "flwr-home"),
                                capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -143,23 +144,32 @@ def _kill_node(supervisor: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: Path, federation_dirs, launch) -> None:
-    """Real processes, the README's commands: a SuperLink, three supervised `fedshop node`s and
-    `fedshop run` (DP + HE, --min-nodes 3). First the operator submits a modified app: every node
+    """Real processes, the README's commands: a SuperLink over TLS (`fedshop certs init`), three
+    supervised `fedshop node`s and `fedshop run` (DP + HE, --min-nodes 3). A node without the
+    federation's CA is refused in one line. First the operator submits a modified app: every node
     refuses it, naming both digests, and the modified ClientApp never runs. Then the honest run: the
     SuperLink is killed (kill -9, its whole process group) while round 2 trains and started again;
     later one node is killed for good. The run finishes by itself, no merchant pays twice for a round,
     the dead node's failure is filed under its merchant, the run log verifies."""
     started = time.monotonic()
     create_keys(tmp_path / "keys")
+    certificates = tmp_path / "certs"
+    create_certificates(certificates, [])
+    ca = str(certificates / CA_FILE)
     port = free_port()
-    superlink, superlink_log = launch(superlink_command("127.0.0.1", port), "superlink")
+    superlink, superlink_log = launch(superlink_command("127.0.0.1", port, certificates=certificates), "superlink")
     wait_for_port(port, superlink, superlink_log)
     fedshop, secret = [sys.executable, "-m", "fedshop.cli"], str(tmp_path / "keys" / "secret.ctx")
+    joining = [*fedshop, "node", "--server", f"127.0.0.1:{port}", "--secret-context", secret]
+    untrusting = subprocess.run([*joining, "--data", str(federation_dirs[0]), "--port", str(free_port())],
+                                capture_output=True, text=True, timeout=120, env=process_environment())
+    assert untrusting.returncode == 2, untrusting.stdout + untrusting.stderr
+    assert "presented a certificate that the system's trust store does not accept" in untrusting.stdout
     nodes = {}
     for data_dir in federation_dirs:
-        nodes[data_dir.name] = launch([*fedshop, "node", "--data", str(data_dir), "--server", f"127.0.0.1:{port}",
-                                       "--port", str(free_port()), "--secret-context", secret,
-                                       "--state-dir", str(tmp_path / data_dir.name)], f"node-{data_dir.name}")[0]
+        nodes[data_dir.name] = launch([*joining, "--data", str(data_dir), "--root-certificate", ca,
+                                       "--port", str(free_port()), "--state-dir", str(tmp_path / data_dir.name)],
+                                      f"node-{data_dir.name}")[0]
     evil = _submit_modified_app(tmp_path, port)
     _wait(lambda: RunStore(evil).status().get("state") in ("finished", "failed"), "the modified app's run", tmp_path)
     refusals = RunStore(evil).rounds()[0]["failures"]
@@ -170,7 +180,7 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
 
     run_dir = tmp_path / "run"
     driver, _ = launch([*fedshop, "run", "--server", f"127.0.0.1:{port}", "--out", str(run_dir), "--rounds", "3",
-                        "--min-nodes", "3", "--quorum-wait", "20", "--public-context",
+                        "--min-nodes", "3", "--quorum-wait", "20", "--root-certificate", ca, "--public-context",
                         str(tmp_path / "keys" / "public.ctx")], "fedshop-run")
     store = RunStore(run_dir)
 
@@ -181,7 +191,8 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
     os.killpg(superlink.pid, signal.SIGKILL)
     superlink.wait()
     resumed_after = store.latest_checkpoint_round()
-    superlink, superlink_log = launch(superlink_command("127.0.0.1", port), "superlink-restarted")
+    superlink, superlink_log = launch(superlink_command("127.0.0.1", port, certificates=certificates),
+                                      "superlink-restarted")
     wait_for_port(port, superlink, superlink_log)
     recovered = _wait(lambda: any(r["round"] == 2 for r in store.rounds()), "round 2 after the restart", tmp_path)
 
