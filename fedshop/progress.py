@@ -19,9 +19,12 @@ POLL_S = 0.5
 
 
 def round_table(record: dict[str, Any], title: str | None = None) -> Table:
-    """Per-merchant numbers of one round: examples, loss, ε spent so far, HR@10 and NDCG@10 of the model
-    the merchant serves (shared + its local part), NDCG@10 of the shared model alone, failures."""
-    table = Table(title=title or f"round {record['round']}", title_justify="left")
+    """Per-merchant numbers of one round (and how long its two phases took): examples, loss, ε spent so
+    far, HR@10 and NDCG@10 of the model the merchant serves (shared + its local part), NDCG@10 of the
+    shared model alone, failures."""
+    seconds = record.get("seconds", {})
+    timing = ", ".join(f"{phase} {seconds[phase]:.0f} s" for phase in ("train", "evaluate") if phase in seconds)
+    table = Table(title=title or f"round {record['round']}" + (f" ({timing})" if timing else ""), title_justify="left")
     for column in ("merchant", "customers trained", "train loss", "ε spent", "HR@10", "NDCG@10", "NDCG@10 shared",
                    "note"):
         table.add_column(column, justify="left" if column in ("merchant", "note") else "right")

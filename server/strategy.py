@@ -65,6 +65,7 @@ class MerchantFedAvg(FedAvg):
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
         self.aggregate_sha256 = ""
+        self.phase_started = time.monotonic()  # when the phase under way (training, evaluation) began
         self.instructions: list[Message] = []
         self.destinations: dict[str, int] = {}  # instruction id -> its node, once the grid has pushed them
 
@@ -136,10 +137,12 @@ class MerchantFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self.global_arrays = arrays
         self.lost = set()
+        self.phase_started = time.monotonic()
         return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.TRAIN, "training")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self.phase_started = time.monotonic()
         return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.EVALUATE,
                                   "evaluation")
 
@@ -208,7 +211,8 @@ class MerchantFedAvg(FedAvg):
             self.store.save_checkpoint(round_, kept, self.checkpoint_meta())
             self.aggregate_sha256 = arrays_sha256(kept)
         self.pending = {"round": round_, "train": train, "failures": failures, "refused_global_model": refusals,
-                        "app_digest": code, "train_aggregate": dict(metrics or {})}
+                        "app_digest": code, "train_aggregate": dict(metrics or {}),
+                        "seconds": {"train": time.monotonic() - self.phase_started}}
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -230,6 +234,8 @@ class MerchantFedAvg(FedAvg):
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
                                  "refused_global_model": self._named(refusals),
                                  "app_digest": self._named(self.pending.get("app_digest", {})),
+                                 "seconds": {**self.pending.get("seconds", {}),
+                                             "evaluate": time.monotonic() - self.phase_started},
                                  "evaluate_aggregate": dict(metrics or {})}, self.aggregate_sha256)
         self.store.write_status("running", round_, self.num_rounds)
         return metrics

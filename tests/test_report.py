@@ -36,6 +36,15 @@ def validate(report: dict) -> None:
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()), cls=jsonschema.Draft202012Validator)
 
 
+def _edited(run: Path, tmp_path: Path, edit) -> tuple[Path, dict]:
+    """A copy of ``run`` whose metrics.json ``edit`` changed (as someone editing the run directory would)."""
+    copy = shutil.copytree(run, tmp_path / "run")
+    metrics = json.loads((copy / "metrics.json").read_text())
+    edit(metrics)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    return copy, metrics
+
+
 @pytest.mark.slow
 def test_dp_pulls_membership_inference_toward_chance(audited_runs) -> None:
     attacks = {label: build_report(run)["privacy"]["membership_inference"]["pooled"]
@@ -115,9 +124,7 @@ def test_report_html_renders_with_its_plots_in_a_real_browser(audited_runs, tmp_
 @pytest.mark.slow
 def test_report_of_a_run_not_yet_audited_says_so(audited_runs, tmp_path) -> None:
     """Before the last round no node has sent its audit: the report still renders and says why."""
-    run = shutil.copytree(audited_runs["plain"], tmp_path / "run")
-    metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps({"rounds": metrics["rounds"][:-1]}))
+    run, _ = _edited(audited_runs["plain"], tmp_path, lambda metrics: metrics["rounds"].pop())
     report = build_report(run)
     validate(report)
     assert report["audited_round"] is None and report["privacy"]["membership_inference"]["pooled"]["auc"] is None
@@ -127,11 +134,12 @@ def test_report_of_a_run_not_yet_audited_says_so(audited_runs, tmp_path) -> None
 
 @pytest.mark.slow
 def test_report_lists_the_global_models_merchants_refused(audited_runs, tmp_path) -> None:
-    run = shutil.copytree(audited_runs["plain"], tmp_path / "run")
-    metrics = json.loads((run / "metrics.json").read_text())
+    def refuse(metrics: dict) -> None:
+        first = metrics["rounds"][0]
+        first["refused_global_model"] = {sorted(first["train"])[0]: "the global model changed by 9e+08 (...)"}
+
+    run, metrics = _edited(audited_runs["plain"], tmp_path, refuse)
     name = sorted(metrics["rounds"][0]["train"])[0]
-    metrics["rounds"][0]["refused_global_model"] = {name: "the global model changed by 9e+08 (...)"}
-    (run / "metrics.json").write_text(json.dumps(metrics))
     report = build_report(run)
     validate(report)
     assert report["integrity"]["refused_global_model"] == [
@@ -147,11 +155,11 @@ def test_report_verifies_the_run_log_and_names_the_round_edited_after_the_fact(a
     assert len(integrity["app_digests"]) == 3 and all(d == [IN_PROCESS] for d in integrity["app_digests"].values())
     intact = integrity["log"]
     assert intact["verified"] and intact["rounds"] == AUDIT.num_server_rounds and len(intact["head"]) == 64
-    run = shutil.copytree(audited_runs["dp"], tmp_path / "run")
-    metrics = json.loads((run / "metrics.json").read_text())
-    name = sorted(metrics["rounds"][1]["train"])[0]
-    metrics["rounds"][1]["train"][name]["epsilon"] /= 2  # an operator hiding what a merchant spent in round 2
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    def hide_spending(metrics: dict) -> None:  # an operator halving what a merchant spent in round 2
+        second = metrics["rounds"][1]["train"]
+        second[sorted(second)[0]]["epsilon"] /= 2
+
+    run, _ = _edited(audited_runs["dp"], tmp_path, hide_spending)
     report = build_report(run)
     validate(report)
     log = report["integrity"]["log"]
@@ -164,10 +172,8 @@ def test_report_verifies_the_run_log_and_names_the_round_edited_after_the_fact(a
 @pytest.mark.slow
 def test_a_merchant_that_only_failed_is_reported_within_the_schema(audited_runs, tmp_path) -> None:
     """A node lost before its first reply is filed under its node id, with no training metrics at all."""
-    run = shutil.copytree(audited_runs["plain"], tmp_path / "run")
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["rounds"][-1]["failures"] = {"node 4": "no reply within 3600 s"}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    run, metrics = _edited(audited_runs["plain"], tmp_path,
+                           lambda metrics: metrics["rounds"][-1].update(failures={"node 4": "no reply within 3600 s"}))
     report = build_report(run)
     validate(report)
     assert report["privacy"]["merchants"]["node 4"]["refusals"] == [

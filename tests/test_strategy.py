@@ -18,12 +18,18 @@ from server.strategy import MerchantFedAvg, QuorumNotReached, failure_reason
 from tests.messages import merchant_reply
 
 
-def test_malformed_updates_and_metrics_are_dropped_and_named(tmp_path: Path) -> None:
-    settings = RunSettings(run_dir=str(tmp_path), he=False)
+def _strategy(tmp_path: Path, **changes) -> tuple[MerchantFedAvg, RunStore]:
+    """A plaintext strategy on a fresh run directory, its global model three zeros."""
+    settings = RunSettings(run_dir=str(tmp_path), he=False, **changes)
     store = RunStore(tmp_path)
     store.open(settings)
     strategy = MerchantFedAvg(store, settings, 0)
     strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    return strategy, store
+
+
+def test_malformed_updates_and_metrics_are_dropped_and_named(tmp_path: Path) -> None:
+    strategy, store = _strategy(tmp_path)
     good = {"num-examples": 10, "train-loss": 1.0}
     replies = [
         merchant_reply({"w": np.full(3, 2.0, np.float32)}, good, "alpha", node=2),
@@ -149,11 +155,7 @@ def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_
 
 
 def test_a_failure_before_any_reply_is_filed_under_the_merchant_its_node_names(tmp_path: Path) -> None:
-    settings = RunSettings(run_dir=str(tmp_path), he=False)
-    store = RunStore(tmp_path)
-    store.open(settings)
-    strategy = MerchantFedAvg(store, settings, 0)
-    strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+    strategy, store = _strategy(tmp_path)
     refused = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                             "<class 'client.node_runtime.AppRefused'>:<'merchant shop_a refused run 5: the submitted "
                             "app has digest 1f, but this node runs only the app its merchant installed, digest 2e'>"),
@@ -164,3 +166,14 @@ def test_a_failure_before_any_reply_is_filed_under_the_merchant_its_node_names(t
     strategy.aggregate_evaluate(1, [])
     failures = store.rounds()[0]["failures"]
     assert list(failures) == ["shop_a"] and "digest 1f" in failures["shop_a"] and "digest 2e" in failures["shop_a"]
+
+
+def test_a_round_records_how_long_its_phases_took_and_the_operator_sees_it(tmp_path: Path) -> None:
+    strategy, store = _strategy(tmp_path)
+    strategy.aggregate_train(1, [merchant_reply({"w": np.ones(3, np.float32)}, {"num-examples": 10}, "alpha")])
+    strategy.aggregate_evaluate(1, [])
+    seconds = store.rounds()[0]["seconds"]
+    assert set(seconds) == {"train", "evaluate"} and all(s >= 0 for s in seconds.values())
+    console = Console(record=True, width=200)
+    console.print(round_table({**store.rounds()[0], "seconds": {"train": 31.2, "evaluate": 12.4}}))
+    assert "round 1 (train 31 s, evaluate 12 s)" in console.export_text()

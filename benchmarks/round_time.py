@@ -1,0 +1,144 @@
+"""Round time of a real federation on this machine: a SuperLink, three `fedshop node`s, `fedshop run`.
+
+Each configuration starts its own processes on localhost and trains the quick generated federation
+for a few rounds; the strategy records how long each round's training and evaluation phases took
+(``seconds`` in the run record). Measured side by side in one invocation:
+
+- DP + HE over TLS (the default deployment),
+- DP + HE without TLS,
+- in the clear without DP (no TLS),
+- the fixed cost a message paid before the node kept its runtime warm: a fresh Python process
+  importing the ClientApp (what Flower's ``flwr-clientapp`` does for every message).
+
+Usage: ``python benchmarks/round_time.py [--rounds 3] [--json OUT]``. Prints a table and writes JSON.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from client.generate import FederationSpec, write_federation
+from fedshop.certificates import CA_FILE, create_certificates
+from fedshop.deployment import process_environment, superlink_command
+from privacy.ckks import create_keys
+from server.run_store import RunStore
+
+FEDSHOP = [sys.executable, "-m", "fedshop.cli"]
+CONFIGS = {"DP + HE, TLS": ("--dp", "--he", True), "DP + HE, no TLS": ("--dp", "--he", False),
+           "clear, no DP, no TLS": ("--no-dp", "--no-he", False)}
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
+    """Run one configuration end to end; the per-round phase times from its run record."""
+    dp, he, tls = CONFIGS[name]
+    out = work / name.replace(" ", "").replace(",", "-").replace("+", "")
+    create_keys(out / "keys")
+    certificates = out / "certs"
+    create_certificates(certificates, [])
+    trust = ["--root-certificate", str(certificates / CA_FILE)] if tls else ["--insecure"]
+    port, started = _port(), []
+    with (out / "processes.log").open("w") as logs:
+
+        def launch(command: list[str]) -> subprocess.Popen:
+            started.append(subprocess.Popen(command, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=process_environment()))
+            return started[-1]
+
+        try:
+            launch(superlink_command("127.0.0.1", port, certificates=certificates if tls else None))
+            _listening(port)
+            for merchant in merchants:
+                launch([*FEDSHOP, "node", "--data", str(merchant), "--server", f"127.0.0.1:{port}", "--port",
+                        str(_port()), "--secret-context", str(out / "keys" / "secret.ctx"), "--state-dir",
+                        str(out / merchant.name), *trust])
+            began = time.monotonic()
+            driver = launch([*FEDSHOP, "run", "--server", f"127.0.0.1:{port}", "--out", str(out / "run"),
+                             "--rounds", str(rounds), "--min-nodes", str(len(merchants)), dp, he,
+                             "--public-context", str(out / "keys" / "public.ctx"), *trust])
+            if driver.wait(timeout=1800) != 0:
+                raise RuntimeError(f"{name}: the run failed; see {out / 'processes.log'}")
+            wall = time.monotonic() - began
+        finally:
+            _stop(started)
+    seconds = [record["seconds"] for record in RunStore(out / "run").rounds()]
+    later = seconds[1:] or seconds  # the first round also waits for the nodes to join
+    return {"config": name, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,
+            "train_s": statistics.median(s["train"] for s in later),
+            "evaluate_s": statistics.median(s["evaluate"] for s in later),
+            "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
+
+
+def cold_start(repeats: int = 3) -> float:
+    """Median seconds for a fresh Python process to import the ClientApp."""
+    times = []
+    for _ in range(repeats):
+        began = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import client.app"], check=True, env=process_environment())
+        times.append(time.monotonic() - began)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedshop-round-time-") as tmp:
+        work = Path(tmp)
+        merchants = write_federation(work / "data", FederationSpec.quick())
+        results = [measure(name, work, merchants, args.rounds) for name in CONFIGS]
+    import_s = cold_start()
+    table = Table("configuration", "train s", "evaluate s", "round s", "× clear", "wall s",
+                  title=f"median round after the first, {len(merchants)} merchants, real processes")
+    clear = results[-1]["round_s"]
+    for result in results:
+        table.add_row(result["config"], f"{result['train_s']:.1f}", f"{result['evaluate_s']:.1f}",
+                      f"{result['round_s']:.1f}", f"{result['round_s'] / clear:.2f}", f"{result['wall_s']:.0f}")
+    console = Console()
+    console.print(table)
+    console.print(f"a fresh process importing the ClientApp (Flower's per-message cost before the warm runtime): "
+                  f"{import_s:.1f} s; each round sends two messages to every node")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "clientapp_import_s": import_s}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
