@@ -6,7 +6,10 @@ A training message carries the round's settings (``config``) and the global mode
 in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' weighted models
 of the last round, which this node decrypts with the merchant's secret context and divides by the
 total weight. The reply carries this merchant's model multiplied by its number of examples,
-encrypted, plus metrics: the examples, the loss and the ε spent so far. An evaluation message
+encrypted, plus metrics: the examples, the loss and the ε spent so far. The node files a run under
+the run key in its config (the same after the operator resumes the run) and keeps its last reply
+(``client.sent_update``): a round the server lost and asks for again gets that reply, never a second
+training paid for with the customers' ε. An evaluation message
 carries the new aggregate; the node fits its merchant-local part of the recommender on top of it
 (``client.local_fit``: never sent, never used by the next round's training), evaluates the served
 model (shared + local) and the shared one on its held-out items, and keeps a decrypted copy of both
