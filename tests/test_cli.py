@@ -66,3 +66,12 @@ def test_demo_on_given_merchant_directories_checks_them_first(federation_dirs, t
     result = runner.invoke(app, ["demo", "--data", str(tmp_path / "merchants"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "shop_b/orders.csv, row 1 (line 2), column 'quantity': 'x' is not a whole number" in result.output
+
+
+def test_server_starts_only_with_tls_unless_told_insecure_on_purpose(tmp_path: Path) -> None:
+    without = runner.invoke(app, ["server", "--port", "9"])
+    assert without.exit_code == 2
+    assert "fedshop server uses TLS: make certificates with `fedshop certs init" in " ".join(without.output.split())
+    (tmp_path / "ca.crt").write_text("")
+    incomplete = runner.invoke(app, ["server", "--port", "9", "--certificates", str(tmp_path)])
+    assert incomplete.exit_code == 2 and "missing server.pem, server.key" in " ".join(incomplete.output.split())
