@@ -2,6 +2,8 @@
 
 demo       the whole federation in one process on generated merchants
 keys init  the key steward's CKKS contexts (secret for merchants, public for the server)
+keys node  a merchant node's key pair for node authentication
+register   register a merchant's node key with the SuperLink (operator)
 certs init the operator's TLS certificate authority and the SuperLink's certificate
 partition  split one real export into one data directory per merchant
 server     start the operator's SuperLink (real process)
@@ -151,6 +153,39 @@ def certs_init(
                   f"  {CA_KEY}      keep offline: it signs certificates the nodes will trust")
 
 
+@keys.command("node")
+def keys_node(
+    out: Out,
+    merchant: Annotated[str, typer.Option(help="The merchant's name, as the operator will register it.")],
+) -> None:
+    """Create a merchant node's key pair for node authentication: node.key stays with the merchant,
+    node.pub goes to the operator (`fedshop register`)."""
+    from fedshop.node_identity import create_node_keys
+
+    private, public = create_node_keys(out, merchant)
+    console.print(f"node key of merchant {merchant}:\n  {private}  keep on the node: `fedshop node --key {private}`\n"
+                  f"  {public}  give to the operator to register")
+
+
+@app.command()
+def register(
+    key: Annotated[Path, typer.Option(help="The merchant's node.pub (`fedshop keys node`).")],
+    merchant: Annotated[str, typer.Option(help="The merchant's name in run records and reports.")],
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = "127.0.0.1:9092",
+    root_certificate: Annotated[Path | None, typer.Option(help="The federation's ca.crt.")] = None,
+    registry: Annotated[Path, typer.Option(help="The operator's registry of nodes (pass it to `fedshop run`).")
+                        ] = Path("runs/registry.json"),
+) -> None:
+    """Register a merchant's node key with a SuperLink started with --node-auth (operator)."""
+    from fedshop.node_identity import RegistrationError, register_node
+
+    try:
+        node_id = register_node(server, root_certificate, key, merchant, registry)
+    except (RegistrationError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"merchant [bold]{merchant}[/] registered as node {node_id} (recorded in {registry})")
+
+
 @app.command()
 def partition(
     source: Annotated[Path, typer.Option(help="One export covering several merchants (CSV or Parquet).")],
@@ -185,6 +220,8 @@ def server(
         help="Folder with ca.crt, server.pem, server.key (`fedshop certs init`).")] = None,
     insecure: Annotated[bool, typer.Option(help="Serve without TLS, on purpose (nodes then need --insecure).")
                         ] = False,
+    node_auth: Annotated[bool, typer.Option(
+        help="Admit only registered nodes (`fedshop register`); needs --certificates and --state.")] = False,
 ) -> None:
     """Start the operator's SuperLink over TLS; runs submitted with `fedshop run` execute the fedshop ServerApp."""
     from fedshop.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
@@ -198,11 +235,13 @@ def server(
     if certificates is not None and (missing := [f for f in (CA_FILE, SERVER_CERT, SERVER_KEY)
                                                  if not (certificates / f).exists()]):
         _fail(f"{certificates}: missing {', '.join(missing)} (make them with `fedshop certs init`)")
+    if node_auth and (state is None or certificates is None):
+        _fail("--node-auth needs --certificates (TLS) and --state FILE (where the registrations are kept)")
     if state is not None:
         state.parent.mkdir(parents=True, exist_ok=True)
-    command = superlink_command(host, port, state, certificates)
+    command = superlink_command(host, port, state, certificates, node_auth)
     console.print(f"starting SuperLink on {host}:{port} ({'TLS' if certificates else 'no TLS'}, "
-                  f"state in {state or 'memory'})")
+                  f"{'registered nodes only' if node_auth else 'any node'}, state in {state or 'memory'})")
     raise typer.Exit(subprocess.call(command, env=process_environment()))
 
 
@@ -222,6 +261,8 @@ def node(
                         ] = False,
     app_digest: Annotated[str | None, typer.Option(
         help="Run only submissions of the app with this digest (default: the installed fedshop's).")] = None,
+    key: Annotated[Path | None, typer.Option(
+        help="This node's private key (`fedshop keys node`), for a server with node authentication.")] = None,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it
     again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it.
@@ -262,7 +303,9 @@ def node(
     console.print(f"runs only the app with digest [bold]{pinned}[/] "
                   f"({'pinned by --app-digest' if app_digest else 'the installed fedshop'})")
     privacy = NodePrivacy(secret_context, guarantee.epsilon, guarantee.delta, options.state_dir)
-    command = supernode_command(server, data, options.merchant, port, privacy, root_certificate, insecure)
+    if key is not None and not key.exists():
+        _fail(f"merchant {options.merchant}: {key}: no such node key (make one with `fedshop keys node`)")
+    command = supernode_command(server, data, options.merchant, port, privacy, root_certificate, insecure, key)
     stop = threading.Event()
     runtime = threading.Thread(target=serve_tasks, args=(f"127.0.0.1:{port}", client_app, pinned, stop), daemon=True)
     runtime.start()
@@ -295,6 +338,8 @@ def run(
         help="The federation's ca.crt (default: the system's trust store).")] = None,
     insecure: Annotated[bool, typer.Option(help="Connect without TLS, to a server started with --insecure.")
                         ] = False,
+    registry: Annotated[Path | None, typer.Option(
+        help="The registry of `fedshop register`: merchants are named by it in the run record.")] = None,
 ) -> None:
     """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`) and follow it; if the
     SuperLink restarts, submit it again (it resumes from its last checkpoint). The same command resumes
@@ -314,7 +359,8 @@ def run(
     settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, quorum_wait_s=quorum_wait, quorum=quorum,
                            seed=seed, run_dir=str(out.resolve()),
                            dp=dp, target_epsilon=epsilon, he=he,
-                           public_context=str(public_context.resolve()) if public_context else "")
+                           public_context=str(public_context.resolve()) if public_context else "",
+                           registry=str(registry.resolve()) if registry else "")
 
     def submit() -> None:
         with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:

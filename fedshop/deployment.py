@@ -39,7 +39,7 @@ def tls_flags(certificates: Path | None, files: tuple[str, ...]) -> list[str]:
 
 
 def superlink_command(host: str, port: int, database: Path | None = None,
-                      certificates: Path | None = None) -> list[str]:
+                      certificates: Path | None = None, node_auth: bool = False) -> list[str]:
     """The SuperLink: Fleet, Control and ServerApp runtime APIs on ``host:port``.
 
     Without ``database`` it keeps its state (runs, messages, the encrypted updates in flight) in
@@ -47,9 +47,13 @@ def superlink_command(host: str, port: int, database: Path | None = None,
     every encrypted update is written through SQLite too: on a loaded machine a write can hold the lock
     past Flower's 5 s busy timeout, the SuperLink answers a task heartbeat with HTTP 500 and the run
     fails. A fedshop run does not need the SuperLink's state to resume: its checkpoints are in the
-    run directory (``server.run_store``).
+    run directory (``server.run_store``). ``node_auth`` admits only registered nodes (Flower's node
+    authentication, which needs TLS and the ``database``, where registrations live).
     """
+    if node_auth and (database is None or certificates is None):
+        raise ValueError("node authentication needs TLS certificates and a state database")
     state = ["--database", str(database)] if database is not None else []
+    state += ["--enable-supernode-auth"] if node_auth else []
     return [flower_tool("flower-superlink"), *tls_flags(certificates, (CA_FILE, SERVER_CERT, SERVER_KEY)),
             "--disable-runtime-dependency-installation", "--host", host, "--port", str(port), *state]
 
@@ -74,11 +78,12 @@ def app_digest(app_dir: Path = APP_DIR) -> str:
 
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
                       privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None,
-                      insecure: bool = False) -> list[str]:
+                      insecure: bool = False, auth_key: Path | None = None) -> list[str]:
     """A merchant's SuperNode, pointing its ClientApp at the merchant's data, keys and ledger. It runs no
     task itself (``--isolation process``): the merchant's task runtime (``client.node_runtime``, in
     ``fedshop node``) takes its tasks from the runtime API on ``runtime_port``."""
     tls = ["--insecure"] if insecure else ["--root-certificates", str(root_certificate)] if root_certificate else []
+    tls += ["--auth-supernode-private-key", str(auth_key)] if auth_key else []
     options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget}
     if privacy.secret_context:
         options["secret-context"] = str(privacy.secret_context.resolve())

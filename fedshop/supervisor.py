@@ -4,10 +4,10 @@ Flower 1.41's SuperNode leaves the federation in three ways without coming back 
 (``../shared/FLOWER-1.41-NOTES.md``): it exits, even with rc 0, when a restarted SuperLink answers its
 heartbeat with 401; it can stay alive after giving up reconnecting; and it stays "offline" when its
 heartbeat thread died on an unexpected answer. The supervisor passes the process's output through,
-recognises those lines, stops the process (its whole process group: the SuperNode's own SuperExec
-and ClientApps with it) and starts it again after a backoff that doubles up to a minute and resets
-after a long healthy spell; each restart is said in one line. Ctrl-C (or SIGTERM) stops the
-process and the supervisor.
+recognises those lines, stops the process (its whole process group) and starts it again after a
+backoff that doubles up to a minute and resets after a long healthy spell; each restart is said in
+one line. A refusal that a restart cannot cure (an unregistered node key) ends the supervisor with
+that reason. Ctrl-C (or SIGTERM) stops the process and the supervisor.
 """
 
 import os
@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 # Lines after which the process will not rejoin by itself.
 STALLED = ("Giving up reconnection", "Exception in thread", "Heartbeat failed unexpectedly")
+# Lines after which starting the process again cannot help, and what they mean.
+FATAL = {"Failed to activate SuperNode": "the SuperLink did not let this node join: with node authentication on, "
+                                         "the operator must register its public key (`fedshop register`) and the "
+                                         "node must start with the matching --key"}
 EXITING = "terminated gracefully"  # the process says it leaves: it must exit soon or be stopped
 EXIT_GRACE_S = 15.0
 HEALTHY_S = 300.0  # a process that ran this long restarts after the shortest backoff again
@@ -52,15 +56,18 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def _watch(process: subprocess.Popen, echo: Callable[[str], None]) -> str:
-    """Pass the process's lines through until it exits or stalls; returns why it has to be restarted."""
-    why = ""
+def _watch(process: subprocess.Popen, echo: Callable[[str], None]) -> tuple[str, bool]:
+    """Pass the process's lines through until it exits or stalls; returns why, and whether starting it
+    again cannot help."""
+    why, fatal = "", False
     exiting_since: list[float] = []
 
     def read() -> None:
-        nonlocal why
+        nonlocal why, fatal
         for line in process.stdout:
             echo(line.rstrip("\n"))
+            if not fatal and (meaning := next((FATAL[m] for m in FATAL if m in line), None)):
+                why, fatal = meaning, True
             if not why and any(marker in line for marker in STALLED):
                 why = f"it stalled ({line.strip()[:120]})"
             if EXITING in line:
@@ -75,7 +82,7 @@ def _watch(process: subprocess.Popen, echo: Callable[[str], None]) -> str:
     if why:
         _stop(process)
     reader.join(timeout=5)
-    return why or f"it exited with code {process.returncode}"
+    return why or f"it exited with code {process.returncode}", fatal
 
 
 def supervise(command: Sequence[str], env: dict[str, str], say: Callable[[str], None], name: str = "the SuperNode",
@@ -102,11 +109,14 @@ def _supervise(command: Sequence[str], env: dict[str, str], say: Callable[[str],
         process = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1, start_new_session=True)
         try:
-            why = _watch(process, echo)
+            why, fatal = _watch(process, echo)
         except KeyboardInterrupt:
             _stop(process)
             say("stopped")
             return 130
+        if fatal:
+            say(f"{name} cannot join: {why}")
+            return 2
         if should_stop():
             return process.returncode or 0
         restarts = 1 if time.monotonic() - started > HEALTHY_S else restarts + 1

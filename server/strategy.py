@@ -23,6 +23,7 @@ from flwr.supercore import log
 
 from fedshop.protocol import AGGREGATE_REFUSED, APP_DIGEST, MERCHANT_RECORD, arrays_sha256
 from fedshop.settings import RunSettings
+from server.registry import read_registry
 from server.run_store import RunStore
 from server.update_checks import update_problem
 
@@ -62,6 +63,7 @@ class MerchantFedAvg(FedAvg):
         self.num_rounds = settings.num_server_rounds
         self.offset = completed_rounds
         self.names: dict[int, str] = {}
+        self.registered: dict[int, str] = {}
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
         self.aggregate_sha256 = ""
@@ -85,10 +87,12 @@ class MerchantFedAvg(FedAvg):
         return self.destinations.get(answered, reply.metadata.src_node_id)
 
     def _merchant(self, msg: Message) -> str:
-        """The merchant a reply answers for (its name learnt from its replies, or from a failure its node
-        names it in), else its node id."""
+        """The merchant a reply answers for: its registered name (``server.registry``), else the name
+        learnt from its replies or from a failure its node names it in, else its node id."""
         node = self._node(msg)
-        if not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
+        if node in self.registered:
+            self.names[node] = self.registered[node]
+        elif not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
             self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
         elif msg.has_error() and (named := NAMED_FAILURE.match(failure_reason(msg.error.reason))):
             self.names.setdefault(node, named["name"])
@@ -138,6 +142,8 @@ class MerchantFedAvg(FedAvg):
         self.global_arrays = arrays
         self.lost = set()
         self.phase_started = time.monotonic()
+        self.registered = read_registry(self.settings.registry) if self.settings.registry else {}
+        self.names.update(self.registered)  # the operator may have registered a merchant since the last round
         return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.TRAIN, "training")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -12,6 +12,7 @@ from client.interactions import Interactions, build_interactions
 from client.schema import load_merchant
 from client.training import NextItemExamples, shuffled_loader, train_epochs
 from models.recommender import Recommender, build_recommender
+from tests.processes import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 UCI_RETAIL = REPO.parent / "shared" / "data" / "uci_online_retail" / "online_retail.parquet"
@@ -48,3 +49,9 @@ def train_small_recommender(data_dir: Path, epochs: int) -> tuple[Recommender, I
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs)
     return model.eval(), data
+
+
+@pytest.fixture
+def launch(tmp_path: Path):
+    """Start real processes (``tests.processes.launcher``); none is left running after the test."""
+    yield from launcher(tmp_path)
