@@ -15,9 +15,11 @@ price      a merchant's recommended prices, with the reasons for each
 report     the auditors' privacy and explanation report of a run (HTML with plots, and JSON)
 """
 
+import ipaddress
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -222,6 +224,9 @@ def server(
                         ] = False,
     node_auth: Annotated[bool, typer.Option(
         help="Admit only registered nodes (`fedshop register`); needs --certificates and --state.")] = False,
+    expose_control_api: Annotated[bool, typer.Option(
+        help="Listen beyond this machine although the port also serves Flower's unauthenticated Control API "
+             "(prefer a proxy that forwards only /v1/fleet/, see the README).")] = False,
 ) -> None:
     """Start the operator's SuperLink over TLS; runs submitted with `fedshop run` execute the fedshop ServerApp."""
     from fedshop.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
@@ -235,6 +240,10 @@ def server(
     if certificates is not None and (missing := [f for f in (CA_FILE, SERVER_CERT, SERVER_KEY)
                                                  if not (certificates / f).exists()]):
         _fail(f"{certificates}: missing {', '.join(missing)} (make them with `fedshop certs init`)")
+    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback and not expose_control_api:
+        _fail(f"--host {host} would expose Flower's Control API (submit or stop runs, no authentication) on the "
+              "port the nodes use: keep the SuperLink on 127.0.0.1 behind a proxy that forwards only /v1/fleet/ "
+              "(README, 'A real deployment'), or pass --expose-control-api on purpose")
     if node_auth and (state is None or certificates is None):
         _fail("--node-auth needs --certificates (TLS) and --state FILE (where the registrations are kept)")
     if state is not None:

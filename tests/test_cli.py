@@ -75,3 +75,9 @@ def test_server_starts_only_with_tls_unless_told_insecure_on_purpose(tmp_path: P
     (tmp_path / "ca.crt").write_text("")
     incomplete = runner.invoke(app, ["server", "--port", "9", "--certificates", str(tmp_path)])
     assert incomplete.exit_code == 2 and "missing server.pem, server.key" in " ".join(incomplete.output.split())
+
+
+def test_server_keeps_the_control_api_on_this_machine_unless_told_otherwise(tmp_path: Path) -> None:
+    exposed = runner.invoke(app, ["server", "--host", "0.0.0.0", "--port", "9", "--insecure"])
+    assert exposed.exit_code == 2
+    assert "would expose Flower's Control API" in " ".join(exposed.output.split())
