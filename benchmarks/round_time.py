@@ -4,7 +4,8 @@ Each configuration starts its own processes on localhost and trains the quick ge
 for a few rounds; the strategy records how long each round's training and evaluation phases took
 (``seconds`` in the run record). Measured side by side in one invocation:
 
-- DP + HE over TLS (the default deployment),
+- DP + HE over TLS with node authentication (the README's deployment),
+- DP + HE over TLS,
 - DP + HE without TLS,
 - in the clear without DP (no TLS),
 - the fixed cost a message paid before the node kept its runtime warm: a fresh Python process
@@ -31,12 +32,16 @@ from rich.table import Table
 from client.generate import FederationSpec, write_federation
 from fedshop.certificates import CA_FILE, create_certificates
 from fedshop.deployment import process_environment, superlink_command
+from fedshop.node_identity import create_node_keys, register_node
 from privacy.ckks import create_keys
 from server.run_store import RunStore
 
 FEDSHOP = [sys.executable, "-m", "fedshop.cli"]
-CONFIGS = {"DP + HE, TLS": ("--dp", "--he", True), "DP + HE, no TLS": ("--dp", "--he", False),
-           "clear, no DP, no TLS": ("--no-dp", "--no-he", False)}
+# name: (DP flag, HE flag, TLS, node authentication); the last is the reference the others are compared with
+CONFIGS = {"DP + HE, TLS + node auth": ("--dp", "--he", True, True),
+           "DP + HE, TLS": ("--dp", "--he", True, False),
+           "DP + HE, no TLS": ("--dp", "--he", False, False),
+           "clear, no DP, no TLS": ("--no-dp", "--no-he", False, False)}
 
 
 def _port() -> int:
@@ -68,8 +73,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
     """Run one configuration end to end; the per-round phase times from its run record."""
-    dp, he, tls = CONFIGS[name]
-    out = work / name.replace(" ", "").replace(",", "-").replace("+", "")
+    dp, he, tls, auth = CONFIGS[name]
+    out = work / "".join(c for c in name if c.isalnum())
     create_keys(out / "keys")
     certificates = out / "certs"
     create_certificates(certificates, [])
@@ -83,12 +88,19 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
             return started[-1]
 
         try:
-            launch(superlink_command("127.0.0.1", port, certificates=certificates if tls else None))
+            launch(superlink_command("127.0.0.1", port, out / "state.db" if auth else None,
+                                     certificates if tls else None, node_auth=auth))
             _listening(port)
             for merchant in merchants:
+                identity = []
+                if auth:
+                    key, public = create_node_keys(out / f"key-{merchant.name}", merchant.name)
+                    register_node(f"127.0.0.1:{port}", certificates / CA_FILE, public, merchant.name,
+                                  out / "registry.json")
+                    identity = ["--key", str(key)]
                 launch([*FEDSHOP, "node", "--data", str(merchant), "--server", f"127.0.0.1:{port}", "--port",
                         str(_port()), "--secret-context", str(out / "keys" / "secret.ctx"), "--state-dir",
-                        str(out / merchant.name), *trust])
+                        str(out / merchant.name), *trust, *identity])
             began = time.monotonic()
             driver = launch([*FEDSHOP, "run", "--server", f"127.0.0.1:{port}", "--out", str(out / "run"),
                              "--rounds", str(rounds), "--min-nodes", str(len(merchants)), dp, he,

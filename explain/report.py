@@ -106,6 +106,26 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
     }
 
 
+def trust_model(settings: dict) -> dict:
+    """Who holds which key, how the run reached the SuperLink and how merchants are identified."""
+    registry = settings.get("registry", "")
+    return {
+        "keys": [
+            {"key": "CKKS secret context (decrypts the aggregate)", "held_by": "every merchant's node, from the key "
+             "steward; never the operator" if settings["he"] else "unused: the run aggregates in the clear"},
+            {"key": "CKKS public context (adds ciphertexts, cannot decrypt)", "held_by": "the server"},
+            {"key": "node key (signs the node's requests)", "held_by": "each merchant; the operator registers its "
+             "public half" if registry else "unused: node authentication was not asked for by this run"},
+            {"key": "TLS certificate authority", "held_by": "the operator (ca.key); merchants hold ca.crt"},
+        ],
+        "transport": settings.get("transport") or "not recorded (an in-process simulation, or a run submitted "
+                                                   "without `fedshop run`)",
+        "node_authentication": (f"merchants are named by the operator's registry of node keys ({registry}); run "
+                                "the SuperLink with --node-auth so that only those nodes join") if registry else
+        "merchants are named by what their nodes report (no registry given)",
+    }
+
+
 def parameter_split(settings: dict) -> dict:
     """Which parameters leave the nodes (shared: DP-SGD, CKKS, covered by (ε, δ)) and which never do."""
     counts: dict[str, int] = defaultdict(int)
@@ -163,6 +183,7 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
             {"round": record["round"], "merchant": name, "reason": reason}
             for record in rounds for name, reason in record.get("refused_global_model", {}).items()],
             "log": asdict(store.verify_log()),
+            "trust": trust_model(settings),
             "app_digests": {name: sorted({record.get("app_digest", {}).get(name) or IN_PROCESS for record in rounds
                                           if name in record["train"]})
                             for name in sorted({name for record in rounds for name in record["train"]})}},

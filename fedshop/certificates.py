@@ -8,6 +8,7 @@ only ``ca.crt``. :func:`trust_problem` is the one-line check a node makes before
 """
 
 import datetime
+import hashlib
 import ipaddress
 import socket
 import ssl
@@ -92,3 +93,13 @@ def trust_problem(server: str, root_certificate: Path | None, timeout: float = 5
         return f"no TLS handshake with the SuperLink at {server} ({exc.reason}); is it started with TLS?"
     except OSError:
         return ""
+
+
+def transport_used(root_certificate: Path | None, insecure: bool) -> str:
+    """How a connection to the SuperLink is secured, in words for the run record and the report."""
+    if insecure:
+        return "no TLS (--insecure)"
+    if root_certificate is None:
+        return "TLS, the server's certificate checked against the system's trust store"
+    digest = hashlib.sha256(root_certificate.read_bytes()).hexdigest()
+    return f"TLS, the server's certificate checked against the federation's CA (ca.crt SHA-256 {digest})"

@@ -353,11 +353,14 @@ def run(
     """Submit a training run of the fedshop app to a SuperLink (Flower's `flwr run`) and follow it; if the
     SuperLink restarts, submit it again (it resumes from its last checkpoint). The same command resumes
     an interrupted run."""
+    from fedshop.certificates import transport_used
     from fedshop.deployment import process_environment, run_command, write_connection
     from fedshop.progress import watch_run
     from fedshop.run_driver import RunInterrupted, drive_run
     from privacy.ckks import ContextError, load_public_context
 
+    if root_certificate is not None and not root_certificate.exists():
+        _fail(f"{root_certificate}: no such CA certificate (the operator's `fedshop certs init` makes ca.crt)")
     if he:
         if public_context is None:
             _fail("encrypted aggregation needs --public-context public.ctx (or --no-he)")
@@ -369,7 +372,8 @@ def run(
                            seed=seed, run_dir=str(out.resolve()),
                            dp=dp, target_epsilon=epsilon, he=he,
                            public_context=str(public_context.resolve()) if public_context else "",
-                           registry=str(registry.resolve()) if registry else "")
+                           registry=str(registry.resolve()) if registry else "",
+                           transport=transport_used(root_certificate, insecure))
 
     def submit() -> None:
         with tempfile.TemporaryDirectory(prefix="fedshop-flwr-") as home:

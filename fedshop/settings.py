@@ -44,6 +44,7 @@ class RunSettings:
     he: bool = True  # CKKS-encrypted aggregation: the server never sees a model in the clear
     public_context: str = ""  # path to the key steward's public.ctx, on the server machine
     registry: str = ""  # the operator's registry of nodes (`fedshop register`): merchants are named by it
+    transport: str = ""  # how `fedshop run` reached the SuperLink (TLS and whose CA), for the auditors' report
 
     def __post_init__(self) -> None:
         if not 0 < self.quorum <= 1:
@@ -57,7 +58,8 @@ class RunSettings:
 
     def training_config(self) -> dict[str, Any]:
         """What every client needs each round (sent in the round's ConfigRecord)."""
-        skip = {"run_dir", "min_nodes", "public_context", "quorum_wait_s", "quorum", "round_timeout_s", "registry"}
+        skip = {"run_dir", "min_nodes", "public_context", "quorum_wait_s", "quorum", "round_timeout_s", "registry",
+                "transport"}
         return {key.replace("_", "-"): value for key, value in asdict(self).items() if key not in skip}
 
     def to_run_config(self) -> dict[str, Any]:

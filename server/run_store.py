@@ -40,7 +40,7 @@ CHECKPOINT = re.compile(r"round_(\d{4})\.npz")
 # Settings that may differ when a run is resumed: where it lives, how long it goes on and how long
 # its rounds wait for merchants.
 RESUMABLE_CHANGES = {"num_server_rounds", "run_dir", "min_nodes", "quorum_wait_s", "quorum", "round_timeout_s",
-                     "registry"}
+                     "registry", "transport"}
 
 
 class RunStoreError(RuntimeError):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from explain.report import build_report
 from fedshop.certificates import CA_FILE, create_certificates
 from fedshop.deployment import process_environment, superlink_command
 from fedshop.node_identity import NODE_KEY, NODE_PUBLIC_KEY, create_node_keys
@@ -58,3 +59,6 @@ def test_only_registered_nodes_join_and_the_record_names_them_as_registered(tmp_
     record, = RunStore(tmp_path / "run").rounds()
     assert sorted(record["train"]) == sorted(record["evaluate"]) == ["shop-one", "shop-zero"]
     assert record["failures"] == {}
+    trust = build_report(tmp_path / "run")["integrity"]["trust"]
+    assert trust["transport"].startswith("TLS, the server's certificate checked against the federation's CA")
+    assert trust["node_authentication"].startswith("merchants are named by the operator's registry of node keys")

@@ -153,6 +153,8 @@ def test_report_lists_the_global_models_merchants_refused(audited_runs, tmp_path
 def test_report_verifies_the_run_log_and_names_the_round_edited_after_the_fact(audited_runs, tmp_path) -> None:
     integrity = build_report(audited_runs["dp"])["integrity"]
     assert len(integrity["app_digests"]) == 3 and all(d == [IN_PROCESS] for d in integrity["app_digests"].values())
+    assert integrity["trust"]["transport"].startswith("not recorded (an in-process simulation")
+    assert integrity["trust"]["node_authentication"].startswith("merchants are named by what their nodes report")
     intact = integrity["log"]
     assert intact["verified"] and intact["rounds"] == AUDIT.num_server_rounds and len(intact["head"]) == 64
     def hide_spending(metrics: dict) -> None:  # an operator halving what a merchant spent in round 2
