@@ -240,7 +240,11 @@ def server(
     if certificates is not None and (missing := [f for f in (CA_FILE, SERVER_CERT, SERVER_KEY)
                                                  if not (certificates / f).exists()]):
         _fail(f"{certificates}: missing {', '.join(missing)} (make them with `fedshop certs init`)")
-    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback and not expose_control_api:
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError as exc:
+        _fail(f"--host {host}: not an address of this machine ({exc})")
+    if not loopback and not expose_control_api:
         _fail(f"--host {host} would expose Flower's Control API (submit or stop runs, no authentication) on the "
               "port the nodes use: keep the SuperLink on 127.0.0.1 behind a proxy that forwards only /v1/fleet/ "
               "(README, 'A real deployment'), or pass --expose-control-api on purpose")
