@@ -109,6 +109,22 @@ def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None
         return LocalPart(offsets or None, float(saved["co_purchase_weight"]))
 
 
+def model_files(model_dir: Path) -> list[Path]:
+    """The files a model directory's models are read from (those that exist): what changes with a new copy."""
+    store = RunStore(model_dir)
+    candidates = [model_dir / MODEL_COPY, model_dir / MODEL_COPY_INFO, model_dir / LOCAL_PART,
+                  store.model_path, store.encrypted_model_path, store.encrypted_meta_path]
+    return [path for path in dict.fromkeys(candidates) if path.exists()]
+
+
+def model_round(model_dir: Path) -> int | None:
+    """The round a node's model copy (or a run directory's model) comes from, when it says."""
+    info = Path(model_dir) / MODEL_COPY_INFO
+    if info.exists():
+        return int(json.loads(info.read_text())["round"])
+    return RunStore(model_dir).status().get("round")
+
+
 def load_models(model_dir: Path, secret_context: Path | None = None) -> LoadedModels:
     """The global models of a run directory or of a node's state directory (with the node's local
     part, if it keeps one), and the recommender's history length."""

@@ -12,6 +12,7 @@ run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
 recommend  a merchant's top-k items for one of its customers, with the reasons for each
 price      a merchant's recommended prices, with the reasons for each
+serve      a merchant's recommendations and prices over HTTP, for the shop's own systems
 report     the auditors' privacy and explanation report of a run (HTML with plots, and JSON)
 """
 
@@ -44,6 +45,14 @@ Out = Annotated[Path, typer.Option("--out", help="Output directory.")]
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (fails with one line when it does not resolve)."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError as exc:
+        _fail(f"--host {host}: not an address of this machine ({exc})")
 
 
 def _final_table(run_dir: Path) -> Table:
@@ -240,11 +249,7 @@ def server(
     if certificates is not None and (missing := [f for f in (CA_FILE, SERVER_CERT, SERVER_KEY)
                                                  if not (certificates / f).exists()]):
         _fail(f"{certificates}: missing {', '.join(missing)} (make them with `fedshop certs init`)")
-    try:
-        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except OSError as exc:
-        _fail(f"--host {host}: not an address of this machine ({exc})")
-    if not loopback and not expose_control_api:
+    if not _loopback(host) and not expose_control_api:
         _fail(f"--host {host} would expose Flower's Control API (submit or stop runs, no authentication) on the "
               "port the nodes use: keep the SuperLink on 127.0.0.1 behind a proxy that forwards only /v1/fleet/ "
               "(README, 'A real deployment'), or pass --expose-control-api on purpose")
@@ -506,6 +511,54 @@ def price(
         console.print("\n".join(f"- {reason}" for reason in records[0]["reasons"]))
     elif len(records) > limit:
         console.print(f"{len(records) - limit} more items: --limit N; --item ID for the reasons; --json for all")
+
+
+@app.command()
+def serve(
+    data: Annotated[Path, typer.Option(help="The merchant's data directory.")],
+    model: Annotated[Path, typer.Option(help="The node's state directory (its model copy), or a run directory.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the service.")] = 8080,
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding the bearer token the shop's systems send (or FEDSHOP_SERVICE_TOKEN).")] = None,
+    secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted run model.")] = None,
+) -> None:
+    """Serve this merchant's recommendations and prices over HTTP (OpenAPI at /docs); a new model copy
+    from the node is picked up without a restart."""
+    import os
+
+    import uvicorn
+
+    from client.node_data import node_options
+    from client.schema import SchemaError
+    from fedshop.service import ModelWatcher, build_service, model_version, prepare
+    from privacy.ckks import ContextError
+    from privacy.ledger import PrivacyLedger
+
+    if token_file is not None and not token_file.exists():
+        _fail(f"{token_file}: no such token file")
+    token = token_file.read_text().strip() if token_file else os.environ.get("FEDSHOP_SERVICE_TOKEN", "").strip()
+    if not token and not _loopback(host):
+        _fail(f"--host {host} without a token would let anyone on the network read this shop's customers' "
+              "recommendations: give --token-file (or FEDSHOP_SERVICE_TOKEN), or keep the default 127.0.0.1")
+    try:
+        watcher = ModelWatcher(lambda: prepare(data, model, secret_context), lambda: model_version(model))
+    except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
+        _fail(str(exc))
+    options = node_options({"data-dir": str(data), "state-dir": str(model)})
+    delta = options.budget(len(watcher.current.customers)).delta
+
+    def spent() -> float:
+        return PrivacyLedger(options.ledger_path).epsilon(delta)
+
+    watcher.start()
+    console.print(f"serving merchant data {data} with the model of round {watcher.current.round} on "
+                  f"http://{host}:{port} ({'bearer token required' if token else 'no token: this machine only'}); "
+                  "OpenAPI at /docs")
+    try:
+        uvicorn.run(build_service(watcher, token or None, spent), host=host, port=port, log_level="warning")
+    finally:
+        watcher.stop()
 
 
 @app.command()

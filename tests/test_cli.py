@@ -81,3 +81,10 @@ def test_server_keeps_the_control_api_on_this_machine_unless_told_otherwise(tmp_
     exposed = runner.invoke(app, ["server", "--host", "0.0.0.0", "--port", "9", "--insecure"])
     assert exposed.exit_code == 2
     assert "would expose Flower's Control API" in " ".join(exposed.output.split())
+
+
+def test_serve_without_a_token_stays_on_this_machine(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("FEDSHOP_SERVICE_TOKEN", raising=False)
+    refused = runner.invoke(app, ["serve", "--data", str(tmp_path), "--model", str(tmp_path), "--host", "0.0.0.0"])
+    assert refused.exit_code == 2
+    assert "without a token would let anyone on the network read" in " ".join(refused.output.split())

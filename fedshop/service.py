@@ -1,0 +1,151 @@
+"""The merchant's HTTP service: recommendations and prices, with their reasons, for the shop's own systems.
+
+``fedshop serve`` runs it (FastAPI on uvicorn; its OpenAPI schema at ``/docs``) next to the merchant's
+node, on the merchant's data and the model copy the node keeps. Everything a request needs (the
+served recommender, the customers' histories, the weekly demand and the local demand fit) is
+prepared once per model version; a watcher notices when the node writes a new copy after a round,
+prepares the new version beside the old one and swaps the reference, so requests in flight finish
+on the version they started with and none fails during a swap. A bearer token guards every route
+but ``/health``; without a token the service listens on this machine only.
+"""
+
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import WARNING, getLogger
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+
+from client.demand import DemandPanel, build_demand_panel
+from client.global_model import load_models, model_files, model_round
+from client.interactions import Interactions, build_interactions
+from client.local_fit import serving_model
+from client.pricing import recommend_prices
+from client.recommend import recommend
+from client.schema import load_merchant
+from explain.price_reasons import price_record
+from explain.recommendation_reasons import explain_recommendation
+from models.demand import DemandModel
+from models.recommender import Recommender
+
+WATCH_S = 1.0
+FALLBACK = "popular at this shop: the model knows no purchase of this customer, so only the items' popularity ranks"
+log = getLogger("fedshop.service")
+
+
+@dataclass
+class Prepared:
+    """One model version, ready to answer requests."""
+
+    version: tuple
+    interactions: Interactions
+    customers: frozenset[str]
+    served: Recommender
+    shared: Recommender
+    history_length: int
+    panel: DemandPanel
+    demand: DemandModel
+    round: int | None
+    loaded_at: float
+    prices: dict[tuple[str, float], list[dict]] = field(default_factory=dict)
+
+    def price_records(self, objective: str, max_change: float) -> list[dict]:
+        """Every item's recommended price with its reasons, computed once per version and question."""
+        key = (objective, max_change)
+        if key not in self.prices:
+            rows = range(len(self.panel.item_ids))
+            self.prices[key] = [price_record(rec, objective)
+                                for rec in recommend_prices(self.demand, self.panel, rows, objective, max_change)]
+        return self.prices[key]
+
+
+def model_version(model_dir: Path) -> tuple:
+    """What changes when the node writes a new model copy: its files' sizes and modification times."""
+    return tuple((path.name, path.stat().st_mtime_ns, path.stat().st_size) for path in model_files(model_dir))
+
+
+def prepare(data_dir: Path, model_dir: Path, secret_context: Path | None) -> Prepared:
+    """Load the merchant's data and the current model copy, and prepare what requests need."""
+    version = model_version(model_dir)
+    merchant = load_merchant(data_dir)
+    interactions = build_interactions(merchant)
+    loaded = load_models(model_dir, secret_context)
+    return Prepared(version, interactions, frozenset(interactions.customers),
+                    serving_model(loaded.models.recommender, loaded.local, interactions), loaded.models.recommender,
+                    loaded.history_length, build_demand_panel(merchant), loaded.models.demand, model_round(model_dir),
+                    time.time())
+
+
+class ModelWatcher:
+    """The current :class:`Prepared` version, replaced when the model copy changes."""
+
+    def __init__(self, load: Callable[[], Prepared], version: Callable[[], tuple]) -> None:
+        self._load, self._version = load, version
+        self.current = load()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_S):
+            if self._version() == self.current.version:
+                continue
+            try:
+                self.current = self._load()  # one reference assignment: readers see the old or the new version
+            except Exception as exc:  # a copy being written: keep serving the old one, try again
+                log.log(WARNING, "model copy not loaded yet (%s); still serving round %s", exc, self.current.round)
+
+
+def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Callable[[], float]) -> FastAPI:
+    """The service's routes over ``watcher``'s current model version."""
+    service = FastAPI(title="fedshop merchant service",
+                      description="Recommendations and prices for this merchant's customers, with their reasons.")
+
+    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
+            raise HTTPException(401, "this route needs the service's token: Authorization: Bearer <token>")
+
+    guarded = [Depends(authorized)]
+
+    @service.get("/health")
+    def health() -> dict[str, Any]:
+        current = watcher.current
+        return {"status": "ok", "model_round": current.round, "model_age_s": time.time() - current.loaded_at,
+                "epsilon_spent": epsilon_spent(), "customers": len(current.customers),
+                "items": len(current.interactions.features.item_ids)}
+
+    @service.get("/customers/{customer}/recommendations", dependencies=guarded)
+    def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=1000)] = 10,
+                        diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> dict[str, Any]:
+        current = watcher.current
+        items = recommend(current.served, current.interactions, customer, k, current.history_length, diversity,
+                          shared=current.shared)
+        return {"customer": customer, "model_round": current.round,
+                "fallback": None if customer in current.customers else FALLBACK,
+                "items": [explain_recommendation(item).record() for item in items]}
+
+    @service.get("/prices", dependencies=guarded)
+    def prices(objective: Literal["revenue", "profit"] = "revenue",
+               max_change: Annotated[float, Query(gt=0.0, lt=1.0)] = 0.2) -> dict[str, Any]:
+        current = watcher.current
+        return {"model_round": current.round, "prices": current.price_records(objective, max_change)}
+
+    @service.get("/items/{item}/price", dependencies=guarded)
+    def item_price(item: str, objective: Literal["revenue", "profit"] = "revenue",
+                   max_change: Annotated[float, Query(gt=0.0, lt=1.0)] = 0.2) -> dict[str, Any]:
+        current = watcher.current
+        for record in current.price_records(objective, max_change):
+            if record["item_id"] == item:
+                return {"model_round": current.round, **record}
+        raise HTTPException(404, f"item {item!r} is not in this merchant's orders")
+
+    return service

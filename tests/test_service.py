@@ -1,0 +1,88 @@
+"""The merchant's HTTP service over real HTTP: a real uvicorn process (`fedshop serve`) on a node's model copy."""
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from client.global_model import load_models, save_model_copy
+from fedshop.settings import RunSettings
+from fedshop.simulation import run_simulated_federation
+from tests.processes import free_port, wait_for_port
+
+TOKEN = "s3cret-shop-token"
+
+
+@pytest.fixture(scope="module")
+def node_dir(federation_dirs, tmp_path_factory) -> Path:
+    """The state directory of a merchant's node after one round (model copy, local part, ledger)."""
+    out = tmp_path_factory.mktemp("served")
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / d.name)} for d in federation_dirs]
+    run_simulated_federation(nodes, RunSettings(num_server_rounds=1, local_epochs=1, he=False,
+                                                run_dir=str(out / "run")))
+    return out / federation_dirs[0].name
+
+
+@pytest.mark.slow
+def test_the_service_answers_guards_refuses_bad_input_and_swaps_models_without_failing(
+        node_dir: Path, federation_dirs, tmp_path: Path, launch) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    service, log = launch([sys.executable, "-m", "fedshop.cli", "serve", "--data", str(federation_dirs[0]),
+                           "--model", str(node_dir), "--port", str(port), "--token-file", str(tmp_path / "token")],
+                          "service")
+    wait_for_port(port, service, log)
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        health = client.get("/health").json()
+        assert health["model_round"] == 1 and health["customers"] > 0 and health["epsilon_spent"] > 0
+
+        assert client.get("/customers/x/recommendations").status_code == 401
+        assert client.get("/prices", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+        item = client.get("/prices", headers=auth).json()["prices"][0]["item_id"]
+        customer = pd.read_csv(federation_dirs[0] / "orders.csv")["customer_id"].iloc[0]
+        answer = client.get(f"/customers/{customer}/recommendations", params={"k": 5, "diversity": 0.3},
+                            headers=auth).json()
+        assert answer["fallback"] is None and len(answer["items"]) == 5
+        assert all(rec["sentence"] and rec["by_history"] and rec["by_source"] for rec in answer["items"])
+        stranger = client.get("/customers/never-seen/recommendations", headers=auth).json()
+        assert stranger["fallback"].startswith("popular at this shop") and len(stranger["items"]) == 10
+
+        bad_k = client.get(f"/customers/{customer}/recommendations", params={"k": 0}, headers=auth)
+        assert bad_k.status_code == 422 and bad_k.json()["detail"][0]["loc"] == ["query", "k"]
+        bad_diversity = client.get(f"/customers/{customer}/recommendations", params={"diversity": 2}, headers=auth)
+        assert bad_diversity.status_code == 422 and bad_diversity.json()["detail"][0]["loc"] == ["query", "diversity"]
+        assert client.get("/prices", params={"objective": "volume"}, headers=auth).status_code == 422
+        unknown = client.get("/items/NO-SUCH-ITEM/price", headers=auth)
+        assert unknown.status_code == 404 and "NO-SUCH-ITEM" in unknown.json()["detail"]
+        priced = client.get(f"/items/{item}/price", headers=auth).json()
+        assert priced["item_id"] == item and priced["reasons"]
+
+        failures, stop = [], threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(base_url=base, timeout=30) as own:
+                while not stop.is_set():
+                    reply = own.get(f"/customers/{customer}/recommendations", headers=auth)
+                    if reply.status_code != 200:
+                        failures.append(reply.status_code)
+
+        clients = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        loaded = load_models(node_dir)
+        save_model_copy(node_dir, loaded.models, loaded.local, {"round": 2, "run": "r", "history_length": 20})
+        deadline = time.monotonic() + 60
+        while client.get("/health").json()["model_round"] != 2:
+            assert time.monotonic() < deadline, "the service did not pick up the new model copy"
+            time.sleep(0.5)
+        time.sleep(1)
+        stop.set()
+        for thread in clients:
+            thread.join()
+        assert failures == [], f"requests failed during the swap: {failures}"
