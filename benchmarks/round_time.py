@@ -16,8 +16,6 @@ Usage: ``python benchmarks/round_time.py [--rounds 3] [--json OUT]``. Prints a t
 
 import argparse
 import json
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +31,7 @@ from client.generate import FederationSpec, write_federation
 from fedshop.certificates import CA_FILE, create_certificates
 from fedshop.deployment import process_environment, superlink_command
 from fedshop.node_identity import create_node_keys, register_node
+from fedshop.supervisor import stop_process_groups
 from privacy.ckks import create_keys
 from server.run_store import RunStore
 
@@ -58,17 +57,6 @@ def _listening(port: int, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.3)
     raise RuntimeError(f"nothing listens on {port}")
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
@@ -109,7 +97,7 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
                 raise RuntimeError(f"{name}: the run failed; see {out / 'processes.log'}")
             wall = time.monotonic() - began
         finally:
-            _stop(started)
+            stop_process_groups(started, grace_s=20)
     seconds = [record["seconds"] for record in RunStore(out / "run").rounds()]
     later = seconds[1:] or seconds  # the first round also waits for the nodes to join
     return {"config": name, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,

@@ -10,6 +10,7 @@ one line. A refusal that a restart cannot cure (an unregistered node key) ends t
 that reason. Ctrl-C (or SIGTERM) stops the process and the supervisor.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,20 +41,17 @@ class Backoff:
         return min(self.longest, self.first * 2 ** max(restarts - 1, 0))
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the process and everything it started (it leads its own process group)."""
-    if process.poll() is not None:
-        return
-    for sent, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sent)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def stop_process_groups(processes: Sequence[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """Stop each process and everything it started (each leads its own process group): SIGTERM, then
+    SIGKILL for what still runs ``grace_s`` later."""
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        running = [process for process in processes if process.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sent)
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=grace_s)
 
 
 def _watch(process: subprocess.Popen, echo: Callable[[str], None]) -> tuple[str, bool]:
@@ -80,7 +78,7 @@ def _watch(process: subprocess.Popen, echo: Callable[[str], None]) -> tuple[str,
             why = f"it said it terminated but did not exit within {EXIT_GRACE_S:g} s"
         time.sleep(0.2)
     if why:
-        _stop(process)
+        stop_process_groups([process])
     reader.join(timeout=5)
     return why or f"it exited with code {process.returncode}", fatal
 
@@ -111,7 +109,7 @@ def _supervise(command: Sequence[str], env: dict[str, str], say: Callable[[str],
         try:
             why, fatal = _watch(process, echo)
         except KeyboardInterrupt:
-            _stop(process)
+            stop_process_groups([process])
             say("stopped")
             return 130
         if fatal:

@@ -1,8 +1,6 @@
 """Real processes for the deployment tests: free ports, a SuperLink that listens, and a launcher that
 leaves nothing running behind it."""
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedshop.deployment import process_environment
+from fedshop.supervisor import stop_process_groups
 
 START_TIMEOUT_S = 60
 PORTS_USED: list[int] = []  # the SuperLink's and the nodes' ports, for the cleanup
@@ -48,15 +47,7 @@ def launcher(tmp_path: Path):
         return process, log
 
     yield _launch
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_process_groups(started, grace_s=15)
     for port in PORTS_USED:
         subprocess.run(["pkill", "-KILL", "-f", f"127.0.0.1:{port}( |$)"], check=False)
     PORTS_USED.clear()
