@@ -6,7 +6,10 @@ served recommender, the customers' histories, the weekly demand and the local de
 prepared once per model version; a watcher notices when the node writes a new copy after a round,
 prepares the new version beside the old one and swaps the reference, so requests in flight finish
 on the version they started with and none fails during a swap. A bearer token guards every route
-but ``/health``; without a token the service listens on this machine only.
+but ``/health``; without a token the service listens on this machine only. ``/`` is a small page for
+the shop's staff (server-rendered, no script): a customer's recommendations with their reasons and a
+diversity slider, and the price recommendations with their reasons and bounds; with a token, the
+page asks for it once and keeps it in an HTTP-only cookie.
 """
 
 import hmac
@@ -17,8 +20,11 @@ from dataclasses import dataclass, field
 from logging import WARNING, getLogger
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 from client.demand import DemandPanel, build_demand_panel
 from client.global_model import load_models, model_files, model_round
@@ -35,6 +41,8 @@ from models.recommender import Recommender
 WATCH_S = 1.0
 FALLBACK = "popular at this shop: the model knows no purchase of this customer, so only the items' popularity ranks"
 log = getLogger("fedshop.service")
+STAFF_PAGE = Environment(loader=PackageLoader("fedshop", "templates"),
+                         autoescape=select_autoescape(["html"])).get_template("staff.html")
 
 
 @dataclass
@@ -110,11 +118,44 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
     service = FastAPI(title="fedshop merchant service",
                       description="Recommendations and prices for this merchant's customers, with their reasons.")
 
-    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
+    def holds_token(given: str | None) -> bool:
+        return not token or hmac.compare_digest(given or "", token)
+
+    def authorized(authorization: Annotated[str | None, Header()] = None,
+                   fedshop_token: Annotated[str | None, Cookie()] = None) -> None:
+        scheme, _, bearer = (authorization or "").partition(" ")
+        if not ((scheme == "Bearer" and holds_token(bearer)) or (fedshop_token and holds_token(fedshop_token))):
             raise HTTPException(401, "this route needs the service's token: Authorization: Bearer <token>")
 
     guarded = [Depends(authorized)]
+
+    def ranked(customer: str, k: int, diversity: float) -> dict[str, Any]:
+        current = watcher.current
+        items = recommend(current.served, current.interactions, customer, k, current.history_length, diversity,
+                          shared=current.shared)
+        return {"customer": customer, "model_round": current.round,
+                "fallback": None if customer in current.customers else FALLBACK,
+                "items": [explain_recommendation(item).record() for item in items]}
+
+    @service.get("/", response_class=HTMLResponse)
+    def staff_page(customer: str = "", diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0, view: str = "",
+                   fedshop_token: Annotated[str | None, Cookie()] = None) -> str:
+        current = watcher.current
+        page = {"round": current.round, "customer": customer, "diversity": diversity}
+        if token and not (fedshop_token and holds_token(fedshop_token)):
+            return STAFF_PAGE.render(**page, view="login")
+        if view == "prices":
+            return STAFF_PAGE.render(**page, view=view, prices=current.price_records("revenue", 0.2))
+        return STAFF_PAGE.render({**page, "view": view, **(ranked(customer, 10, diversity) if customer else {})})
+
+    @service.post("/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        given = parse_qs((await request.body()).decode()).get("token", [""])[0]
+        if not holds_token(given):
+            return HTMLResponse(STAFF_PAGE.render(round=watcher.current.round, view="login", refused=True), 401)
+        opened = RedirectResponse("/", status_code=303)
+        opened.set_cookie("fedshop_token", given, httponly=True, samesite="strict")
+        return opened
 
     @service.get("/health")
     def health() -> dict[str, Any]:
@@ -126,12 +167,7 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
     @service.get("/customers/{customer}/recommendations", dependencies=guarded)
     def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=1000)] = 10,
                         diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> dict[str, Any]:
-        current = watcher.current
-        items = recommend(current.served, current.interactions, customer, k, current.history_length, diversity,
-                          shared=current.shared)
-        return {"customer": customer, "model_round": current.round,
-                "fallback": None if customer in current.customers else FALLBACK,
-                "items": [explain_recommendation(item).record() for item in items]}
+        return ranked(customer, k, diversity)
 
     @service.get("/prices", dependencies=guarded)
     def prices(objective: Literal["revenue", "profit"] = "revenue",

@@ -1,7 +1,6 @@
 """The auditors' report: membership inference with and without DP, the JSON schema, the HTML in a browser."""
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +12,8 @@ from explain.report import IN_PROCESS, SCHEMA_PATH, ReportError, build_report, m
 from explain.report_html import write_report
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
+from tests.browser import browser
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 AUDIT = RunSettings(num_server_rounds=5, local_epochs=3, he=False, pricing=True, audit_holdout=0.5)
 
 
@@ -82,28 +81,10 @@ def test_report_refuses_a_directory_that_is_not_a_run(tmp_path) -> None:
         build_report(tmp_path)
 
 
-def _browser():
-    """Debian's chromium driven by its chromedriver, or a skip that says why not."""
-    if not (os.access(CHROMIUM, os.X_OK) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(f"no headless browser: {CHROMIUM} and {CHROMEDRIVER} are absent "
-                    "(.ci/run installs Debian's chromium and chromium-driver where apt can)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for a driver online
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 @pytest.mark.slow
 def test_report_html_renders_with_its_plots_in_a_real_browser(audited_runs, tmp_path) -> None:
     _, html = write_report(build_report(audited_runs["dp"]), tmp_path)
-    driver = _browser()
+    driver = browser()
     try:
         driver.get(html.as_uri())
         assert driver.title.startswith("fedshop audit report")

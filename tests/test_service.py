@@ -12,6 +12,7 @@ import pytest
 from client.global_model import load_models, save_model_copy
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
+from tests.browser import browser
 from tests.processes import free_port, wait_for_port
 
 TOKEN = "s3cret-shop-token"
@@ -86,3 +87,45 @@ def test_the_service_answers_guards_refuses_bad_input_and_swaps_models_without_f
         for thread in clients:
             thread.join()
         assert failures == [], f"requests failed during the swap: {failures}"
+
+
+@pytest.mark.slow
+def test_the_staff_page_shows_reasons_and_the_fallback_in_a_real_browser(node_dir: Path, federation_dirs,
+                                                                        tmp_path: Path, launch) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    (tmp_path / "token").write_text(TOKEN)
+    port = free_port()
+    service, log = launch([sys.executable, "-m", "fedshop.cli", "serve", "--data", str(federation_dirs[0]),
+                           "--model", str(node_dir), "--port", str(port), "--token-file", str(tmp_path / "token")],
+                          "service")
+    wait_for_port(port, service, log)
+    customer = pd.read_csv(federation_dirs[0] / "orders.csv")["customer_id"].iloc[0]
+    driver = browser()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        driver.find_element(By.ID, "token").send_keys("not the token")
+        driver.find_element(By.ID, "login").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "refused"))
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "login").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "customer"))
+        driver.find_element(By.ID, "customer").send_keys(customer)
+        driver.find_element(By.ID, "lookup").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "recommendations"))
+        reasons = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#recommendations .reason")]
+        assert len(reasons) == 10 and all(reasons), driver.page_source[-2000:]
+        assert not driver.find_elements(By.ID, "fallback")
+        driver.get(f"http://127.0.0.1:{port}/?customer=never-seen&diversity=0.5")
+        assert driver.find_element(By.ID, "fallback").text.startswith("popular at this shop")
+        assert driver.find_element(By.ID, "diversity").get_attribute("value") == "0.5"
+        driver.find_element(By.ID, "to-prices").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "prices"))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#prices tr")
+        assert len(rows) > 1 and all(row.find_elements(By.CSS_SELECTOR, "li") for row in rows[1:])
+        errors = [entry for entry in driver.get_log("browser")  # but the 401 of the wrong token, on purpose
+                  if entry["level"] == "SEVERE" and "/login" not in entry["message"]]
+    finally:
+        driver.quit()
+    assert not errors, errors
