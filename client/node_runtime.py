@@ -16,18 +16,20 @@ and keys stay loaded between messages, a message costs its work, not a process s
 
 import hashlib
 import threading
+from collections.abc import Callable
 from logging import ERROR, INFO
 
+import httpx
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
@@ -35,6 +37,9 @@ from fedshop.protocol import APP_DIGEST, MERCHANT_RECORD
 
 POLL_S = 0.1  # how often the SuperNode is asked for a task (Flower's SuperExec: 1 s)
 RETRY_S = 2.0
+RETRIED_STATUS = frozenset({502, 503, 504})
+MAX_RETRY_DELAY_S = 20.0
+TASK_RETRY_S = 120.0  # a task whose SuperNode went away is given up after this long
 
 
 class AppRefused(RuntimeError):
@@ -46,10 +51,37 @@ def fab_digest(fab: bytes) -> str:
     return hashlib.sha256(fab).hexdigest()
 
 
-def _client(address: str, *interceptors: object) -> RuntimeHttpClient:
+def _gives_up(exc: Exception) -> bool:
+    """An HTTP answer other than "busy" ends the retries (a restarted SuperNode no longer knows the task)."""
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in RETRIED_STATUS
+
+
+def _client(address: str, *interceptors: object, max_time: float | None) -> RuntimeHttpClient:
+    """A runtime API client whose retries never signal the process. Flower's own (and its task
+    heartbeat) send SIGINT to their process on an unknown task or token, since a ``flwr-clientapp``
+    process runs one task; here that would stop the whole node."""
+    retry = RetryInvoker(wait_gen_factory=lambda: exponential(max_delay=MAX_RETRY_DELAY_S),
+                         recoverable_exceptions=(httpx.TransportError, httpx.HTTPStatusError), max_tries=None,
+                         max_time=max_time, should_giveup=_gives_up)
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
-                                                 interceptors=list(interceptors),
-                                                 retry_invoker=make_simple_http_retry_invoker())
+                                                 interceptors=list(interceptors), retry_invoker=retry)
+
+
+def _task_heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
+    """Flower's task heartbeat, but a task the SuperNode no longer knows is left to fail on its own
+    instead of interrupting the process."""
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            known = client.SendTaskHeartbeat(request).success
+        except (httpx.TransportError, httpx.HTTPStatusError):
+            return False
+        if not known:
+            log(ERROR, "task runtime: the SuperNode no longer knows the task under way")
+        return True
+
+    return beat
 
 
 def _refusal(context: Context, run_id: int, submitted: str, pinned: str) -> str:
@@ -62,8 +94,8 @@ def _refusal(context: Context, run_id: int, submitted: str, pinned: str) -> str:
 def run_task(address: str, token: str, app: ClientApp, pinned: str) -> None:
     """Pull one task with its token, check the app, run the merchant's ClientApp and push the reply."""
     client = _client(address, RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                     RuntimeTokenHttpInterceptor(token))
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+                     RuntimeTokenHttpInterceptor(token), max_time=TASK_RETRY_S)
+    heartbeat = HeartbeatSender(_task_heartbeat(client))
     heartbeat.start()
     message: Message | None = None
     context: Context | None = None
@@ -94,7 +126,7 @@ def run_task(address: str, token: str, app: ClientApp, pinned: str) -> None:
 
 def serve_tasks(address: str, app: ClientApp, pinned: str, stop: threading.Event) -> None:
     """Acquire the SuperNode's ClientApp tasks one at a time and run them, until ``stop`` is set."""
-    client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+    client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"), max_time=None)
     log(INFO, "task runtime: serving %s with the installed app %s", address, pinned)
     try:
         while not stop.is_set():
