@@ -118,6 +118,8 @@ def run_task(address: str, token: str, app: ClientApp, pinned: str) -> None:
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
+        except Exception as exc:  # a restarted SuperNode no longer knows the task: its reply is lost, not the node
+            log(ERROR, "task runtime: the reply could not be delivered: %s", exc)
         finally:
             push_task_output(client, context, sub_status, details)
             heartbeat.stop()
@@ -138,7 +140,10 @@ def serve_tasks(address: str, app: ClientApp, pinned: str, stop: threading.Event
                 stop.wait(RETRY_S)
                 continue
             if acquired.HasField("task") and acquired.token:
-                run_task(address, acquired.token, app, pinned)
+                try:
+                    run_task(address, acquired.token, app, pinned)
+                except Exception as exc:  # whatever befalls one task, the runtime serves the next
+                    log(ERROR, "task runtime: a task ended with %s", exc)
             else:
                 stop.wait(POLL_S)
     finally:
