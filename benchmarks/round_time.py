@@ -31,6 +31,7 @@ from client.generate import FederationSpec, write_federation
 from fedshop.certificates import CA_FILE, create_certificates
 from fedshop.deployment import process_environment, superlink_command
 from fedshop.node_identity import create_node_keys, register_node
+from fedshop.run_driver import superlink_answers
 from fedshop.supervisor import stop_process_groups
 from privacy.ckks import create_keys
 from server.run_store import RunStore
@@ -52,9 +53,8 @@ def _port() -> int:
 def _listening(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if superlink_answers(f"127.0.0.1:{port}"):
+            return
         time.sleep(0.3)
     raise RuntimeError(f"nothing listens on {port}")
 
