@@ -136,8 +136,7 @@ def sentence(by_history: list[Reason], by_content: list[Reason]) -> str:
     chosen: list[Reason] = []
     for view in (by_history, by_content):
         said = {reason.text for reason in chosen}
-        chosen += [next((r for r in view if r.contribution > 0 and r.text not in said), None)]
-    chosen = [reason for reason in chosen if reason is not None]
+        chosen += [r for r in view if r.contribution > 0 and r.text not in said][:1]
     if not chosen:
         return "Recommended as the least unlikely of the remaining items: no part of its score is positive."
     text = " and ".join(f"{reason.text} ({reason.share:.0%})" for reason in chosen)

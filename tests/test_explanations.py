@@ -10,7 +10,7 @@ from client.recommend import recommend
 from client.schema import MerchantData, load_merchant, write_merchant
 from explain.diversity import mmr_order
 from explain.fidelity import deletion_check, deletion_drops
-from explain.recommendation_reasons import content_phrase, explain_recommendation, largest_gap
+from explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
 from models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
@@ -38,6 +38,15 @@ def test_content_reasons_name_what_the_item_matched() -> None:
     assert content_phrase("category:kitchen") == "your interest in category 'kitchen'"
     assert content_phrase("word:mug") == "your interest in 'mug' items"
     assert content_phrase("price band:3") == "your usual price range, around 8"
+
+
+def test_the_sentence_names_a_content_reason_when_no_history_reason_is_positive() -> None:
+    """A customer the model knows nothing of (or whose history only lowers the score): the sentence
+    falls back to the content view (the service crashed on such customers)."""
+    by_history = [Reason("popularity", "popular item", 0.0, 0.0, "it is popular with shoppers")]
+    by_content = [Reason("content", "category:kitchen", 0.4, 1.0, "it matches your interest in category 'kitchen'")]
+    assert sentence(by_history, by_content) == "It matches your interest in category 'kitchen' (100%)."
+    assert sentence(by_history, by_history).startswith("Recommended as the least unlikely")
 
 
 def test_items_bought_before_the_history_window_are_not_recommended(trained) -> None:
