@@ -137,10 +137,11 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
 
     cell_units = lines.groupby(["customer_id", "row", "week"])["units"].sum()
     cap = max(float(np.quantile(cell_units, BULK_QUANTILE)), BULK_MEDIANS * float(cell_units.median()))
-    cells = cell_units.clip(upper=cap).reset_index()
-    groups = list(cells.groupby("customer_id", sort=True))
-    customer_ids = [str(customer) for customer, _ in groups]
-    customer_cells = [group[["row", "week", "units"]].to_numpy(dtype=np.float64) for _, group in groups]
+    cells = cell_units.clip(upper=cap).reset_index()  # sorted by customer: one slice of rows per customer
+    owners = cells["customer_id"].astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    customer_ids = owners[starts].tolist()
+    customer_cells = np.split(cells[["row", "week", "units"]].to_numpy(dtype=np.float64), starts[1:])
 
     catalog = data.catalog.set_index("item_id").reindex(item_ids)
     titles = catalog["title"].fillna(pd.Series(item_ids, index=item_ids)).astype(str).tolist()
