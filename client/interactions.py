@@ -10,6 +10,7 @@
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -30,11 +31,15 @@ class Interactions:
     histories: list[np.ndarray]  # per customer: catalogue rows, oldest first (held-out item removed)
     held_out: np.ndarray  # per customer: catalogue row of the held-out item, -1 if none
 
+    @cached_property
+    def customer_rows(self) -> dict[str, int]:
+        """Each customer's position in ``customers`` (a lookup per request, not a scan)."""
+        return {customer: index for index, customer in enumerate(self.customers)}
+
     def full_history(self, customer: str) -> np.ndarray:
         """Everything ``customer`` bought, held-out item included; empty for an unknown customer."""
-        if customer not in self.customers:
+        if (index := self.customer_rows.get(customer)) is None:
             return np.zeros(0, dtype=np.int64)
-        index = self.customers.index(customer)
         held_out = self.held_out[index]
         return np.append(self.histories[index], held_out) if held_out >= 0 else self.histories[index]
 

@@ -57,12 +57,15 @@ def shop_co_purchases(data: Interactions, left_out: np.ndarray | None = None) ->
     return CoPurchases([data.features.id_index[h] for h in histories], LAYOUT.id_buckets)
 
 
-def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions) -> Recommender:
+def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions,
+                  co_purchases: CoPurchases | None = None) -> Recommender:
     """The recommender the merchant serves: ``shared`` alone, or with its local part and the shop's
-    co-purchases over all its customers' training histories."""
+    co-purchases over all its customers' training histories (``co_purchases``, when already counted)."""
     if local is None:
         return shared
-    return ServedRecommender(shared, local, shop_co_purchases(data) if local.co_purchase_weight else None)
+    if local.co_purchase_weight and co_purchases is None:
+        co_purchases = shop_co_purchases(data)
+    return ServedRecommender(shared, local, co_purchases if local.co_purchase_weight else None)
 
 
 def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,

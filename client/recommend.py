@@ -2,21 +2,28 @@
 
 Runs on the merchant's node with the merchant's own data and the model it serves (the shared model
 plus its local part, ``models.local_part``); the parts come from
-:func:`models.recommender.score_parts` and sum exactly to the score, and the shared model's parts of
-the same candidate say what the federation contributed to it
+:func:`models.recommender.score_parts` and sum exactly to the score, and the shared model's own score
+of the same candidate says what the federation contributed to it
 (:mod:`explain.recommendation_reasons` turns them into reasons). ``diversity`` re-ranks with MMR
-(:mod:`explain.diversity`).
+(:mod:`explain.diversity`). A :class:`Ranker` computes the catalogue's side under the models once
+and then answers any number of customers (the merchant's service keeps one per model version).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from client.interactions import Interactions
-from client.training import padded_history
 from explain.diversity import mmr_order
 from models.recommender import Recommender, ScoreParts, score_parts
+
+
+@dataclass(frozen=True)
+class SharedScore:
+    """The federation's shared model's own score of a candidate, in the two sums the reasons need."""
+
+    match: float  # what the customer's history gives it: the sum of the shared model's cells
+    popularity: float  # its bias
 
 
 @dataclass(frozen=True)
@@ -29,32 +36,52 @@ class Recommendation:
     parts: ScoreParts
     history_titles: list[str]  # the customer's history items, in the order of ``parts.matrix`` rows
     features: list[str]  # "item id" then the candidate's content tokens, as ``parts`` columns
-    shared_parts: ScoreParts | None = None  # the shared model's parts, when ``parts`` are shared + local
+    shared: SharedScore | None = None  # the shared model's score of the item, when ``parts`` are shared + local
 
 
-@torch.no_grad()
+class Ranker:
+    """A served model's ranking of one merchant's catalogue, with the catalogue's side under the model
+    (and under the shared model) computed once."""
+
+    def __init__(self, model: Recommender, data: Interactions, history_length: int,
+                 shared: Recommender | None = None) -> None:
+        self.model, self.data, self.history_length = model, data, history_length
+        self.shared = shared if shared is not None and shared is not model else None
+        features = data.features
+        self.side = model.catalogue_side(features.id_index, features.token_index)
+        self.shared_side = self.shared.catalogue_side(features.id_index, features.token_index) if self.shared else None
+
+    def recommend(self, customer: str, k: int, diversity: float = 0.0) -> list[Recommendation]:
+        """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``)."""
+        features = self.data.features
+        bought = self.data.full_history(customer)
+        history = bought[-self.history_length:]
+        scores = self.model.history_scores(self.side, history)
+        scores[bought] = -np.inf
+        rows = mmr_order(scores, self.side.vectors, k, diversity)
+        hist_ids, hist_tokens = features.id_index[history], features.token_index[history]
+        served = score_parts(self.model, hist_ids, hist_tokens, features.id_index[rows], features.token_index[rows],
+                             queries=self.side.projected[history])
+        shared = [None] * len(rows) if self.shared is None else self._shared_scores(history, rows)
+        history_titles = [features.titles[h] for h in history]
+        return [Recommendation(
+            item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]), parts=served[n],
+            history_titles=history_titles, features=["item id", *features.tokens[row], *self.model.extra_features],
+            shared=shared[n],
+        ) for n, row in enumerate(rows)]
+
+    def _shared_scores(self, history: np.ndarray, rows: np.ndarray) -> list[SharedScore]:
+        """The shared model's match (its query times the item's vector: the sum of its cells) and bias."""
+        side = self.shared_side
+        query = side.projected[history].mean(axis=0) if len(history) else np.zeros(side.projected.shape[1])
+        matches = side.vectors[rows] @ query
+        return [SharedScore(float(match), float(bias)) for match, bias in zip(matches, side.bias[rows], strict=True)]
+
+
 def recommend(model: Recommender, data: Interactions, customer: str, k: int,
               history_length: int, diversity: float = 0.0, shared: Recommender | None = None) -> list[Recommendation]:
     """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``),
     scored by ``model``; ``shared`` is the federation's model that ``model`` adds a local part to (None,
-    or ``model`` itself, when the merchant serves the shared model alone)."""
-    local = shared is not None and shared is not model
-    features = data.features
-    bought = data.full_history(customer)
-    history = bought[-history_length:]
-    ids, tokens, mask = (torch.from_numpy(a)[None] for a in padded_history(history, features, history_length))
-    all_ids, all_tokens = torch.from_numpy(features.id_index), torch.from_numpy(features.token_index)
-    vectors = model.item_vectors(all_ids, all_tokens)
-    scores = model.candidate_scores(ids, tokens, mask, all_ids, all_tokens)[0].numpy()
-    scores[bought] = -np.inf
-
-    def parts(scorer: Recommender, row: int) -> ScoreParts:
-        return score_parts(scorer, features.id_index[history], features.token_index[history],
-                           int(features.id_index[row]), features.token_index[row])
-
-    return [Recommendation(
-        item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]),
-        parts=parts(model, row), history_titles=[features.titles[h] for h in history],
-        features=["item id", *features.tokens[row], *model.extra_features],
-        shared_parts=parts(shared, row) if local else None,
-    ) for row in mmr_order(scores, vectors.numpy(), k, diversity)]
+    or ``model`` itself, when the merchant serves the shared model alone). One question: a
+    :class:`Ranker` answers many."""
+    return Ranker(model, data, history_length, shared).recommend(customer, k, diversity)

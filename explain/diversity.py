@@ -13,12 +13,23 @@ import numpy as np
 POOL_PER_SLOT, MIN_POOL = 10, 100
 
 
+def best_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` best-scored rows, best first, ties in row order (a stable sort of every row, cut to
+    ``count``), without sorting a whole catalogue per request."""
+    if count >= len(scores):
+        return np.argsort(-scores, kind="stable")[:count]
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+    candidates = np.flatnonzero(scores >= threshold)
+    return candidates[np.argsort(-scores[candidates], kind="stable")][:count]
+
+
 def mmr_order(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
     """The ``k`` catalogue rows to show, in order; ``scores`` is ``-inf`` where an item must not be shown."""
     if not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
-    allowed = int(np.isfinite(scores).sum())
-    ranked = np.argsort(-scores, kind="stable")[: min(allowed, max(POOL_PER_SLOT * k, MIN_POOL))]
+    ranked = best_rows(scores, min(int(np.isfinite(scores).sum()), max(POOL_PER_SLOT * k, MIN_POOL)))
     if diversity == 0.0 or len(ranked) <= 1:
         return ranked[:k]
     pool_scores = scores[ranked]

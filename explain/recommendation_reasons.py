@@ -26,15 +26,16 @@ reason shows as a negative share. The sentence names the largest positive reason
 views (see :func:`sentence`).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from client.recommend import Recommendation
 from models.local_part import CO_PURCHASE_FEATURE
 
 
-@dataclass(frozen=True)
-class Reason:
-    """One part of a score: what it is, its contribution (score units) and its share."""
+class Reason(NamedTuple):
+    """One part of a score: what it is, its contribution (score units) and its share (a named tuple:
+    the service builds a few hundred per request)."""
 
     kind: str  # "history", "item", "content", "popularity", "shop" or "federation"
     label: str
@@ -56,8 +57,11 @@ class RecommendationExplanation:
     sentence: str
 
     def record(self) -> dict:
-        """JSON form for the merchant's systems and the auditors' report."""
-        return asdict(self)
+        """JSON form for the merchant's systems and the auditors' report: every reason as an object."""
+        views = {"by_history": self.by_history, "by_content": self.by_content, "by_source": self.by_source}
+        return {"item_id": self.item_id, "title": self.title, "score": self.score,
+                **{name: [reason._asdict() for reason in view] for name, view in views.items()},
+                "sentence": self.sentence}
 
 
 def content_phrase(token: str) -> str:
@@ -78,35 +82,30 @@ def _view(parts: list[tuple[str, str, float, str]]) -> list[Reason]:
     return sorted(reasons, key=lambda r: -r.contribution)
 
 
-def _popularity(rec: Recommendation) -> list[tuple[str, str, float, str]]:
+def _popularity(rec: Recommendation, bias: float) -> list[tuple[str, str, float, str]]:
     """The candidate's bias: the federation's part and, with a local part, the shop's own."""
-    if rec.shared_parts is None:
-        return [("popularity", "popular item", float(rec.parts.bias.sum()), "it is popular with shoppers")]
-    shared = float(rec.shared_parts.bias.sum())
+    if rec.shared is None:
+        return [("popularity", "popular item", bias, "it is popular with shoppers")]
+    shared = rec.shared.popularity
     return [("popularity", "popular item", shared, "it is popular with shoppers across the federation"),
-            ("shop", "popular at this shop", float(rec.parts.bias.sum()) - shared, "it is popular at this shop")]
+            ("shop", "popular at this shop", bias - shared, "it is popular at this shop")]
 
 
 CO_PURCHASE_TEXT = "customers of this shop who bought what you bought also bought it"
 
 
-def _co_purchase(rec: Recommendation) -> float:
-    """What the shop's co-purchases add to the score (0 without them)."""
-    return float(rec.parts.per_feature[-1]) if rec.features[-1] == CO_PURCHASE_FEATURE else 0.0
-
-
-def _by_source(rec: Recommendation) -> list[Reason]:
-    shared = rec.shared_parts or rec.parts
-    match, co_purchase = float(shared.matrix.sum()), _co_purchase(rec)
-    parts = [("federation", "federation: your history", match,
+def _by_source(rec: Recommendation, match: float, co_purchase: float,
+               popularity: list[tuple[str, str, float, str]]) -> list[Reason]:
+    shared_match = rec.shared.match if rec.shared else match
+    parts = [("federation", "federation: your history", shared_match,
               "shoppers across the federation with a history like yours buy it"),
-             ("federation", "federation: popularity", float(shared.bias.sum()),
+             ("federation", "federation: popularity", popularity[0][2],
               "it is popular with shoppers across the federation")]
-    if rec.shared_parts is not None:
-        parts += [("shop", "this shop: your history", float(rec.parts.matrix.sum()) - match - co_purchase,
+    if rec.shared is not None:
+        parts += [("shop", "this shop: your history", match - shared_match - co_purchase,
                    "this shop's own customers with a history like yours bought it"),
                   ("shop", "this shop: co-purchases", co_purchase, CO_PURCHASE_TEXT),
-                  _popularity(rec)[1]]
+                  popularity[1]]
     return _view(parts)
 
 
@@ -120,13 +119,15 @@ def _feature_reason(label: str, value: float) -> tuple[str, str, float, str]:
 
 def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
     """The three views of ``rec``'s score and the one-line sentence."""
-    popularity = _popularity(rec)
-    by_history = _view([("history", title, float(value), f"because you bought {title}")
-                        for title, value in zip(rec.history_titles, rec.parts.per_history_item, strict=True)]
-                       + popularity)
-    by_content = _view([_feature_reason(label, float(value))
-                        for label, value in zip(rec.features, rec.parts.per_feature, strict=True)] + popularity)
-    return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content, _by_source(rec),
+    per_history, per_feature = rec.parts.per_history_item.tolist(), rec.parts.per_feature.tolist()
+    popularity = _popularity(rec, float(rec.parts.bias.sum()))
+    co_purchase = per_feature[-1] if rec.features[-1] == CO_PURCHASE_FEATURE else 0.0
+    by_history = _view([("history", title, value, f"because you bought {title}")
+                        for title, value in zip(rec.history_titles, per_history, strict=True)] + popularity)
+    by_content = _view([_feature_reason(label, value)
+                        for label, value in zip(rec.features, per_feature, strict=True)] + popularity)
+    return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content,
+                                     _by_source(rec, float(sum(per_feature)), co_purchase, popularity),
                                      sentence(by_history, by_content))
 
 

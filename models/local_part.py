@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from models.recommender import Recommender
+from models.recommender import CatalogueSide, Recommender
 
 NEIGHBOURS = 100  # co-purchase neighbours kept per item
 CO_PURCHASE_FEATURE = "co-purchases at this shop"
@@ -57,7 +57,7 @@ class CoPurchases:
         similarity = (scale @ (bought.T @ bought) @ scale).tocsr()
         similarity = similarity - sparse.diags(similarity.diagonal())
         similarity.eliminate_zeros()
-        self.similarity = _strongest(similarity, NEIGHBOURS).tocsc()  # read by candidate column
+        self.similarity = _strongest(similarity, NEIGHBOURS)  # read by history item (row)
 
     def scores(self, hist_ids: np.ndarray, mask: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
         """Mean over each history of ``similarity(h, c)``, for histories ``[B, L]`` (``mask`` 1 for real
@@ -66,11 +66,29 @@ class CoPurchases:
         weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
         history = sparse.csr_matrix((weights.ravel().astype(np.float64), (rows, hist_ids.ravel())),
                                     shape=(hist_ids.shape[0], self.similarity.shape[0]))
-        return (history @ self.similarity[:, cand_ids]).toarray()
+        return (history @ self.similarity)[:, cand_ids].toarray()
 
-    def pairs(self, hist_ids: np.ndarray, cand_id: int) -> np.ndarray:
-        """``similarity(h, cand_id) / |H|`` for each item ``h`` of one history (no padding)."""
-        return self.similarity[:, cand_id].toarray().ravel()[hist_ids] / max(len(hist_ids), 1)
+    def history_scores(self, hist_ids: np.ndarray) -> np.ndarray:
+        """Mean over one history (no padding) of ``similarity(h, b)``, for every id bucket ``b``."""
+        _, columns, values = self._rows(hist_ids)
+        return np.bincount(columns, weights=values, minlength=self.similarity.shape[1]) / max(len(hist_ids), 1)
+
+    def pairs(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
+        """``similarity(h, c) / |H|`` ``[H, K]`` for each item ``h`` of one history (no padding) and
+        each candidate ``c``."""
+        positions, columns, values = self._rows(hist_ids)
+        rows = np.zeros((len(hist_ids), self.similarity.shape[1]))
+        rows[positions, columns] = values
+        return rows[:, cand_ids] / max(len(hist_ids), 1)
+
+    def _rows(self, hist_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored entries of the history items' rows: each one's position in ``hist_ids``, column, value."""
+        matrix = self.similarity
+        starts, ends = matrix.indptr[hist_ids], matrix.indptr[np.asarray(hist_ids) + 1]
+        positions = np.repeat(np.arange(len(hist_ids)), ends - starts)
+        entries = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)]
+                                 or [np.zeros(0, np.int64)])
+        return positions, matrix.indices[entries], matrix.data[entries]
 
 
 def _strongest(similarity: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:
@@ -118,6 +136,13 @@ class ServedRecommender(Recommender):
         scores = super().candidate_scores(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
         return scores + self._co_purchase(hist_ids, hist_mask, cand_ids.numpy())
 
+    def history_scores(self, side: CatalogueSide, rows: np.ndarray) -> np.ndarray:
+        scores = super().history_scores(side, rows)
+        if self.co_purchase_weight == 0.0:
+            return scores
+        co_purchases = self.co_purchases.history_scores(side.ids[rows])[side.ids]
+        return scores + (self.co_purchase_weight * co_purchases).astype(np.float32)
+
     def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
         """Scores of per-row candidates ``[B, C]`` for a history mask ``[B, H]`` (as the shared model's
@@ -127,11 +152,11 @@ class ServedRecommender(Recommender):
                              for row in range(len(hist_ids))])
         return scores + extra
 
-    def extra_parts(self, hist_ids: torch.Tensor, cand_id: int) -> torch.Tensor:
+    def extra_parts(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
         if not self.extra_features:
-            return super().extra_parts(hist_ids, cand_id)
-        pairs = self.co_purchases.pairs(hist_ids.numpy(), cand_id)
-        return torch.from_numpy(self.co_purchase_weight * pairs).float().unsqueeze(1)
+            return super().extra_parts(hist_ids, cand_ids)
+        pairs = self.co_purchases.pairs(hist_ids, cand_ids)
+        return (self.co_purchase_weight * pairs).T.astype(np.float32)[:, :, None]
 
 
 def _check_offsets(offsets: dict[str, np.ndarray], state: dict[str, torch.Tensor]) -> None:

@@ -63,12 +63,27 @@ class Recommender(nn.Module):
         vectors = self.item_vectors(cand_ids, cand_tokens)
         return self.user_query(hist_ids, hist_tokens, hist_mask) @ vectors.T + self.item_bias(cand_ids, cand_tokens)
 
-    def extra_parts(self, hist_ids: torch.Tensor, cand_id: int) -> torch.Tensor:
-        """Score cells ``[H, E]`` beyond the item tower's, per history item (none here: ``E = 0``)."""
-        return torch.zeros(len(hist_ids), 0)
+    def extra_parts(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
+        """Score cells ``[K, H, E]`` beyond the item tower's, per candidate and history item (none here:
+        ``E = 0``)."""
+        return np.zeros((len(cand_ids), len(hist_ids), 0), dtype=np.float32)
 
     extra_features: tuple[str, ...] = ()
     """Labels of the columns :meth:`extra_parts` adds to :func:`score_parts`."""
+
+    @torch.no_grad()
+    def catalogue_side(self, ids: np.ndarray, tokens: np.ndarray) -> "CatalogueSide":
+        """Everything of a catalogue (id buckets ``[N]``, token buckets ``[N, T]``) that scoring any
+        history against it needs, computed once per model."""
+        vectors = self.item_vectors(torch.from_numpy(ids), torch.from_numpy(tokens))
+        return CatalogueSide(ids, vectors.numpy(), self.interaction(vectors).numpy(),
+                             self.item_bias(torch.from_numpy(ids), torch.from_numpy(tokens)).numpy())
+
+    def history_scores(self, side: "CatalogueSide", rows: np.ndarray) -> np.ndarray:
+        """The scores of every catalogue item for one history given as catalogue rows: what
+        :meth:`candidate_scores` gives for the whole catalogue, from its precomputed side."""
+        query = side.projected[rows].mean(axis=0) if len(rows) else np.zeros(side.projected.shape[1], np.float32)
+        return side.vectors @ query + side.bias
 
     def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
@@ -102,6 +117,16 @@ def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:
 
 
 @dataclass(frozen=True)
+class CatalogueSide:
+    """A catalogue under one model: the rows' id buckets, ``e_i``, ``W e_i`` and ``b_i``."""
+
+    ids: np.ndarray  # [N] id bucket per catalogue row
+    vectors: np.ndarray  # [N, d] e_i
+    projected: np.ndarray  # [N, d] W e_i: what a history item adds to a customer's query
+    bias: np.ndarray  # [N] b_i
+
+
+@dataclass(frozen=True)
 class ScoreParts:
     """Exact split of one score.
 
@@ -127,16 +152,30 @@ class ScoreParts:
         return self.matrix.sum(axis=0)
 
 
+def _table(embedding: nn.Embedding) -> np.ndarray:
+    return embedding.weight.detach().numpy()
+
+
 @torch.no_grad()
-def score_parts(model: Recommender, hist_ids: np.ndarray, hist_tokens: np.ndarray,
-                cand_id: int, cand_tokens: np.ndarray) -> ScoreParts:
-    """Split the score of one candidate for one history (no padding rows) into its parts."""
-    n_tokens = int((cand_tokens > 0).sum())
-    tokens = torch.as_tensor(cand_tokens[:n_tokens])
-    queries = model.interaction(model.item_vectors(torch.as_tensor(hist_ids), torch.as_tensor(hist_tokens)))
-    features = torch.cat([model.item_id.weight[cand_id].unsqueeze(0), model.item_token(tokens)])
-    history = torch.as_tensor(hist_ids)
-    matrix = torch.cat([(queries @ features.T) / max(len(hist_ids), 1), model.extra_parts(history, cand_id)], dim=1)
-    extra = torch.zeros(len(model.extra_features))
-    bias = torch.cat([model.id_bias.weight[cand_id], model.token_bias(tokens).squeeze(-1), extra])
-    return ScoreParts(matrix=matrix.double().numpy(), bias=bias.double().numpy())
+def score_parts(model: Recommender, hist_ids: np.ndarray, hist_tokens: np.ndarray, cand_ids: np.ndarray,
+                cand_tokens: np.ndarray, queries: np.ndarray | None = None) -> list[ScoreParts]:
+    """Split the scores of candidates (id buckets ``[K]``, token buckets ``[K, T]``) for one history (no
+    padding rows) into their parts, one :class:`ScoreParts` per candidate; ``queries`` are the history
+    items' ``W e_h`` when already computed (a :class:`CatalogueSide`'s ``projected``)."""
+    if queries is None:
+        history = model.item_vectors(torch.as_tensor(hist_ids), torch.as_tensor(hist_tokens))
+        queries = model.interaction(history).numpy()
+    ids, tokens = _table(model.item_id)[cand_ids][:, None], _table(model.item_token)[cand_tokens]
+    cells = (np.concatenate([ids, tokens], axis=1) @ queries.T).transpose(0, 2, 1) / max(len(hist_ids), 1)
+    cells = np.concatenate([cells, model.extra_parts(hist_ids, cand_ids)], axis=2).astype(np.float64)  # [K, H, F]
+    no_bias = np.zeros((len(cand_ids), len(model.extra_features)), np.float32)
+    biases = np.concatenate([_table(model.id_bias)[cand_ids], _table(model.token_bias)[cand_tokens, 0], no_bias],
+                            axis=1).astype(np.float64)
+    used = 1 + cand_tokens.shape[1]  # the columns past a candidate's real tokens are padding, then come the extras
+    parts = []
+    for candidate, row in enumerate(cand_tokens):
+        width = 1 + int((row > 0).sum())
+        matrix = np.concatenate([cells[candidate, :, :width], cells[candidate, :, used:]], axis=1)
+        parts.append(ScoreParts(matrix=matrix, bias=np.concatenate([biases[candidate, :width],
+                                                                     biases[candidate, used:]])))
+    return parts

@@ -1,14 +1,18 @@
 """Recommendation reasons: exact views of the score, a faithful deletion check, and MMR diversity."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client.audit import audit_metrics, parse_audit
 from client.interactions import build_interactions
 from client.recommend import recommend
 from client.schema import MerchantData, load_merchant, write_merchant
-from explain.diversity import mmr_order
+from explain.diversity import best_rows, mmr_order
 from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
 from models.shared import build_shared_models
@@ -25,6 +29,13 @@ def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:
     for customer in data.customers[:30]:
         for explanation in map(explain_recommendation, recommend(model, data, customer, 5, 20)):
             assert largest_gap(explanation) < 1e-4
+            record = explanation.record()
+            assert record["by_source"][0] == {"kind": explanation.by_source[0].kind,
+                                              "label": explanation.by_source[0].label,
+                                              "contribution": explanation.by_source[0].contribution,
+                                              "share": explanation.by_source[0].share,
+                                              "text": explanation.by_source[0].text}
+            assert json.loads(json.dumps(record)) == record
             for view in (explanation.by_history, explanation.by_content):
                 assert sum(abs(r.share) for r in view) == pytest.approx(1.0)
                 assert [r.contribution for r in view] == sorted((r.contribution for r in view), reverse=True)
@@ -93,6 +104,15 @@ def test_mmr_without_diversity_is_the_ranking_and_with_it_diversifies(trained) -
     assert (varied >= 150).sum() > (plain >= 150).sum()
     with pytest.raises(ValueError, match="diversity must be between 0 and 1"):
         mmr_order(scores, vectors, 10, 1.5)
+
+
+@given(st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0, 3.25]), min_size=1, max_size=60),
+       st.integers(min_value=0, max_value=70))
+def test_best_rows_are_a_stable_sort_cut_to_their_count(scores: list[float], count: int) -> None:
+    """The service's top rows without a full sort: ties (many, from few values) keep row order."""
+    values = np.array(scores)
+    expected = np.argsort(-values, kind="stable")[:count]
+    np.testing.assert_array_equal(best_rows(values, count), expected)
 
 
 def test_a_customer_who_bought_the_whole_catalogue_gets_an_empty_list_and_the_audit_runs(tmp_path) -> None:

@@ -16,7 +16,7 @@ from client.global_model import LOCAL_PART, load_local_part, load_models, save_m
 from client.interactions import build_interactions
 from client.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
 from client.node_data import NodeOptions, node_options
-from client.recommend import recommend
+from client.recommend import Ranker, recommend
 from client.schema import load_merchant
 from client.training import NextItemExamples, catalogue_scores, padded_history
 from explain.fidelity import deletion_check, deletion_drops
@@ -24,7 +24,7 @@ from explain.recommendation_reasons import explain_recommendation, largest_gap
 from fedshop.protocol import RUN_KEY
 from fedshop.settings import RunSettings
 from models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
-from models.recommender import build_recommender
+from models.recommender import build_recommender, score_parts
 from models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
@@ -72,6 +72,33 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
         column = co_purchase.similarity[:, candidate].toarray().ravel()
         pooled = 3.0 * column[data.features.id_index[history]] / len(history)  # mean-pooled like the item tower
         np.testing.assert_allclose(rec.parts.matrix[:, -1], pooled, rtol=1e-5, atol=1e-7)
+
+
+def test_the_rankers_precomputed_catalogue_scores_are_the_models_own(federation_dirs) -> None:
+    """The service scores from a catalogue side computed once per model version: it must give exactly
+    the scores of the model's batched path, for the shared model and for a served one with offsets
+    and co-purchases, and for a customer without history (the popularity fallback)."""
+    shared, data = train_small_recommender(federation_dirs[1], epochs=1)
+    rng = np.random.default_rng(1)
+    shifts = {name: 0.1 * rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
+    customers = data.evaluable[:30]
+    for model in (shared, serving_model(shared, LocalPart(shifts, co_purchase_weight=3.0), data)):
+        side = Ranker(model, data, 20).side
+        expected = catalogue_scores(model, data, customers, 20)
+        for row, customer in enumerate(customers):
+            got = model.history_scores(side, data.histories[customer][-20:])
+            got[data.histories[customer]] = -np.inf
+            np.testing.assert_allclose(got, expected[row], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(model.history_scores(side, np.zeros(0, dtype=np.int64)), side.bias, atol=1e-6)
+    features = data.features
+    for customer in customers[:5]:
+        history = data.full_history(data.customers[customer])[-20:]
+        for rec in Ranker(model, data, 20, shared=shared).recommend(data.customers[customer], 5):
+            row = [features.position[rec.item_id]]
+            own, = score_parts(shared, features.id_index[history], features.token_index[history],
+                               features.id_index[row], features.token_index[row])
+            assert rec.shared.match == pytest.approx(own.matrix.sum(), abs=1e-5)  # the federation's reasons
+            assert rec.shared.popularity == pytest.approx(own.bias.sum(), abs=1e-6)
 
 
 def test_co_purchases_are_cosines_of_buyer_sets_without_the_diagonal() -> None:
