@@ -522,43 +522,47 @@ def serve(
     token_file: Annotated[Path | None, typer.Option(
         help="File holding the bearer token the shop's systems send (or FEDSHOP_SERVICE_TOKEN).")] = None,
     secret_context: Annotated[Path | None, typer.Option(help="secret.ctx, to read an encrypted run model.")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Processes answering requests, each with its own copy of the data and model (one per core).")
+    ] = 1,
 ) -> None:
     """Serve this merchant's recommendations and prices over HTTP (OpenAPI at /docs); a new model copy
     from the node is picked up without a restart."""
+    import json
     import os
 
     import uvicorn
 
-    from client.node_data import node_options
     from client.schema import SchemaError
-    from fedshop.service import ModelWatcher, build_service, model_version, prepare
+    from fedshop.service import ONE_THREAD_PER_WORKER, TOKEN_VARIABLE, WORKER_CONFIG, load_shop, prepare, start_service
     from privacy.ckks import ContextError
-    from privacy.ledger import PrivacyLedger
 
     if token_file is not None and not token_file.exists():
         _fail(f"{token_file}: no such token file")
-    token = token_file.read_text().strip() if token_file else os.environ.get("FEDSHOP_SERVICE_TOKEN", "").strip()
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_VARIABLE, "").strip()
     if not token and not _loopback(host):
         _fail(f"--host {host} without a token would let anyone on the network read this shop's customers' "
               "recommendations: give --token-file (or FEDSHOP_SERVICE_TOKEN), or keep the default 127.0.0.1")
     try:
-        watcher = ModelWatcher(lambda: prepare(data, model, secret_context), lambda: model_version(model))
+        shop = load_shop(data)
+        first = prepare(shop, model, secret_context)
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         _fail(str(exc))
-    options = node_options({"data-dir": str(data), "state-dir": str(model)})
-    delta = options.budget(len(watcher.current.customers)).delta
-
-    def spent() -> float:
-        return PrivacyLedger(options.ledger_path).epsilon(delta)
-
-    watcher.start()
-    console.print(f"serving merchant data {data} with the model of round {watcher.current.round} on "
-                  f"http://{host}:{port} ({'bearer token required' if token else 'no token: this machine only'}); "
-                  "OpenAPI at /docs")
-    try:
-        uvicorn.run(build_service(watcher, token or None, spent), host=host, port=port, log_level="warning")
-    finally:
-        watcher.stop()
+    console.print(f"serving merchant data {data} with the model of round {first.round} on http://{host}:{port} "
+                  f"({'bearer token required' if token else 'no token: this machine only'}, {workers} "
+                  f"worker{'s' if workers > 1 else ''}); OpenAPI at /docs")
+    if workers == 1:
+        uvicorn.run(start_service(shop, model, secret_context, token or None), host=host, port=port,
+                    log_level="warning")
+        return
+    del shop, first  # each worker process loads its own copy
+    for threads in ONE_THREAD_PER_WORKER:  # a worker is one core's share: no math library spreads over the others
+        os.environ[threads] = "1"
+    os.environ[TOKEN_VARIABLE] = token
+    os.environ[WORKER_CONFIG] = json.dumps({"data": str(data), "model": str(model),
+                                            "secret_context": str(secret_context) if secret_context else ""})
+    uvicorn.run("fedshop.service:worker_service", factory=True, workers=workers, host=host, port=port,
+                log_level="warning")
 
 
 @app.command()

@@ -1,48 +1,80 @@
 """The merchant's HTTP service: recommendations and prices, with their reasons, for the shop's own systems.
 
 ``fedshop serve`` runs it (FastAPI on uvicorn; its OpenAPI schema at ``/docs``) next to the merchant's
-node, on the merchant's data and the model copy the node keeps. Everything a request needs (the
-served recommender, the customers' histories, the weekly demand and the local demand fit) is
-prepared once per model version; a watcher notices when the node writes a new copy after a round,
-prepares the new version beside the old one and swaps the reference, so requests in flight finish
-on the version they started with and none fails during a swap. A bearer token guards every route
-but ``/health``; without a token the service listens on this machine only. ``/`` is a small page for
-the shop's staff (server-rendered, no script): a customer's recommendations with their reasons and a
-diversity slider, and the price recommendations with their reasons and bounds; with a token, the
-page asks for it once and keeps it in an HTTP-only cookie.
+node, on the merchant's data and the model copy the node keeps. The shop's data (customers'
+histories, the weekly demand, the co-purchases) is loaded once (:class:`Shop`); everything a request
+needs from the model (the served recommender and the catalogue's side under it and under the shared
+model, ``client.recommend.Ranker``; the demand model) is prepared once per model version
+(:class:`Prepared`). A watcher notices when the node writes a new copy after a round, prepares the
+new version beside the old one and swaps the reference, so requests in flight finish on the version
+they started with and none fails during a swap. With ``--workers N`` uvicorn runs N processes, each
+loading its own copy (:func:`worker_service`). A bearer token guards every route but ``/health``;
+without a token the service listens on this machine only. ``/`` is a small page for the shop's staff
+(server-rendered, no script): a customer's recommendations with their reasons and a diversity
+slider, and the price recommendations with their reasons and bounds; with a token, the page asks for
+it once and keeps it in an HTTP-only cookie.
 """
 
+import gc
 import hmac
+import json
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from logging import WARNING, getLogger
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
+import torch
 from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, ORJSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from client.demand import DemandPanel, build_demand_panel
 from client.global_model import load_models, model_files, model_round
 from client.interactions import Interactions, build_interactions
-from client.local_fit import serving_model
+from client.local_fit import serving_model, shop_co_purchases
+from client.node_data import node_options
 from client.pricing import recommend_prices
-from client.recommend import recommend
+from client.recommend import Ranker
 from client.schema import load_merchant
 from explain.price_reasons import price_record
 from explain.recommendation_reasons import explain_recommendation
 from models.demand import DemandModel
-from models.recommender import Recommender
+from models.local_part import CoPurchases
+from privacy.ledger import PrivacyLedger
 
 WATCH_S = 1.0
+TOKEN_VARIABLE = "FEDSHOP_SERVICE_TOKEN"
+WORKER_CONFIG = "FEDSHOP_SERVICE_WORKER"  # JSON: data, model, secret_context
+ONE_THREAD_PER_WORKER = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read as a worker starts
 FALLBACK = "popular at this shop: the model knows no purchase of this customer, so only the items' popularity ranks"
 log = getLogger("fedshop.service")
 STAFF_PAGE = Environment(loader=PackageLoader("fedshop", "templates"),
                          autoescape=select_autoescape(["html"])).get_template("staff.html")
+
+
+@dataclass(frozen=True)
+class Shop:
+    """The merchant's data as the service reads it, loaded once: it does not change with the model."""
+
+    data_dir: Path
+    interactions: Interactions
+    customers: frozenset[str]
+    panel: DemandPanel
+    co_purchases: CoPurchases
+
+
+def load_shop(data_dir: Path) -> Shop:
+    """Load the merchant's data and count its co-purchases."""
+    merchant = load_merchant(data_dir)
+    interactions = build_interactions(merchant)
+    return Shop(data_dir, interactions, frozenset(interactions.customers), build_demand_panel(merchant),
+                shop_co_purchases(interactions))
 
 
 @dataclass
@@ -50,12 +82,8 @@ class Prepared:
     """One model version, ready to answer requests."""
 
     version: tuple
-    interactions: Interactions
-    customers: frozenset[str]
-    served: Recommender
-    shared: Recommender
-    history_length: int
-    panel: DemandPanel
+    shop: Shop
+    ranker: Ranker
     demand: DemandModel
     round: int | None
     loaded_at: float
@@ -65,9 +93,9 @@ class Prepared:
         """Every item's recommended price with its reasons, computed once per version and question."""
         key = (objective, max_change)
         if key not in self.prices:
-            rows = range(len(self.panel.item_ids))
-            self.prices[key] = [price_record(rec, objective)
-                                for rec in recommend_prices(self.demand, self.panel, rows, objective, max_change)]
+            panel = self.shop.panel
+            self.prices[key] = [price_record(rec, objective) for rec in
+                                recommend_prices(self.demand, panel, range(len(panel.item_ids)), objective, max_change)]
         return self.prices[key]
 
 
@@ -76,16 +104,15 @@ def model_version(model_dir: Path) -> tuple:
     return tuple((path.name, path.stat().st_mtime_ns, path.stat().st_size) for path in model_files(model_dir))
 
 
-def prepare(data_dir: Path, model_dir: Path, secret_context: Path | None) -> Prepared:
-    """Load the merchant's data and the current model copy, and prepare what requests need."""
+def prepare(shop: Shop, model_dir: Path, secret_context: Path | None) -> Prepared:
+    """Load the current model copy and prepare what requests need: the served recommender and the
+    catalogue's side under it and under the shared model (``client.recommend.Ranker``)."""
     version = model_version(model_dir)
-    merchant = load_merchant(data_dir)
-    interactions = build_interactions(merchant)
     loaded = load_models(model_dir, secret_context)
-    return Prepared(version, interactions, frozenset(interactions.customers),
-                    serving_model(loaded.models.recommender, loaded.local, interactions), loaded.models.recommender,
-                    loaded.history_length, build_demand_panel(merchant), loaded.models.demand, model_round(model_dir),
-                    time.time())
+    interactions = shop.interactions
+    served = serving_model(loaded.models.recommender, loaded.local, interactions, shop.co_purchases)
+    ranker = Ranker(served, interactions, loaded.history_length, shared=loaded.models.recommender)
+    return Prepared(version, shop, ranker, loaded.models.demand, model_round(model_dir), time.time())
 
 
 class ModelWatcher:
@@ -111,18 +138,36 @@ class ModelWatcher:
                 self.current = self._load()  # one reference assignment: readers see the old or the new version
             except Exception as exc:  # a copy being written: keep serving the old one, try again
                 log.log(WARNING, "model copy not loaded yet (%s); still serving round %s", exc, self.current.round)
+                continue
+            settle_heap()
+
+
+def settle_heap() -> None:
+    """Collect what the last version left and exempt everything now loaded (millions of objects for a
+    large shop) from the collector's later passes: a full pass over them stalls every request."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Callable[[], float]) -> FastAPI:
-    """The service's routes over ``watcher``'s current model version."""
-    service = FastAPI(title="fedshop merchant service",
+    """The service's routes over ``watcher``'s current model version; the watcher runs while it serves."""
+
+    @asynccontextmanager
+    async def watching(_: FastAPI) -> AsyncIterator[None]:
+        settle_heap()
+        watcher.start()
+        yield
+        watcher.stop()
+
+    service = FastAPI(title="fedshop merchant service", lifespan=watching,
                       description="Recommendations and prices for this merchant's customers, with their reasons.")
 
     def holds_token(given: str | None) -> bool:
         return not token or hmac.compare_digest(given or "", token)
 
-    def authorized(authorization: Annotated[str | None, Header()] = None,
-                   fedshop_token: Annotated[str | None, Cookie()] = None) -> None:
+    async def authorized(authorization: Annotated[str | None, Header()] = None,
+                         fedshop_token: Annotated[str | None, Cookie()] = None) -> None:
         scheme, _, bearer = (authorization or "").partition(" ")
         if not ((scheme == "Bearer" and holds_token(bearer)) or (fedshop_token and holds_token(fedshop_token))):
             raise HTTPException(401, "this route needs the service's token: Authorization: Bearer <token>")
@@ -131,10 +176,9 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
 
     def ranked(customer: str, k: int, diversity: float) -> dict[str, Any]:
         current = watcher.current
-        items = recommend(current.served, current.interactions, customer, k, current.history_length, diversity,
-                          shared=current.shared)
+        items = current.ranker.recommend(customer, k, diversity)
         return {"customer": customer, "model_round": current.round,
-                "fallback": None if customer in current.customers else FALLBACK,
+                "fallback": None if customer in current.shop.customers else FALLBACK,
                 "items": [explain_recommendation(item).record() for item in items]}
 
     @service.get("/", response_class=HTMLResponse)
@@ -160,14 +204,16 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
     @service.get("/health")
     def health() -> dict[str, Any]:
         current = watcher.current
-        return {"status": "ok", "model_round": current.round, "model_age_s": time.time() - current.loaded_at,
-                "epsilon_spent": epsilon_spent(), "customers": len(current.customers),
-                "items": len(current.interactions.features.item_ids)}
+        return {"status": "ok", "worker": os.getpid(), "model_round": current.round,
+                "model_age_s": time.time() - current.loaded_at,
+                "epsilon_spent": epsilon_spent(), "customers": len(current.shop.customers),
+                "items": len(current.shop.interactions.features.item_ids)}
 
-    @service.get("/customers/{customer}/recommendations", dependencies=guarded)
-    def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=1000)] = 10,
-                        diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> dict[str, Any]:
-        return ranked(customer, k, diversity)
+    @service.get("/customers/{customer}/recommendations", dependencies=guarded, response_class=ORJSONResponse)
+    async def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=1000)] = 10,
+                              diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> ORJSONResponse:
+        """Computed on the event loop (a few ms, no thread hand-off); the JSON is built once, by orjson."""
+        return ORJSONResponse(ranked(customer, k, diversity))
 
     @service.get("/prices", dependencies=guarded)
     def prices(objective: Literal["revenue", "profit"] = "revenue",
@@ -185,3 +231,21 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
         raise HTTPException(404, f"item {item!r} is not in this merchant's orders")
 
     return service
+
+
+def start_service(shop: Shop, model_dir: Path, secret_context: Path | None, token: str | None) -> FastAPI:
+    """The service over ``shop`` and the node's model copy in ``model_dir``, with the ε its node spent."""
+    watcher = ModelWatcher(lambda: prepare(shop, model_dir, secret_context), lambda: model_version(model_dir))
+    options = node_options({"data-dir": str(shop.data_dir), "state-dir": str(model_dir)})
+    delta = options.budget(len(shop.customers)).delta
+    return build_service(watcher, token, lambda: PrivacyLedger(options.ledger_path).epsilon(delta))
+
+
+def worker_service() -> FastAPI:
+    """One worker process's service, from what ``fedshop serve --workers N`` put in the environment
+    (``WORKER_CONFIG``): uvicorn starts each worker as a fresh process that calls this."""
+    torch.set_num_threads(1)
+    config = json.loads(os.environ[WORKER_CONFIG])
+    secret_context = Path(config["secret_context"]) if config["secret_context"] else None
+    return start_service(load_shop(Path(config["data"])), Path(config["model"]), secret_context,
+                         os.environ.get(TOKEN_VARIABLE) or None)

@@ -34,10 +34,14 @@ def test_the_service_answers_guards_refuses_bad_input_and_swaps_models_without_f
     (tmp_path / "token").write_text(TOKEN + "\n")
     port = free_port()
     service, log = launch([sys.executable, "-m", "fedshop.cli", "serve", "--data", str(federation_dirs[0]),
-                           "--model", str(node_dir), "--port", str(port), "--token-file", str(tmp_path / "token")],
-                          "service")
+                           "--model", str(node_dir), "--port", str(port), "--token-file", str(tmp_path / "token"),
+                           "--workers", "2"], "service")
     wait_for_port(port, service, log)
     base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    workers, deadline = set(), time.monotonic() + 120
+    while len(workers) < 2:  # each worker process loads the shop itself; a new connection may reach either
+        assert time.monotonic() < deadline, f"only workers {workers} answered"
+        workers.add(httpx.get(f"{base}/health", timeout=30).json()["worker"])
     with httpx.Client(base_url=base, timeout=30) as client:
         health = client.get("/health").json()
         assert health["model_round"] == 1 and health["customers"] > 0 and health["epsilon_spent"] > 0
