@@ -181,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks/serving.py drives the service with wrk: install it first (apt install wrk)")
-    console = Console()
+    console = Console(width=120)
     with tempfile.TemporaryDirectory(prefix="fedshop-serving-") as tmp:
         work = Path(tmp)
         data = reused_or_written_shop(args.shop or work / "shop", args.items, args.customers)
