@@ -32,28 +32,24 @@ from torch.utils.data import Dataset
 
 from client.aggregate_check import aggregate_problem
 from client.audit import audit_metrics
-from client.demand import CustomerDemand
 from client.demand_training import train_demand, train_demand_private
 from client.global_model import adopted_copy, decrypt_global_state, load_local_part, save_model_copy
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.local_fit import fit_local_part, serving_model
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
+from client.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
 from client.sent_update import keep_sent_update, received_digest, sent_update
 from client.training import (
-    NextItemExamples,
     evaluate_ranking,
-    private_recipe,
     shuffled_loader,
     train_epochs,
     train_recommender_private,
 )
-from explain.membership import held_out_of_training
 from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, RUN_KEY
 from models.local_part import LocalPart
 from models.parameters import flatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
-from privacy.dp_sgd import TrainingShape, plan_round
 from privacy.ledger import PrivacyLedger
 
 
@@ -129,27 +125,13 @@ def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
             AGGREGATE_REFUSED: adopted.refusal}
 
 
-def _audit_holdout(interactions: Interactions, config: ConfigRecord) -> np.ndarray:
-    """Which of the merchant's customers the run keeps out of training for the audit (the same every round)."""
-    return held_out_of_training(interactions.customers, float(config["audit-holdout"]))
-
-
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
                    run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
-    """DP-SGD on every model, planned and authorised together; the losses and the privacy metrics."""
+    """DP-SGD on every model, planned (``client.round_plan``) and authorised together; the losses and
+    the privacy metrics."""
     epochs = int(config["local-epochs"])
-    clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
-    max_rate = float(config["dp-max-sample-rate"])
-    recipes = {"recommender": private_recipe(len(datasets["recommender"]), int(config["dp-batch-size"]), max_rate,
-                                             float(config["dp-learning-rate"]))}
-    if "demand" in datasets:
-        recipes["demand"] = private_recipe(len(datasets["demand"]), int(config["demand-dp-batch-size"]), max_rate,
-                                           float(config["demand-dp-learning-rate"]))
-    batch = {name: recipe[0] for name, recipe in recipes.items()}
     budget = options.budget(len(load_interactions(options.data_dir).customers))
-    shapes = [TrainingShape(name, len(data), batch[name], epochs, clip[name]) for name, data in datasets.items()]
-    plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
-                      float(config["noise-multiplier"]), budget.delta)
+    recipes, plan = dp_round({name: len(data) for name, data in datasets.items()}, config, budget.delta)
     ledger = PrivacyLedger(options.ledger_path)
     ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_)
     losses = {}
@@ -162,19 +144,12 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
             models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
     return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
-                    "sample-rate": spent.sample_rate, "steps": spent.steps, "max-grad-norm": clip["recommender"],
-                    "epsilon-budget": budget.epsilon}
+                    "sample-rate": spent.sample_rate, "steps": spent.steps,
+                    "max-grad-norm": plan.release("recommender").max_grad_norm, "epsilon-budget": budget.epsilon}
 
 
 def _round_seed(config: ConfigRecord) -> int:
     return int(config["seed"]) * 100_003 + int(config["server-round"])
-
-
-def _recommender_examples(interactions: Interactions, config: ConfigRecord, seed: int,
-                          left_out: np.ndarray) -> NextItemExamples:
-    """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least)."""
-    return NextItemExamples(interactions, int(config["history-length"]), int(config["negatives"]), seed, left_out,
-                            int(config["predictions-per-customer"]))
 
 
 def _reply(arrays: dict[str, np.ndarray], reply: dict[str, Any]) -> RecordDict:
@@ -197,12 +172,8 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     adopted = adopted_global_model(msg, config, options, run)
     models = adopted.models
     seed = _round_seed(config)
-    interactions = load_interactions(options.data_dir)
-    held_out = _audit_holdout(interactions, config)
-    datasets: dict[str, Dataset] = {"recommender": _recommender_examples(interactions, config, seed, held_out)}
-    if config["pricing"]:
-        datasets["demand"] = CustomerDemand(load_demand_panel(options.data_dir), seed,
-                                            held_out=frozenset(np.array(interactions.customers)[held_out]))
+    datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
+                                 config, seed)
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
@@ -235,8 +206,8 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
     if not epochs:
         return None, {}
     fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
-                         _audit_holdout(interactions, config),
-                         lambda left_out: _recommender_examples(interactions, config, seed, left_out),
+                         audit_holdout(interactions, config),
+                         lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
                          epochs, seed)
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
@@ -262,7 +233,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     if int(config["server-round"]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions,
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, _audit_holdout(interactions, config), int(config["seed"]))
+                              history_length, audit_holdout(interactions, config), int(config["seed"]))
     save_model_copy(options.state_dir, models, part, {"round": int(config["server-round"]), "run": run,
                                                       "history_length": history_length,
                                                       "changes": adopted.changes})

@@ -8,6 +8,7 @@ certs init the operator's TLS certificate authority and the SuperLink's certific
 partition  split one real export into one data directory per merchant
 server     start the operator's SuperLink (real process)
 node       start a merchant's SuperNode on its data directory (real process, kept up)
+plan       before a run: each merchant's bytes per round, noise multiplier and ε after every round
 run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
 recommend  a merchant's top-k items for one of its customers, with the reasons for each
@@ -403,6 +404,64 @@ def run(
     if status.get("state") != "finished":
         _fail(f"run {status.get('state')}: {status.get('detail', '')}", 1)
     console.print(_final_table(out.resolve()))
+
+
+@app.command()
+def plan(
+    data: Annotated[list[Path] | None, typer.Option(
+        help="A merchant's data directory (repeat for several); without it, only the bytes are planned.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="The node's ledger and model copy, with one --data (default DATA/.fedshop).")] = None,
+    budget: Annotated[float, typer.Option(help="Most ε the node will ever spend.")] = DEFAULT_EPSILON_BUDGET,
+    rounds: Annotated[int, typer.Option(min=1, help="Training rounds.")] = RunSettings.num_server_rounds,
+    dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
+    epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
+    he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Before a run trains: the bytes each merchant sends and receives per round and, on a merchant's own
+    data, the noise multiplier its node will use and the ε it will have spent after every round."""
+    from dataclasses import asdict
+
+    from client.node_data import node_options
+    from client.round_plan import merchant_plan, round_traffic
+    from client.schema import SchemaError
+
+    data = data or []
+    if state_dir is not None and len(data) != 1:
+        _fail("--state-dir belongs to one node: give exactly one --data with it")
+    settings = RunSettings(num_server_rounds=rounds, dp=dp, target_epsilon=epsilon, he=he)
+    config = settings.training_config()
+    traffic = round_traffic(he)
+    try:
+        plans = [merchant_plan(node_options({"data-dir": str(d), "epsilon-budget": budget,
+                                             **({"state-dir": str(state_dir)} if state_dir else {})}), config)
+                 for d in data]
+    except (SchemaError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        console.print_json(json.dumps({"settings": settings.to_run_config(), "traffic": asdict(traffic),
+                                       "merchants": [{**asdict(p), "epsilon_per_round": p.epsilon_per_round}
+                                                     for p in plans]}))
+        return
+    mib = 2**20
+    console.print(f"{rounds} rounds, {'DP-SGD to ε=' + format(epsilon, 'g') if dp else 'no DP'}, "
+                  f"{'CKKS-encrypted' if he else 'clear'} updates. Every merchant sends {traffic.sent / mib:.1f} MiB "
+                  f"and receives {traffic.received / mib:.1f} MiB per round ({traffic.first_round_received / mib:.1f}"
+                  " MiB in round 1), model payloads only.")
+    if not plans:
+        return
+    table = Table(title="per merchant (its own data, ledger and budget)")
+    for column in ("merchant", "customers", "recommender / demand examples", "noise multiplier", "ε before",
+                   "ε per round", "ε after the run", "budget", "refuses from round"):
+        table.add_column(column, justify="right")
+    for p in plans:
+        last = p.epsilon_after_round[-1] if p.epsilon_after_round else p.epsilon_before
+        table.add_row(p.merchant, str(p.customers), " / ".join(str(n) for n in p.examples.values()),
+                      f"{p.noise_multiplier:.3f}" if p.dp else "–", f"{p.epsilon_before:.2f}",
+                      f"{p.epsilon_per_round:.2f}", f"{last:.2f}", f"{p.epsilon_budget:g}",
+                      str(p.refused_from_round or "–"))
+    console.print(table)
 
 
 @app.command("watch")

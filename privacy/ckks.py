@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,18 @@ def context_id_of(public_bytes: bytes) -> str:
     return hashlib.sha256(public_bytes).hexdigest()[:16]
 
 
-def create_keys(out_dir: Path) -> str:
-    """Create a fresh context; write the secret, public and manifest files; return the context id."""
+def _new_context() -> ts.Context:
+    """A fresh symmetric CKKS context with the federation's parameters and a new secret key."""
     context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=CKKS.poly_modulus_degree,
                          coeff_mod_bit_sizes=list(CKKS.coeff_mod_bit_sizes),
                          encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
     context.global_scale = 2.0**CKKS.scale_bits
+    return context
+
+
+def create_keys(out_dir: Path) -> str:
+    """Create a fresh context; write the secret, public and manifest files; return the context id."""
+    context = _new_context()
     public, secret = context.serialize(save_secret_key=False), context.serialize(save_secret_key=True)
     identifier = context_id_of(public)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +135,12 @@ def load_secret_context(path: Path) -> KeyContext:
 def ciphertext_count(size: int) -> int:
     """How many ciphertexts a vector of ``size`` values takes."""
     return -(-size // CKKS.slots)
+
+
+@lru_cache(maxsize=1)
+def ciphertext_bytes() -> int:
+    """The size of one serialised ciphertext under ``CKKS`` (measured once with a throwaway context)."""
+    return len(ts.ckks_vector(_new_context(), np.linspace(-1.0, 1.0, CKKS.slots).tolist()).serialize())
 
 
 def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:

@@ -1,16 +1,21 @@
 """Whole simulated runs with encryption and DP: same model as in the clear, budgets enforced."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from client.global_model import load_models
+from client.node_data import node_options
+from client.round_plan import merchant_plan
+from fedshop.cli import app
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
 from models.parameters import parameter_count
-from privacy.ckks import create_keys, load_public_context, parse_update
+from privacy.ckks import ciphertext_bytes, ciphertext_count, create_keys, load_public_context, parse_update
 from server.run_store import RunStore
 
 
@@ -56,12 +61,30 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
 
 
 @pytest.mark.slow
-def test_merchant_past_its_budget_refuses_and_the_run_goes_on(federation_dirs, keys, tmp_path) -> None:
+def test_merchant_past_its_budget_refuses_and_the_run_goes_on_as_planned(federation_dirs, keys, tmp_path) -> None:
+    """`fedshop plan` predicts, before anything trains, the noise multiplier and the ε after every
+    round that each node then uses and records, and which node will refuse."""
     small = federation_dirs[2].name
     settings = RunSettings(num_server_rounds=2, local_epochs=1, target_epsilon=3.0, run_dir=str(tmp_path / "run"),
                            public_context=str(keys / "public.ctx"))
-    run = run_simulated_federation(_nodes(federation_dirs, keys, tmp_path / "nodes", {small: 1.0}), settings)
+    nodes = _nodes(federation_dirs, keys, tmp_path / "nodes", {small: 1.0})
+    plans = {node["merchant"]: merchant_plan(node_options(node), settings.training_config()) for node in nodes}
+    shown = CliRunner().invoke(app, ["plan", "--data", nodes[2]["data-dir"], "--state-dir", nodes[2]["state-dir"],
+                                     "--budget", "1", "--rounds", "2", "--epsilon", "3", "--json"])
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert printed["traffic"]["sent"] == ciphertext_count(parameter_count()) * ciphertext_bytes()
+    assert printed["merchants"][0]["refused_from_round"] == 1 == plans[small].refused_from_round
+    run = run_simulated_federation(nodes, settings)
     rounds = RunStore(run).rounds()
+    for merchant, planned in plans.items():
+        if merchant == small:
+            continue
+        assert planned.refused_from_round is None
+        for record, epsilon in zip(rounds, planned.epsilon_after_round, strict=True):
+            trained = record["train"][merchant]
+            assert trained["epsilon"] == pytest.approx(epsilon, rel=1e-9)
+            assert trained["noise-multiplier"] == pytest.approx(planned.noise_multiplier, rel=1e-12)
     for record in rounds:
         assert record["failures"][small].startswith(f"privacy budget reached for merchant {small}: "
                                                     "this round would bring ε to ")

@@ -1,0 +1,123 @@
+"""What a run will cost a merchant, known before it trains: the datasets and DP-SGD plan its node
+follows each round and the bytes it exchanges (``fedshop plan``).
+
+The node's training (``client.app``) takes its datasets and its round's DP plan from here, so the
+noise multiplier and the ε that ``fedshop plan`` predicts from the run's settings and the
+merchant's own data are the ones the node then uses and its ledger records.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from client.demand import CustomerDemand, DemandPanel
+from client.interactions import Interactions
+from client.node_data import NodeOptions, load_demand_panel, load_interactions
+from client.training import NextItemExamples, private_recipe
+from explain.membership import held_out_of_training
+from models.parameters import parameter_count
+from privacy.ckks import ciphertext_bytes, ciphertext_count
+from privacy.dp_sgd import DpPlan, TrainingShape, plan_round
+from privacy.ledger import PrivacyLedger
+
+FLOAT32_BYTES = 4
+
+
+def audit_holdout(interactions: Interactions, config: Mapping[str, Any]) -> np.ndarray:
+    """Which of the merchant's customers the run keeps out of training for the audit (the same every round)."""
+    return held_out_of_training(interactions.customers, float(config["audit-holdout"]))
+
+
+def recommender_examples(interactions: Interactions, config: Mapping[str, Any], seed: int,
+                         left_out: np.ndarray) -> NextItemExamples:
+    """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least)."""
+    return NextItemExamples(interactions, int(config["history-length"]), int(config["negatives"]), seed, left_out,
+                            int(config["predictions-per-customer"]))
+
+
+def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],
+                      config: Mapping[str, Any], seed: int) -> dict[str, Dataset]:
+    """One example per customer for each model the run trains, the audit holdout left out."""
+    held_out = audit_holdout(interactions, config)
+    datasets: dict[str, Dataset] = {"recommender": recommender_examples(interactions, config, seed, held_out)}
+    if config["pricing"]:
+        datasets["demand"] = CustomerDemand(demand_panel(), seed,
+                                            held_out=frozenset(np.array(interactions.customers)[held_out]))
+    return datasets
+
+
+def dp_round(examples: Mapping[str, int], config: Mapping[str, Any],
+             delta: float) -> tuple[dict[str, tuple[int, float]], DpPlan]:
+    """Each model's DP-SGD batch and learning rate for its ``examples``, and the round's plan: one noise
+    multiplier for every model, sized so that the run's rounds spend the run's target ε."""
+    epochs = int(config["local-epochs"])
+    clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
+    full = {"recommender": (int(config["dp-batch-size"]), float(config["dp-learning-rate"])),
+            "demand": (int(config["demand-dp-batch-size"]), float(config["demand-dp-learning-rate"]))}
+    max_rate = float(config["dp-max-sample-rate"])
+    recipes = {name: private_recipe(count, full[name][0], max_rate, full[name][1]) for name, count in examples.items()}
+    shapes = [TrainingShape(name, count, recipes[name][0], epochs, clip[name]) for name, count in examples.items()]
+    plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
+                      float(config["noise-multiplier"]), delta)
+    return recipes, plan
+
+
+@dataclass(frozen=True)
+class MerchantPlan:
+    """A run as one merchant's node will go through it."""
+
+    merchant: str
+    customers: int
+    examples: dict[str, int]  # per model: customers who train it (the audit holdout left out)
+    dp: bool
+    noise_multiplier: float
+    delta: float
+    epsilon_before: float  # what the node's ledger holds before the run
+    epsilon_after_round: list[float]  # the ledger's ε after each round of the run
+    epsilon_budget: float
+    refused_from_round: int | None  # the first round the node refuses to train (its budget), if any
+
+    @property
+    def epsilon_per_round(self) -> float:
+        """What one round adds (the first; later rounds add a little less, as RDP composes)."""
+        return self.epsilon_after_round[0] - self.epsilon_before if self.epsilon_after_round else 0.0
+
+
+def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPlan:
+    """The run of ``config`` (a run's training config) on the merchant's node: its examples, noise
+    multiplier and ε after every round, as its training and ledger will have them."""
+    interactions = load_interactions(options.data_dir)
+    datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config,
+                                 int(config["seed"]))
+    examples = {name: len(data) for name, data in datasets.items()}
+    budget = options.budget(len(interactions.customers))
+    ledger = PrivacyLedger(options.ledger_path)
+    before, rounds = ledger.epsilon(budget.delta), int(config["num-server-rounds"])
+    if not config["dp"]:
+        return MerchantPlan(options.merchant, len(interactions.customers), examples, False, 0.0, budget.delta,
+                            before, [], budget.epsilon, None)
+    _, plan = dp_round(examples, config, budget.delta)
+    after = [ledger.epsilon(budget.delta, [replace(m, steps=m.steps * r) for m in plan.mechanisms])
+             for r in range(1, rounds + 1)]
+    refused = next((r for r, epsilon in enumerate(after, start=1) if epsilon > budget.epsilon), None)
+    return MerchantPlan(options.merchant, len(interactions.customers), examples, True, plan.noise_multiplier,
+                        budget.delta, before, after, budget.epsilon, refused)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes one merchant's node sends and receives in a round."""
+
+    sent: int  # its update (encrypted: the weighted model's ciphertexts)
+    received: int  # the global model, once for training and once for evaluation
+    first_round_received: int  # round 1 trains from the seeded initial model, sent in the clear
+
+
+def round_traffic(he: bool) -> Traffic:
+    """The model payloads of a round (Flower's message headers aside)."""
+    clear = parameter_count() * FLOAT32_BYTES
+    update = ciphertext_count(parameter_count()) * ciphertext_bytes() if he else clear
+    return Traffic(update, 2 * update, clear + update)
