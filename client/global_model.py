@@ -19,7 +19,7 @@ from models.local_part import LocalPart
 from models.parameters import parameter_count, unflatten
 from models.shared import SharedModels
 from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
-from server.run_store import RunStore
+from server.run_store import RunStore, write_json, write_npz
 
 MODEL_COPY, MODEL_COPY_INFO, LOCAL_PART = "model.npz", "model.json", "local_part.npz"
 _OFFSET = "offset/"
@@ -64,15 +64,16 @@ def _decrypted_state(store: RunStore, secret_context: Path | None) -> dict[str, 
 
 
 def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | None, info: dict) -> None:
-    """The node's copy of the round's global models, its local part (or none) and what they are."""
+    """The node's copy of the round's global models, its local part (or none) and what they are; each
+    file is replaced whole, so the merchant's service (or a crash) never meets a half-written one."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(state_dir / MODEL_COPY, **{k: v.numpy() for k, v in models.state_dict().items()})
+    write_npz(state_dir / MODEL_COPY, {k: v.numpy() for k, v in models.state_dict().items()})
     if local is None:
         (state_dir / LOCAL_PART).unlink(missing_ok=True)
     else:
-        np.savez(state_dir / LOCAL_PART, co_purchase_weight=np.float64(local.co_purchase_weight),
-                 **{_OFFSET + name: value for name, value in (local.offsets or {}).items()})
-    (state_dir / MODEL_COPY_INFO).write_text(json.dumps({**info, "local_part": local is not None}))
+        write_npz(state_dir / LOCAL_PART, {"co_purchase_weight": np.float64(local.co_purchase_weight),
+                                           **{_OFFSET + name: value for name, value in (local.offsets or {}).items()}})
+    write_json(state_dir / MODEL_COPY_INFO, {**info, "local_part": local is not None})
 
 
 def _saved_state(path: Path) -> dict[str, torch.Tensor]:

@@ -165,7 +165,7 @@ class RunStore:
         self._check_lease()
         path = self.checkpoints / f"round_{round_:04d}.npz"
         write_json(path.with_suffix(".json"), meta)
-        _write_npz(path, arrays)
+        write_npz(path, arrays)
         for old in self.checkpoints.glob("round_*"):
             if old.stem != path.stem:
                 old.unlink()
@@ -185,12 +185,13 @@ class RunStore:
         self._check_lease()
         if encrypted:
             write_json(self.encrypted_meta_path, meta)
-            _write_npz(self.encrypted_model_path, arrays)
+            write_npz(self.encrypted_model_path, arrays)
         else:
-            _write_npz(self.model_path, arrays)
+            write_npz(self.model_path, arrays)
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` whole or not at all (a reader sees the old file or the new one)."""
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)

@@ -200,3 +200,25 @@ def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_
             parts, n = rec.parts.per_history_item, len(history)
             drops = deletion_drops(served, data, history, data.features.position[rec.item_id], 20)
             np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
+
+
+def test_a_model_copy_interrupted_while_written_leaves_the_last_one_readable(tmp_path, monkeypatch) -> None:
+    """The merchant's service reads the node's copy while the node writes the next one; a write that
+    dies half-way (a full disk, a killed node) must leave the previous copy whole."""
+    first = build_shared_models(seed=1)
+    save_model_copy(tmp_path, first, LocalPart(None, co_purchase_weight=2.0), {"round": 1, "run": RUN,
+                                                                                "history_length": 20})
+    real_savez = np.savez
+
+    def dies_half_way(file, **arrays) -> None:
+        real_savez(file, **arrays)
+        Path(file).write_bytes(Path(file).read_bytes()[:1000])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(np, "savez", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        save_model_copy(tmp_path, build_shared_models(seed=2), None, {"round": 2, "run": RUN, "history_length": 20})
+    loaded = load_models(tmp_path)
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(loaded.models.state_dict()[name], value)
+    assert loaded.local.co_purchase_weight == 2.0
