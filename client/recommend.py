@@ -5,7 +5,7 @@ plus its local part, ``models.local_part``); the parts come from
 :func:`models.recommender.score_parts` and sum exactly to the score, and the shared model's own score
 of the same candidate says what the federation contributed to it
 (:mod:`explain.recommendation_reasons` turns them into reasons). ``diversity`` re-ranks with MMR
-(:mod:`explain.diversity`). A :class:`Ranker` computes the catalogue's side under the models once
+(:mod:`client.diversity`). A :class:`Ranker` computes the catalogue's side under the models once
 and then answers any number of customers (the merchant's service keeps one per model version).
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from client.diversity import mmr_order
 from client.interactions import Interactions
-from explain.diversity import mmr_order
 from models.recommender import Recommender, ScoreParts, score_parts
 
 

@@ -1,7 +1,7 @@
 """Beyond accuracy: what a merchant's top-10 lists look like, for the auditors' report.
 
 Computed on the node over every customer with a held-out item, for the plain ranking and for the
-MMR-diversified one (:mod:`explain.diversity`), so the report shows the diversity setting's effect:
+MMR-diversified one (:mod:`client.diversity`), so the report shows the diversity setting's effect:
 
 * **coverage**: share of the catalogue in at least one list;
 * **intra-list diversity**: mean pairwise ``1 - Jaccard`` of the items' content tokens within a
@@ -19,9 +19,9 @@ from itertools import combinations
 import numpy as np
 import torch
 
+from client.diversity import mmr_order
 from client.interactions import Interactions
 from client.training import TOP_K, catalogue_scores, ranking_metrics
-from explain.diversity import mmr_order
 from models.recommender import Recommender
 
 

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.audit import audit_metrics, parse_audit
+from client.diversity import best_rows, mmr_order
 from client.interactions import build_interactions
 from client.recommend import recommend
 from client.schema import MerchantData, load_merchant, write_merchant
-from explain.diversity import best_rows, mmr_order
 from explain.fidelity import deletion_check, deletion_drops
 from explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
 from models.shared import build_shared_models
