@@ -8,6 +8,9 @@ for a few rounds; the strategy records how long each round's training and evalua
 - DP + HE over TLS,
 - DP + HE without TLS,
 - in the clear without DP (no TLS),
+- a plain Flower round that only echoes the model (``echo_app``: Flower's default SuperNode, which
+  starts one ``flwr-clientapp`` process per message, and a ClientApp that sends the model back
+  unchanged; no TLS): the fixed cost of the transport itself,
 - the fixed cost a message paid before the node kept its runtime warm: a fresh Python process
   importing the ClientApp (what Flower's ``flwr-clientapp`` does for every message).
 
@@ -29,10 +32,11 @@ from rich.table import Table
 
 from client.generate import FederationSpec, write_federation
 from fedshop.certificates import CA_FILE, create_certificates
-from fedshop.deployment import process_environment, superlink_command
+from fedshop.deployment import CONNECTION, flower_tool, process_environment, superlink_command, write_connection
 from fedshop.node_identity import create_node_keys, register_node
 from fedshop.run_driver import superlink_answers
 from fedshop.supervisor import stop_process_groups
+from models.parameters import parameter_count
 from privacy.ckks import create_keys
 from server.run_store import RunStore
 
@@ -42,6 +46,8 @@ CONFIGS = {"DP + HE, TLS + node auth": ("--dp", "--he", True, True),
            "DP + HE, TLS": ("--dp", "--he", True, False),
            "DP + HE, no TLS": ("--dp", "--he", False, False),
            "clear, no DP, no TLS": ("--no-dp", "--no-he", False, False)}
+ECHO = "plain Flower echo, no TLS"
+ECHO_APP = Path(__file__).with_name("echo_app")
 
 
 def _port() -> int:
@@ -106,6 +112,43 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
             "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
 
 
+def measure_echo(work: Path, merchants: int, rounds: int) -> dict:
+    """The echo app's rounds on a plain SuperLink and ``merchants`` default SuperNodes (no TLS)."""
+    out, port, started = work / "echo", _port(), []
+    out.mkdir()
+    write_connection(out / "flwr-home", f"127.0.0.1:{port}", insecure=True)
+    with (out / "processes.log").open("w") as logs:
+
+        def launch(command: list[str]) -> subprocess.Popen:
+            started.append(subprocess.Popen(command, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=process_environment(out / "flwr-home")))
+            return started[-1]
+
+        try:
+            launch(superlink_command("127.0.0.1", port))
+            _listening(port)
+            for _ in range(merchants):
+                launch([flower_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                        "--port", str(_port())])
+            began, result = time.monotonic(), out / "seconds.json"
+            pairs = f"rounds={rounds} nodes={merchants} parameters={parameter_count()} out={json.dumps(str(result))}"
+            if launch([flower_tool("flwr"), "run", str(ECHO_APP), CONNECTION, "--run-config", pairs]).wait(120):
+                raise RuntimeError(f"echo: flwr run failed; see {out / 'processes.log'}")
+            while not result.exists():
+                if time.monotonic() - began > 1800:
+                    raise RuntimeError(f"echo: no result after 30 min; see {out / 'processes.log'}")
+                time.sleep(0.5)
+            wall = time.monotonic() - began
+        finally:
+            stop_process_groups(started, grace_s=20)
+    seconds = json.loads(result.read_text())
+    later = seconds[1:] or seconds
+    return {"config": ECHO, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,
+            "train_s": statistics.median(s["train"] for s in later),
+            "evaluate_s": statistics.median(s["evaluate"] for s in later),
+            "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
+
+
 def cold_start(repeats: int = 3) -> float:
     """Median seconds for a fresh Python process to import the ClientApp."""
     times = []
@@ -125,13 +168,15 @@ def main() -> None:
         work = Path(tmp)
         merchants = write_federation(work / "data", FederationSpec.quick())
         results = [measure(name, work, merchants, args.rounds) for name in CONFIGS]
+        results.append(measure_echo(work, len(merchants), args.rounds))
     import_s = cold_start()
-    table = Table("configuration", "train s", "evaluate s", "round s", "× clear", "wall s",
+    table = Table("configuration", "train s", "evaluate s", "round s", "× clear", "× echo", "wall s",
                   title=f"median round after the first, {len(merchants)} merchants, real processes")
-    clear = results[-1]["round_s"]
+    clear, echo = results[-2]["round_s"], results[-1]["round_s"]
     for result in results:
         table.add_row(result["config"], f"{result['train_s']:.1f}", f"{result['evaluate_s']:.1f}",
-                      f"{result['round_s']:.1f}", f"{result['round_s'] / clear:.2f}", f"{result['wall_s']:.0f}")
+                      f"{result['round_s']:.1f}", f"{result['round_s'] / clear:.2f}",
+                      f"{result['round_s'] / echo:.2f}", f"{result['wall_s']:.0f}")
     console = Console()
     console.print(table)
     console.print(f"a fresh process importing the ClientApp (Flower's per-message cost before the warm runtime): "
