@@ -17,7 +17,7 @@ therefore not reproducible bit for bit, by design.
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -95,6 +95,33 @@ def _entropy_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63))
 
 
+class _NoiseOnlyWhenEmpty:
+    """The private loader, but a batch that Poisson sampling left empty is never handed to the loop:
+    Opacus' ghost clipping cannot take one, and skipping the step would show that nobody was drawn.
+    The step is taken here instead, with a zero gradient: the Gaussian noise alone, scaled as any
+    other step's, and counted by the accountant like any other."""
+
+    def __init__(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
+        self.loader, self.optimizer = loader, optimizer
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if len(_first_tensor(batch)) > 0:
+                yield batch
+                continue
+            self.optimizer.zero_grad()
+            for parameter in self.optimizer.params:
+                parameter.grad = torch.zeros_like(parameter)
+            self.optimizer.step()
+
+
+def _first_tensor(batch: object) -> torch.Tensor:
+    return batch if isinstance(batch, torch.Tensor) else _first_tensor(next(iter(batch)))
+
+
 TrainingLoop = Callable[[nn.Module, DataLoader, torch.optim.Optimizer, nn.Module], float]
 """The caller's passes over a loader: ``(model, loader, optimizer, criterion) -> last loss``."""
 
@@ -117,7 +144,7 @@ def train_private(model: nn.Module, dataset: Dataset, release: Release, batch_si
         module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
         noise_multiplier=release.mechanism.noise_multiplier, max_grad_norm=release.max_grad_norm,
         grad_sample_mode="ghost", noise_generator=_entropy_generator())
-    loss = loop(private, loader, optimizer, criterion)
+    loss = loop(private, _NoiseOnlyWhenEmpty(loader, optimizer), optimizer, criterion)
     private.remove_hooks()
     (noise, rate, steps), = engine.accountant.history
     return loss, Mechanism(float(noise), float(rate), int(steps))

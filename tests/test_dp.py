@@ -9,6 +9,7 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
 from torch import nn
+from torch.utils.data import Subset
 
 from client.interactions import build_interactions
 from client.schema import load_merchant
@@ -139,3 +140,17 @@ def test_private_training_changes_the_model_and_reports_what_it_spent(federation
     again = build_recommender(1)
     train_recommender_private(again, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert not torch.equal(model.item_id.weight, again.item_id.weight)  # noise no one can regenerate
+
+
+def test_a_batch_poisson_sampling_leaves_empty_is_a_noise_only_step(federation_dirs) -> None:
+    """A merchant of a handful of customers: Poisson sampling often draws nobody into a batch. The step
+    must still happen (noise alone, counted by the accountant); ghost clipping crashed on it, failing
+    every round of the smallest merchants of a long-tailed federation."""
+    data = build_interactions(load_merchant(federation_dirs[2]))
+    few = Subset(NextItemExamples(data, 20, 16, seed=0), range(4))
+    shape = TrainingShape("recommender", len(few), 1, 10, 0.5)
+    release = plan_round([shape], 1, 8.0, 0.0, default_delta(len(data.customers))).release("recommender")
+    model, before = build_recommender(1), build_recommender(1).item_id.weight.clone()
+    loss, spent = train_recommender_private(model, few, release, batch_size=1, learning_rate=2.0, epochs=10)
+    assert math.isfinite(loss) and spent == release.mechanism and spent.steps == 40
+    assert not torch.equal(model.item_id.weight, before)
