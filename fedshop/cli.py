@@ -347,6 +347,10 @@ def run(
                            ] = RunSettings.quorum_wait_s,
     quorum: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of --min-nodes a round can go on with.")
                       ] = RunSettings.quorum,
+    fraction_train: Annotated[float, typer.Option(
+        min=0.001, max=1.0, help="Share of the connected merchants each round trains, drawn afresh every round "
+                                 "(the others spend no ε that round; all evaluate the final model).")
+    ] = RunSettings.fraction_train,
     seed: Annotated[int, typer.Option(help="Seed of the initial model.")] = RunSettings.seed,
     dp: Annotated[bool, typer.Option(help="DP-SGD on every merchant.")] = RunSettings.dp,
     epsilon: Annotated[float, typer.Option(help="Target ε per merchant for the run.")] = RunSettings.target_epsilon,
@@ -379,7 +383,7 @@ def run(
         except ContextError as exc:
             _fail(str(exc))
     settings = RunSettings(num_server_rounds=rounds, min_nodes=min_nodes, quorum_wait_s=quorum_wait, quorum=quorum,
-                           seed=seed, run_dir=str(out.resolve()),
+                           fraction_train=fraction_train, seed=seed, run_dir=str(out.resolve()),
                            dp=dp, target_epsilon=epsilon, he=he,
                            public_context=str(public_context.resolve()) if public_context else "",
                            registry=str(registry.resolve()) if registry else "",

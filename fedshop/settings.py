@@ -27,6 +27,7 @@ class RunSettings:
     quorum_wait_s: float = 300.0  # ... at most this long, then goes on with those connected ...
     quorum: float = 0.5  # ... if they are at least this share of min_nodes (else the run fails, naming who is missing)
     round_timeout_s: float = 3600.0  # how long a phase waits for a node's reply before filing it as lost
+    fraction_train: float = 1.0  # share of the connected merchants each round trains (drawn afresh every round)
     dp: bool = True  # DP-SGD on every merchant (per-customer guarantee)
     target_epsilon: float = 8.0  # per merchant for the whole run; 0 = use noise_multiplier as given
     noise_multiplier: float = 1.0
@@ -49,6 +50,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not 0 < self.quorum <= 1:
             raise ValueError(f"quorum must be a share of min-nodes in (0, 1], not {self.quorum}")
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction-train must be a share of the merchants in (0, 1], not {self.fraction_train}")
         if self.quorum_wait_s < 0 or self.round_timeout_s <= 0:
             raise ValueError("quorum-wait-s must be ≥ 0 and round-timeout-s > 0")
 
@@ -59,7 +62,7 @@ class RunSettings:
     def training_config(self) -> dict[str, Any]:
         """What every client needs each round (sent in the round's ConfigRecord)."""
         skip = {"run_dir", "min_nodes", "public_context", "quorum_wait_s", "quorum", "round_timeout_s", "registry",
-                "transport"}
+                "transport", "fraction_train"}
         return {key.replace("_", "-"): value for key, value in asdict(self).items() if key not in skip}
 
     def to_run_config(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ resumed checkpoint. The aggregation itself is :meth:`MerchantFedAvg.aggregate_up
 step a different aggregation replaces.
 """
 
+import math
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -60,6 +62,7 @@ class MerchantFedAvg(FedAvg):
         self.store = store
         self.settings = settings
         self.lost: set[int] = set()  # nodes the round's training lost: its evaluation does not wait for them
+        self.sampled: set[int] = set()  # the merchants the round trains (all connected, or ``fraction_train``)
         self.num_rounds = settings.num_server_rounds
         self.offset = completed_rounds
         self.names: dict[int, str] = {}
@@ -130,12 +133,23 @@ class MerchantFedAvg(FedAvg):
                 self.settings.min_nodes, f" (missing: {', '.join(missing)})" if missing else "")
         return sorted(nodes)
 
-    def _instructions(self, round_: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str,
-                      phase: str) -> list[Message]:
+    def _sample(self, nodes: list[int], round_: int) -> list[int]:
+        """The merchants a round trains: every one connected, or a ``fraction_train`` share of them drawn
+        afresh each round (seeded by the run's seed and the round). A merchant not drawn trains on
+        nothing and spends no ε that round."""
+        if self.settings.fraction_train >= 1.0:
+            return nodes
+        count = max(1, math.ceil(self.settings.fraction_train * len(nodes) - 1e-9))
+        drawn = sorted(random.Random(self.settings.seed * 1_000_003 + round_).sample(nodes, count))
+        log(INFO, "round %d: training %d of %d connected merchants (fraction-train %g)", round_, count, len(nodes),
+            self.settings.fraction_train)
+        return drawn
+
+    def _instructions(self, round_: int, arrays: ArrayRecord, config: ConfigRecord, kind: str,
+                      nodes: list[int]) -> list[Message]:
         config["server-round"] = round_
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._sent(Message(content=content, message_type=kind, dst_node_id=node)
-                          for node in self._quorum(grid, round_, phase))
+        return self._sent(Message(content=content, message_type=kind, dst_node_id=node) for node in nodes)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -144,13 +158,20 @@ class MerchantFedAvg(FedAvg):
         self.phase_started = time.monotonic()
         self.registered = read_registry(self.settings.registry) if self.settings.registry else {}
         self.names.update(self.registered)  # the operator may have registered a merchant since the last round
-        return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.TRAIN, "training")
+        round_ = server_round + self.offset
+        self.sampled = set(self._sample(self._quorum(grid, round_, "training"), round_))
+        return self._instructions(round_, arrays, config, MessageType.TRAIN, sorted(self.sampled))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        """The round's trained merchants evaluate (and keep) the new model; after the last round every
+        connected merchant does, so each one holds the run's final model and its audit."""
         self.phase_started = time.monotonic()
-        return self._instructions(server_round + self.offset, arrays, config, grid, MessageType.EVALUATE,
-                                  "evaluation")
+        round_ = server_round + self.offset
+        nodes = self._quorum(grid, round_, "evaluation")
+        if round_ < self.settings.num_server_rounds:
+            nodes = [node for node in nodes if node in self.sampled]
+        return self._instructions(round_, arrays, config, MessageType.EVALUATE, nodes)
 
     def accept_update(self, msg: Message) -> Any:
         """Check one merchant's update; returns what :meth:`aggregate_updates` combines."""

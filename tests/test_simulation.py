@@ -1,12 +1,14 @@
 """The in-process federation trains every simulated merchant in every round."""
 
 import time
+from pathlib import Path
 
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
+from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from server.run_store import RunStore
 
 
@@ -43,3 +45,21 @@ def test_merchant_with_nothing_to_train_on_is_named_and_the_run_goes_on(one_item
     failure, = record["failures"].values()
     assert f"merchant {merchants[-1].name}: no training example for the recommender model" in failure
     assert sorted(record["train"]) == sorted(d.name for d in merchants[:-1])
+
+
+@pytest.mark.slow
+def test_a_sampled_round_trains_a_share_of_the_merchants_and_the_others_spend_nothing(federation_dirs,
+                                                                                       tmp_path) -> None:
+    """``fraction-train``: each round draws its merchants afresh; a merchant not drawn neither trains
+    nor spends ε that round, and every merchant evaluates (and keeps) the final model."""
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in federation_dirs]
+    settings = RunSettings(num_server_rounds=3, local_epochs=1, he=False, pricing=False, local_part_epochs=0,
+                           fraction_train=0.5, run_dir=str(tmp_path / "run"))
+    rounds = RunStore(run_simulated_federation(nodes, settings)).rounds()
+    for record in rounds[:-1]:
+        assert len(record["train"]) == 2 and sorted(record["evaluate"]) == sorted(record["train"])
+    assert len(rounds[-1]["train"]) == 2 and sorted(rounds[-1]["evaluate"]) == sorted(d.name for d in federation_dirs)
+    for node in nodes:
+        trained = {record["round"] for record in rounds if node["merchant"] in record["train"]}
+        paid = {entry["round"] for entry in PrivacyLedger(Path(node["state-dir"]) / LEDGER_FILE).entries}
+        assert paid == trained
