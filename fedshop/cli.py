@@ -597,7 +597,14 @@ def serve(
     import uvicorn
 
     from client.schema import SchemaError
-    from fedshop.service import ONE_THREAD_PER_WORKER, TOKEN_VARIABLE, WORKER_CONFIG, load_shop, prepare, start_service
+    from fedshop.service import (
+        ONE_THREAD_PER_WORKER,
+        TOKEN_VARIABLE,
+        WORKER_CONFIG,
+        load_shop,
+        start_service,
+        watch_models,
+    )
     from privacy.ckks import ContextError
 
     if token_file is not None and not token_file.exists():
@@ -608,17 +615,16 @@ def serve(
               "recommendations: give --token-file (or FEDSHOP_SERVICE_TOKEN), or keep the default 127.0.0.1")
     try:
         shop = load_shop(data)
-        first = prepare(shop, model, secret_context)
+        watcher = watch_models(shop, model, secret_context)
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"serving merchant data {data} with the model of round {first.round} on http://{host}:{port} "
-                  f"({'bearer token required' if token else 'no token: this machine only'}, {workers} "
-                  f"worker{'s' if workers > 1 else ''}); OpenAPI at /docs")
+    console.print(f"serving merchant data {data} with the model of round {watcher.current.round} on "
+                  f"http://{host}:{port} ({'bearer token required' if token else 'no token: this machine only'}, "
+                  f"{workers} worker{'s' if workers > 1 else ''}); OpenAPI at /docs")
     if workers == 1:
-        uvicorn.run(start_service(shop, model, secret_context, token or None), host=host, port=port,
-                    log_level="warning")
+        uvicorn.run(start_service(shop, model, watcher, token or None), host=host, port=port, log_level="warning")
         return
-    del shop, first  # each worker process loads its own copy
+    del shop, watcher  # checked here; each worker process loads its own copy
     for threads in ONE_THREAD_PER_WORKER:  # a worker is one core's share: no math library spreads over the others
         os.environ[threads] = "1"
     os.environ[TOKEN_VARIABLE] = token

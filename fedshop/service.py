@@ -233,9 +233,15 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
     return service
 
 
-def start_service(shop: Shop, model_dir: Path, secret_context: Path | None, token: str | None) -> FastAPI:
-    """The service over ``shop`` and the node's model copy in ``model_dir``, with the ε its node spent."""
-    watcher = ModelWatcher(lambda: prepare(shop, model_dir, secret_context), lambda: model_version(model_dir))
+def watch_models(shop: Shop, model_dir: Path, secret_context: Path | None) -> ModelWatcher:
+    """The node's model copy in ``model_dir`` prepared over ``shop`` now (a bad copy or key fails here,
+    naming the problem), and watched for the next one."""
+    return ModelWatcher(lambda: prepare(shop, model_dir, secret_context), lambda: model_version(model_dir))
+
+
+def start_service(shop: Shop, model_dir: Path, watcher: ModelWatcher, token: str | None) -> FastAPI:
+    """The service over ``shop`` and ``watcher``'s models (the node's copy in ``model_dir``), with the ε
+    its node spent."""
     options = node_options({"data-dir": str(shop.data_dir), "state-dir": str(model_dir)})
     delta = options.budget(len(shop.customers)).delta
     return build_service(watcher, token, lambda: PrivacyLedger(options.ledger_path).epsilon(delta))
@@ -247,5 +253,6 @@ def worker_service() -> FastAPI:
     torch.set_num_threads(1)
     config = json.loads(os.environ[WORKER_CONFIG])
     secret_context = Path(config["secret_context"]) if config["secret_context"] else None
-    return start_service(load_shop(Path(config["data"])), Path(config["model"]), secret_context,
+    shop, model_dir = load_shop(Path(config["data"])), Path(config["model"])
+    return start_service(shop, model_dir, watch_models(shop, model_dir, secret_context),
                          os.environ.get(TOKEN_VARIABLE) or None)
