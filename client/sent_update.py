@@ -10,13 +10,13 @@ written atomically; anything else the server asks for twice is refused by the pr
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedshop.protocol import arrays_sha256
+from server.run_store import write_json, write_npz
 
 SENT_UPDATE, SENT_UPDATE_INFO = "sent_update.npz", "sent_update.json"
 
@@ -31,12 +31,8 @@ def keep_sent_update(state_dir: Path, run: str, round_: int, received: str, arra
     """Keep the reply to round ``round_`` of ``run`` (made from the global model ``received``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / SENT_UPDATE_INFO).unlink(missing_ok=True)  # never an old description of new arrays
-    tmp = state_dir / f"{SENT_UPDATE}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, state_dir / SENT_UPDATE)
-    info = state_dir / f"{SENT_UPDATE_INFO}.tmp"
-    info.write_text(json.dumps({"run": run, "round": round_, "received": received, "reply": reply}))
-    os.replace(info, state_dir / SENT_UPDATE_INFO)
+    write_npz(state_dir / SENT_UPDATE, arrays)
+    write_json(state_dir / SENT_UPDATE_INFO, {"run": run, "round": round_, "received": received, "reply": reply})
 
 
 def sent_update(state_dir: Path, run: str, round_: int, received: str
