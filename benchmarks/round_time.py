@@ -50,7 +50,8 @@ ECHO = "plain Flower echo, no TLS"
 ECHO_APP = Path(__file__).with_name("echo_app")
 
 
-def _port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -65,6 +66,16 @@ def _listening(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def _summary(config: str, seconds: list[dict[str, float]], wall: float) -> dict:
+    """A configuration's per-round phase times and their medians over the rounds after the first
+    (which also waits for the nodes to join)."""
+    later = seconds[1:] or seconds
+    return {"config": config, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,
+            "train_s": statistics.median(s["train"] for s in later),
+            "evaluate_s": statistics.median(s["evaluate"] for s in later),
+            "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
+
+
 def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
     """Run one configuration end to end; the per-round phase times from its run record."""
     dp, he, tls, auth = CONFIGS[name]
@@ -73,7 +84,7 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
     certificates = out / "certs"
     create_certificates(certificates, [])
     trust = ["--root-certificate", str(certificates / CA_FILE)] if tls else ["--insecure"]
-    port, started = _port(), []
+    port, started = free_port(), []
     with (out / "processes.log").open("w") as logs:
 
         def launch(command: list[str]) -> subprocess.Popen:
@@ -93,7 +104,7 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
                                   out / "registry.json")
                     identity = ["--key", str(key)]
                 launch([*FEDSHOP, "node", "--data", str(merchant), "--server", f"127.0.0.1:{port}", "--port",
-                        str(_port()), "--secret-context", str(out / "keys" / "secret.ctx"), "--state-dir",
+                        str(free_port()), "--secret-context", str(out / "keys" / "secret.ctx"), "--state-dir",
                         str(out / merchant.name), *trust, *identity])
             began = time.monotonic()
             driver = launch([*FEDSHOP, "run", "--server", f"127.0.0.1:{port}", "--out", str(out / "run"),
@@ -105,16 +116,12 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
         finally:
             stop_process_groups(started, grace_s=20)
     seconds = [record["seconds"] for record in RunStore(out / "run").rounds()]
-    later = seconds[1:] or seconds  # the first round also waits for the nodes to join
-    return {"config": name, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,
-            "train_s": statistics.median(s["train"] for s in later),
-            "evaluate_s": statistics.median(s["evaluate"] for s in later),
-            "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
+    return _summary(name, seconds, wall)
 
 
 def measure_echo(work: Path, merchants: int, rounds: int) -> dict:
     """The echo app's rounds on a plain SuperLink and ``merchants`` default SuperNodes (no TLS)."""
-    out, port, started = work / "echo", _port(), []
+    out, port, started = work / "echo", free_port(), []
     out.mkdir()
     write_connection(out / "flwr-home", f"127.0.0.1:{port}", insecure=True)
     with (out / "processes.log").open("w") as logs:
@@ -129,7 +136,7 @@ def measure_echo(work: Path, merchants: int, rounds: int) -> dict:
             _listening(port)
             for _ in range(merchants):
                 launch([flower_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                        "--port", str(_port())])
+                        "--port", str(free_port())])
             began, result = time.monotonic(), out / "seconds.json"
             pairs = f"rounds={rounds} nodes={merchants} parameters={parameter_count()} out={json.dumps(str(result))}"
             if launch([flower_tool("flwr"), "run", str(ECHO_APP), CONNECTION, "--run-config", pairs]).wait(120):
@@ -142,11 +149,7 @@ def measure_echo(work: Path, merchants: int, rounds: int) -> dict:
         finally:
             stop_process_groups(started, grace_s=20)
     seconds = json.loads(result.read_text())
-    later = seconds[1:] or seconds
-    return {"config": ECHO, "rounds": len(seconds), "wall_s": wall, "per_round": seconds,
-            "train_s": statistics.median(s["train"] for s in later),
-            "evaluate_s": statistics.median(s["evaluate"] for s in later),
-            "round_s": statistics.median(s["train"] + s["evaluate"] for s in later)}
+    return _summary(ECHO, seconds, wall)
 
 
 def cold_start(repeats: int = 3) -> float:

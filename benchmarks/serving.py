@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import httpx
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from round_time import free_port
 
 from client.generate import FederationSpec, write_federation
 from client.global_model import save_model_copy
@@ -77,16 +77,10 @@ def write_model_copy(node_dir: Path, seed: int, round_: int) -> None:
                     {"round": round_, "run": "serving-benchmark", "history_length": 20})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_service(data: Path, node_dir: Path, token_file: Path, workers: int,
                   log: Path) -> tuple[subprocess.Popen, str]:
     """`fedshop serve` as a real process; returns it and its base URL once every worker answers /health."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "fedshop.cli", "serve", "--data", str(data), "--model",
                                 str(node_dir), "--port", str(port), "--token-file", str(token_file),
                                 "--workers", str(workers)],
