@@ -63,9 +63,9 @@ def serving_model(shared: Recommender, local: LocalPart | None, data: Interactio
     co-purchases over all its customers' training histories (``co_purchases``, when already counted)."""
     if local is None:
         return shared
-    if local.co_purchase_weight and co_purchases is None:
-        co_purchases = shop_co_purchases(data)
-    return ServedRecommender(shared, local, co_purchases if local.co_purchase_weight else None)
+    if not local.co_purchase_weight:
+        return ServedRecommender(shared, local, None)
+    return ServedRecommender(shared, local, shop_co_purchases(data) if co_purchases is None else co_purchases)
 
 
 def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,
