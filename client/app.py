@@ -4,9 +4,12 @@ The global model is the recommender and the demand model together (``models.shar
 trains both on this merchant's customers, under one privacy plan (they compose in the ledger).
 A training message carries the round's settings (``config``) and the global model (``arrays``):
 in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' weighted models
-of the last round, which this node decrypts with the merchant's secret context and divides by the
-total weight. The reply carries this merchant's model multiplied by its number of examples,
-encrypted, plus metrics: the examples, the loss and the ε spent so far. The node files a run under
+of the last round on the round's fixed-point grid (``privacy.fixed_point``), which this node
+decrypts with the merchant's secret context and divides by the total weight. The reply carries this
+merchant's model weighted by its number of examples (encrypted: written on this round's grid, the
+weight scale the server sent and the value range every merchant derives from the aggregate it
+decrypted), plus metrics: the examples, the loss and the ε spent so far. Before an encrypted round
+the server may ask (a query message) how many examples the node trains on. The node files a run under
 the run key in its config (the same after the operator resumes the run) and keeps its last reply
 (``client.sent_update``): a round the server lost and asks for again gets that reply, never a second
 training paid for with the customers' ε. An evaluation message
@@ -33,7 +36,7 @@ from torch.utils.data import Dataset
 from client.aggregate_check import aggregate_problem
 from client.audit import audit_metrics
 from client.demand_training import train_demand, train_demand_private
-from client.global_model import adopted_copy, decrypt_global_state, load_local_part, save_model_copy
+from client.global_model import adopted_copy, decrypt_global_model, load_local_part, save_model_copy
 from client.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from client.local_fit import fit_local_part, serving_model
 from client.node_data import NodeOptions, load_demand_panel, load_interactions, node_options
@@ -45,11 +48,12 @@ from client.training import (
     train_epochs,
     train_recommender_private,
 )
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, RUN_KEY
+from fedshop.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
 from models.local_part import LocalPart
-from models.parameters import flatten
+from models.parameters import flatten, unflatten
 from models.shared import SharedModels, build_shared_models
 from privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
+from privacy.fixed_point import Grid, GridError, value_range_of
 from privacy.ledger import PrivacyLedger
 
 
@@ -70,54 +74,72 @@ def merchant_key(options: NodeOptions, context_id: str) -> KeyContext:
     return key
 
 
-def global_model(msg: Message, config: ConfigRecord, options: NodeOptions) -> tuple[SharedModels, KeyContext | None]:
-    """The round's global models (decrypted when encrypted), and the key used."""
+def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
+                 ) -> tuple[SharedModels, KeyContext | None, float]:
+    """The round's global models (decrypted when encrypted), the key used, and the value range of
+    the fixed-point grid this round's updates are written on (0 in the clear)."""
     models, key = SharedModels(), None
     arrays = msg.content.array_records["arrays"]
-    if config["he"]:
-        key = merchant_key(options, str(config["context-id"]))
-        weight = float(config["aggregate-weight"])
-        if weight == 0:
-            return build_shared_models(int(config["seed"])), key
-        models.load_state_dict(decrypt_global_state(key, {name: array.numpy() for name, array in arrays.items()},
-                                                    weight))
-    else:
+    if not config["he"]:
         models.load_state_dict(arrays.to_torch_state_dict())
-    return models, key
+        return models, key, 0.0
+    key = merchant_key(options, str(config["context-id"]))
+    weight = float(config["aggregate-weight"])
+    if weight == 0:
+        models = build_shared_models(int(config["seed"]))
+    else:
+        grid = Grid(float(config["aggregate-range"]), float(config["aggregate-scale"]))
+        models.load_state_dict(unflatten(decrypt_global_model(
+            key, {name: array.numpy() for name, array in arrays.items()}, grid, weight)))
+    return models, key, value_range_of(flatten(models.state_dict()))
 
 
 class Adopted(NamedTuple):
     """The round's global models as the node adopts them: the decrypted aggregate, or the previous
     model when the aggregate was refused (``refusal`` says why; empty when adopted), with the norms
-    of every change adopted in this run."""
+    of every change adopted in this run, and the value range every merchant of the round derives
+    from the aggregate it decrypted, adopted or not."""
 
     models: SharedModels
     key: KeyContext | None
     refusal: str
     changes: list[float]
+    value_range: float
 
 
 def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str) -> Adopted:
     """The round's global models, checked against the last ones this node adopted in ``run`` (the
     run's initial model in its first round) before anything trains on, evaluates or serves them."""
-    models, key = global_model(msg, config, options)
+    models, key, value_range = global_model(msg, config, options)
     previous = adopted_copy(options.state_dir, run)
     if previous is None and int(config["server-round"]) == 1:
         previous = build_shared_models(int(config["seed"])), []
     if previous is None:
-        return Adopted(models, key, "", [])
+        return Adopted(models, key, "", [], value_range)
     problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous[0].state_dict()), previous[1])
     if problem:
         log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config["server-round"],
             problem)
-        return Adopted(previous[0], key, problem, previous[1])
-    return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []))
+        return Adopted(previous[0], key, problem, previous[1], value_range)
+    return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []), value_range)
 
 
-def _reply_arrays(model: SharedModels, weight: int, key: KeyContext | None) -> dict[str, np.ndarray]:
-    if key is None:
-        return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
-    return encrypt(key, weight * flatten(model.state_dict()))
+def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: ConfigRecord,
+                  options: NodeOptions) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The update a merchant sends: its model in the clear, or its integers on the round's grid,
+    encrypted, with the grid they were written on and how many values it clipped."""
+    if adopted.key is None:
+        return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}, {}
+    grid = Grid(adopted.value_range, float(config[WEIGHT_SCALE]))
+    try:
+        integers, clipped = grid.quantise(flatten(model.state_dict()), weight, np.random.default_rng())
+    except GridError as exc:
+        raise GridError(f"merchant {options.merchant}: {exc}") from exc
+    if clipped:
+        log(WARNING, "merchant %s: %d values of the model lay beyond the round's range ±%g and were clipped",
+            options.merchant, clipped, grid.value_range)
+    return encrypt(adopted.key, integers), {WEIGHT_SCALE: grid.weight_scale, VALUE_RANGE: grid.value_range,
+                                            "clipped-values": clipped}
 
 
 def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
@@ -190,10 +212,10 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
             losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
-    arrays = _reply_arrays(models, examples, adopted.key)
-    reply = {"metrics": {"num-examples": examples, "train-loss": losses["recommender"],
+    arrays, grid = _reply_arrays(models, examples, adopted, config, options)
+    reply = {"metrics": {EXAMPLES: examples, "train-loss": losses["recommender"],
                          "demand-loss": losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
-                         **privacy},
+                         **privacy, **grid},
              "merchant": _merchant_record(options, adopted)}
     keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
     return Message(content=_reply(arrays, reply), reply_to=msg)
@@ -246,6 +268,15 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def count_examples(msg: Message, options: NodeOptions) -> Message:
+    """Answer the server's question before an encrypted round: how many examples this merchant trains on."""
+    config = msg.content.config_records["config"]
+    interactions = load_interactions(options.data_dir)
+    examples = recommender_examples(interactions, config, _round_seed(config), audit_holdout(interactions, config))
+    return Message(content=RecordDict({"metrics": MetricRecord({EXAMPLES: len(examples)}),
+                                       MERCHANT_RECORD: ConfigRecord({"name": options.merchant})}), reply_to=msg)
+
+
 def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:
     """A ClientApp; ``simulation_nodes`` holds the node config of each simulated merchant."""
     app = ClientApp()
@@ -259,6 +290,10 @@ def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         return evaluate_locally(msg, node_options(context.node_config, simulation_nodes))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return count_examples(msg, node_options(context.node_config, simulation_nodes))
 
     return app
 

@@ -19,6 +19,7 @@ from models.local_part import LocalPart
 from models.parameters import parameter_count, unflatten
 from models.shared import SharedModels
 from privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
+from privacy.fixed_point import Grid
 from server.run_store import RunStore, write_json, write_npz
 
 MODEL_COPY, MODEL_COPY_INFO, LOCAL_PART = "model.npz", "model.json", "local_part.npz"
@@ -34,10 +35,11 @@ class LoadedModels(NamedTuple):
     history_length: int
 
 
-def decrypt_global_state(key: KeyContext, ciphertexts: dict[str, np.ndarray],
-                         total_weight: float) -> dict[str, torch.Tensor]:
-    """The global models' state from the CKKS sum of the merchants' weighted models and their total weight."""
-    return unflatten(decrypt(key, ciphertexts, parameter_count()) / total_weight)
+def decrypt_global_model(key: KeyContext, ciphertexts: dict[str, np.ndarray], grid: Grid,
+                         total_weight: float) -> np.ndarray:
+    """The global models as one flat vector: the CKKS sum of the merchants' integers on the round's
+    fixed-point ``grid``, divided by their total weight."""
+    return grid.average(decrypt(key, ciphertexts, parameter_count()), total_weight)
 
 
 def _history_length(model_dir: Path) -> int:
@@ -60,7 +62,8 @@ def _decrypted_state(store: RunStore, secret_context: Path | None) -> dict[str, 
         raise ContextError(f"{path} was encrypted under context {meta['context_id']}, not {key.context_id}")
     with np.load(path) as saved:
         ciphertexts = {name: saved[name] for name in saved.files}
-    return decrypt_global_state(key, ciphertexts, float(meta["aggregate_weight"]))
+    grid = Grid(float(meta["aggregate_range"]), float(meta["aggregate_scale"]))
+    return unflatten(decrypt_global_model(key, ciphertexts, grid, float(meta["aggregate_weight"])))
 
 
 def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | None, info: dict) -> None:

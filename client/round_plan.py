@@ -19,7 +19,7 @@ from client.node_data import NodeOptions, load_demand_panel, load_interactions
 from client.training import NextItemExamples, private_recipe
 from explain.membership import held_out_of_training
 from models.parameters import parameter_count
-from privacy.ckks import ciphertext_bytes, ciphertext_count
+from privacy.ckks import ciphertext_count, encrypted_bytes
 from privacy.dp_sgd import DpPlan, TrainingShape, plan_round
 from privacy.ledger import PrivacyLedger
 
@@ -111,13 +111,15 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
 class Traffic:
     """Bytes one merchant's node sends and receives in a round."""
 
-    sent: int  # its update (encrypted: the weighted model's ciphertexts)
-    received: int  # the global model, once for training and once for evaluation
+    sent: int  # its update (encrypted: the weighted model's seeded ciphertexts)
+    received: int  # the global model, once for training and once for evaluation (encrypted: a sum, not seeded)
     first_round_received: int  # round 1 trains from the seeded initial model, sent in the clear
 
 
 def round_traffic(he: bool) -> Traffic:
     """The model payloads of a round (Flower's message headers aside)."""
     clear = parameter_count() * FLOAT32_BYTES
-    update = ciphertext_count(parameter_count()) * ciphertext_bytes() if he else clear
-    return Traffic(update, 2 * update, clear + update)
+    if not he:
+        return Traffic(clear, 2 * clear, 2 * clear)
+    update, total = (ciphertext_count(parameter_count()) * size for size in encrypted_bytes())
+    return Traffic(update, 2 * total, clear + total)

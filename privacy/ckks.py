@@ -1,53 +1,82 @@
-"""Encrypted aggregation with CKKS (TenSEAL): the one definition of the parameters and key files.
+"""Encrypted aggregation with CKKS (SEAL, through TenSEAL's ``tenseal.sealapi``): the one definition
+of the parameters, the key files and the compact encoding of an update.
 
 The key steward (a merchant or an auditor, never the operator) runs ``fedshop keys init`` once:
 
-* ``secret.ctx`` — the full context with the secret key, handed to merchants out of band;
-* ``public.ctx`` — the same parameters without any key material that decrypts, for the server;
+* ``secret.ctx`` — the parameters, the key set's id and the secret key, handed to merchants out of band;
+* ``public.ctx`` — the parameters and the key set's id, nothing that decrypts, for the server;
 * ``context.json`` — the context id (a digest of ``public.ctx``), a digest of ``secret.ctx`` and
   the parameters; it travels with ``secret.ctx`` so a merchant's node can check it holds the
-  federation's key (a reloaded secret context serialises to different public bytes each time, so
-  the id cannot be recomputed from it).
+  federation's key.
 
-Merchants encrypt their weighted model with symmetric CKKS; the server deserialises the
-ciphertexts under the public context, checks them and adds them, and can never decrypt. Only an
-addition is computed, so two 60-bit primes suffice (measured: exact to ~2e-9 at 8x float32 bytes).
+**The compact encoding.** An update is a vector of signed fixed-point integers
+(``privacy.fixed_point``). Seven of them are packed into each coefficient of a plaintext polynomial,
+``fields`` fields of ``field_bits`` bits above ``noise_bits`` low bits, in the coefficient form of
+CKKS's ring (not CKKS's approximate slot encoding), so the sum of the merchants' ciphertexts decrypts
+to the exact sum of their integers: the encryption noise of up to ``max_merchants`` ciphertexts stays
+in the low bits, which are rounded away, and each field's sum stays within its bits (the fixed-point
+grid leaves headroom for it). Merchants encrypt with symmetric CKKS and send each ciphertext seeded:
+its random half is replaced by the seed it was drawn from (SEAL regenerates it on load), so a
+ciphertext costs one polynomial of three 60-bit primes for 7 x 8192 values: 0.86 x float32. The
+server adds ciphertexts; a sum is no longer seeded, so it travels at twice that.
 
 An encrypted model travels and is stored as two arrays (``pack``): the ciphertexts' bytes back to
 back, and each one's size. Flower moves every array of a message as objects of its own, one
-request each; a model of some 200 ciphertexts as 200 arrays took most of a real round's time in
-transit.
+request each.
 """
 
 import hashlib
+import io
 import itertools
 import json
+import math
+import secrets
+import tempfile
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
+import tenseal.sealapi as seal
+
+from privacy.seal_bytes import (
+    ciphertext_bytes,
+    ciphertext_polynomials,
+    plaintext_bytes,
+    plaintext_coefficients,
+)
+
+SEAL_NOISE_BOUND = 21  # SEAL's encryption error: a centred binomial sample, |e| <= 21 per coefficient
 
 
 @dataclass(frozen=True)
 class CkksParameters:
-    """CKKS parameters for an addition-only workload."""
+    """CKKS parameters for an addition-only workload, and how an update is packed into them."""
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
-    scale_bits: int = 40
-    security_level_bits: int = 128  # SEAL's default table for N=8192 allows up to 218 modulus bits
+    # Three 60-bit primes hold the ciphertexts; the fourth, SEAL's special prime, only serves key
+    # switching, which an addition never does. 218 bits: the most SEAL allows at 128-bit security.
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60, 60, 38)
+    security_level_bits: int = 128
+    max_merchants: int = 1024  # ciphertexts one sum may add: their noise must stay below the low bits
+    noise_bits: int = 16
+    fields: int = 7  # values per coefficient
+    field_bits: int = 23  # a value's bits in a coefficient: the signed sum of every merchant's integer
 
     @property
-    def slots(self) -> int:
-        return self.poly_modulus_degree // 2
+    def values_per_ciphertext(self) -> int:
+        return self.poly_modulus_degree * self.fields
+
+    @property
+    def data_modulus_bits(self) -> int:
+        return sum(self.coeff_mod_bit_sizes[:-1])
 
 
 CKKS = CkksParameters()
 SECRET_FILE, PUBLIC_FILE, MANIFEST_FILE = "secret.ctx", "public.ctx", "context.json"
 CIPHERTEXTS, CIPHERTEXT_SIZES = "ciphertexts", "ciphertext-sizes"
-MAX_CIPHERTEXT_BYTES = 2 * CKKS.poly_modulus_degree * len(CKKS.coeff_mod_bit_sizes) * 8 + 4096
+MAX_CIPHERTEXT_BYTES = 2 * CKKS.poly_modulus_degree * (len(CKKS.coeff_mod_bit_sizes) - 1) * 8 + 4096
+_PARAMETERS, _KEY_SET, _SECRET_KEY = "parameters", "key-set", "secret-key"
 
 
 class ContextError(ValueError):
@@ -58,36 +87,74 @@ class CiphertextError(ValueError):
     """An encrypted update cannot be used."""
 
 
-@dataclass(frozen=True)
-class KeyContext:
-    """A loaded CKKS context and its id."""
+def _encryption_parameters() -> seal.EncryptionParameters:
+    parameters = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parameters.set_poly_modulus_degree(CKKS.poly_modulus_degree)
+    parameters.set_coeff_modulus(seal.CoeffModulus.Create(CKKS.poly_modulus_degree, list(CKKS.coeff_mod_bit_sizes)))
+    return parameters
 
-    context: ts.Context
+
+class _Files:
+    """A scratch folder: the SEAL API saves and loads its objects only through files."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="fedshop-seal-")
+        self._path = str(Path(self._folder.name) / "object")
+
+    def save(self, item) -> bytes:
+        item.save(self._path)
+        return Path(self._path).read_bytes()
+
+    def load(self, item, context: seal.SEALContext, data: bytes):
+        Path(self._path).write_bytes(data)
+        item.load(context, self._path)
+        return item
+
+
+@dataclass(frozen=True, eq=False)
+class KeyContext:
+    """A loaded key set: the SEAL context, its id and, for a merchant, the secret key."""
+
+    context: seal.SEALContext
     context_id: str
+    secret_key: seal.SecretKey | None = None
 
     @property
     def has_secret_key(self) -> bool:
-        return self.context.is_private()
+        return self.secret_key is not None
+
+    @cached_property
+    def moduli(self) -> list[int]:
+        return [modulus.value() for modulus in self.context.first_context_data().parms().coeff_modulus()]
+
+    @cached_property
+    def _machinery(self) -> "_Machinery":
+        return _Machinery(self)
 
 
 def context_id_of(public_bytes: bytes) -> str:
-    """The id of a context: the first 16 hex digits of the SHA-256 of its public serialisation."""
+    """The id of a context: the first 16 hex digits of the SHA-256 of its public file."""
     return hashlib.sha256(public_bytes).hexdigest()[:16]
 
 
-def _new_context() -> ts.Context:
-    """A fresh symmetric CKKS context with the federation's parameters and a new secret key."""
-    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=CKKS.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(CKKS.coeff_mod_bit_sizes),
-                         encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
-    context.global_scale = 2.0**CKKS.scale_bits
-    return context
+def _container(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.frombuffer(data, np.uint8) for name, data in members.items()})
+    return buffer.getvalue()
+
+
+def _seal_context() -> seal.SEALContext:
+    return seal.SEALContext(_encryption_parameters(), True, seal.SEC_LEVEL_TYPE.TC128)
 
 
 def create_keys(out_dir: Path) -> str:
-    """Create a fresh context; write the secret, public and manifest files; return the context id."""
-    context = _new_context()
-    public, secret = context.serialize(save_secret_key=False), context.serialize(save_secret_key=True)
+    """Create a fresh key set; write the secret, public and manifest files; return the context id."""
+    context, files = _seal_context(), _Files()
+    parameters = files.save(_encryption_parameters())
+    key_set = secrets.token_bytes(16)
+    secret_key = files.save(seal.KeyGenerator(context).secret_key())
+    public = _container({_PARAMETERS: parameters, _KEY_SET: key_set})
+    secret = _container({_PARAMETERS: parameters, _KEY_SET: key_set, _SECRET_KEY: secret_key})
     identifier = context_id_of(public)
     out_dir.mkdir(parents=True, exist_ok=True)
     secret_path = out_dir / SECRET_FILE
@@ -99,19 +166,31 @@ def create_keys(out_dir: Path) -> str:
     return identifier
 
 
-def _read_context(path: Path) -> ts.Context:
+def _read_context(path: Path) -> tuple[seal.SEALContext, dict[str, bytes]]:
+    """The SEAL context a key file describes, and the file's members; refused unless its parameters
+    are the federation's (``CKKS``)."""
     if not path.exists():
         raise ContextError(f"{path}: no such context file")
     try:
-        return ts.context_from(path.read_bytes())
-    except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad streams
-        raise ContextError(f"{path}: not a TenSEAL context ({exc})") from exc
+        with np.load(path, allow_pickle=False) as saved:
+            members = {name: saved[name].tobytes() for name in saved.files}
+    except Exception as exc:  # numpy raises several kinds on a file that is not an npz archive
+        raise ContextError(f"{path}: not a fedshop context file ({exc}); the key steward writes them with "
+                           "`fedshop keys init`") from exc
+    if _PARAMETERS not in members or _KEY_SET not in members:
+        raise ContextError(f"{path}: not a fedshop context file (no parameters or key-set id); the key steward "
+                           "writes them with `fedshop keys init`")
+    files = _Files()
+    if members[_PARAMETERS] != files.save(_encryption_parameters()):
+        raise ContextError(f"{path} was made with other CKKS parameters than this fedshop's ({asdict(CKKS)}); "
+                           "the key steward must run `fedshop keys init` again")
+    return _seal_context(), members
 
 
 def load_public_context(path: Path) -> KeyContext:
     """The server's context; refused if it holds a secret key (the server must never decrypt)."""
-    context = _read_context(path)
-    if context.is_private():
+    context, members = _read_context(path)
+    if _SECRET_KEY in members:
         raise ContextError(f"{path} holds a secret key; the server must only be given the public "
                            f"context ({PUBLIC_FILE}) written by `fedshop keys init`")
     return KeyContext(context, context_id_of(path.read_bytes()))
@@ -119,8 +198,8 @@ def load_public_context(path: Path) -> KeyContext:
 
 def load_secret_context(path: Path) -> KeyContext:
     """A merchant's context; it must hold the secret key and match the ``context.json`` beside it."""
-    context = _read_context(path)
-    if not context.is_private():
+    context, members = _read_context(path)
+    if _SECRET_KEY not in members:
         raise ContextError(f"{path} holds no secret key; merchants need {SECRET_FILE} from the key steward")
     manifest_path = path.parent / MANIFEST_FILE
     if not manifest_path.exists():
@@ -129,18 +208,26 @@ def load_secret_context(path: Path) -> KeyContext:
     if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("secret_sha256"):
         raise ContextError(f"{path} is not the secret context described by {manifest_path} "
                            f"(context {manifest.get('context_id')}); the files come from different key sets")
-    return KeyContext(context, str(manifest["context_id"]))
+    secret_key = _Files().load(seal.SecretKey(), context, members[_SECRET_KEY])
+    return KeyContext(context, str(manifest["context_id"]), secret_key)
 
 
 def ciphertext_count(size: int) -> int:
     """How many ciphertexts a vector of ``size`` values takes."""
-    return -(-size // CKKS.slots)
+    return -(-size // CKKS.values_per_ciphertext)
 
 
 @lru_cache(maxsize=1)
-def ciphertext_bytes() -> int:
-    """The size of one serialised ciphertext under ``CKKS`` (measured once with a throwaway context)."""
-    return len(ts.ckks_vector(_new_context(), np.linspace(-1.0, 1.0, CKKS.slots).tolist()).serialize())
+def encrypted_bytes() -> tuple[int, int]:
+    """The serialised size of one merchant's ciphertext (seeded) and of a sum of several (measured
+    once with a throwaway key set)."""
+    with tempfile.TemporaryDirectory() as folder:
+        create_keys(Path(folder))
+        secret = load_secret_context(Path(folder) / SECRET_FILE)
+        public = load_public_context(Path(folder) / PUBLIC_FILE)
+    update = encrypt(secret, np.zeros(CKKS.values_per_ciphertext, np.int64))
+    total = add_updates(public, [parse_update(public, update, CKKS.values_per_ciphertext)] * 2)
+    return int(update[CIPHERTEXT_SIZES][0]), int(total[CIPHERTEXT_SIZES][0])
 
 
 def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:
@@ -173,48 +260,121 @@ def unpack(arrays: dict[str, np.ndarray], count: int) -> list[bytes]:
     return [data[end - size:end].tobytes() for size, end in zip(lengths, ends, strict=True)]
 
 
+class _Machinery:
+    """SEAL's objects for one key set, and the conversions between packed integers and plaintexts."""
+
+    def __init__(self, key: KeyContext) -> None:
+        self.key, self.files = key, _Files()
+        self.evaluator = seal.Evaluator(key.context)
+        plain = seal.Plaintext()
+        seal.CKKSEncoder(key.context).encode(0.0, key.context.first_parms_id(), 1.0, plain)
+        self.plaintext = self.files.save(plain)  # the template a packed plaintext takes its metadata from
+        shape = (2, len(key.moduli), CKKS.poly_modulus_degree)
+        self.ciphertext = ciphertext_bytes(self.files.save(seal.Ciphertext(key.context)), np.zeros(shape), False)
+        self.modulus = math.prod(key.moduli)
+        self.crt = [(self.modulus // q) * pow(self.modulus // q, -1, q) for q in key.moduli]
+
+    def _ntt(self, residues: np.ndarray, forward: bool) -> np.ndarray:
+        """A polynomial's residues moved into (``forward``) or out of SEAL's NTT form, by SEAL."""
+        polynomials = np.zeros((2, *residues.shape), np.uint64)
+        polynomials[0] = residues
+        polynomials[1, :, 0] = 1  # SEAL will not transform a ciphertext whose second polynomial is zero
+        item = self.files.load(seal.Ciphertext(), self.key.context,
+                               ciphertext_bytes(self.ciphertext, polynomials, not forward))
+        moved = seal.Ciphertext()
+        (self.evaluator.transform_to_ntt if forward else self.evaluator.transform_from_ntt)(item, moved)
+        return ciphertext_polynomials(self.files.save(moved))[0]
+
+    def plaintext_of(self, fields: np.ndarray) -> seal.Plaintext:
+        """The plaintext whose every coefficient packs one column of the (fields, degree) integers."""
+        coefficient = np.zeros(fields.shape[1], dtype=object)
+        for index, field in enumerate(fields):
+            coefficient += field.astype(object) << (CKKS.noise_bits + index * CKKS.field_bits)
+        residues = np.stack([(coefficient % q).astype(np.uint64) for q in self.key.moduli])
+        return self.files.load(seal.Plaintext(), self.key.context,
+                               plaintext_bytes(self.plaintext, self._ntt(residues, forward=True).ravel()))
+
+    def fields_of(self, plain: seal.Plaintext) -> np.ndarray:
+        """The (fields, degree) integers a decrypted plaintext packs: the noise rounded away and each
+        field read as a signed integer."""
+        shape = (len(self.key.moduli), CKKS.poly_modulus_degree)
+        residues = self._ntt(plaintext_coefficients(self.files.save(plain)).reshape(shape), forward=False)
+        coefficient = sum(residue.astype(object) * factor for residue, factor in zip(residues, self.crt, strict=True))
+        coefficient %= self.modulus
+        coefficient = np.where(coefficient > self.modulus // 2, coefficient - self.modulus, coefficient)
+        rest = (coefficient + (1 << (CKKS.noise_bits - 1))) >> CKKS.noise_bits
+        fields, half, width = [], 1 << (CKKS.field_bits - 1), 1 << CKKS.field_bits
+        for _ in range(CKKS.fields - 1):
+            field = (rest + half) % width - half
+            fields.append(field)
+            rest = (rest - field) >> CKKS.field_bits
+        fields.append(rest)
+        return np.stack(fields).astype(np.int64)
+
+
+def _chunks(values: np.ndarray) -> list[np.ndarray]:
+    """A flat integer vector as (fields, degree) blocks, one per ciphertext, the last padded with zeros."""
+    padded = np.zeros(ciphertext_count(len(values)) * CKKS.values_per_ciphertext, np.int64)
+    padded[:len(values)] = values
+    return list(padded.reshape(-1, CKKS.fields, CKKS.poly_modulus_degree))
+
+
 def encrypt(key: KeyContext, values: np.ndarray) -> dict[str, np.ndarray]:
-    """Encrypt a flat vector in slot-sized chunks, packed."""
+    """Encrypt a flat vector of fixed-point integers (``privacy.fixed_point``), seeded and packed."""
     if not key.has_secret_key:
         raise ContextError("encrypting an update needs the merchant's secret context")
-    chunks = np.array_split(values.astype(np.float64), ciphertext_count(len(values)))
-    return pack([ts.ckks_vector(key.context, chunk.tolist()).serialize() for chunk in chunks])
+    limit = 1 << (CKKS.field_bits - 1)
+    if values.size and int(np.abs(values).max()) >= limit:
+        raise ValueError(f"a packed value must be below 2**{CKKS.field_bits - 1} in magnitude")
+    machinery = key._machinery
+    encryptor = seal.Encryptor(key.context, key.secret_key)
+    return pack([machinery.files.save(encryptor.encrypt_symmetric(machinery.plaintext_of(fields)))
+                 for fields in _chunks(values.astype(np.int64))])
 
 
-def _parse(key: KeyContext, index: int, data: bytes) -> ts.CKKSVector:
+def _parse(key: KeyContext, index: int, data: bytes) -> seal.Ciphertext:
     try:
-        return ts.ckks_vector_from(key.context, data)
-    except Exception as exc:
+        item = key._machinery.files.load(seal.Ciphertext(), key.context, data)
+    except Exception as exc:  # SEAL raises bare RuntimeError/ValueError on a stream it cannot load
         raise CiphertextError(f"ciphertext {index} cannot be read under context {key.context_id} "
                               f"(truncated, corrupted or made with other parameters): {exc}") from exc
+    if item.size() != 2 or not item.is_ntt_form() or item.parms_id() != key.context.first_parms_id() \
+            or item.scale != 1.0:
+        raise CiphertextError(f"ciphertext {index} is not a fresh fedshop encryption (size {item.size()}, "
+                              f"scale {item.scale:g}, at another level or out of NTT form)")
+    return item
 
 
-def parse_update(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> list[ts.CKKSVector]:
-    """Check an encrypted update (arrays, count, sizes, parameters, lengths) and parse it."""
-    count = ciphertext_count(size)
-    lengths = [len(c) for c in np.array_split(np.empty(size), count)]
-    vectors = []
-    for index, (data, length) in enumerate(zip(unpack(ciphertexts, count), lengths, strict=True)):
-        vector = _parse(key, index, data)
-        if vector.size() != length:
-            raise CiphertextError(f"ciphertext {index} holds {vector.size()} values, expected {length}")
-        vectors.append(vector)
-    return vectors
+def parse_update(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> list[seal.Ciphertext]:
+    """Check an encrypted update (arrays, count, sizes, parameters, well-formed ciphertexts) and parse it."""
+    return [_parse(key, index, data) for index, data in enumerate(unpack(ciphertexts, ciphertext_count(size)))]
 
 
-def add_updates(updates: list[list[ts.CKKSVector]]) -> dict[str, np.ndarray]:
-    """Sum parsed updates ciphertext by ciphertext (no key needed), packed."""
-    total = []
-    for parts in zip(*updates, strict=True):
-        acc = parts[0]
-        for part in parts[1:]:
-            acc = acc + part  # a new vector; TenSEAL's copy() would need the secret key
-        total.append(acc)
-    return pack([vector.serialize() for vector in total])
+def add_updates(key: KeyContext, updates: list[list[seal.Ciphertext]]) -> dict[str, np.ndarray]:
+    """Sum parsed updates ciphertext by ciphertext (the public context suffices), packed."""
+    if len(updates) > CKKS.max_merchants:
+        raise CiphertextError(f"{len(updates)} updates: one sum adds at most {CKKS.max_merchants} "
+                              "(more would let the encryption noise reach the packed values)")
+    machinery, totals = key._machinery, []
+    for first, *rest in zip(*updates, strict=True):
+        total = first
+        for part in rest:
+            added = seal.Ciphertext()
+            machinery.evaluator.add(total, part, added)
+            total = added
+        totals.append(machinery.files.save(total))
+    return pack(totals)
 
 
 def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> np.ndarray:
-    """Decrypt an (aggregated) update back to a flat float64 vector of ``size`` values."""
+    """Decrypt an (aggregated) update back to the flat vector of ``size`` summed fixed-point integers."""
     if not key.has_secret_key:
         raise ContextError("decryption needs the merchant's secret context")
-    return np.concatenate([np.asarray(v.decrypt()) for v in parse_update(key, ciphertexts, size)])
+    machinery = key._machinery
+    decryptor = seal.Decryptor(key.context, key.secret_key)
+    blocks = []
+    for item in parse_update(key, ciphertexts, size):
+        plain = seal.Plaintext()
+        decryptor.decrypt(item, plain)
+        blocks.append(machinery.fields_of(plain).ravel())
+    return np.concatenate(blocks)[:size]

@@ -1,20 +1,26 @@
 """Blind aggregation: the strategy when merchants encrypt their models with CKKS.
 
-The server holds only the public context. It checks every encrypted update (the context id it was
-made under, the number of ciphertexts, their sizes and lengths) and adds the accepted ones; the
-sum of the merchants' weighted models and the total weight go back to the merchants, who decrypt
-and divide. No plaintext model ever exists on the server.
+The server holds only the public context. Before a round trains, it asks the drawn merchants it has
+not heard from for their example counts (a query message: the count is what every reply states in
+the clear anyway), so that it can send the round's weight scale, the total weight the round's
+fixed-point grid is laid out for (``privacy.fixed_point``). It checks every encrypted update (the
+context id it was made under, the grid it was written on, the number of ciphertexts, their sizes and
+form) and adds the accepted ones; the sum, the total weight and the grid go back to the merchants,
+who decrypt and divide. No plaintext model ever exists on the server.
 """
 
+from logging import WARNING
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore import log
 
-from fedshop.protocol import MERCHANT_RECORD
+from fedshop.protocol import EXAMPLES, MERCHANT_RECORD, VALUE_RANGE, WEIGHT_SCALE
 from fedshop.settings import RunSettings
 from models.parameters import parameter_count
-from privacy.ckks import CiphertextError, KeyContext, add_updates, parse_update
+from privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
+from privacy.fixed_point import MAX_WEIGHT_RATIO
 from server.run_store import RunStore
 from server.strategy import MerchantFedAvg, UpdateRefused
 
@@ -23,18 +29,53 @@ class EncryptedFedAvg(MerchantFedAvg):
     """FedAvg over CKKS ciphertexts: weights are applied by the merchants before encryption."""
 
     def __init__(self, store: RunStore, settings: RunSettings, completed_rounds: int, key: KeyContext,
-                 aggregate_weight: float = 0.0) -> None:
+                 aggregate: dict[str, Any] | None = None) -> None:
         super().__init__(store, settings, completed_rounds)
         self.key = key
-        self.aggregate_weight = aggregate_weight
+        aggregate = aggregate or {}
+        self.aggregate_weight = float(aggregate.get("aggregate_weight", 0.0))
+        self.aggregate_scale = float(aggregate.get("aggregate_scale", 0.0))
+        self.aggregate_range = float(aggregate.get("aggregate_range", 0.0))
+        self.examples: dict[int, int] = {}  # each node's example count, from its queries and replies
+        self.weight_scale = 0.0
+        self.value_range = 0.0
+        self.accepted_weight = 0
 
     def _tag(self, config: ConfigRecord) -> ConfigRecord:
         config["context-id"] = self.key.context_id
         config["aggregate-weight"] = self.aggregate_weight
+        config["aggregate-scale"] = self.aggregate_scale
+        config["aggregate-range"] = self.aggregate_range
         return config
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        return super().configure_train(server_round, arrays, self._tag(config), grid)
+    def _ask_examples(self, round_: int, config: ConfigRecord, grid: Grid) -> None:
+        """Ask the drawn merchants whose example count is unknown for it; one that does not answer
+        sits this round out."""
+        unknown = sorted(self.sampled - set(self.examples))
+        if not unknown:
+            return
+        questions = [Message(content=RecordDict({self.configrecord_key: ConfigRecord(dict(config))}),
+                             message_type=MessageType.QUERY, dst_node_id=node) for node in unknown]
+        for reply in grid.send_and_receive(questions, timeout=self.settings.round_timeout_s):
+            if not reply.has_error():
+                examples = reply.content.metric_records["metrics"].get(EXAMPLES)
+                if isinstance(examples, int) and examples > 0:
+                    self.examples[reply.metadata.src_node_id] = examples
+        if silent := [node for node in unknown if node not in self.examples]:
+            log(WARNING, "round %d: %s did not say how many examples they train on; they sit this round out",
+                round_, ", ".join(self.names.get(node, f"node {node}") for node in silent))
+            self.sampled -= set(silent)
+
+    def _train_config(self, round_: int, config: ConfigRecord, grid: Grid) -> ConfigRecord:
+        if len(self.sampled) > CKKS.max_merchants:
+            raise ValueError(f"round {round_} would add {len(self.sampled)} encrypted updates, but one CKKS sum "
+                             f"holds at most {CKKS.max_merchants}: lower fraction-train")
+        config["server-round"] = round_
+        self._ask_examples(round_, config, grid)
+        self.weight_scale = float(sum(self.examples[node] for node in self.sampled))
+        self.value_range, self.accepted_weight = 0.0, 0
+        config[WEIGHT_SCALE] = self.weight_scale
+        return self._tag(config)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         return super().configure_evaluate(server_round, arrays, self._tag(config), grid)
@@ -44,21 +85,39 @@ class EncryptedFedAvg(MerchantFedAvg):
         if made_under != self.key.context_id:
             raise UpdateRefused(f"encrypted under context {made_under or '(none)'}, but this federation "
                                 f"uses context {self.key.context_id}")
+        metrics = msg.content.metric_records["metrics"]
+        if metrics.get(WEIGHT_SCALE) != self.weight_scale:
+            raise UpdateRefused(f"written for a weight scale of {metrics.get(WEIGHT_SCALE)}, but this round's "
+                                f"is {self.weight_scale:g}")
+        value_range = metrics.get(VALUE_RANGE)
+        if not isinstance(value_range, float) or value_range <= 0 or \
+                (self.value_range and value_range != self.value_range):
+            raise UpdateRefused(f"written for a value range of {value_range}, but the round's other merchants "
+                                f"used {self.value_range:g}")
+        weight = int(metrics[EXAMPLES])
+        if self.accepted_weight + weight > MAX_WEIGHT_RATIO * self.weight_scale:
+            raise UpdateRefused(f"its {weight} examples would take the round's total weight past "
+                                f"{MAX_WEIGHT_RATIO:g} times the weight scale {self.weight_scale:g}")
         arrays = msg.content.array_records["arrays"]
         try:
-            return parse_update(self.key, {name: array.numpy() for name, array in arrays.items()},
-                                parameter_count())
+            update = parse_update(self.key, {name: array.numpy() for name, array in arrays.items()},
+                                  parameter_count())
         except (CiphertextError, ValueError) as exc:
             raise UpdateRefused(str(exc)) from exc
+        self.value_range, self.accepted_weight = value_range, self.accepted_weight + weight
+        self.examples[self._node(msg)] = weight
+        return update
 
     def aggregate_updates(self, server_round: int, replies: list[Message], updates: list[Any]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if not replies:
             return None, None
         contents = [msg.content for msg in replies]
-        self.aggregate_weight = float(sum(c.metric_records["metrics"][self.weighted_by_key] for c in contents))
-        total = ArrayRecord(array_dict={name: Array(data) for name, data in add_updates(updates).items()})
+        self.aggregate_weight = float(self.accepted_weight)
+        self.aggregate_scale, self.aggregate_range = self.weight_scale, self.value_range
+        total = ArrayRecord(array_dict={name: Array(data) for name, data in add_updates(self.key, updates).items()})
         return total, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"aggregate_weight": self.aggregate_weight, "context_id": self.key.context_id}
+        return {"aggregate_weight": self.aggregate_weight, "aggregate_scale": self.aggregate_scale,
+                "aggregate_range": self.aggregate_range, "context_id": self.key.context_id}

@@ -32,7 +32,7 @@ def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[M
     if completed and meta.get("context_id") != key.context_id:
         raise ContextError(f"the checkpoint was made under context {meta.get('context_id')}, "
                            f"not {key.context_id}; resume with the same public context")
-    return EncryptedFedAvg(store, settings, completed, key, float(meta.get("aggregate_weight", 0.0))), start
+    return EncryptedFedAvg(store, settings, completed, key, meta), start
 
 
 def run_federation(grid: Grid, settings: RunSettings) -> Path:

@@ -160,7 +160,12 @@ class MerchantFedAvg(FedAvg):
         self.names.update(self.registered)  # the operator may have registered a merchant since the last round
         round_ = server_round + self.offset
         self.sampled = set(self._sample(self._quorum(grid, round_, "training"), round_))
+        config = self._train_config(round_, config, grid)
         return self._instructions(round_, arrays, config, MessageType.TRAIN, sorted(self.sampled))
+
+    def _train_config(self, round_: int, config: ConfigRecord, grid: Grid) -> ConfigRecord:
+        """The config a round's training goes out with, once its merchants are drawn (``self.sampled``)."""
+        return config
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

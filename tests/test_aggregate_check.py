@@ -3,20 +3,30 @@
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 from client.aggregate_check import GROWTH_LIMIT, aggregate_problem
-from client.app import evaluate_locally, train_locally
-from client.global_model import decrypt_global_state
+from client.app import count_examples, evaluate_locally, train_locally
+from client.global_model import decrypt_global_model
 from client.node_data import node_options
-from fedshop.protocol import AGGREGATE_REFUSED, MERCHANT_RECORD, RUN_KEY
+from fedshop.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
 from fedshop.settings import RunSettings
-from models.parameters import flatten, parameter_count
+from models.parameters import parameter_count
 from models.shared import build_shared_models
-from privacy.ckks import add_updates, create_keys, encrypt, load_public_context, load_secret_context, parse_update
+from privacy.ckks import (
+    CKKS,
+    add_updates,
+    create_keys,
+    encrypt,
+    load_public_context,
+    load_secret_context,
+    parse_update,
+)
+from privacy.fixed_point import Grid
 
 SETTINGS = RunSettings(num_server_rounds=5, local_epochs=1, dp=False, he=True, pricing=False, local_part_epochs=0)
 
@@ -31,13 +41,21 @@ def test_the_rule_refuses_non_finite_values_and_a_change_far_beyond_the_runs() -
     assert "2 non-finite values" in aggregate_problem(np.array([1.0, np.nan, np.inf, 1.0]), previous, [])[0]
 
 
-def _message(kind: str, round_: int, ciphertexts: dict[str, np.ndarray] | None, weight: float,
-             context_id: str) -> Message:
+class Aggregate(NamedTuple):
+    """What the server sends with an encrypted global model: the sum, its total weight and its grid."""
+
+    ciphertexts: dict[str, np.ndarray] | None = None
+    weight: float = 0.0
+    scale: float = 0.0
+    value_range: float = 0.0
+
+
+def _message(kind: str, round_: int, aggregate: Aggregate, weight_scale: float, context_id: str) -> Message:
     config = ConfigRecord({**SETTINGS.training_config(), RUN_KEY: "run-9", "server-round": round_,
-                           "context-id": context_id,
-                           "aggregate-weight": weight})
-    arrays = (ArrayRecord(build_shared_models(SETTINGS.seed).state_dict()) if ciphertexts is None
-              else ArrayRecord(array_dict={name: Array(data) for name, data in ciphertexts.items()}))
+                           "context-id": context_id, "aggregate-weight": aggregate.weight,
+                           "aggregate-scale": aggregate.scale, "aggregate-range": aggregate.value_range,
+                           WEIGHT_SCALE: weight_scale})
+    arrays = ArrayRecord(array_dict={name: Array(data) for name, data in (aggregate.ciphertexts or {}).items()})
     metadata = Metadata(run_id=9, message_id=f"{kind}-{round_}", src_node_id=1, dst_node_id=2, reply_to_message_id="",
                         group_id=str(round_), created_at=time.time(), ttl=600.0, message_type=kind)
     return Message(content=RecordDict({"arrays": arrays, "config": config}), metadata=metadata)
@@ -49,9 +67,9 @@ def _ciphertexts(reply: Message) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(federation_dirs, tmp_path: Path) -> None:
-    """Two honest merchants and one that sends a valid CKKS encryption of huge values in round 2: the
-    server adds it (it cannot see inside), every honest merchant refuses the decrypted sum, evaluates
-    and trains on its previous model, and says so in its reply."""
+    """Two honest merchants and one that sends a valid CKKS encryption of the largest values its
+    field holds in round 2: the server adds it (it cannot see inside), every honest merchant refuses
+    the decrypted sum, evaluates and trains on its previous model, and says so in its reply."""
     create_keys(tmp_path / "keys")
     secret, public = (load_secret_context(tmp_path / "keys" / "secret.ctx"),
                       load_public_context(tmp_path / "keys" / "public.ctx"))
@@ -60,32 +78,36 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
         config = {"data-dir": str(data_dir), "state-dir": str(tmp_path / data_dir.name), "epsilon-budget": 1e9,
                   "secret-context": str(tmp_path / "keys" / "secret.ctx")}
         nodes.append(node_options(config))
+    scale = float(sum(count_examples(_message("query", 1, Aggregate(), 0.0, secret.context_id), node)
+                      .content.metric_records["metrics"][EXAMPLES] for node in nodes))
 
-    def server_sum(replies: list[Message], extra: list[dict[str, np.ndarray]] = ()) -> tuple[dict, float]:
+    def server_sum(replies: list[Message], extra: list[dict[str, np.ndarray]] = (), extra_weight: int = 0
+                   ) -> Aggregate:
         updates = [parse_update(public, c, parameter_count()) for c in [*map(_ciphertexts, replies), *extra]]
-        weight = sum(float(r.content.metric_records["metrics"]["num-examples"]) for r in replies)
-        return add_updates(updates), weight
+        weight = sum(float(r.content.metric_records["metrics"][EXAMPLES]) for r in replies) + extra_weight
+        (value_range,) = {r.content.metric_records["metrics"][VALUE_RANGE] for r in replies}
+        return Aggregate(add_updates(public, updates), weight, scale, value_range)
 
-    first = [train_locally(_message("train", 1, None, 0.0, secret.context_id), node) for node in nodes]
-    round_one, weight = server_sum(first)
-    adopted = [evaluate_locally(_message("evaluate", 1, round_one, weight, secret.context_id), node)
+    first = [train_locally(_message("train", 1, Aggregate(), scale, secret.context_id), node) for node in nodes]
+    round_one = server_sum(first)
+    adopted = [evaluate_locally(_message("evaluate", 1, round_one, scale, secret.context_id), node)
                for node in nodes]
     assert all(r.content.metric_records["metrics"][AGGREGATE_REFUSED] == 0 for r in adopted)
 
-    honest = [train_locally(_message("train", 2, round_one, weight, secret.context_id), node) for node in nodes]
-    huge = np.random.default_rng(0).normal(0, 1e4, parameter_count()) * 100
-    poisoned, weight_two = server_sum(honest, [encrypt(secret, huge)])
-    weight_two += 100
-    refused = [evaluate_locally(_message("evaluate", 2, poisoned, weight_two, secret.context_id), node)
+    honest = [train_locally(_message("train", 2, round_one, scale, secret.context_id), node) for node in nodes]
+    largest = np.full(parameter_count(), 2 ** (CKKS.field_bits - 2), np.int64)
+    poisoned = server_sum(honest, [encrypt(secret, largest)], extra_weight=100)
+    refused = [evaluate_locally(_message("evaluate", 2, poisoned, scale, secret.context_id), node)
                for node in nodes]
     for before, after in zip(adopted, refused, strict=True):
         metrics = after.content.metric_records["metrics"]
         assert metrics[AGGREGATE_REFUSED] == 1
         assert "changed by" in after.content.config_records[MERCHANT_RECORD][AGGREGATE_REFUSED]
         assert metrics["ndcg10"] == before.content.metric_records["metrics"]["ndcg10"]  # the previous model's
-    third = train_locally(_message("train", 3, poisoned, weight_two, secret.context_id), nodes[0])
-    assert third.content.metric_records["metrics"][AGGREGATE_REFUSED] == 1
-    own = flatten(decrypt_global_state(secret, _ciphertexts(third), 1.0))
+    third = train_locally(_message("train", 3, poisoned, scale, secret.context_id), nodes[0])
+    metrics = third.content.metric_records["metrics"]
+    assert metrics[AGGREGATE_REFUSED] == 1
+    own = decrypt_global_model(secret, _ciphertexts(third), Grid(metrics[VALUE_RANGE], scale), metrics[EXAMPLES])
     assert np.isfinite(own).all() and np.abs(own).max() < 1e3  # trained from the previous model, not the poison
 
 

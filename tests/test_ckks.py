@@ -1,10 +1,12 @@
-"""Encrypted aggregation: exact weighted sums, a server that cannot decrypt, refused ciphertexts."""
+"""Encrypted aggregation: exact sums of packed integers, a weighted average within the grid's step,
+compact uploads, a server that cannot decrypt, refused ciphertexts and key files."""
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tenseal as ts
+import tenseal.sealapi as seal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from privacy.ckks import (
     CIPHERTEXTS,
     CKKS,
     MAX_CIPHERTEXT_BYTES,
+    SEAL_NOISE_BOUND,
     CiphertextError,
     ContextError,
     add_updates,
@@ -23,16 +26,21 @@ from privacy.ckks import (
     create_keys,
     decrypt,
     encrypt,
+    encrypted_bytes,
     load_public_context,
     load_secret_context,
     pack,
     parse_update,
     unpack,
 )
+from privacy.fixed_point import FRACTION_BITS, MAX_WEIGHT_RATIO, Grid, GridError, value_range_of
+from privacy.seal_bytes import SealFormatError, ciphertext_bytes, ciphertext_polynomials, plaintext_coefficients
 from server.encrypted_strategy import EncryptedFedAvg
 from server.run_store import RunStore
 from server.strategy import UpdateRefused
 from tests.messages import merchant_reply
+
+FIELD_LIMIT = 2 ** (CKKS.field_bits - 1)
 
 
 @pytest.fixture(scope="module")
@@ -42,30 +50,87 @@ def keys(tmp_path_factory: pytest.TempPathFactory):
     return load_secret_context(folder / "secret.ctx"), load_public_context(folder / "public.ctx"), folder
 
 
-@settings(max_examples=20, deadline=None)
+def test_the_packing_fits_the_modulus_and_the_noise_of_the_largest_sum() -> None:
+    assert CKKS.noise_bits + CKKS.fields * CKKS.field_bits < CKKS.data_modulus_bits - 1
+    assert SEAL_NOISE_BOUND * CKKS.max_merchants < 2 ** (CKKS.noise_bits - 1)
+    assert MAX_WEIGHT_RATIO * 2**FRACTION_BITS + CKKS.max_merchants < FIELD_LIMIT
+    assert sum(CKKS.coeff_mod_bit_sizes) <= seal.CoeffModulus.MaxBitCount(CKKS.poly_modulus_degree,
+                                                                          seal.SEC_LEVEL_TYPE.TC128)
+
+
+@settings(max_examples=15, deadline=None)
+@given(size=st.integers(1, 2 * CKKS.values_per_ciphertext + 5), merchants=st.integers(1, 5), seed=st.integers(0, 2**31))
+def test_the_sum_of_encrypted_integers_is_exact(keys, size: int, merchants: int, seed: int) -> None:
+    secret, public, _ = keys
+    rng = np.random.default_rng(seed)
+    parts = [rng.integers(-FIELD_LIMIT // merchants, FIELD_LIMIT // merchants, size) for _ in range(merchants)]
+    total = add_updates(public, [parse_update(public, encrypt(secret, part), size) for part in parts])
+    np.testing.assert_array_equal(decrypt(secret, total, size), np.sum(parts, axis=0))
+
+
+def test_the_largest_sum_stays_exact(keys) -> None:
+    """``max_merchants`` copies of one ciphertext add its noise up in the same direction: the worst case."""
+    secret, public, _ = keys
+    values = np.random.default_rng(0).integers(-FIELD_LIMIT // CKKS.max_merchants, FIELD_LIMIT // CKKS.max_merchants,
+                                               CKKS.values_per_ciphertext)
+    update = parse_update(public, encrypt(secret, values), values.size)
+    total = add_updates(public, [update] * CKKS.max_merchants)
+    np.testing.assert_array_equal(decrypt(secret, total, values.size), CKKS.max_merchants * values)
+    with pytest.raises(CiphertextError, match=f"one sum adds at most {CKKS.max_merchants}"):
+        add_updates(public, [update] * (CKKS.max_merchants + 1))
+
+
+@settings(max_examples=12, deadline=None)
 @given(size=st.integers(1, 9000), merchants=st.integers(1, 4), seed=st.integers(0, 2**31),
-       scale=st.sampled_from([1e-3, 0.1, 1.0, 30.0]))
-def test_decrypted_sum_equals_plaintext_weighted_average(keys, size: int, merchants: int, seed: int,
-                                                         scale: float) -> None:
+       scale=st.sampled_from([1e-3, 0.1, 1.0, 30.0]), known=st.floats(0.4, 1.0))
+def test_decrypted_average_equals_the_plaintext_weighted_average(keys, size: int, merchants: int, seed: int,
+                                                                 scale: float, known: float) -> None:
+    """Within one step of the grid per merchant, whatever the weights and however well the server
+    guessed the total weight (``known``)."""
     secret, public, _ = keys
     rng = np.random.default_rng(seed)
     models = [rng.normal(0, scale, size) for _ in range(merchants)]
-    weights = rng.integers(1, 5000, merchants).astype(float)
-    updates = [parse_update(public, encrypt(secret, w * m), size) for w, m in zip(weights, models, strict=True)]
-    average = decrypt(secret, add_updates(updates), size) / weights.sum()
+    weights = rng.integers(1, 5000, merchants)
+    grid = Grid(value_range_of(np.concatenate(models)), float(weights.sum()) / (known * MAX_WEIGHT_RATIO) * 1.001)
+    updates = [parse_update(public, encrypt(secret, grid.quantise(m, int(w), rng)[0]), size)
+               for w, m in zip(weights, models, strict=True)]
+    average = grid.average(decrypt(secret, add_updates(public, updates), size), float(weights.sum()))
     expected = np.average(np.stack(models), axis=0, weights=weights)
-    np.testing.assert_allclose(average, expected, rtol=0, atol=1e-6)
+    bound = merchants * grid.step * grid.weight_scale / weights.sum()
+    assert np.abs(average - expected).max() <= bound
+    assert np.abs(average - expected).max() <= 1e-4 * np.abs(np.stack(models)).max()
+
+
+def test_stochastic_rounding_is_unbiased_and_clipping_is_counted() -> None:
+    grid = Grid(value_range=1.0, weight_scale=10.0)
+    integers, clipped = grid.quantise(np.full(200_000, 0.3 * grid.step), 10, np.random.default_rng(0))
+    assert clipped == 0 and abs(integers.mean() - 0.3) < 0.01 and set(np.unique(integers)) == {0, 1}
+    _, clipped = grid.quantise(np.array([0.5, 1.5, -2.0, np.nan]), 10, np.random.default_rng(0))
+    assert clipped == 3
+    with pytest.raises(GridError, match="does not fit the round's weight scale 10"):
+        grid.quantise(np.zeros(3), 31, np.random.default_rng(0))
+    with pytest.raises(GridError, match="overflows the round's weight scale"):
+        grid.average(np.zeros(3, np.int64), 31.0)
+    assert value_range_of(np.array([0.3, -1.1, np.inf])) == 4.0 and value_range_of(np.zeros(2)) == 1.0
+
+
+def test_an_upload_costs_less_than_float32_and_travels_as_two_arrays(keys) -> None:
+    secret, _, _ = keys
+    update = encrypt(secret, np.zeros(parameter_count(), np.int64))
+    assert sorted(update) == sorted((CIPHERTEXTS, CIPHERTEXT_SIZES))
+    assert len(update[CIPHERTEXT_SIZES]) == ciphertext_count(parameter_count())
+    assert update[CIPHERTEXTS].size < 0.95 * 4 * parameter_count()
+    assert encrypted_bytes()[0] == update[CIPHERTEXT_SIZES][0]
 
 
 def test_the_server_context_cannot_decrypt(keys) -> None:
     secret, public, folder = keys
-    ciphertexts = encrypt(secret, np.ones(10))
+    ciphertexts = encrypt(secret, np.ones(10, np.int64))
     with pytest.raises(ContextError, match="needs the merchant's secret context"):
         decrypt(public, ciphertexts, 10)
-    vector = parse_update(public, ciphertexts, 10)[0]
-    with pytest.raises(ValueError, match="doesn't hold a secret_key"):
-        vector.decrypt()
-    assert not public.has_secret_key and not public.context.is_private()
+    with pytest.raises(ContextError, match="needs the merchant's secret context"):
+        encrypt(public, np.ones(10, np.int64))
+    assert not public.has_secret_key and b"secret" not in (folder / "public.ctx").read_bytes()
     with pytest.raises(ContextError, match="holds a secret key; the server must only be given the public"):
         load_public_context(folder / "secret.ctx")
 
@@ -80,36 +145,86 @@ def test_merchant_secret_context_must_match_its_manifest(keys, tmp_path: Path) -
         load_secret_context(folder / "public.ctx")
 
 
+def test_key_files_of_other_parameters_or_formats_are_refused(keys, tmp_path: Path) -> None:
+    _, _, folder = keys
+    with np.load(folder / "public.ctx") as saved:
+        members = dict(saved)
+    members["parameters"] = members["parameters"][:-8]
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    (tmp_path / "other.ctx").write_bytes(buffer.getvalue())
+    with pytest.raises(ContextError, match="was made with other CKKS parameters"):
+        load_public_context(tmp_path / "other.ctx")
+    (tmp_path / "text.ctx").write_text("not a context")
+    with pytest.raises(ContextError, match="not a fedshop context file"):
+        load_public_context(tmp_path / "text.ctx")
+    with pytest.raises(ContextError, match="no such context file"):
+        load_public_context(tmp_path / "missing.ctx")
+
+
 def _with_ciphertext(update: dict[str, np.ndarray], index: int, data: bytes) -> dict[str, np.ndarray]:
     parts = unpack(update, len(update[CIPHERTEXT_SIZES]))
     parts[index] = data
     return pack(parts)
 
 
-def test_truncated_foreign_and_miscounted_ciphertexts_are_refused(keys) -> None:
+def _foreign_ciphertext() -> bytes:
+    parameters = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parameters.set_poly_modulus_degree(4096)
+    parameters.set_coeff_modulus(seal.CoeffModulus.Create(4096, [40, 20, 40]))
+    context = seal.SEALContext(parameters, True, seal.SEC_LEVEL_TYPE.TC128)
+    ciphertext = seal.Ciphertext(context)
+    seal.Encryptor(context, seal.KeyGenerator(context).secret_key()).encrypt_zero_symmetric(ciphertext)
+    path = Path(__file__).parent / ".foreign-ciphertext"
+    try:
+        ciphertext.save(str(path))
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_truncated_foreign_altered_and_miscounted_ciphertexts_are_refused(keys) -> None:
     secret, public, _ = keys
-    good = encrypt(secret, np.ones(CKKS.slots + 5))
-    truncated = _with_ciphertext(good, 1, unpack(good, 2)[1][:1000])
+    size = CKKS.values_per_ciphertext + 5
+    good = encrypt(secret, np.ones(size, np.int64))
+    first, second = unpack(good, 2)
     with pytest.raises(CiphertextError, match="ciphertext 1 cannot be read under context .*truncated"):
-        parse_update(public, truncated, CKKS.slots + 5)
-    other = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[40, 20, 40])
-    other.global_scale = 2.0**20
-    foreign = _with_ciphertext(good, 0, ts.ckks_vector(other, [1.0]).serialize())
+        parse_update(public, _with_ciphertext(good, 1, second[:1000]), size)
     with pytest.raises(CiphertextError, match="ciphertext 0 cannot be read under context"):
-        parse_update(public, foreign, CKKS.slots + 5)
+        parse_update(public, _with_ciphertext(good, 0, _foreign_ciphertext()), size)
+    sum_of_two = unpack(add_updates(public, [parse_update(public, good, size)] * 2), 2)[0]
+    polynomials = ciphertext_polynomials(sum_of_two)
+    out_of_range = polynomials.copy()
+    out_of_range[0, 0, 0] = np.iinfo(np.uint64).max  # no coefficient can exceed its prime
+    with pytest.raises(CiphertextError, match="ciphertext 0 cannot be read"):
+        parse_update(public, _with_ciphertext(good, 0, ciphertext_bytes(sum_of_two, out_of_range, True)), size)
+    with pytest.raises(CiphertextError, match="ciphertext 0 is not a fresh fedshop encryption"):
+        parse_update(public, _with_ciphertext(good, 0, ciphertext_bytes(sum_of_two, polynomials, False)), size)
     with pytest.raises(CiphertextError, match="expected 3 ciphertexts"):
-        parse_update(public, good, 2 * CKKS.slots + 1)
-    with pytest.raises(CiphertextError, match="ciphertext 0 holds 2051 values, expected 2050"):
-        parse_update(public, good, CKKS.slots + 4)
+        parse_update(public, good, 2 * CKKS.values_per_ciphertext + 1)
+    with pytest.raises(ValueError, match="below 2\\*\\*22 in magnitude"):
+        encrypt(secret, np.array([FIELD_LIMIT]))
+    assert first != second
 
 
-def test_an_encrypted_model_travels_as_two_arrays_whatever_its_size(keys) -> None:
-    """Flower moves each array of a message as objects of its own: one array per ciphertext made a
-    real round spend most of its time in transit."""
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=200), header=st.sampled_from([b"", b"\x5e\xa1\x10\x04\x03\x00\x00\x00",
+                                                              b"\x5e\xa1\x10\x04\x03\x02\x00\x00"]))
+def test_any_bytes_are_a_seal_object_or_refused_by_name(data: bytes, header: bytes) -> None:
+    """Bytes that may start like a SEAL header (uncompressed or zstd) and whose size field matches."""
+    saved = header + (len(header) + 8 + len(data)).to_bytes(8, "little") + data if header else data
+    for parse in (ciphertext_polynomials, plaintext_coefficients):
+        with pytest.raises(SealFormatError):
+            parse(saved)
+
+
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(2, 3), seed=st.integers(0, 2**31), ntt=st.booleans())
+def test_written_ciphertexts_read_back_to_their_polynomials(keys, size: int, seed: int, ntt: bool) -> None:
     secret, _, _ = keys
-    update = encrypt(secret, np.ones(parameter_count()))
-    assert sorted(update) == sorted((CIPHERTEXTS, CIPHERTEXT_SIZES))
-    assert len(update[CIPHERTEXT_SIZES]) == ciphertext_count(parameter_count()) > 100
+    like = unpack(encrypt(secret, np.ones(3, np.int64)), 1)[0]
+    polynomials = np.random.default_rng(seed).integers(0, 2**60, (size, 3, CKKS.poly_modulus_degree), dtype=np.uint64)
+    np.testing.assert_array_equal(ciphertext_polynomials(ciphertext_bytes(like, polynomials, ntt)), polynomials)
 
 
 @settings(max_examples=50, deadline=None)
@@ -145,16 +260,30 @@ def test_packings_of_the_wrong_shape_are_refused_by_name() -> None:
             unpack(arrays, 2)
 
 
-def test_server_refuses_updates_made_under_another_context(keys, tmp_path: Path) -> None:
+def test_server_refuses_updates_of_another_context_grid_or_beyond_the_weight_scale(keys, tmp_path: Path) -> None:
     secret, public, _ = keys
     strategy = EncryptedFedAvg(RunStore(tmp_path), RunSettings(run_dir=str(tmp_path)), 0, public)
-    update = encrypt(secret, 3 * flatten(build_shared_models(1).state_dict()))
-    accepted = strategy.accept_update(merchant_reply(update, {"num-examples": 3}, context_id=public.context_id))
-    assert len(accepted) == ciphertext_count(parameter_count())
+    strategy.weight_scale = 4.0
+    model = flatten(build_shared_models(1).state_dict())
+    grid = Grid(value_range_of(model), strategy.weight_scale)
+    update = encrypt(secret, grid.quantise(model, 3, np.random.default_rng(0))[0])
+
+    def reply(examples: int = 3, context_id: str = public.context_id, **grid_metrics: float):
+        metrics = {"num-examples": examples, "weight-scale": grid.weight_scale, "value-range": grid.value_range}
+        return merchant_reply(update, {**metrics, **grid_metrics}, context_id=context_id)
+
+    accepted = strategy.accept_update(reply())
+    assert len(accepted) == ciphertext_count(parameter_count()) and strategy.value_range == grid.value_range
     with pytest.raises(UpdateRefused, match=f"encrypted under context feedfacefeedface, but this federation "
                                             f"uses context {public.context_id}"):
-        strategy.accept_update(merchant_reply(update, {"num-examples": 3}, context_id="feedfacefeedface"))
+        strategy.accept_update(reply(context_id="feedfacefeedface"))
+    with pytest.raises(UpdateRefused, match="written for a weight scale of 8.0, but this round's is 4"):
+        strategy.accept_update(reply(**{"weight-scale": 8.0}))
+    with pytest.raises(UpdateRefused, match="written for a value range of 0.5, but the round's other merchants"):
+        strategy.accept_update(reply(**{"value-range": 0.5}))
+    with pytest.raises(UpdateRefused, match="would take the round's total weight past 3 times the weight scale 4"):
+        strategy.accept_update(reply(examples=10))
     short = pack(unpack(update, len(accepted))[:-1])
     with pytest.raises(UpdateRefused, match=f"expected {len(accepted)} ciphertexts, got {len(accepted) - 1}"):
-        strategy.accept_update(merchant_reply(short, {"num-examples": 3}, context_id=public.context_id))
-    assert parameter_count() == flatten(build_shared_models(1).state_dict()).size
+        strategy.accept_update(merchant_reply(short, {"num-examples": 3, "weight-scale": 4.0,
+                                                      "value-range": grid.value_range}, context_id=public.context_id))

@@ -15,7 +15,7 @@ from fedshop.cli import app
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
 from models.parameters import parameter_count
-from privacy.ckks import ciphertext_bytes, ciphertext_count, create_keys, load_public_context, parse_update
+from privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
 from server.run_store import RunStore
 
 
@@ -32,6 +32,12 @@ def _nodes(federation_dirs: list[Path], keys: Path, state: Path, budgets: dict[s
             for d in federation_dirs]
 
 
+# Each encrypted aggregate is within a step of its fixed-point grid (a few millionths of the largest
+# parameter: tests/test_ckks.py) of the clear one; the second round's training (Adam) starts from
+# models that differ by that much and moves a few parameters by up to a few 1e-4 more.
+TRAINED_ON = 1e-3
+
+
 @pytest.mark.slow
 def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_dirs, keys, tmp_path) -> None:
     base = RunSettings(num_server_rounds=2, local_epochs=1, dp=False, public_context=str(keys / "public.ctx"))
@@ -42,7 +48,7 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
     clear_model = load_models(clear).models
     blind_model = load_models(blind, keys / "secret.ctx").models
     for name, value in clear_model.state_dict().items():
-        np.testing.assert_allclose(blind_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(blind_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=TRAINED_ON)
     clear_rounds, blind_rounds = RunStore(clear).rounds(), RunStore(blind).rounds()
     for a, b in zip(clear_rounds, blind_rounds, strict=True):
         for merchant, metrics in a["evaluate"].items():
@@ -57,7 +63,7 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
     # Each merchant keeps its own decrypted copy, equal to the clear run's model.
     node_model = load_models(tmp_path / "blind" / federation_dirs[0].name).models
     for name, value in clear_model.state_dict().items():
-        np.testing.assert_allclose(node_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(node_model.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=TRAINED_ON)
 
 
 @pytest.mark.slow
@@ -73,7 +79,7 @@ def test_merchant_past_its_budget_refuses_and_the_run_goes_on_as_planned(federat
                                      "--budget", "1", "--rounds", "2", "--epsilon", "3", "--json"])
     assert shown.exit_code == 0, shown.output
     printed = json.loads(shown.output)
-    assert printed["traffic"]["sent"] == ciphertext_count(parameter_count()) * ciphertext_bytes()
+    assert printed["traffic"]["sent"] == ciphertext_count(parameter_count()) * encrypted_bytes()[0]
     assert printed["merchants"][0]["refused_from_round"] == 1 == plans[small].refused_from_round
     run = run_simulated_federation(nodes, settings)
     rounds = RunStore(run).rounds()
