@@ -27,6 +27,7 @@ from explain.price_reasons import PRICING_POLICY, price_record
 from explain.recommendation_reasons import explain_recommendation
 from models.parameters import parameter_shapes
 from privacy.ckks import CKKS
+from privacy.fixed_point import FRACTION_BITS
 from privacy.ledger import ACCOUNTANT
 from server.run_store import RunStore, read_json
 
@@ -46,6 +47,11 @@ LOCAL_PART_WHY = ("it never leaves the merchant's node (neither the server nor o
 
 
 IN_PROCESS = "in-process simulation (the installed code)"
+ENCODING = (f"Each merchant writes its weighted model as integers on the round's fixed-point grid (2^{FRACTION_BITS} "
+            "steps across the value range, rounded stochastically, so unbiased) and packs "
+            f"{CKKS.fields} of them into every coefficient of a plaintext; the sum of the ciphertexts decrypts to "
+            "the exact sum of the integers, so the aggregate differs from the plaintext weighted average by under "
+            "one step per merchant.")
 
 
 class ReportError(ValueError):
@@ -100,7 +106,11 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
         "parameters": parameter_split(settings),
         "merchants": dict(merchants),
-        "encryption": {"enabled": settings["he"], "scheme": "CKKS (TenSEAL), symmetric", **asdict(CKKS),
+        "encryption": {"enabled": settings["he"], "scheme": "CKKS (SEAL through TenSEAL), symmetric, seeded",
+                       **asdict(CKKS), "fraction_bits": FRACTION_BITS, "encoding": ENCODING,
+                       "final_grid": {"value_range": context["aggregate_range"], "weight_scale":
+                                      context["aggregate_scale"], "total_weight": context["aggregate_weight"]}
+                       if "aggregate_range" in context else None,
                        "context_id": context.get("context_id")},
         "server_storage": server_storage(run_dir, settings["he"]),
     }
