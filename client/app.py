@@ -212,10 +212,10 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
             losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
-    arrays, grid = _reply_arrays(models, examples, adopted, config, options)
+    arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
     reply = {"metrics": {EXAMPLES: examples, "train-loss": losses["recommender"],
                          "demand-loss": losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
-                         **privacy, **grid},
+                         **privacy, **written_on},
              "merchant": _merchant_record(options, adopted)}
     keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
     return Message(content=_reply(arrays, reply), reply_to=msg)
