@@ -287,10 +287,12 @@ class _Machinery:
 
     def plaintext_of(self, fields: np.ndarray) -> seal.Plaintext:
         """The plaintext whose every coefficient packs one column of the (fields, degree) integers."""
-        coefficient = np.zeros(fields.shape[1], dtype=object)
+        limbs = np.zeros((fields.shape[1], _LIMBS), np.uint64)
         for index, field in enumerate(fields):
-            coefficient += field.astype(object) << (CKKS.noise_bits + index * CKKS.field_bits)
-        residues = np.stack([(coefficient % q).astype(np.uint64) for q in self.key.moduli])
+            _place(limbs, _field_start(index), (field + _FIELD_HALF).astype(np.uint64))
+        shifted = _from_limbs(limbs)  # each field offset by half its width, so every slice is unsigned
+        residues = np.stack([_sub_mod((shifted % q).astype(np.uint64), _FIELD_OFFSETS % q, q)
+                             for q in self.key.moduli])
         return self.files.load(seal.Plaintext(), self.key.context,
                                plaintext_bytes(self.plaintext, self._ntt(residues, forward=True).ravel()))
 
@@ -299,17 +301,56 @@ class _Machinery:
         field read as a signed integer."""
         shape = (len(self.key.moduli), CKKS.poly_modulus_degree)
         residues = self._ntt(plaintext_coefficients(self.files.save(plain)).reshape(shape), forward=False)
-        coefficient = sum(residue.astype(object) * factor for residue, factor in zip(residues, self.crt, strict=True))
-        coefficient %= self.modulus
-        coefficient = np.where(coefficient > self.modulus // 2, coefficient - self.modulus, coefficient)
-        rest = (coefficient + (1 << (CKKS.noise_bits - 1))) >> CKKS.noise_bits
-        fields, half, width = [], 1 << (CKKS.field_bits - 1), 1 << CKKS.field_bits
-        for _ in range(CKKS.fields - 1):
-            field = (rest + half) % width - half
-            fields.append(field)
-            rest = (rest - field) >> CKKS.field_bits
-        fields.append(rest)
-        return np.stack(fields).astype(np.int64)
+        composed = sum(residue.astype(object) * factor for residue, factor in zip(residues, self.crt, strict=True))
+        limbs = _to_limbs((composed + _FIELD_OFFSETS + _NOISE_HALF) % self.modulus)
+        widths = [CKKS.field_bits] * (CKKS.fields - 1) + [_LIMBS * 64 - _field_start(CKKS.fields - 1)]
+        return np.stack([_slice(limbs, _field_start(index), width).astype(np.int64) - _FIELD_HALF
+                         for index, width in enumerate(widths)])
+
+
+_LIMBS = 3  # 64-bit words that hold a packed coefficient (the data modulus has 180 bits)
+_FIELD_HALF = 1 << (CKKS.field_bits - 1)
+_NOISE_HALF = 1 << (CKKS.noise_bits - 1)
+
+
+def _field_start(index: int) -> int:
+    return CKKS.noise_bits + index * CKKS.field_bits
+
+
+_FIELD_OFFSETS = sum(_FIELD_HALF << _field_start(index) for index in range(CKKS.fields))
+
+
+def _place(limbs: np.ndarray, start: int, values: np.ndarray) -> None:
+    word, shift = divmod(start, 64)
+    limbs[:, word] |= values << np.uint64(shift)
+    if shift + CKKS.field_bits > 64:
+        limbs[:, word + 1] |= values >> np.uint64(64 - shift)
+
+
+def _slice(limbs: np.ndarray, start: int, width: int) -> np.ndarray:
+    word, shift = divmod(start, 64)
+    bits = limbs[:, word] >> np.uint64(shift)
+    if shift and shift + width > 64:
+        bits |= limbs[:, word + 1] << np.uint64(64 - shift)
+    return bits & np.uint64((1 << width) - 1) if width < 64 else bits
+
+
+def _to_limbs(values: np.ndarray) -> np.ndarray:
+    """Non-negative Python integers below 2**192 as rows of little-endian 64-bit words."""
+    data = b"".join(int(value).to_bytes(8 * _LIMBS, "little") for value in values)
+    return np.frombuffer(data, dtype="<u8").reshape(-1, _LIMBS).astype(np.uint64)
+
+
+def _from_limbs(limbs: np.ndarray) -> np.ndarray:
+    data, width = np.ascontiguousarray(limbs, dtype="<u8").tobytes(), 8 * _LIMBS
+    return np.array([int.from_bytes(data[start:start + width], "little") for start in range(0, len(data), width)],
+                    dtype=object)
+
+
+def _sub_mod(values: np.ndarray, subtrahend: int, modulus: int) -> np.ndarray:
+    """``(values - subtrahend) mod modulus`` for residues and a constant below the modulus."""
+    below = values < np.uint64(subtrahend)
+    return np.where(below, values + np.uint64(modulus - subtrahend), values - np.uint64(subtrahend))
 
 
 def _chunks(values: np.ndarray) -> list[np.ndarray]:
