@@ -113,7 +113,7 @@ class Traffic:
 
     sent: int  # its update (encrypted: the weighted model's seeded ciphertexts)
     received: int  # the global model, once for training and once for evaluation (encrypted: a sum, not seeded)
-    first_round_received: int  # round 1 trains from the seeded initial model, sent in the clear
+    first_round_received: int  # encrypted, round 1 trains on no model sent: every node builds it from the seed
 
 
 def round_traffic(he: bool) -> Traffic:
@@ -122,4 +122,4 @@ def round_traffic(he: bool) -> Traffic:
     if not he:
         return Traffic(clear, 2 * clear, 2 * clear)
     update, total = (ciphertext_count(parameter_count()) * size for size in encrypted_bytes())
-    return Traffic(update, 2 * total, clear + total)
+    return Traffic(update, 2 * total, total)
