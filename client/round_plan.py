@@ -1,5 +1,5 @@
 """What a run will cost a merchant, known before it trains: the datasets and DP-SGD plan its node
-follows each round and the bytes it exchanges (``fedshop plan``).
+follows each round, the bytes it exchanges and the time a round takes (``fedshop plan``).
 
 The node's training (``client.app``) takes its datasets and its round's DP plan from here, so the
 noise multiplier and the ε that ``fedshop plan`` predicts from the run's settings and the
@@ -24,6 +24,24 @@ from privacy.dp_sgd import DpPlan, TrainingShape, plan_round
 from privacy.ledger import PrivacyLedger
 
 FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class ReferenceMachine:
+    """What the benchmarks measured on the reference machine (2 cores, 2026-12-01), from which a
+    round's time is estimated: a round costs Flower's messaging (``fixed_round_s``: a plain Flower
+    round that only echoes the model between three nodes on localhost, ``benchmarks/round_time.py``)
+    plus the slowest merchant's compute, in proportion to the examples it trains on
+    (``benchmarks/privacy_cost.py``: a DP-SGD step with ghost clipping and a plain Adam step of the
+    recommender at batch 128, per example; encrypting an update and decrypting the global model twice)."""
+
+    fixed_round_s: float = 12.4
+    dp_example_s: float = 0.0677 / 128
+    clear_example_s: float = 0.0320 / 128
+    he_s: float = 0.30 + 2 * 0.15
+
+
+REFERENCE = ReferenceMachine()
 
 
 def audit_holdout(interactions: Interactions, config: Mapping[str, Any]) -> np.ndarray:
@@ -79,6 +97,7 @@ class MerchantPlan:
     epsilon_after_round: list[float]  # the ledger's ε after each round of the run
     epsilon_budget: float
     refused_from_round: int | None  # the first round the node refuses to train (its budget), if any
+    compute_s: float  # a round's training, local-part fit and encryption on the reference machine
 
     @property
     def epsilon_per_round(self) -> float:
@@ -96,15 +115,31 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
     budget = options.budget(len(interactions.customers))
     ledger = PrivacyLedger(options.ledger_path)
     before, rounds = ledger.epsilon(budget.delta), int(config["num-server-rounds"])
+    compute = round_compute_s(examples, config)
     if not config["dp"]:
         return MerchantPlan(options.merchant, len(interactions.customers), examples, False, 0.0, budget.delta,
-                            before, [], budget.epsilon, None)
+                            before, [], budget.epsilon, None, compute)
     _, plan = dp_round(examples, config, budget.delta)
     after = [ledger.epsilon(budget.delta, [replace(m, steps=m.steps * r) for m in plan.mechanisms])
              for r in range(1, rounds + 1)]
     refused = next((r for r, epsilon in enumerate(after, start=1) if epsilon > budget.epsilon), None)
     return MerchantPlan(options.merchant, len(interactions.customers), examples, True, plan.noise_multiplier,
-                        budget.delta, before, after, budget.epsilon, refused)
+                        budget.delta, before, after, budget.epsilon, refused, compute)
+
+
+def round_compute_s(examples: Mapping[str, int], config: Mapping[str, Any]) -> float:
+    """A merchant's compute in one round on the reference machine: every model's examples, once per
+    local epoch (DP-SGD or plain), the local part's fit on the recommender's, and the encryption."""
+    per_example = REFERENCE.dp_example_s if config["dp"] else REFERENCE.clear_example_s
+    training = sum(examples.values()) * int(config["local-epochs"]) * per_example
+    local_fit = examples["recommender"] * int(config["local-part-epochs"]) * REFERENCE.clear_example_s
+    return training + local_fit + (REFERENCE.he_s if config["he"] else 0.0)
+
+
+def round_time_s(plans: list[MerchantPlan]) -> float:
+    """The expected seconds of a round on the reference machine: Flower's messaging and the slowest
+    merchant's compute."""
+    return REFERENCE.fixed_round_s + max((plan.compute_s for plan in plans), default=0.0)
 
 
 @dataclass(frozen=True)

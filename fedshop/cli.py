@@ -423,12 +423,13 @@ def plan(
     he: Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")] = RunSettings.he,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
-    """Before a run trains: the bytes each merchant sends and receives per round and, on a merchant's own
-    data, the noise multiplier its node will use and the ε it will have spent after every round."""
+    """Before a run trains: the bytes each merchant sends and receives per round, the time a round takes
+    and, on a merchant's own data, the noise multiplier its node will use and the ε it will have spent
+    after every round."""
     from dataclasses import asdict
 
     from client.node_data import node_options
-    from client.round_plan import merchant_plan, round_traffic
+    from client.round_plan import REFERENCE, merchant_plan, round_time_s, round_traffic
     from client.schema import SchemaError
 
     data = data or []
@@ -445,6 +446,7 @@ def plan(
         _fail(str(exc))
     if as_json:
         console.print_json(json.dumps({"settings": settings.to_run_config(), "traffic": asdict(traffic),
+                                       "expected_round_s": round_time_s(plans), "reference": asdict(REFERENCE),
                                        "merchants": [{**asdict(p), "epsilon_per_round": p.epsilon_per_round}
                                                      for p in plans]}))
         return
@@ -453,18 +455,22 @@ def plan(
                   f"{'CKKS-encrypted' if he else 'clear'} updates. Every merchant sends {traffic.sent / mib:.1f} MiB "
                   f"and receives {traffic.received / mib:.1f} MiB per round ({traffic.first_round_received / mib:.1f}"
                   " MiB in round 1), model payloads only.")
+    console.print(f"A round takes about {round_time_s(plans):.0f} s on a 2-core machine like the benchmarks' "
+                  f"({REFERENCE.fixed_round_s:g} s of Flower's messaging"
+                  + (", plus the slowest merchant's compute" if plans else "; give --data for the merchants' compute")
+                  + "; benchmarks/round_time.py measures it on yours).")
     if not plans:
         return
     table = Table(title="per merchant (its own data, ledger and budget)")
     for column in ("merchant", "customers", "recommender / demand examples", "noise multiplier", "ε before",
-                   "ε per round", "ε after the run", "budget", "refuses from round"):
+                   "ε per round", "ε after the run", "budget", "refuses from round", "compute s per round"):
         table.add_column(column, justify="right")
     for p in plans:
         last = p.epsilon_after_round[-1] if p.epsilon_after_round else p.epsilon_before
         table.add_row(p.merchant, str(p.customers), " / ".join(str(n) for n in p.examples.values()),
                       f"{p.noise_multiplier:.3f}" if p.dp else "–", f"{p.epsilon_before:.2f}",
                       f"{p.epsilon_per_round:.2f}", f"{last:.2f}", f"{p.epsilon_budget:g}",
-                      str(p.refused_from_round or "–"))
+                      str(p.refused_from_round or "–"), f"{p.compute_s:.1f}")
     console.print(table)
 
 

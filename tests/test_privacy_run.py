@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from client.global_model import load_models
 from client.node_data import node_options
-from client.round_plan import merchant_plan
+from client.round_plan import REFERENCE, merchant_plan
 from fedshop.cli import app
 from fedshop.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
@@ -81,6 +81,9 @@ def test_merchant_past_its_budget_refuses_and_the_run_goes_on_as_planned(federat
     printed = json.loads(shown.output)
     assert printed["traffic"]["sent"] == ciphertext_count(parameter_count()) * encrypted_bytes()[0]
     assert printed["merchants"][0]["refused_from_round"] == 1 == plans[small].refused_from_round
+    assert printed["expected_round_s"] == pytest.approx(REFERENCE.fixed_round_s + printed["merchants"][0]["compute_s"])
+    by_size = sorted(plans.values(), key=lambda p: p.examples["recommender"])
+    assert [p.compute_s for p in by_size] == sorted(p.compute_s for p in by_size) and by_size[0].compute_s > 0
     run = run_simulated_federation(nodes, settings)
     rounds = RunStore(run).rounds()
     for merchant, planned in plans.items():
