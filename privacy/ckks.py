@@ -137,6 +137,12 @@ def context_id_of(public_bytes: bytes) -> str:
     return hashlib.sha256(public_bytes).hexdigest()[:16]
 
 
+@lru_cache(maxsize=1)
+def _parameter_bytes() -> bytes:
+    """The federation's parameters as SEAL saves them: what every key file holds and is checked against."""
+    return _Files().save(_encryption_parameters())
+
+
 def _container(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **{name: np.frombuffer(data, np.uint8) for name, data in members.items()})
@@ -149,10 +155,9 @@ def _seal_context() -> seal.SEALContext:
 
 def create_keys(out_dir: Path) -> str:
     """Create a fresh key set; write the secret, public and manifest files; return the context id."""
-    context, files = _seal_context(), _Files()
-    parameters = files.save(_encryption_parameters())
+    context, parameters = _seal_context(), _parameter_bytes()
     key_set = secrets.token_bytes(16)
-    secret_key = files.save(seal.KeyGenerator(context).secret_key())
+    secret_key = _Files().save(seal.KeyGenerator(context).secret_key())
     public = _container({_PARAMETERS: parameters, _KEY_SET: key_set})
     secret = _container({_PARAMETERS: parameters, _KEY_SET: key_set, _SECRET_KEY: secret_key})
     identifier = context_id_of(public)
@@ -180,8 +185,7 @@ def _read_context(path: Path) -> tuple[seal.SEALContext, dict[str, bytes]]:
     if _PARAMETERS not in members or _KEY_SET not in members:
         raise ContextError(f"{path}: not a fedshop context file (no parameters or key-set id); the key steward "
                            "writes them with `fedshop keys init`")
-    files = _Files()
-    if members[_PARAMETERS] != files.save(_encryption_parameters()):
+    if members[_PARAMETERS] != _parameter_bytes():
         raise ContextError(f"{path} was made with other CKKS parameters than this fedshop's ({asdict(CKKS)}); "
                            "the key steward must run `fedshop keys init` again")
     return _seal_context(), members
