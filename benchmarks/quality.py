@@ -7,7 +7,9 @@ ranked, ties broken at random, HR@10, NDCG@10 and catalogue coverage, per mercha
 macro-averaged over merchants):
 
 * what a merchant has alone: popularity, item-kNN and fedshop's model trained on its own data
-  (local-only), and the best of the three per merchant, its "alone" reference;
+  (local-only), and the best of the three per merchant, its "alone" reference; and EASE on the
+  merchant's own customers, shown beside them but not part of that reference (the served model's
+  local part weighs the shop's co-purchases with the same regression);
 * central, pooled, non-private references: implicit ALS and EASE (closed form);
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
@@ -91,6 +93,7 @@ def served_row(epsilon: float) -> str:
 
 
 BEST_ALONE_ROW = "best alone (per merchant)"
+EASE_ALONE_ROW = "EASE, merchant alone (not in best alone)"
 CENTRAL_ROWS = ("central ALS (implicit)", "central EASE")
 CLEAR_ROW, HE_ROW = "fedshop federated (shared)", "fedshop federated + HE (shared)"
 SERVED_CLEAR_ROW = "fedshop served: clear, shared + local"
@@ -315,6 +318,7 @@ def main() -> None:
         he = federated(dirs, replace(settings, he=True), workdir, "he", datasets)
         evaluations: dict[str, dict[str, Evaluation]] = {
             **alone, BEST_ALONE_ROW: best_alone(alone),
+            EASE_ALONE_ROW: {m: central_ease({m: d})[m] for m, d in datasets.items()},
             "central ALS (implicit)": central_als(datasets, settings.seed), "central EASE": central_ease(datasets),
             CLEAR_ROW: plain["shared"], HE_ROW: he["shared"], SERVED_CLEAR_ROW: plain["served"],
         }

@@ -7,10 +7,13 @@ pieces, both learnt from the merchant's own customers without noise:
 
 * **offsets** to every shared parameter: a fine-tune of the released model on the merchant's
   customers (the served item tower is shared + offsets);
-* **co-purchases**: how often the shop's customers bought two items together (cosine of the items'
-  buyer sets, each item's strongest ``NEIGHBOURS`` kept), added to the score with a weight and
-  pooled over the history like the item tower: each of the ``|H|`` history items ``h`` adds
-  ``weight * similarity(h, i) / |H|`` to candidate ``i``.
+* **co-purchases**: how strongly buying one item predicts buying another at this shop, learnt from
+  its customers' baskets in closed form (EASE, Steck 2019: the ridge regression of every item's
+  buyers on the other items' buyers, ``CO_PURCHASE_RIDGE``), keeping each item's ``NEIGHBOURS``
+  strongest positive weights; added to the score with a weight and pooled over the history like the
+  item tower: each of the ``|H|`` history items ``h`` adds ``weight * similarity(h, i) / |H|`` to
+  candidate ``i``. Unlike a plain co-occurrence count, the regression discounts an item bought
+  together with everything (a best-seller) and two items that are only bought with a third.
 
 The served score is therefore still the mean over the history of one part per history item and
 candidate feature (:func:`models.recommender.score_parts`, with the co-purchase column as an extra
@@ -32,6 +35,8 @@ from scipy import sparse
 from models.recommender import CatalogueSide, Recommender
 
 NEIGHBOURS = 100  # co-purchase neighbours kept per item
+CO_PURCHASE_RIDGE = 50.0  # EASE's λ, in buyers: a pair needs about this many shared buyers to count fully
+MAX_CO_PURCHASE_ITEMS = 4096  # the shop's most bought items the regression covers (a dense square of them)
 CO_PURCHASE_FEATURE = "co-purchases at this shop"
 
 
@@ -44,20 +49,26 @@ class LocalPart:
 
 
 class CoPurchases:
-    """Cosine similarity of id buckets over a shop's baskets (each customer's distinct items), pruned to
-    each bucket's ``NEIGHBOURS`` strongest; the diagonal is zero."""
+    """Co-purchase weights between id buckets over a shop's baskets (each customer's distinct items):
+    EASE's item-item weights ``B = -P / diag(P)``, ``P = (X^T X + λ I)^-1`` over the shop's
+    ``MAX_CO_PURCHASE_ITEMS`` most bought buckets, zero diagonal, each bucket's ``NEIGHBOURS`` strongest
+    positive weights kept (row ``h``: what buying ``h`` says of every other bucket)."""
 
     def __init__(self, baskets: Sequence[np.ndarray], buckets: int) -> None:
         rows = np.concatenate([np.full(len(b), c) for c, b in enumerate(baskets)] or [np.zeros(0, int)])
         cols = np.concatenate(list(baskets) or [np.zeros(0, int)])
         bought = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(baskets), buckets))
         bought.data[:] = 1.0
-        norms = np.sqrt(np.asarray(bought.sum(axis=0)).ravel())
-        scale = sparse.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0))
-        similarity = (scale @ (bought.T @ bought) @ scale).tocsr()
-        similarity = similarity - sparse.diags(similarity.diagonal())
-        similarity.eliminate_zeros()
-        self.similarity = _strongest(similarity, NEIGHBOURS)  # read by history item (row)
+        buyers = np.asarray(bought.sum(axis=0)).ravel()
+        covered = np.flatnonzero(buyers)
+        covered = covered[np.argsort(-buyers[covered], kind="stable")][:MAX_CO_PURCHASE_ITEMS]
+        columns = bought[:, covered]
+        precision = np.linalg.inv((columns.T @ columns).toarray() + CO_PURCHASE_RIDGE * np.eye(len(covered)))
+        weights = -precision / np.diag(precision)
+        np.fill_diagonal(weights, 0.0)
+        rows, cols = _strongest_positive(weights, NEIGHBOURS)
+        self.similarity = sparse.csr_matrix((weights[rows, cols], (covered[rows], covered[cols])),
+                                            shape=(buckets, buckets))  # read by history item (row)
 
     def scores(self, hist_ids: np.ndarray, mask: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
         """Mean over each history of ``similarity(h, c)``, for histories ``[B, L]`` (``mask`` 1 for real
@@ -91,21 +102,15 @@ class CoPurchases:
         return positions, matrix.indices[entries], matrix.data[entries]
 
 
-def _strongest(similarity: sparse.csr_matrix, keep: int) -> sparse.csr_matrix:
-    """Each row's ``keep`` largest entries."""
-    rows, cols, values = [], [], []
-    for row in range(similarity.shape[0]):
-        start, end = similarity.indptr[row], similarity.indptr[row + 1]
-        if end == start:
-            continue
-        chosen = np.argsort(-similarity.data[start:end], kind="stable")[:keep]
-        rows.append(np.full(len(chosen), row))
-        cols.append(similarity.indices[start:end][chosen])
-        values.append(similarity.data[start:end][chosen])
-    if not rows:
-        return sparse.csr_matrix(similarity.shape)
-    return sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=similarity.shape)
+def _strongest_positive(weights: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each row's ``keep`` largest entries of a square matrix, those above 0 only."""
+    keep = min(keep, weights.shape[1])
+    if keep == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cols = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    rows = np.repeat(np.arange(weights.shape[0]), keep)
+    chosen = weights[rows, cols.ravel()] > 0
+    return rows[chosen], cols.ravel()[chosen]
 
 
 class ServedRecommender(Recommender):

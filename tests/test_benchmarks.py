@@ -32,9 +32,10 @@ def test_privacy_cost_benchmark_quick_mode_writes_its_figures(tmp_path: Path) ->
 def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
     _, figures = run_quick("quality.py", tmp_path / "quality.json")
     methods = figures["methods"]
-    assert len(methods) == 12 and len(figures["targets"]) == 5
+    assert len(methods) == 13 and len(figures["targets"]) == 5
     assert {"fedshop federated + DP ε=8 + HE (shared)", "fedshop served: DP ε=8 + HE, shared + local",
-            "fedshop pooled + DP ε=8 (reference)", "central EASE", "best alone (per merchant)"} <= set(methods)
+            "fedshop pooled + DP ε=8 (reference)", "central EASE", "best alone (per merchant)",
+            "EASE, merchant alone (not in best alone)"} <= set(methods)
     for method in methods.values():
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
     he, clear = methods["fedshop federated + HE (shared)"], methods["fedshop federated (shared)"]

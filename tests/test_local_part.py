@@ -10,6 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 import client.pricing
+import models.local_part as local_part
 import privacy.dp_sgd
 from client.app import evaluate_locally, train_locally
 from client.global_model import LOCAL_PART, load_local_part, load_models, save_model_copy
@@ -101,12 +102,29 @@ def test_the_rankers_precomputed_catalogue_scores_are_the_models_own(federation_
             assert rec.shared.popularity == pytest.approx(own.bias.sum(), abs=1e-6)
 
 
-def test_co_purchases_are_cosines_of_buyer_sets_without_the_diagonal() -> None:
-    baskets = [np.array([1, 2]), np.array([1, 2, 3]), np.array([3])]
+def test_co_purchases_are_the_positive_ease_weights_of_the_shop_baskets() -> None:
+    baskets = [np.array([1, 2]), np.array([1, 2, 3]), np.array([3]), np.array([2, 3]), np.array([1, 2, 2])]
+    bought = np.zeros((len(baskets), 5))
+    for customer, basket in enumerate(baskets):
+        bought[customer, basket] = 1.0
+    used = [1, 2, 3]
+    precision = np.linalg.inv(bought[:, used].T @ bought[:, used] + local_part.CO_PURCHASE_RIDGE * np.eye(3))
+    expected = np.zeros((5, 5))
+    expected[np.ix_(used, used)] = np.maximum(-precision / np.diag(precision), 0.0)
+    np.fill_diagonal(expected, 0.0)
     similarity = CoPurchases(baskets, 5).similarity.toarray()
-    np.testing.assert_allclose(similarity[1, 2], 2 / np.sqrt(2 * 2))
-    np.testing.assert_allclose(similarity[1, 3], 1 / np.sqrt(2 * 2))
-    assert similarity[1, 1] == 0 and similarity[4].sum() == 0
+    np.testing.assert_allclose(similarity, expected, rtol=1e-12)
+    assert similarity[1, 2] > 0 and similarity[1, 1] == 0 and similarity[4].sum() == 0
+
+
+def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(monkeypatch) -> None:
+    baskets = [np.array([1, 2, 3, 4]), np.array([1, 2, 3]), np.array([1, 2]), np.array([1, 4])]
+    monkeypatch.setattr(local_part, "MAX_CO_PURCHASE_ITEMS", 3)  # 1, 2 and 3 are the most bought; 4 is left out
+    monkeypatch.setattr(local_part, "NEIGHBOURS", 1)
+    similarity = CoPurchases(baskets, 5).similarity.toarray()
+    assert similarity[4].sum() == 0 and similarity[:, 4].sum() == 0
+    assert ((similarity > 0).sum(axis=1) <= 1).all() and (similarity > 0).sum() > 0
+    assert CoPurchases([], 5).similarity.nnz == 0
 
 
 def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation_dirs, tmp_path, monkeypatch) -> None:
