@@ -8,7 +8,7 @@ offsets of the same run, and the weight of its shop's co-purchases.
 How much of the merchant's own data to trust is chosen on the merchant's own data: a share of its
 customers (``VALIDATION_SHARE``, by a stable hash) is left out of the fit, and every candidate (the
 shared weights alone, the previous offsets, the offsets after each epoch, each with every
-co-purchase weight of ``CO_PURCHASE_WEIGHTS``, co-purchases counted over the other customers) is
+co-purchase weight of ``CO_PURCHASE_WEIGHTS``, co-purchases learnt from the other customers) is
 scored on predicting their last history item from the items before it. The best candidate is
 served; the shared model alone wins where the merchant's data would only make it overfit. None of
 it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any of
