@@ -63,8 +63,11 @@ class CoPurchases:
         covered = np.flatnonzero(buyers)
         covered = covered[np.argsort(-buyers[covered], kind="stable")][:MAX_CO_PURCHASE_ITEMS]
         columns = bought[:, covered]
-        precision = np.linalg.inv((columns.T @ columns).toarray() + CO_PURCHASE_RIDGE * np.eye(len(covered)))
-        weights = -precision / np.diag(precision)
+        gram = (columns.T @ columns).toarray()
+        gram[np.diag_indices_from(gram)] += CO_PURCHASE_RIDGE
+        weights = np.linalg.inv(gram)
+        del gram  # frees its 8·n² bytes before the pruning allocates its own
+        weights /= -np.diag(weights).copy()
         np.fill_diagonal(weights, 0.0)
         rows, cols = _strongest_positive(weights, NEIGHBOURS)
         self.similarity = sparse.csr_matrix((weights[rows, cols], (covered[rows], covered[cols])),
@@ -107,7 +110,7 @@ def _strongest_positive(weights: np.ndarray, keep: int) -> tuple[np.ndarray, np.
     keep = min(keep, weights.shape[1])
     if keep == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    cols = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    cols = np.argpartition(weights, weights.shape[1] - keep, axis=1)[:, -keep:]
     rows = np.repeat(np.arange(weights.shape[0]), keep)
     chosen = weights[rows, cols.ravel()] > 0
     return rows[chosen], cols.ravel()[chosen]
