@@ -46,6 +46,7 @@ def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
 
 
 def training_examples(data: Interactions, settings: RunSettings, seed: int) -> NextItemExamples:
-    """The examples a node trains on under ``settings``: its history length, negatives and predictions."""
+    """Examples of every customer's every item under ``settings`` (its history length, negatives and
+    predictions): what fedshop's model trains on when a merchant trains it alone."""
     return NextItemExamples(data, settings.history_length, settings.negatives, seed,
                             predictions=settings.predictions_per_customer)

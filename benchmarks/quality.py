@@ -9,7 +9,7 @@ macro-averaged over merchants):
 * what a merchant has alone: popularity, item-kNN and fedshop's model trained on its own data
   (local-only), and the best of the three per merchant, its "alone" reference; and EASE on the
   merchant's own customers, shown beside them but not part of that reference (the served model's
-  local part weighs the shop's co-purchases with the same regression);
+  local part weighs the shop's co-purchases with the same regression, at the same λ);
 * central, pooled, non-private references: implicit ALS and EASE (closed form);
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
@@ -54,6 +54,7 @@ from torch.utils.data import ConcatDataset  # noqa: E402
 from client.global_model import load_models  # noqa: E402
 from client.interactions import Interactions, build_interactions  # noqa: E402
 from client.local_fit import serving_model  # noqa: E402
+from client.round_plan import recommender_examples  # noqa: E402
 from client.schema import load_merchant  # noqa: E402
 from client.training import (  # noqa: E402
     RankingMetrics,
@@ -68,6 +69,7 @@ from client.training import (  # noqa: E402
 )
 from fedshop.settings import RunSettings  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
+from models.local_part import CO_PURCHASE_RIDGE  # noqa: E402
 from models.recommender import Recommender, build_recommender  # noqa: E402
 from privacy.ckks import create_keys  # noqa: E402
 from privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
@@ -207,12 +209,13 @@ def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[
     """fedshop's recommender trained by DP-SGD on every merchant's customers at once, for as many
     rounds and epochs as the federation, at ``settings.target_epsilon`` per customer (the recommender
     alone: a federated node shares that ε with the demand model when the run also prices), with the
-    node's batch rule."""
+    node's examples and batch rule."""
     torch.manual_seed(settings.seed)
     model = build_recommender(settings.seed)
     customers = sum(len(d.customers) for d in datasets.values())
     for round_ in range(settings.num_server_rounds):
-        pooled = ConcatDataset([training_examples(d, settings, settings.seed + 1000 * round_ + i)
+        pooled = ConcatDataset([recommender_examples(d, settings.training_config(), settings.seed + 1000 * round_ + i,
+                                                     np.zeros(len(d.customers), dtype=bool))
                                 for i, d in enumerate(datasets.values())])
         batch, learning_rate = private_recipe(len(pooled), settings.dp_batch_size, settings.dp_max_sample_rate,
                                               settings.dp_learning_rate)
@@ -318,7 +321,7 @@ def main() -> None:
         he = federated(dirs, replace(settings, he=True), workdir, "he", datasets)
         evaluations: dict[str, dict[str, Evaluation]] = {
             **alone, BEST_ALONE_ROW: best_alone(alone),
-            EASE_ALONE_ROW: {m: central_ease({m: d})[m] for m, d in datasets.items()},
+            EASE_ALONE_ROW: {m: central_ease({m: d}, CO_PURCHASE_RIDGE)[m] for m, d in datasets.items()},
             "central ALS (implicit)": central_als(datasets, settings.seed), "central EASE": central_ease(datasets),
             CLEAR_ROW: plain["shared"], HE_ROW: he["shared"], SERVED_CLEAR_ROW: plain["served"],
         }

@@ -12,7 +12,9 @@ co-purchase weight of ``CO_PURCHASE_WEIGHTS``, co-purchases learnt from the othe
 scored on predicting their last history item from the items before it. The best candidate is
 served; the shared model alone wins where the merchant's data would only make it overfit. None of
 it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any of
-it: a round's training starts from the decrypted aggregate alone.
+it: a round's training starts from the decrypted aggregate alone. Nor does the shared model train on
+the validation items (``client.round_plan.recommender_examples``): it would have learnt them, look
+better on validation than it is, and be served alone where the merchant's data would have helped.
 """
 
 from collections.abc import Callable

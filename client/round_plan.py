@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from client.demand import CustomerDemand, DemandPanel
 from client.interactions import Interactions
+from client.local_fit import validation_customers
 from client.node_data import NodeOptions, load_demand_panel, load_interactions
 from client.training import NextItemExamples, private_recipe
 from explain.membership import held_out_of_training
@@ -51,9 +52,14 @@ def audit_holdout(interactions: Interactions, config: Mapping[str, Any]) -> np.n
 
 def recommender_examples(interactions: Interactions, config: Mapping[str, Any], seed: int,
                          left_out: np.ndarray) -> NextItemExamples:
-    """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least)."""
+    """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least).
+
+    The local fit's validation customers keep their last training item out: the local part is chosen
+    on predicting it, and a shared model trained on it would have learnt it (in the clear above all)
+    and look better on validation than it is, so the node would serve it alone too often."""
     return NextItemExamples(interactions, int(config["history-length"]), int(config["negatives"]), seed, left_out,
-                            int(config["predictions-per-customer"]))
+                            int(config["predictions-per-customer"]),
+                            withheld_last=validation_customers(interactions.customers, left_out))
 
 
 def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],

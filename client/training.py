@@ -42,6 +42,9 @@ def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tup
 class NextItemExamples(Dataset):
     """One training example per trainable customer (but those ``held_out`` of training, when given).
 
+    Customers in ``withheld_last`` keep their last history item out of their predictions (another
+    task validates on it), and train only if two items remain.
+
     An example makes ``predictions`` next-item predictions at positions of the customer's history
     drawn afresh on every access. It holds, side by side, the ``history_length`` items before each
     target (``[predictions * history_length]`` ids, ``[..., T]`` tokens), one window per prediction
@@ -50,11 +53,16 @@ class NextItemExamples(Dataset):
     ranks its target against."""
 
     def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int,
-                 held_out: np.ndarray | None = None, predictions: int = 1) -> None:
+                 held_out: np.ndarray | None = None, predictions: int = 1,
+                 withheld_last: np.ndarray | None = None) -> None:
         if predictions < 1:
             raise ValueError(f"predictions per customer must be at least 1, got {predictions}")
         self.data = data
-        self.customers = [c for c in data.trainable if held_out is None or not held_out[c]]
+        ends = np.array([len(h) for h in data.histories], dtype=np.int64)
+        if withheld_last is not None:
+            ends -= withheld_last.astype(np.int64)
+        self.customers = [c for c in data.trainable if ends[c] >= 2 and (held_out is None or not held_out[c])]
+        self._ends = ends[self.customers]  # targets are drawn from history positions [1, end)
         self.history_length = history_length
         self.negatives = negatives
         self.predictions = predictions
@@ -67,7 +75,7 @@ class NextItemExamples(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         features = self.data.features
         history = self.data.histories[self.customers[index]]
-        targets = self.rng.integers(1, len(history), self.predictions)
+        targets = self.rng.integers(1, self._ends[index], self.predictions)
         ids, tokens, masks = zip(*(padded_history(history[:t], features, self.history_length) for t in targets),
                                  strict=True)
         windows = self._blocks * np.concatenate(masks)

@@ -18,6 +18,7 @@ from client.interactions import build_interactions
 from client.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
 from client.node_data import NodeOptions, node_options
 from client.recommend import Ranker, recommend
+from client.round_plan import recommender_examples
 from client.schema import load_merchant
 from client.training import NextItemExamples, catalogue_scores, padded_history
 from explain.fidelity import deletion_check, deletion_drops
@@ -125,6 +126,25 @@ def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(
     assert similarity[4].sum() == 0 and similarity[:, 4].sum() == 0
     assert ((similarity > 0).sum(axis=1) <= 1).all() and (similarity > 0).sum() > 0
     assert CoPurchases([], 5).similarity.nnz == 0
+
+
+def test_the_shared_training_never_predicts_a_validation_customers_last_item(federation_dirs) -> None:
+    """The local part is chosen on each validation customer's last training item; a shared model trained
+    to predict it would have learnt the answer and look better on validation than it is."""
+    data = build_interactions(load_merchant(federation_dirs[0]))
+    nobody = np.zeros(len(data.customers), dtype=bool)
+    validation = validation_customers(data.customers, nobody)
+    examples = recommender_examples(data, SETTINGS.training_config(), 0, nobody)
+    predicted: dict[int, set[int]] = {}
+    for _ in range(30):
+        for index, customer in enumerate(examples.customers):
+            targets = examples[index][3][:SETTINGS.predictions_per_customer]
+            predicted.setdefault(customer, set()).update(targets.tolist())
+    ids = data.features.id_index
+    checked = [c for c in predicted if validation[c] and ids[data.histories[c][-1]] not in ids[data.histories[c][1:-1]]]
+    assert checked and all(ids[data.histories[c][-1]] not in predicted[c] for c in checked)
+    others = [c for c in predicted if not validation[c]]
+    assert sum(ids[data.histories[c][-1]] in predicted[c] for c in others) > 0.9 * len(others)
 
 
 def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation_dirs, tmp_path, monkeypatch) -> None:
