@@ -35,7 +35,7 @@ from scipy import sparse
 from models.recommender import CatalogueSide, Recommender
 
 NEIGHBOURS = 100  # co-purchase neighbours kept per item
-CO_PURCHASE_RIDGE = 50.0  # EASE's λ, in buyers: a pair needs about this many shared buyers to count fully
+CO_PURCHASE_RIDGE = 50.0  # EASE's λ, in buyers: an item bought by far fewer customers says little of others
 MAX_CO_PURCHASE_ITEMS = 4096  # the shop's most bought items the regression covers (a dense square of them)
 CO_PURCHASE_FEATURE = "co-purchases at this shop"
 
