@@ -27,11 +27,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from client.generate import FederationSpec, write_federation
-from fedshop.settings import RunSettings
+from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.core.settings import RunSettings
+from fedshop.privacy.ckks import PUBLIC_FILE, SECRET_FILE, create_keys
+from fedshop.rundir.store import RunStore
 from fedshop.simulation import run_simulated_federation
-from privacy.ckks import PUBLIC_FILE, SECRET_FILE, create_keys
-from server.run_store import RunStore
 
 SMALLEST, LARGEST, TAIL = 10, 300, 1.2
 PAGE = 4096

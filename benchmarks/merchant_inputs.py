@@ -9,12 +9,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from client.generate import FederationSpec, write_federation
-from client.interactions import Interactions
-from client.partition import partition_export
-from client.schema import merchant_directories
-from client.training import NextItemExamples
-from fedshop.settings import RunSettings
+from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.client.data.interactions import Interactions
+from fedshop.client.data.partition import partition_export
+from fedshop.client.data.schema import merchant_directories
+from fedshop.client.training.recommender import NextItemExamples
+from fedshop.core.settings import RunSettings
 
 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:

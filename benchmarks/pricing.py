@@ -9,7 +9,7 @@
    log-log OLS (within item), the same penalised model trained by each merchant alone
    (ElasticNet-type, fedshop local-only), a pooled central fit, and fedshop federated, in the
    clear and with DP; the fedshop models price each item with its category's elasticity plus the
-   item's own deviation (``client.item_elasticity``). Error: unit-weighted mean |estimated - true|
+   item's own deviation (``fedshop.client.pricing.item_elasticity``). Error: unit-weighted mean |estimated - true|
    elasticity over each merchant's items.
    Revenue uplift: the recommended prices' revenue gain under the true curve, as a share of the
    oracle's gain (true elasticity, same bounds).
@@ -35,14 +35,14 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import ConcatDataset
 
-from client.demand import CustomerDemand, DemandPanel, build_demand_panel
-from client.demand_training import train_demand
-from client.global_model import load_models
-from client.pricing import local_demand, recommend_price
-from client.schema import MerchantData, load_merchant, write_merchant
-from fedshop.settings import RunSettings
+from fedshop.client.data.demand import CustomerDemand, DemandPanel, build_demand_panel
+from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
+from fedshop.client.node.model_copy import load_models
+from fedshop.client.pricing.prices import local_demand, recommend_price
+from fedshop.client.training.demand import train_demand
+from fedshop.core.settings import RunSettings
+from fedshop.models.demand import DemandModel, category_bucket
 from fedshop.simulation import run_simulated_federation
-from models.demand import DemandModel, category_bucket
 
 SYNTHETIC_CATEGORIES = 8
 TRUE_ELASTICITIES = np.linspace(-2.5, -0.5, SYNTHETIC_CATEGORIES)
@@ -130,7 +130,7 @@ def ols_elasticities(panel: DemandPanel) -> np.ndarray:
 
 def served_elasticities(model: DemandModel, panel: DemandPanel) -> np.ndarray:
     """The elasticity each item is priced with ``[items]``: its category's from the model plus the
-    item's own deviation fitted on the merchant's sales (``client.item_elasticity``)."""
+    item's own deviation fitted on the merchant's sales (``fedshop.client.pricing.item_elasticity``)."""
     return local_demand(model, panel).elasticities.elasticity
 
 

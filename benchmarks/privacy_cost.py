@@ -31,14 +31,19 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from client.generate import FederationSpec, generate_federation
-from client.interactions import build_interactions
-from client.training import NextItemExamples, shuffled_loader, train_epochs, train_recommender_private
-from fedshop.settings import RunSettings
-from models.parameters import flatten, parameter_count
-from models.recommender import build_recommender
-from models.shared import build_shared_models
-from privacy.ckks import (
+from fedshop.client.data.generate import FederationSpec, generate_federation
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.training.recommender import (
+    NextItemExamples,
+    shuffled_loader,
+    train_epochs,
+    train_recommender_private,
+)
+from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import flatten, parameter_count
+from fedshop.models.recommender import build_recommender
+from fedshop.models.shared import build_shared_models
+from fedshop.privacy.ckks import (
     CIPHERTEXT_SIZES,
     add_updates,
     create_keys,
@@ -48,9 +53,9 @@ from privacy.ckks import (
     load_secret_context,
     parse_update,
 )
-from privacy.dp_sgd import TrainingShape, plan_round
-from privacy.embedding_norms import embedding_norm_sample
-from privacy.fixed_point import Grid, value_range_of
+from fedshop.privacy.dp_sgd import TrainingShape, plan_round
+from fedshop.privacy.embedding_norms import embedding_norm_sample
+from fedshop.privacy.fixed_point import Grid, value_range_of
 
 
 def timed(function, repeats: int) -> tuple[float, object]:

@@ -14,7 +14,7 @@ macro-averaged over merchants):
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
 * fedshop federated with DP at several ε and encrypted aggregation: the shared model, and the model
-  the merchant serves (shared + local part, ``models.local_part``), the one the targets judge;
+  the merchant serves (shared + local part, ``fedshop.models.local_part``), the one the targets judge;
 * fedshop's model trained by DP-SGD on all merchants' customers pooled at the target ε: the private
   reference (noise drawn once for the whole federation, as if one party held every customer).
 
@@ -51,12 +51,11 @@ from rich.table import Table  # noqa: E402
 from scipy import sparse  # noqa: E402
 from torch.utils.data import ConcatDataset  # noqa: E402
 
-from client.global_model import load_models  # noqa: E402
-from client.interactions import Interactions, build_interactions  # noqa: E402
-from client.local_fit import serving_model  # noqa: E402
-from client.round_plan import recommender_examples  # noqa: E402
-from client.schema import load_merchant  # noqa: E402
-from client.training import (  # noqa: E402
+from fedshop.client.data.interactions import Interactions, build_interactions  # noqa: E402
+from fedshop.client.data.schema import load_merchant  # noqa: E402
+from fedshop.client.node.model_copy import load_models  # noqa: E402
+from fedshop.client.training.local_fit import serving_model  # noqa: E402
+from fedshop.client.training.recommender import (  # noqa: E402
     RankingMetrics,
     catalogue_scores,
     customer_gains,
@@ -67,14 +66,15 @@ from client.training import (  # noqa: E402
     train_epochs,
     train_recommender_private,
 )
-from fedshop.settings import RunSettings  # noqa: E402
+from fedshop.client.training.round_plan import recommender_examples  # noqa: E402
+from fedshop.core.settings import RunSettings  # noqa: E402
+from fedshop.models.local_part import CO_PURCHASE_RIDGE  # noqa: E402
+from fedshop.models.recommender import Recommender, build_recommender  # noqa: E402
+from fedshop.privacy.ckks import create_keys  # noqa: E402
+from fedshop.privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
+from fedshop.privacy.ledger import default_delta  # noqa: E402
+from fedshop.rundir.store import RunStore  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
-from models.local_part import CO_PURCHASE_RIDGE  # noqa: E402
-from models.recommender import Recommender, build_recommender  # noqa: E402
-from privacy.ckks import create_keys  # noqa: E402
-from privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
-from privacy.ledger import default_delta  # noqa: E402
-from server.run_store import RunStore  # noqa: E402
 
 TARGET_EPSILON = 8.0  # the ε the DP target names; --quick runs only it (the others are the same code, noisier)
 DP_EPSILONS = (1.0, 3.0, TARGET_EPSILON)

@@ -30,15 +30,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from client.generate import FederationSpec, write_federation
-from fedshop.certificates import CA_FILE, create_certificates
-from fedshop.deployment import CONNECTION, flower_tool, process_environment, superlink_command, write_connection
-from fedshop.node_identity import create_node_keys, register_node
-from fedshop.run_driver import superlink_answers
-from fedshop.supervisor import stop_process_groups
-from models.parameters import parameter_count
-from privacy.ckks import create_keys
-from server.run_store import RunStore
+from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.models.parameters import parameter_count
+from fedshop.operations.certificates import CA_FILE, create_certificates
+from fedshop.operations.deployment import (
+    CONNECTION,
+    flower_tool,
+    process_environment,
+    superlink_command,
+    write_connection,
+)
+from fedshop.operations.node_identity import create_node_keys, register_node
+from fedshop.operations.run_driver import superlink_answers
+from fedshop.operations.supervisor import stop_process_groups
+from fedshop.privacy.ckks import create_keys
+from fedshop.rundir.store import RunStore
 
 FEDSHOP = [sys.executable, "-m", "fedshop.cli"]
 # name: (DP flag, HE flag, TLS, node authentication); the last is the reference the others are compared with
@@ -157,7 +163,7 @@ def cold_start(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         began = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import client.app"], check=True, env=process_environment())
+        subprocess.run([sys.executable, "-c", "import fedshop.client.node.app"], check=True, env=process_environment())
         times.append(time.monotonic() - began)
     return statistics.median(times)
 

@@ -40,11 +40,11 @@ from rich.console import Console
 from rich.table import Table
 from round_time import free_port
 
-from client.generate import FederationSpec, write_federation
-from client.global_model import save_model_copy
-from fedshop.supervisor import stop_process_groups
-from models.local_part import LocalPart
-from models.shared import build_shared_models
+from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.client.node.model_copy import save_model_copy
+from fedshop.models.local_part import LocalPart
+from fedshop.models.shared import build_shared_models
+from fedshop.operations.supervisor import stop_process_groups
 
 TOKEN = "benchmark-token"
 CATALOGUE_SHARE = 0.85  # the generator's largest merchant offers this share of the product universe

@@ -1,7 +1,7 @@
 """Beyond accuracy: what a merchant's top-10 lists look like, for the auditors' report.
 
 Computed on the node over every customer with a held-out item, for the plain ranking and for the
-MMR-diversified one (:mod:`client.diversity`), so the report shows the diversity setting's effect:
+MMR-diversified one (:mod:`fedshop.client.ranking.diversity`), so the report shows the diversity setting's effect:
 
 * **coverage**: share of the catalogue in at least one list;
 * **intra-list diversity**: mean pairwise ``1 - Jaccard`` of the items' content tokens within a
@@ -19,10 +19,10 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from client.diversity import mmr_order
-from client.interactions import Interactions
-from client.training import TOP_K, catalogue_scores, ranking_metrics
-from models.recommender import Recommender
+from fedshop.client.data.interactions import Interactions
+from fedshop.client.ranking.diversity import mmr_order
+from fedshop.client.training.recommender import TOP_K, catalogue_scores, ranking_metrics
+from fedshop.models.recommender import Recommender
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Is the explanation faithful? A deletion check of the "because you bought X" reasons.
 
 For a customer's top recommendation, each history item h is attributed a part ``R_h`` of the score
-(:mod:`explain.recommendation_reasons`). Deleting h from the history and re-scoring with the
+(:mod:`fedshop.explain.recommendation_reasons`). Deleting h from the history and re-scoring with the
 model itself gives the real drop. With the model's mean pooling, the drop is
 ``(n R_h - sum R) / (n - 1)``: equal to ``R_h`` minus the mean of the other parts, so the parts
 rank history items exactly as deletion does, while a single part over- or under-states its own
@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from client.interactions import Interactions
-from client.recommend import recommend
-from client.training import padded_history
-from models.recommender import Recommender
+from fedshop.client.data.interactions import Interactions
+from fedshop.client.ranking.recommend import recommend
+from fedshop.client.training.recommender import padded_history
+from fedshop.models.recommender import Recommender
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from client.interactions import Interactions
-from client.training import padded_history
-from models.layout import stable_bucket
-from models.recommender import Recommender
+from fedshop.client.data.interactions import Interactions
+from fedshop.client.training.recommender import padded_history
+from fedshop.models.recommender import Recommender
 
-HOLDOUT_BUCKETS = 10_000
 LOW_FPR = 0.05
 TRANSITIONS_PER_CUSTOMER = 20  # the last ones; bounds the audit's cost for long histories
 BATCH = 2048
-
-
-def held_out_of_training(customer_ids: list[str], share: float) -> np.ndarray:
-    """True for the customers of the audit holdout (about ``share`` of them)."""
-    cut = round(share * HOLDOUT_BUCKETS)
-    return np.array([stable_bucket(f"audit:{c}", HOLDOUT_BUCKETS + 1) <= cut for c in customer_ids], dtype=bool)
 
 
 @torch.no_grad()

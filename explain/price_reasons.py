@@ -1,12 +1,12 @@
-"""Why a price was recommended: the numbers behind a :class:`client.pricing.PriceRecommendation`,
+"""Why a price was recommended: the numbers behind a :class:`fedshop.client.pricing.prices.PriceRecommendation`,
 as structured reasons for a machine and one sentence each for a person.
 
 Each reason is computed from the same numbers the optimiser used, so the explanation is the
 decision itself, not a story told beside it.
 """
 
-from client.pricing import PriceRecommendation
-from models.demand import UNCATEGORISED
+from fedshop.client.pricing.prices import PriceRecommendation
+from fedshop.models.demand import UNCATEGORISED
 
 PRICING_POLICY = (
     "No personalised prices: a recommended price is per item and the same for every customer. It is "

@@ -1,9 +1,9 @@
 """Why an item was recommended: the model's score split into reasons a person and a machine read.
 
-The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``models.recommender``), with
+The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``fedshop.models.recommender``), with
 the shared model's weights plus the merchant's offsets, plus ``w/|H| sum_h similarity(h, i)`` over the
-shop's co-purchases (the local part, ``models.local_part``), and
-:func:`models.recommender.score_parts` splits it exactly into cells (history item h, candidate
+shop's co-purchases (the local part, ``fedshop.models.local_part``), and
+:func:`fedshop.models.recommender.score_parts` splits it exactly into cells (history item h, candidate
 feature f, the co-purchases being one more feature) plus the candidate's bias. Three views of those
 cells are given, each summing to the score:
 
@@ -29,8 +29,8 @@ views (see :func:`sentence`).
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from client.recommend import Recommendation
-from models.local_part import CO_PURCHASE_FEATURE
+from fedshop.client.ranking.recommend import Recommendation
+from fedshop.models.local_part import CO_PURCHASE_FEATURE
 
 
 class Reason(NamedTuple):
@@ -65,7 +65,7 @@ class RecommendationExplanation:
 
 
 def content_phrase(token: str) -> str:
-    """A content token (``models.item_features``) as the interest it stands for."""
+    """A content token (``fedshop.models.item_features``) as the interest it stands for."""
     kind, _, value = token.partition(":")
     if kind == "category":
         return f"your interest in category '{value}'"

@@ -1,35 +1,35 @@
 """The auditors' report of one run, as data: what ``report.json`` holds and ``report.html`` shows.
 
-Built from the operator's run directory alone (settings, per-round metrics that every merchant
-sent, what the server stored), plus, when a merchant hands over its data directory and model copy,
-sample explained recommendations and prices from that merchant's node. Nothing in the run
-directory is a customer's data: the per-merchant audit figures are the summaries each node sent
-after the last round (``client.audit``).
+Built from what the operator's run directory records (:class:`RunRecords`: settings, per-round
+metrics that every merchant sent, what the server stored, the check of its chained log), plus, when
+a merchant hands over its data and model, sample explained recommendations and prices from that
+merchant's side. Nothing in the run directory is a customer's data: the per-merchant audit figures
+are the summaries each node sent after the last round (``fedshop.explain.audit``). Reading the run
+directory is ``fedshop.operations.audit_report``'s job, a layer above.
 """
 
-import hashlib
 import math
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from client.audit import PRICE_MAX_CHANGE, parse_audit
-from client.demand import build_demand_panel
-from client.global_model import load_models
-from client.interactions import build_interactions
-from client.local_fit import serving_model
-from client.pricing import recommend_prices
-from client.recommend import recommend
-from client.schema import load_merchant
-from explain.membership import LOW_FPR, MembershipAttack, pooled
-from explain.price_reasons import PRICING_POLICY, price_record
-from explain.recommendation_reasons import explain_recommendation
-from models.parameters import parameter_shapes
-from privacy.ckks import CKKS
-from privacy.fixed_point import FRACTION_BITS
-from privacy.ledger import ACCOUNTANT
-from server.run_store import RunStore, read_json
+from fedshop.client.data.demand import build_demand_panel
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import MerchantData
+from fedshop.client.pricing.prices import recommend_prices
+from fedshop.client.ranking.recommend import recommend
+from fedshop.client.training.local_fit import serving_model
+from fedshop.explain.audit import PRICE_MAX_CHANGE, parse_audit
+from fedshop.explain.membership import LOW_FPR, MembershipAttack, pooled
+from fedshop.explain.price_reasons import PRICING_POLICY, price_record
+from fedshop.explain.recommendation_reasons import explain_recommendation
+from fedshop.models.local_part import LocalPart
+from fedshop.models.parameters import parameter_shapes
+from fedshop.models.shared import SharedModels
+from fedshop.privacy.ckks import CKKS
+from fedshop.privacy.fixed_point import FRACTION_BITS
+from fedshop.privacy.ledger import ACCOUNTANT
 
 SCHEMA = "fedshop-report/1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")  # the JSON Schema report.json follows
@@ -58,6 +58,19 @@ class ReportError(ValueError):
     """The directory cannot be reported on."""
 
 
+@dataclass(frozen=True)
+class RunRecords:
+    """What a run directory records, as the report reads it."""
+
+    run_dir: Path
+    config: dict[str, Any]  # settings and model layout
+    status: dict[str, Any]
+    rounds: list[dict[str, Any]]  # every round's chained record
+    log: dict[str, Any]  # the check of the chained log (``fedshop.rundir.chain.ChainCheck``)
+    final_model: dict[str, Any]  # the encrypted final model's grid and context id (empty in the clear)
+    storage: list[dict[str, Any]]  # every model file the server kept: path, bytes, SHA-256, content
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities as None, recursively (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -69,22 +82,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def server_storage(run_dir: Path, encrypted: bool) -> list[dict]:
-    """Every model file the server kept: size, SHA-256, and whether it is ciphertext."""
-    files = sorted([*run_dir.glob("*.npz"), *(run_dir / "checkpoints").glob("*.npz")])
-    return [{"path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size, "sha256": _digest(path),
-             "content": "CKKS ciphertexts" if encrypted else "plaintext model"} for path in files]
-
-
-def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
+def _privacy(rounds: list[dict], settings: dict, records: RunRecords) -> dict:
     merchants: dict[str, dict] = defaultdict(lambda: {  # a merchant that never trained keeps the None values
         "rounds": [], "epsilon": [], "refusals": [], "budget": None, "delta": None, "noise_multiplier": None,
         "max_grad_norm": None, "sample_rate": None, "steps_per_round": None})
@@ -100,7 +98,7 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
             merchants[name]["refusals"].append({"round": record["round"], "reason": reason})
     for entry in merchants.values():
         entry["final_epsilon"] = entry["epsilon"][-1] if entry["epsilon"] else 0.0
-    context = read_json(RunStore(run_dir).encrypted_meta_path, {}) if settings["he"] else {}
+    context = records.final_model if settings["he"] else {}
     return {
         "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
@@ -112,7 +110,7 @@ def _privacy(rounds: list[dict], settings: dict, run_dir: Path) -> dict:
                                       context["aggregate_scale"], "total_weight": context["aggregate_weight"]}
                        if "aggregate_range" in context else None,
                        "context_id": context.get("context_id")},
-        "server_storage": server_storage(run_dir, settings["he"]),
+        "server_storage": records.storage,
     }
 
 
@@ -159,16 +157,12 @@ def _membership(audits: dict[str, dict], holdout: float) -> dict:
             "holdout_share": holdout, "low_fpr": LOW_FPR, "merchants": per, "pooled": asdict(combined)}
 
 
-def build_report(run_dir: Path, samples: dict | None = None) -> dict:
-    """The report of the run in ``run_dir``; ``samples`` from :func:`merchant_samples` when a merchant
-    provides them."""
-    store = RunStore(run_dir)
-    config = store.config()
-    if config is None:
-        raise ReportError(f"{run_dir}: not a run directory (no config.json)")
-    rounds, settings = store.rounds(), config["settings"]
+def report_content(records: RunRecords, samples: dict | None = None) -> dict:
+    """The report of the run ``records`` describe; ``samples`` from :func:`merchant_samples` when a
+    merchant provides them."""
+    rounds, settings = records.rounds, records.config["settings"]
     if not rounds:
-        raise ReportError(f"{run_dir}: no round has finished yet, so there is nothing to report")
+        raise ReportError(f"{records.run_dir}: no round has finished yet, so there is nothing to report")
     last = rounds[-1]
     audits = {name: parse_audit(metrics) for name, metrics in last["evaluate"].items()}
     quality = {name: {"hr10": metrics["hr10"], "ndcg10": metrics["ndcg10"], "customers": metrics["num-examples"],
@@ -177,9 +171,10 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
                for name, metrics in last["evaluate"].items()}
     report = {
         "schema": SCHEMA,
-        "run": {"run_dir": str(run_dir.resolve()), "status": store.status(), "rounds": [r["round"] for r in rounds],
+        "run": {"run_dir": str(records.run_dir.resolve()), "status": records.status,
+                "rounds": [r["round"] for r in rounds],
                 "settings": settings},
-        "privacy": {**_privacy(rounds, settings, run_dir),
+        "privacy": {**_privacy(rounds, settings, records),
                     "membership_inference": _membership(audits, settings.get("audit_holdout", 0.0))},
         "quality": {"merchants": quality,
                     "lists": {name: audit["lists"] for name, audit in audits.items()}},
@@ -192,7 +187,7 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
         "integrity": {"refused_global_model": [
             {"round": record["round"], "merchant": name, "reason": reason}
             for record in rounds for name, reason in record.get("refused_global_model", {}).items()],
-            "log": asdict(store.verify_log()),
+            "log": records.log,
             "trust": trust_model(settings),
             "app_digests": {name: sorted({record.get("app_digest", {}).get(name) or IN_PROCESS for record in rounds
                                           if name in record["train"]})
@@ -201,11 +196,9 @@ def build_report(run_dir: Path, samples: dict | None = None) -> dict:
     return _finite(report)
 
 
-def merchant_samples(data_dir: Path, model_dir: Path, secret_context: Path | None = None) -> dict:
+def merchant_samples(data: MerchantData, models: SharedModels, local: LocalPart | None, history_length: int) -> dict:
     """Explained recommendations for a few of one merchant's customers and explained prices for a few
     of its items, computed on that merchant's side (they name its customers' purchases)."""
-    data = load_merchant(data_dir)
-    models, local, history_length = load_models(model_dir, secret_context)
     interactions = build_interactions(data)
     served = serving_model(models.recommender, local, interactions)
     customers = [interactions.customers[c] for c in interactions.evaluable[:SAMPLE_CUSTOMERS]]

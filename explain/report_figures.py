@@ -1,6 +1,6 @@
 """The auditors' report's plots, drawn with matplotlib as inline SVG (the HTML needs no other file).
 
-Each function takes the report's data (:func:`explain.report.build_report`) and returns one SVG
+Each function takes the report's data (:func:`fedshop.explain.report.build_report`) and returns one SVG
 document, or None when the run has nothing to plot for it (e.g. no DP, or no audit yet).
 """
 

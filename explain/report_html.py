@@ -9,13 +9,14 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from explain.report_figures import all_figures
+from fedshop.explain.report_figures import all_figures
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 
 
 def render_html(report: dict) -> str:
-    environment = Environment(loader=PackageLoader("explain", "templates"), autoescape=select_autoescape(["html"]))
+    environment = Environment(loader=PackageLoader("fedshop.explain", "templates"),
+                              autoescape=select_autoescape(["html"]))
     return environment.get_template("report.html").render(
         report=report, figures=all_figures(report), run_name=Path(report["run"]["run_dir"]).name,
         merchants=list(report["quality"]["merchants"]))

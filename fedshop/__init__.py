@@ -1,10 +1,7 @@
 """fedshop: federated recommendation and pricing for merchants.
 
-This package holds what ties the federation together for people: the CLI, the run settings and the
-in-process simulation. The federation's parts live in the top-level packages ``server``, ``client``,
-``models``, ``privacy`` and ``explain``.
+One installed name: the federation's parts are its subpackages (``fedshop.core``, ``fedshop.models``,
+``fedshop.privacy``, ``fedshop.client``, ``fedshop.explain``, ``fedshop.rundir``, ``fedshop.server``)
+and the tools people use (``fedshop.cli``, ``fedshop.service``, ``fedshop.simulation``,
+``fedshop.operations``). Importing it changes nothing: no environment, no logging, no I/O.
 """
-
-from fedshop import offline as _offline
-
-_offline.apply()

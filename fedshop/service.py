@@ -4,7 +4,7 @@
 node, on the merchant's data and the model copy the node keeps. The shop's data (customers'
 histories, the weekly demand, the co-purchases) is loaded once (:class:`Shop`); everything a request
 needs from the model (the served recommender and the catalogue's side under it and under the shared
-model, ``client.recommend.Ranker``; the demand model) is prepared once per model version
+model, ``fedshop.client.ranking.recommend.Ranker``; the demand model) is prepared once per model version
 (:class:`Prepared`). A watcher notices when the node writes a new copy after a round, prepares the
 new version beside the old one and swaps the reference, so requests in flight finish on the version
 they started with and none fails during a swap. With ``--workers N`` uvicorn runs N processes, each
@@ -34,19 +34,19 @@ from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Requ
 from fastapi.responses import HTMLResponse, ORJSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from client.demand import DemandPanel, build_demand_panel
-from client.global_model import load_models, model_files, model_round
-from client.interactions import Interactions, build_interactions
-from client.local_fit import serving_model, shop_co_purchases
-from client.node_data import node_options
-from client.pricing import recommend_prices
-from client.recommend import Ranker
-from client.schema import load_merchant
-from explain.price_reasons import price_record
-from explain.recommendation_reasons import explain_recommendation
-from models.demand import DemandModel
-from models.local_part import CoPurchases
-from privacy.ledger import PrivacyLedger
+from fedshop.client.data.demand import DemandPanel, build_demand_panel
+from fedshop.client.data.interactions import Interactions, build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.node.model_copy import load_models, model_files, model_round
+from fedshop.client.node.options import node_options
+from fedshop.client.pricing.prices import recommend_prices
+from fedshop.client.ranking.recommend import Ranker
+from fedshop.client.training.local_fit import serving_model, shop_co_purchases
+from fedshop.explain.price_reasons import price_record
+from fedshop.explain.recommendation_reasons import explain_recommendation
+from fedshop.models.demand import DemandModel
+from fedshop.models.local_part import CoPurchases
+from fedshop.privacy.ledger import PrivacyLedger
 
 WATCH_S = 1.0
 TOKEN_VARIABLE = "FEDSHOP_SERVICE_TOKEN"
@@ -106,7 +106,7 @@ def model_version(model_dir: Path) -> tuple:
 
 def prepare(shop: Shop, model_dir: Path, secret_context: Path | None) -> Prepared:
     """Load the current model copy and prepare what requests need: the served recommender and the
-    catalogue's side under it and under the shared model (``client.recommend.Ranker``)."""
+    catalogue's side under it and under the shared model (``fedshop.client.ranking.recommend.Ranker``)."""
     version = model_version(model_dir)
     loaded = load_models(model_dir, secret_context)
     interactions = shop.interactions

@@ -1,6 +1,6 @@
 """The federation in one process: Flower's simulation engine with one virtual SuperNode per merchant.
 
-The same ServerApp logic (:func:`server.federation.run_federation`) and the same ClientApp run as
+The same ServerApp logic (:func:`fedshop.server.federation.run_federation`) and the same ClientApp run as
 in a real deployment; only the transport is in-process. One thing differs: the ServerApp's messages
 go out in waves (``_InWaves``). Flower's simulation engine asks its in-memory link state for each
 virtual node's next message ten times a second, and each such question scans every message the
@@ -20,10 +20,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 from flwr.supercore.run import Run
 
-from client.app import build_client_app
-from fedshop.settings import RunSettings
-from server.federation import run_federation
-from server.run_store import RunStore
+from fedshop.client.node.app import build_client_app
+from fedshop.core.settings import RunSettings
+from fedshop.rundir.store import RunStore
+from fedshop.server.federation import run_federation
 
 WAVE_PER_WORKER = 8
 
@@ -74,7 +74,7 @@ class _WithoutRunSimulationDeprecation(logging.Filter):
 
 
 def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
-    """Train with one simulated merchant per node config (see ``client.node_data``); returns the
+    """Train with one simulated merchant per node config (see ``fedshop.client.node.options``); returns the
     run directory.
 
     Every round waits for all the simulated merchants: Flower starts the ServerApp before it has

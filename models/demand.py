@@ -18,8 +18,8 @@ Weekly units of item ``i`` in week ``t`` follow
   columns of the orders) times the share of the item's units that week sold under it, shared by
   every merchant; 0 for a merchant whose export has no flags.
 * ``a_i``, the item's demand level, is local: it is never trained in the federation (nor is the
-  item's own deviation from its category's elasticity, ``client.item_elasticity``). Given the
-  shared part it has a closed form on the merchant's node (:func:`client.pricing.local_demand`), so
+  item's own deviation from its category's elasticity, ``fedshop.client.pricing.item_elasticity``). Given the
+  shared part it has a closed form on the merchant's node (:func:`fedshop.client.pricing.prices.local_demand`), so
   training uses the conditional likelihood that does not involve it: where in time each unit sold
   fell, among the weeks the item was on sale. That likelihood splits into one term per customer
   (their units), which makes Opacus' per-sample clipping a per-customer clipping.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layout import stable_bucket
+from fedshop.models.layout import stable_bucket
 
 
 @dataclass(frozen=True)

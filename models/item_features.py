@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.layout import LAYOUT, ModelLayout, stable_bucket
+from fedshop.models.layout import LAYOUT, ModelLayout, stable_bucket
 
 _WORD = re.compile(r"[a-z][a-z]+")
 _STOPWORDS = frozenset({"and", "of", "the", "with", "for", "in", "set", "pack"})

@@ -16,8 +16,8 @@ pieces, both learnt from the merchant's own customers without noise:
   together with everything (a best-seller) and two items that are only bought with a third.
 
 The served score is therefore still the mean over the history of one part per history item and
-candidate feature (:func:`models.recommender.score_parts`, with the co-purchase column as an extra
-feature), so the deletion check's identity (``explain.fidelity``) holds for it too, and the shared
+candidate feature (:func:`fedshop.models.recommender.score_parts`, with the co-purchase column as an extra
+feature), so the deletion check's identity (``fedshop.explain.fidelity``) holds for it too, and the shared
 model's own split of the same candidate says what the federation contributed.
 
 The local part is post-processing of what was released: it is fitted after the shared model is
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from models.recommender import CatalogueSide, Recommender
+from fedshop.models.recommender import CatalogueSide, Recommender
 
 NEIGHBOURS = 100  # co-purchase neighbours kept per item
 CO_PURCHASE_RIDGE = 50.0  # EASE's λ, in buyers: an item bought by far fewer customers says little of others

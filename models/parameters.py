@@ -9,7 +9,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.shared import SharedModels
+from fedshop.models.shared import SharedModels
 
 
 @cache

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.layout import LAYOUT, ModelLayout
+from fedshop.models.layout import LAYOUT, ModelLayout
 
 INIT_STD = 0.05
 
@@ -89,7 +89,7 @@ class Recommender(nn.Module):
                 cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, C]`` of ``C`` candidates per customer for a history mask ``[B, H]``; for
         ``K`` windows of the history ``[B, K, H]`` (several predictions from one customer's
-        purchases, see ``client.training``), the scores of each window, ``[B, K, C]``.
+        purchases, see ``fedshop.client.training.recommender``), the scores of each window, ``[B, K, C]``.
 
         History and candidates go through each table in one lookup, so every parameter is used
         once per forward pass (Opacus' ghost clipping requires it)."""

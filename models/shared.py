@@ -1,13 +1,13 @@
 """Everything the federation trains together: the recommender and the demand model, as one module.
 
 Its state dict (``recommender.*`` then ``demand.*``) is what merchants flatten, encrypt and decrypt
-(``models.parameters``) and what the run stores, so one round carries both models.
+(``fedshop.models.parameters``) and what the run stores, so one round carries both models.
 """
 
 from torch import nn
 
-from models.demand import DemandModel
-from models.recommender import Recommender, build_recommender
+from fedshop.models.demand import DemandModel
+from fedshop.models.recommender import Recommender, build_recommender
 
 
 class SharedModels(nn.Module):

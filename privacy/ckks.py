@@ -10,7 +10,7 @@ The key steward (a merchant or an auditor, never the operator) runs ``fedshop ke
   federation's key.
 
 **The compact encoding.** An update is a vector of signed fixed-point integers
-(``privacy.fixed_point``). Seven of them are packed into each coefficient of a plaintext polynomial,
+(``fedshop.privacy.fixed_point``). Seven of them are packed into each coefficient of a plaintext polynomial,
 ``fields`` fields of ``field_bits`` bits above ``noise_bits`` low bits, in the coefficient form of
 CKKS's ring (not CKKS's approximate slot encoding), so the sum of the merchants' ciphertexts decrypts
 to the exact sum of their integers: the encryption noise of up to ``max_merchants`` ciphertexts stays
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as seal
 
-from privacy.seal_bytes import (
+from fedshop.privacy.seal_bytes import (
     ciphertext_bytes,
     ciphertext_polynomials,
     plaintext_bytes,
@@ -365,7 +365,7 @@ def _chunks(values: np.ndarray) -> list[np.ndarray]:
 
 
 def encrypt(key: KeyContext, values: np.ndarray) -> dict[str, np.ndarray]:
-    """Encrypt a flat vector of fixed-point integers (``privacy.fixed_point``), seeded and packed."""
+    """Encrypt a flat vector of fixed-point integers (``fedshop.privacy.fixed_point``), seeded and packed."""
     if not key.has_secret_key:
         raise ContextError("encrypting an update needs the merchant's secret context")
     limit = 1 << (CKKS.field_bits - 1)

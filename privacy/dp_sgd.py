@@ -25,8 +25,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
-from privacy.ledger import ACCOUNTANT, Mechanism, composed_epsilon
+from fedshop.privacy import embedding_norms  # noqa: F401  (registers the embedding norm sampler)
+from fedshop.privacy.ledger import ACCOUNTANT, Mechanism, composed_epsilon
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """SEAL's serialised plaintexts and ciphertexts, read and written as numpy arrays.
 
 TenSEAL's SEAL API (``tenseal.sealapi``) saves and loads SEAL objects only through files, and gives
-no access to a polynomial's coefficients. The compact encoding (``privacy.ckks``) needs them: it
+no access to a polynomial's coefficients. The compact encoding (``fedshop.privacy.ckks``) needs them: it
 writes its own integer polynomials and reads the decrypted ones. So this module reads and writes
 SEAL's own serialisation of the two objects (SEAL 4: a 16-byte header, then the object's members,
 its coefficients last, as a nested dynamic array), uncompressed on write; SEAL's zlib and zstd

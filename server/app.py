@@ -1,14 +1,14 @@
 """The operator's Flower ServerApp: reads the run config and runs the federation.
 
 Started by the SuperLink for ``flwr run`` / ``fedshop run``; the run config keys are the kebab-case
-names of :class:`fedshop.settings.RunSettings`.
+names of :class:`fedshop.core.settings.RunSettings`.
 """
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedshop.settings import RunSettings
-from server.federation import run_federation
+from fedshop.core.settings import RunSettings
+from fedshop.server.federation import run_federation
 
 app = ServerApp()
 

@@ -3,7 +3,7 @@
 The server holds only the public context. Before a round trains, it asks the drawn merchants it has
 not heard from for their example counts (a query message: the count is what every reply states in
 the clear anyway), so that it can send the round's weight scale, the total weight the round's
-fixed-point grid is laid out for (``privacy.fixed_point``). It checks every encrypted update (the
+fixed-point grid is laid out for (``fedshop.privacy.fixed_point``). It checks every encrypted update (the
 context id it was made under, the grid it was written on, the number of ciphertexts, their sizes and
 form) and adds the accepted ones; the sum, the total weight and the grid go back to the merchants,
 who decrypt and divide. No plaintext model ever exists on the server.
@@ -16,13 +16,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from fedshop.protocol import EXAMPLES, MERCHANT_RECORD, VALUE_RANGE, WEIGHT_SCALE
-from fedshop.settings import RunSettings
-from models.parameters import parameter_count
-from privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
-from privacy.fixed_point import MAX_WEIGHT_RATIO
-from server.run_store import RunStore
-from server.strategy import MerchantFedAvg, UpdateRefused
+from fedshop.core.protocol import EXAMPLES, MERCHANT_RECORD, VALUE_RANGE, WEIGHT_SCALE
+from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import parameter_count
+from fedshop.privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
+from fedshop.privacy.fixed_point import MAX_WEIGHT_RATIO
+from fedshop.rundir.store import RunStore
+from fedshop.server.strategy import MerchantFedAvg, UpdateRefused
 
 
 class EncryptedFedAvg(MerchantFedAvg):

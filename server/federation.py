@@ -10,13 +10,13 @@ from pathlib import Path
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from fedshop.protocol import RUN_KEY
-from fedshop.settings import RunSettings
-from models.shared import build_shared_models
-from privacy.ckks import ContextError, load_public_context
-from server.encrypted_strategy import EncryptedFedAvg
-from server.run_store import RunStore
-from server.strategy import MerchantFedAvg
+from fedshop.core.protocol import RUN_KEY
+from fedshop.core.settings import RunSettings
+from fedshop.models.shared import build_shared_models
+from fedshop.privacy.ckks import ContextError, load_public_context
+from fedshop.rundir.store import RunStore
+from fedshop.server.encrypted_strategy import EncryptedFedAvg
+from fedshop.server.strategy import MerchantFedAvg
 
 
 def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[MerchantFedAvg, ArrayRecord]:

@@ -23,11 +23,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedshop.protocol import AGGREGATE_REFUSED, APP_DIGEST, MERCHANT_RECORD, arrays_sha256
-from fedshop.settings import RunSettings
-from server.registry import read_registry
-from server.run_store import RunStore
-from server.update_checks import update_problem
+from fedshop.core.protocol import AGGREGATE_REFUSED, APP_DIGEST, MERCHANT_RECORD, arrays_sha256
+from fedshop.core.settings import RunSettings
+from fedshop.rundir.store import RunStore
+from fedshop.server.registry import read_registry
+from fedshop.server.update_checks import update_problem
 
 QUORUM_POLL_S = 1.0
 
@@ -90,7 +90,7 @@ class MerchantFedAvg(FedAvg):
         return self.destinations.get(answered, reply.metadata.src_node_id)
 
     def _merchant(self, msg: Message) -> str:
-        """The merchant a reply answers for: its registered name (``server.registry``), else the name
+        """The merchant a reply answers for: its registered name (``fedshop.server.registry``), else the name
         learnt from its replies or from a failure its node names it in, else its node id."""
         node = self._node(msg)
         if node in self.registered:

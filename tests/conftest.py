@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from client.generate import FederationSpec, write_federation
-from client.interactions import Interactions, build_interactions
-from client.schema import load_merchant
-from client.training import NextItemExamples, shuffled_loader, train_epochs
-from models.recommender import Recommender, build_recommender
+from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.client.data.interactions import Interactions, build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.training.recommender import NextItemExamples, shuffled_loader, train_epochs
+from fedshop.models.recommender import Recommender, build_recommender
 from tests.processes import launcher
 
 REPO = Path(__file__).resolve().parents[1]

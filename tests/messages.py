@@ -3,7 +3,7 @@
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
-from fedshop.protocol import MERCHANT_RECORD
+from fedshop.core.protocol import MERCHANT_RECORD
 
 
 def merchant_reply(arrays: dict[str, np.ndarray], metrics: dict, name: str = "m", context_id: str = "",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedshop.deployment import process_environment
-from fedshop.supervisor import stop_process_groups
+from fedshop.operations.deployment import process_environment
+from fedshop.operations.supervisor import stop_process_groups
 
 START_TIMEOUT_S = 60
 PORTS_USED: list[int] = []  # the SuperLink's and the nodes' ports, for the cleanup

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
-from client.aggregate_check import GROWTH_LIMIT, aggregate_problem
-from client.app import count_examples, evaluate_locally, train_locally
-from client.global_model import decrypt_global_model
-from client.node_data import node_options
-from fedshop.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
-from fedshop.settings import RunSettings
-from models.parameters import parameter_count
-from models.shared import build_shared_models
-from privacy.ckks import (
+from fedshop.client.node.aggregate_check import GROWTH_LIMIT, aggregate_problem
+from fedshop.client.node.app import count_examples, evaluate_locally, train_locally
+from fedshop.client.node.model_copy import decrypt_global_model
+from fedshop.client.node.options import node_options
+from fedshop.core.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
+from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import parameter_count
+from fedshop.models.shared import build_shared_models
+from fedshop.privacy.ckks import (
     CKKS,
     add_updates,
     create_keys,
@@ -26,7 +26,7 @@ from privacy.ckks import (
     load_secret_context,
     parse_update,
 )
-from privacy.fixed_point import Grid
+from fedshop.privacy.fixed_point import Grid
 
 SETTINGS = RunSettings(num_server_rounds=5, local_epochs=1, dp=False, he=True, pricing=False, local_part_epochs=0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedshop.certificates import CA_FILE, SERVER_CERT, SERVER_KEY, create_certificates, trust_problem
+from fedshop.operations.certificates import CA_FILE, SERVER_CERT, SERVER_KEY, create_certificates, trust_problem
 
 
 def _tls_server(certificates: Path) -> tuple[int, threading.Event]:

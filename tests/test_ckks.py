@@ -10,10 +10,10 @@ import tenseal.sealapi as seal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedshop.settings import RunSettings
-from models.parameters import flatten, parameter_count
-from models.shared import build_shared_models
-from privacy.ckks import (
+from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import flatten, parameter_count
+from fedshop.models.shared import build_shared_models
+from fedshop.privacy.ckks import (
     CIPHERTEXT_SIZES,
     CIPHERTEXTS,
     CKKS,
@@ -33,11 +33,11 @@ from privacy.ckks import (
     parse_update,
     unpack,
 )
-from privacy.fixed_point import FRACTION_BITS, MAX_WEIGHT_RATIO, Grid, GridError, value_range_of
-from privacy.seal_bytes import SealFormatError, ciphertext_bytes, ciphertext_polynomials, plaintext_coefficients
-from server.encrypted_strategy import EncryptedFedAvg
-from server.run_store import RunStore
-from server.strategy import UpdateRefused
+from fedshop.privacy.fixed_point import FRACTION_BITS, MAX_WEIGHT_RATIO, Grid, GridError, value_range_of
+from fedshop.privacy.seal_bytes import SealFormatError, ciphertext_bytes, ciphertext_polynomials, plaintext_coefficients
+from fedshop.rundir.store import RunStore
+from fedshop.server.encrypted_strategy import EncryptedFedAvg
+from fedshop.server.strategy import UpdateRefused
 from tests.messages import merchant_reply
 
 FIELD_LIMIT = 2 ** (CKKS.field_bits - 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.run_store import RunStore
+from fedshop.rundir.store import RunStore
 
 
 @pytest.mark.slow

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.global_model import load_models
-from explain.report import build_report
-from fedshop.certificates import CA_FILE, create_certificates
-from fedshop.deployment import (
+from fedshop.client.node.model_copy import load_models
+from fedshop.core.settings import RunSettings
+from fedshop.models.shared import build_shared_models
+from fedshop.operations.audit_report import build_report
+from fedshop.operations.certificates import CA_FILE, create_certificates
+from fedshop.operations.deployment import (
     APP_DIR,
     app_digest,
     process_environment,
@@ -24,10 +26,8 @@ from fedshop.deployment import (
     superlink_command,
     write_connection,
 )
-from fedshop.settings import RunSettings
-from models.shared import build_shared_models
-from privacy.ckks import create_keys
-from server.run_store import RunStore
+from fedshop.privacy.ckks import create_keys
+from fedshop.rundir.store import RunStore
 from tests.processes import free_port, wait_for_port
 
 RUN_TIMEOUT_S = 420

@@ -11,13 +11,13 @@ from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_samp
 from torch import nn
 from torch.utils.data import Subset
 
-from client.interactions import build_interactions
-from client.schema import load_merchant
-from client.training import NextItemExamples, NextItemLoss, train_recommender_private
-from models.recommender import build_recommender
-from privacy.dp_sgd import TrainingShape, plan_round
-from privacy.embedding_norms import embedding_norm_sample
-from privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, RoundAlreadyPaid, default_delta
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.training.recommender import NextItemExamples, NextItemLoss, train_recommender_private
+from fedshop.models.recommender import build_recommender
+from fedshop.privacy.dp_sgd import TrainingShape, plan_round
+from fedshop.privacy.embedding_norms import embedding_norm_sample
+from fedshop.privacy.ledger import Budget, BudgetExceeded, Mechanism, PrivacyLedger, RoundAlreadyPaid, default_delta
 
 
 def _brute_force_norms(layer: nn.Embedding, ids: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.audit import audit_metrics, parse_audit
-from client.diversity import best_rows, mmr_order
-from client.interactions import build_interactions
-from client.recommend import recommend
-from client.schema import MerchantData, load_merchant, write_merchant
-from explain.fidelity import deletion_check, deletion_drops
-from explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
-from models.shared import build_shared_models
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
+from fedshop.client.ranking.diversity import best_rows, mmr_order
+from fedshop.client.ranking.recommend import recommend
+from fedshop.explain.audit import audit_metrics, parse_audit
+from fedshop.explain.fidelity import deletion_check, deletion_drops
+from fedshop.explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
+from fedshop.models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
 

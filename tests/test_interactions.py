@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from client.interactions import build_interactions
-from client.schema import load_merchant
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import load_merchant
 
 CATALOG = "item_id,title\nA,MUG\nB,BOWL\nC,JUG\nD,TRAY\n"
 

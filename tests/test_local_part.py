@@ -9,25 +9,25 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
-import client.pricing
-import models.local_part as local_part
-import privacy.dp_sgd
-from client.app import evaluate_locally, train_locally
-from client.global_model import LOCAL_PART, load_local_part, load_models, save_model_copy
-from client.interactions import build_interactions
-from client.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
-from client.node_data import NodeOptions, node_options
-from client.recommend import Ranker, recommend
-from client.round_plan import recommender_examples
-from client.schema import load_merchant
-from client.training import NextItemExamples, catalogue_scores, padded_history
-from explain.fidelity import deletion_check, deletion_drops
-from explain.recommendation_reasons import explain_recommendation, largest_gap
-from fedshop.protocol import RUN_KEY
-from fedshop.settings import RunSettings
-from models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
-from models.recommender import build_recommender, score_parts
-from models.shared import build_shared_models
+import fedshop.client.pricing.prices as prices_module
+import fedshop.models.local_part as local_part
+import fedshop.privacy.dp_sgd as dp_sgd
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.node.app import evaluate_locally, train_locally
+from fedshop.client.node.model_copy import LOCAL_PART, load_local_part, load_models, save_model_copy
+from fedshop.client.node.options import NodeOptions, node_options
+from fedshop.client.ranking.recommend import Ranker, recommend
+from fedshop.client.training.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
+from fedshop.client.training.recommender import NextItemExamples, catalogue_scores, padded_history
+from fedshop.client.training.round_plan import recommender_examples
+from fedshop.core.protocol import RUN_KEY
+from fedshop.core.settings import RunSettings
+from fedshop.explain.fidelity import deletion_check, deletion_drops
+from fedshop.explain.recommendation_reasons import explain_recommendation, largest_gap
+from fedshop.models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
+from fedshop.models.recommender import build_recommender, score_parts
+from fedshop.models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
 RUN = "run-7"
@@ -151,7 +151,7 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
     """DP soundness: a node's DP-SGD update may depend only on its customers and the released model,
     never on the local part it fitted without noise. The noise is seeded here so that two runs can be
     compared bit for bit; the local part on disk differs between them."""
-    monkeypatch.setattr(privacy.dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    monkeypatch.setattr(dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
     shapes = {name: tuple(t.shape) for name, t in build_recommender(1).state_dict().items()}
     replies = []
     for fill in (None, 0.0, 1e3):
@@ -176,12 +176,12 @@ def test_shared_demand_update_is_bit_identical_whatever_the_item_elasticities_ho
                                                                                  monkeypatch) -> None:
     """DP soundness of the item deviations: they are fitted on the merchant's sales without noise, so
     the shared demand model's DP-SGD update must not depend on them (seeded noise, as above)."""
-    monkeypatch.setattr(privacy.dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    monkeypatch.setattr(dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
     settings = replace(SETTINGS, pricing=True, local_part_epochs=0)
-    true_fit = client.pricing.fit_item_elasticities
+    true_fit = prices_module.fit_item_elasticities
     replies = []
     for shift in (0.0, -50.0):
-        monkeypatch.setattr(client.pricing, "fit_item_elasticities", lambda *args, shift=shift: replace(
+        monkeypatch.setattr(prices_module, "fit_item_elasticities", lambda *args, shift=shift: replace(
             true_fit(*args), deviation=true_fit(*args).deviation + shift))
         options = _node(federation_dirs[2], tmp_path / f"state-{shift}")
         evaluate_locally(_message("evaluate", settings), options)

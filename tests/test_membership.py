@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.demand import CustomerDemand, build_demand_panel
-from client.interactions import build_interactions
-from client.schema import load_merchant
-from client.training import NextItemExamples
-from explain.membership import LOW_FPR, held_out_of_training, membership_attack, pooled
+from fedshop.client.data.audit_holdout import held_out_of_training
+from fedshop.client.data.demand import CustomerDemand, build_demand_panel
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.training.recommender import NextItemExamples
+from fedshop.explain.membership import LOW_FPR, membership_attack, pooled
 
 
 def test_holdout_is_stable_and_about_the_share_asked() -> None:

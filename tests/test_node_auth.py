@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from explain.report import build_report
-from fedshop.certificates import CA_FILE, create_certificates
-from fedshop.deployment import process_environment, superlink_command
-from fedshop.node_identity import NODE_KEY, NODE_PUBLIC_KEY, create_node_keys
-from privacy.ckks import create_keys
-from server.registry import read_registry
-from server.run_store import RunStore
+from fedshop.operations.audit_report import build_report
+from fedshop.operations.certificates import CA_FILE, create_certificates
+from fedshop.operations.deployment import process_environment, superlink_command
+from fedshop.operations.node_identity import NODE_KEY, NODE_PUBLIC_KEY, create_node_keys
+from fedshop.privacy.ckks import create_keys
+from fedshop.rundir.store import RunStore
+from fedshop.server.registry import read_registry
 from tests.processes import free_port, wait_for_port
 
 FEDSHOP = [sys.executable, "-m", "fedshop.cli"]

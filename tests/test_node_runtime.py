@@ -9,7 +9,7 @@ import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-from client.node_runtime import _client
+from fedshop.client.node.runtime import _client
 
 
 class _Refuses(http.server.BaseHTTPRequestHandler):

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from client.generate import FederationSpec, generate_federation
-from client.partition import partition_export
-from client.schema import SchemaError, load_merchant
+from fedshop.client.data.generate import FederationSpec, generate_federation
+from fedshop.client.data.partition import partition_export
+from fedshop.client.data.schema import SchemaError, load_merchant
 
 
 @pytest.fixture(scope="module")

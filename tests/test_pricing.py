@@ -9,14 +9,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.demand import CustomerDemand, build_demand_panel
-from client.demand_training import train_demand
-from client.generate import ELASTICITY
-from client.pricing import EXTRAPOLATION, local_demand, recommend_price, recommend_prices
-from client.schema import MerchantData, load_merchant, write_merchant
-from explain.price_reasons import price_reasons, price_record
-from fedshop.settings import RunSettings
-from models.demand import PROMOTION_FLAGS, DemandModel, category_bucket
+from fedshop.client.data.demand import CustomerDemand, build_demand_panel
+from fedshop.client.data.generate import ELASTICITY
+from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
+from fedshop.client.pricing.prices import EXTRAPOLATION, local_demand, recommend_price, recommend_prices
+from fedshop.client.training.demand import train_demand
+from fedshop.core.settings import RunSettings
+from fedshop.explain.price_reasons import price_reasons, price_record
+from fedshop.models.demand import PROMOTION_FLAGS, DemandModel, category_bucket
 
 MONDAY = pd.Timestamp("2025-03-03T10:00:00Z")
 

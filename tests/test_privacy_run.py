@@ -9,15 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from client.global_model import load_models
-from client.node_data import node_options
-from client.round_plan import REFERENCE, merchant_plan
 from fedshop.cli import app
-from fedshop.settings import RunSettings
+from fedshop.client.node.model_copy import load_models
+from fedshop.client.node.options import node_options
+from fedshop.client.node.plan import merchant_plan
+from fedshop.client.training.round_plan import REFERENCE
+from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import parameter_count
+from fedshop.privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
+from fedshop.rundir.store import RunStore
 from fedshop.simulation import run_simulated_federation
-from models.parameters import parameter_count
-from privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
-from server.run_store import RunStore
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from client.recommend import recommend
-from client.training import padded_history
-from models.layout import LAYOUT, stable_bucket
-from models.recommender import Recommender, build_recommender, score_parts
+from fedshop.client.ranking.recommend import recommend
+from fedshop.client.training.recommender import padded_history
+from fedshop.models.layout import LAYOUT, stable_bucket
+from fedshop.models.recommender import Recommender, build_recommender, score_parts
 from tests.conftest import train_small_recommender
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from explain.report import IN_PROCESS, SCHEMA_PATH, ReportError, build_report, merchant_samples
-from explain.report_html import write_report
-from fedshop.settings import RunSettings
+from fedshop.core.settings import RunSettings
+from fedshop.explain.report import IN_PROCESS, SCHEMA_PATH, ReportError
+from fedshop.explain.report_html import write_report
+from fedshop.operations.audit_report import build_report, merchant_samples
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
 

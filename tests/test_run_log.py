@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshop.protocol import arrays_sha256
-from fedshop.settings import RunSettings
-from server.run_log import GENESIS, verify_chain
-from server.run_store import RunStore
+from fedshop.core.protocol import arrays_sha256
+from fedshop.core.settings import RunSettings
+from fedshop.rundir.chain import GENESIS, verify_chain
+from fedshop.rundir.store import RunStore
 
 
 def _three_rounds(tmp_path: Path) -> RunStore:

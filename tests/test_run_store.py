@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from fedshop.settings import RunSettings
-from server.run_store import RunStore, RunStoreError
-from server.update_checks import update_problem
+from fedshop.core.settings import RunSettings
+from fedshop.rundir.store import RunStore, RunStoreError
+from fedshop.server.update_checks import update_problem
 
 
 def _record(**arrays: np.ndarray) -> ArrayRecord:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.schema import MerchantData, SchemaError, load_merchant, load_table, write_merchant
+from fedshop.client.data.schema import MerchantData, SchemaError, load_merchant, load_table, write_merchant
 
 CATALOG = "item_id,title,category,unit_cost\nA1,RED MUG,kitchen,1.0\nB2,BLUE BOWL,kitchen,\n"
 ORDERS = ("customer_id,item_id,timestamp,quantity,unit_price,order_id\n"

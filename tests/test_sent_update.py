@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
-from client.app import train_locally
-from client.node_data import node_options
-from fedshop.protocol import RUN_KEY
-from fedshop.settings import RunSettings
-from models.shared import build_shared_models
-from privacy.ledger import PrivacyLedger, RoundAlreadyPaid
+from fedshop.client.node.app import train_locally
+from fedshop.client.node.options import node_options
+from fedshop.core.protocol import RUN_KEY
+from fedshop.core.settings import RunSettings
+from fedshop.models.shared import build_shared_models
+from fedshop.privacy.ledger import PrivacyLedger, RoundAlreadyPaid
 
 SETTINGS = RunSettings(num_server_rounds=3, local_epochs=1, pricing=False, he=False, dp_batch_size=64)
 

@@ -9,8 +9,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from client.global_model import load_models, save_model_copy
-from fedshop.settings import RunSettings
+from fedshop.client.node.model_copy import load_models, save_model_copy
+from fedshop.core.settings import RunSettings
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
 from tests.processes import free_port, wait_for_port

@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from fedshop.settings import RunSettings
+from fedshop.core.settings import RunSettings
 from tests.conftest import REPO
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
-from fedshop.settings import RunSettings
+from fedshop.core.settings import RunSettings
+from fedshop.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from fedshop.rundir.store import RunStore
 from fedshop.simulation import run_simulated_federation
-from privacy.ledger import LEDGER_FILE, PrivacyLedger
-from server.run_store import RunStore
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
-from fedshop.progress import round_table
-from fedshop.settings import RunSettings
-from server.run_store import RunStore
-from server.strategy import MerchantFedAvg, QuorumNotReached, failure_reason
+from fedshop.core.settings import RunSettings
+from fedshop.operations.progress import round_table
+from fedshop.rundir.store import RunStore
+from fedshop.server.strategy import MerchantFedAvg, QuorumNotReached, failure_reason
 from tests.messages import merchant_reply
 
 
@@ -52,7 +52,7 @@ def test_malformed_updates_and_metrics_are_dropped_and_named(tmp_path: Path) -> 
 
 def test_a_failure_is_filed_as_the_sentence_the_node_raised() -> None:
     sentence = "merchant shop_a: its secret context 1f is not this federation's (2e); get secret.ctx from the steward"
-    raw = f"<class 'privacy.ckks.ContextError'>:<'{sentence}'>"
+    raw = f"<class 'fedshop.privacy.ckks.ContextError'>:<'{sentence}'>"
     wrapped = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ContextError occurred. "
                f"Message: {sentence}'>")
     assert failure_reason(raw) == failure_reason(wrapped) == failure_reason(sentence) == sentence
@@ -157,8 +157,9 @@ def test_a_round_waits_a_bounded_time_then_goes_on_with_a_quorum_and_evaluation_
 def test_a_failure_before_any_reply_is_filed_under_the_merchant_its_node_names(tmp_path: Path) -> None:
     strategy, store = _strategy(tmp_path)
     refused = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                            "<class 'client.node_runtime.AppRefused'>:<'merchant shop_a refused run 5: the submitted "
-                            "app has digest 1f, but this node runs only the app its merchant installed, digest 2e'>"),
+                            "<class 'fedshop.client.node.runtime.AppRefused'>:<'merchant shop_a refused run 5: the "
+                            "submitted app has digest 1f, but this node runs only the app its merchant installed, "
+                            "digest 2e'>"),
                       reply_to=Message(RecordDict(), metadata=Metadata(
                           run_id=1, message_id="i7", src_node_id=0, dst_node_id=7, reply_to_message_id="",
                           group_id="", created_at=0.0, ttl=60.0, message_type="train")))

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedshop.supervisor import Backoff, supervise
+from fedshop.operations.supervisor import Backoff, supervise
 
 STALLS = "import time; print('Giving up reconnection after 60.00 seconds and 4 tries.', flush=True); time.sleep(600)"
 

@@ -7,10 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from client.interactions import build_interactions
-from client.schema import load_merchant
-from client.training import NextItemExamples, NextItemLoss, customer_gains, padded_history, ranking_metrics
-from models.recommender import build_recommender
+from fedshop.client.data.interactions import build_interactions
+from fedshop.client.data.schema import load_merchant
+from fedshop.client.training.recommender import (
+    NextItemExamples,
+    NextItemLoss,
+    customer_gains,
+    padded_history,
+    ranking_metrics,
+)
+from fedshop.models.recommender import build_recommender
 
 
 @pytest.fixture(scope="module")

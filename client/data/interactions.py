@@ -1,0 +1,91 @@
+"""A merchant's orders turned into what the recommender learns from and is judged on.
+
+* Returns are netted: a customer bought an item if their net quantity of it is above zero; a fully
+  returned or cancelled item is not a purchase.
+* A customer's history is their distinct purchased items in order of first purchase.
+* Leave-last-out: each customer with two or more items has their last new item held out for
+  evaluation; everything before it is training history. Customers with one item only are not
+  evaluated (there is no history to recommend from); a training example predicts a later history
+  item from earlier ones, so only customers with three or more items train the recommender.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from fedshop.client.data.schema import MerchantData
+from fedshop.models.item_features import ItemFeatures, encode_catalog
+
+TRAINING_EXAMPLE_RULE = ("a recommender training example is a customer who bought three or more distinct items: "
+                         "the last is kept to score the model, the others to learn from")
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """One merchant's training histories and held-out items, as catalogue rows."""
+
+    features: ItemFeatures
+    customers: list[str]
+    histories: list[np.ndarray]  # per customer: catalogue rows, oldest first (held-out item removed)
+    held_out: np.ndarray  # per customer: catalogue row of the held-out item, -1 if none
+
+    @cached_property
+    def customer_rows(self) -> dict[str, int]:
+        """Each customer's position in ``customers`` (a lookup per request, not a scan)."""
+        return {customer: index for index, customer in enumerate(self.customers)}
+
+    def full_history(self, customer: str) -> np.ndarray:
+        """Everything ``customer`` bought, held-out item included; empty for an unknown customer."""
+        if (index := self.customer_rows.get(customer)) is None:
+            return np.zeros(0, dtype=np.int64)
+        held_out = self.held_out[index]
+        return np.append(self.histories[index], held_out) if held_out >= 0 else self.histories[index]
+
+    def one_step_back(self) -> "Interactions":
+        """The same customers with each history's last item held out instead (customers with one history
+        item are not evaluable): a validation split that never touches the held-out items."""
+        held_out = np.array([h[-1] if len(h) >= 2 else -1 for h in self.histories], dtype=np.int64)
+        return Interactions(self.features, self.customers, [h[:-1] if len(h) >= 2 else h for h in self.histories],
+                            held_out)
+
+    @property
+    def trainable(self) -> list[int]:
+        """Customers with at least two history items (one training example each)."""
+        return [c for c, h in enumerate(self.histories) if len(h) >= 2]
+
+    @property
+    def evaluable(self) -> list[int]:
+        """Customers with a held-out item and a history to predict it from."""
+        return [c for c, r in enumerate(self.held_out) if r >= 0]
+
+
+def typical_prices(orders: pd.DataFrame) -> pd.Series:
+    """Median price paid per item on purchase lines (returns excluded)."""
+    return orders[orders["quantity"] > 0].groupby("item_id")["unit_price"].median()
+
+
+def purchase_sequences(orders: pd.DataFrame) -> pd.Series:
+    """Distinct items each customer bought (net of returns), in order of first purchase."""
+    net = orders.groupby(["customer_id", "item_id"], sort=False).agg(
+        net=("quantity", "sum"), first=("timestamp", "min"))
+    bought = net[net["net"] > 0].reset_index().sort_values(["customer_id", "first", "item_id"])
+    return bought.groupby("customer_id", sort=True)["item_id"].agg(list)
+
+
+def build_interactions(data: MerchantData) -> Interactions:
+    """Histories and held-out items for every customer of a merchant."""
+    features = encode_catalog(data.catalog, typical_prices(data.orders))
+    sequences = purchase_sequences(data.orders)
+    histories, held_out = [], []
+    for items in sequences:
+        rows = features.rows(items)
+        if len(rows) >= 2:
+            histories.append(rows[:-1])
+            held_out.append(rows[-1])
+        else:
+            histories.append(rows)
+            held_out.append(-1)
+    return Interactions(features, sequences.index.tolist(), histories,
+                        np.array(held_out, dtype=np.int64))

@@ -1,0 +1,301 @@
+"""The merchant's Flower ClientApp: decrypt the global models, train them with DP-SGD, encrypt them back.
+
+The global model is the recommender and the demand model together (``fedshop.models.shared``); a round
+trains both on this merchant's customers, under one privacy plan (they compose in the ledger).
+A training message carries the round's settings (``config``) and the global model (``arrays``):
+in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' weighted models
+of the last round on the round's fixed-point grid (``fedshop.privacy.fixed_point``), which this node
+decrypts with the merchant's secret context and divides by the total weight. The reply carries this
+merchant's model weighted by its number of examples (encrypted: written on this round's grid, the
+weight scale the server sent and the value range every merchant derives from the aggregate it
+decrypted), plus metrics: the examples, the loss and the ε spent so far. Before an encrypted round
+the server may ask (a query message) how many examples the node trains on. The node files a run under
+the run key in its config (the same after the operator resumes the run) and keeps its last reply
+(``fedshop.client.node.sent_update``): a round the server lost and asks for again gets that reply, never a second
+training paid for with the customers' ε. An evaluation message
+carries the new aggregate; the node fits its merchant-local part of the recommender on top of it
+(``fedshop.client.training.local_fit``: never sent, never used by the next round's training), evaluates the served
+model (shared + local) and the shared one on its held-out items, and keeps a decrypted copy of both
+in its state directory; after the last round it adds its audit summaries (``fedshop.explain.audit``). A share
+of the merchant's customers (``audit-holdout``) never trains, so that the audit can test
+membership inference. The merchant's orders never leave this process.
+"""
+
+from functools import lru_cache
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.supercore import log
+from torch.utils.data import Dataset
+
+from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
+from fedshop.client.node.aggregate_check import aggregate_problem
+from fedshop.client.node.model_copy import adopted_copy, decrypt_global_model, load_local_part, save_model_copy
+from fedshop.client.node.options import NodeOptions, load_demand_panel, load_interactions, node_options
+from fedshop.client.node.sent_update import keep_sent_update, received_digest, sent_update
+from fedshop.client.training.demand import train_demand, train_demand_private
+from fedshop.client.training.local_fit import fit_local_part, serving_model
+from fedshop.client.training.recommender import (
+    evaluate_ranking,
+    shuffled_loader,
+    train_epochs,
+    train_recommender_private,
+)
+from fedshop.client.training.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
+from fedshop.core.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
+from fedshop.explain.audit import audit_metrics
+from fedshop.models.local_part import LocalPart
+from fedshop.models.parameters import flatten, unflatten
+from fedshop.models.shared import SharedModels, build_shared_models
+from fedshop.privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
+from fedshop.privacy.fixed_point import Grid, GridError, value_range_of
+from fedshop.privacy.ledger import PrivacyLedger
+
+
+@lru_cache(maxsize=4)
+def _secret_key(path: Path) -> KeyContext:
+    return load_secret_context(path)
+
+
+def merchant_key(options: NodeOptions, context_id: str) -> KeyContext:
+    """The merchant's secret context, which must be the one this run's aggregate was made with."""
+    if options.secret_context is None:
+        raise ContextError(f"merchant {options.merchant}: this run encrypts updates, but the node was "
+                           "started without a secret context (node config secret-context=PATH)")
+    key = _secret_key(options.secret_context)
+    if key.context_id != context_id:
+        raise ContextError(f"merchant {options.merchant}: its secret context {key.context_id} is not this "
+                           f"federation's ({context_id}); get secret.ctx from the federation's key steward")
+    return key
+
+
+def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
+                 ) -> tuple[SharedModels, KeyContext | None, float]:
+    """The round's global models (decrypted when encrypted), the key used, and the value range of
+    the fixed-point grid this round's updates are written on (0 in the clear)."""
+    models, key = SharedModels(), None
+    arrays = msg.content.array_records["arrays"]
+    if not config["he"]:
+        models.load_state_dict(arrays.to_torch_state_dict())
+        return models, key, 0.0
+    key = merchant_key(options, str(config["context-id"]))
+    weight = float(config["aggregate-weight"])
+    if weight == 0:
+        models = build_shared_models(int(config["seed"]))
+    else:
+        grid = Grid(float(config["aggregate-range"]), float(config["aggregate-scale"]))
+        models.load_state_dict(unflatten(decrypt_global_model(
+            key, {name: array.numpy() for name, array in arrays.items()}, grid, weight)))
+    return models, key, value_range_of(flatten(models.state_dict()))
+
+
+class Adopted(NamedTuple):
+    """The round's global models as the node adopts them: the decrypted aggregate, or the previous
+    model when the aggregate was refused (``refusal`` says why; empty when adopted), with the norms
+    of every change adopted in this run, and the value range every merchant of the round derives
+    from the aggregate it decrypted, adopted or not."""
+
+    models: SharedModels
+    key: KeyContext | None
+    refusal: str
+    changes: list[float]
+    value_range: float
+
+
+def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str) -> Adopted:
+    """The round's global models, checked against the last ones this node adopted in ``run`` (the
+    run's initial model in its first round) before anything trains on, evaluates or serves them."""
+    models, key, value_range = global_model(msg, config, options)
+    previous = adopted_copy(options.state_dir, run)
+    if previous is None and int(config["server-round"]) == 1:
+        previous = build_shared_models(int(config["seed"])), []
+    if previous is None:
+        return Adopted(models, key, "", [], value_range)
+    problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous[0].state_dict()), previous[1])
+    if problem:
+        log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config["server-round"],
+            problem)
+        return Adopted(previous[0], key, problem, previous[1], value_range)
+    return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []), value_range)
+
+
+def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: ConfigRecord,
+                  options: NodeOptions) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The update a merchant sends: its model in the clear, or its integers on the round's grid,
+    encrypted, with the grid they were written on and how many values it clipped."""
+    if adopted.key is None:
+        return {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}, {}
+    grid = Grid(adopted.value_range, float(config[WEIGHT_SCALE]))
+    try:
+        integers, clipped = grid.quantise(flatten(model.state_dict()), weight, np.random.default_rng())
+    except GridError as exc:
+        raise GridError(f"merchant {options.merchant}: {exc}") from exc
+    if clipped:
+        log(WARNING, "merchant %s: %d values of the model lay beyond the round's range ±%g and were clipped",
+            options.merchant, clipped, grid.value_range)
+    return encrypt(adopted.key, integers), {WEIGHT_SCALE: grid.weight_scale, VALUE_RANGE: grid.value_range,
+                                            "clipped-values": clipped}
+
+
+def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
+    return {"name": options.merchant, "context-id": adopted.key.context_id if adopted.key else "",
+            AGGREGATE_REFUSED: adopted.refusal}
+
+
+def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
+                   run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
+    """DP-SGD on every model, planned (``fedshop.client.training.round_plan``) and authorised together; the losses and
+    the privacy metrics."""
+    epochs = int(config["local-epochs"])
+    budget = options.budget(len(load_interactions(options.data_dir).customers))
+    recipes, plan = dp_round({name: len(data) for name, data in datasets.items()}, config, budget.delta)
+    ledger = PrivacyLedger(options.ledger_path)
+    ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_)
+    losses = {}
+    losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
+                                                             plan.release("recommender"), *recipes["recommender"],
+                                                             epochs)
+    epsilon = ledger.record(run, round_, "recommender", spent, budget.delta)
+    if "demand" in datasets:
+        losses["demand"], demand_spent = train_demand_private(
+            models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
+        epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
+    return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
+                    "sample-rate": spent.sample_rate, "steps": spent.steps,
+                    "max-grad-norm": plan.release("recommender").max_grad_norm, "epsilon-budget": budget.epsilon}
+
+
+def _round_seed(config: ConfigRecord) -> int:
+    return int(config["seed"]) * 100_003 + int(config["server-round"])
+
+
+def _reply(arrays: dict[str, np.ndarray], reply: dict[str, Any]) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()}),
+                       "metrics": MetricRecord(reply["metrics"]), MERCHANT_RECORD: ConfigRecord(reply["merchant"])})
+
+
+def train_locally(msg: Message, options: NodeOptions) -> Message:
+    """One round on this merchant's data, with DP-SGD when the run asks for it. Only the decrypted
+    aggregate and the merchant's customers enter it: never the merchant-local part. A round this node
+    already answered (the server lost it and asks again) gets the same reply, without training."""
+    config = msg.content.config_records["config"]
+    run, round_ = str(config[RUN_KEY]), int(config["server-round"])
+    received = received_digest({name: array.numpy() for name, array in msg.content.array_records["arrays"].items()},
+                               float(config.get("aggregate-weight", 0.0)))
+    if (kept := sent_update(options.state_dir, run, round_, received)) is not None:
+        log(INFO, "merchant %s: round %d of run %s was already trained and paid for; sending the same update",
+            options.merchant, round_, run)
+        return Message(content=_reply(*kept), reply_to=msg)
+    adopted = adopted_global_model(msg, config, options, run)
+    models = adopted.models
+    seed = _round_seed(config)
+    datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
+                                 config, seed)
+    if empty := [name for name, data in datasets.items() if len(data) == 0]:
+        why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
+        raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
+    batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
+    privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
+               "max-grad-norm": 0.0, "epsilon-budget": 0.0}
+    if config["dp"]:
+        losses, privacy = _train_private(models, datasets, config, options, run, round_)
+    else:
+        optimizer = torch.optim.Adam(models.recommender.parameters(), lr=float(config["learning-rate"]))
+        losses = {"recommender": train_epochs(models.recommender, shuffled_loader(datasets["recommender"], batch_size,
+                                                                                  seed), optimizer, epochs)}
+        if "demand" in datasets:
+            losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
+                                            float(config["demand-learning-rate"]), epochs, seed)
+    examples = len(datasets["recommender"])
+    arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
+    reply = {"metrics": {EXAMPLES: examples, "train-loss": losses["recommender"],
+                         "demand-loss": losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+                         **privacy, **written_on},
+             "merchant": _merchant_record(options, adopted)}
+    keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
+    return Message(content=_reply(arrays, reply), reply_to=msg)
+
+
+def _local_part(models: SharedModels, interactions: Interactions, config: ConfigRecord, options: NodeOptions,
+                run: str) -> tuple[LocalPart | None, dict[str, float]]:
+    """This round's local part of the recommender (None: serve the shared one) and what its fit reports."""
+    epochs, seed = int(config["local-part-epochs"]), _round_seed(config)
+    if not epochs:
+        return None, {}
+    fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
+                         audit_holdout(interactions, config),
+                         lambda left_out: recommender_examples(interactions, config, seed, left_out),
+                         int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
+                         epochs, seed)
+    return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
+                      "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
+                      "local-part-validation-ndcg10": fit.served_validation_ndcg,
+                      "shared-validation-ndcg10": fit.shared_validation_ndcg,
+                      "local-part-validation-customers": fit.validation_customers}
+
+
+def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
+    """Fit the merchant-local part on top of the new global model, rank the held-out items with the
+    served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
+    config = msg.content.config_records["config"]
+    run = str(config[RUN_KEY])
+    adopted = adopted_global_model(msg, config, options, run)
+    models = adopted.models
+    interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
+    part, fit_metrics = _local_part(models, interactions, config, options, run)
+    served = serving_model(models.recommender, part, interactions)
+    metrics = evaluate_ranking(served, interactions, history_length)
+    shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
+    audit = {}
+    if int(config["server-round"]) == int(config["num-server-rounds"]):
+        audit = audit_metrics(models, served, interactions,
+                              load_demand_panel(options.data_dir) if config["pricing"] else None,
+                              history_length, audit_holdout(interactions, config), int(config["seed"]))
+    save_model_copy(options.state_dir, models, part, {"round": int(config["server-round"]), "run": run,
+                                                      "history_length": history_length,
+                                                      "changes": adopted.changes})
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
+                                 "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
+                                 AGGREGATE_REFUSED: float(bool(adopted.refusal)), **fit_metrics, **audit}),
+        MERCHANT_RECORD: ConfigRecord(_merchant_record(options, adopted)),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+def count_examples(msg: Message, options: NodeOptions) -> Message:
+    """Answer the server's question before an encrypted round: how many examples this merchant trains on."""
+    config = msg.content.config_records["config"]
+    interactions = load_interactions(options.data_dir)
+    examples = recommender_examples(interactions, config, _round_seed(config), audit_holdout(interactions, config))
+    return Message(content=RecordDict({"metrics": MetricRecord({EXAMPLES: len(examples)}),
+                                       MERCHANT_RECORD: ConfigRecord({"name": options.merchant})}), reply_to=msg)
+
+
+def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:
+    """A ClientApp; ``simulation_nodes`` holds the node config of each simulated merchant."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        return train_locally(msg, node_options(context.node_config, simulation_nodes))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        return evaluate_locally(msg, node_options(context.node_config, simulation_nodes))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return count_examples(msg, node_options(context.node_config, simulation_nodes))
+
+    return app
+
+
+app = build_client_app()

@@ -1,0 +1,79 @@
+"""A merchant node's own configuration, and its data loaded once per process.
+
+A real SuperNode is started with ``--node-config`` holding these keys (``fedshop node`` writes
+them); a simulated node gets the same keys from the list the simulation was built with.
+
+=================  ==========================================================================
+``data-dir``       the merchant's data directory (orders + catalog)
+``merchant``       the name the operator sees (default: the directory name)
+``secret-context`` the key steward's ``secret.ctx`` (needed when the run encrypts)
+``epsilon-budget`` the most ε this node will ever spend (default ``DEFAULT_EPSILON_BUDGET``)
+``delta``          δ of the guarantee (default: 0.1 / customers)
+``state-dir``      where the node keeps its privacy ledger and its copy of the model
+                   (default: ``DATA_DIR/.fedshop``)
+=================  ==========================================================================
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from fedshop.client.data.demand import DemandPanel, build_demand_panel
+from fedshop.client.data.interactions import Interactions, build_interactions
+from fedshop.client.data.schema import MerchantData, load_merchant
+from fedshop.privacy.ledger import DEFAULT_EPSILON_BUDGET, LEDGER_FILE, Budget, default_delta
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Everything a merchant node knows about itself."""
+
+    data_dir: Path
+    merchant: str
+    secret_context: Path | None
+    epsilon_budget: float
+    delta: float | None
+    state_dir: Path
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / LEDGER_FILE
+
+    def budget(self, customers: int) -> Budget:
+        return Budget(self.epsilon_budget, self.delta if self.delta is not None else default_delta(customers))
+
+
+def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> NodeOptions:
+    """The node's options from its node config (a simulated node's from its partition)."""
+    if simulation_nodes and "partition-id" in node_config and "data-dir" not in node_config:
+        node_config = simulation_nodes[int(node_config["partition-id"])]
+    if "data-dir" not in node_config:
+        raise ValueError("this node has no data: start it with --node-config \"data-dir='/path/to/merchant'\"")
+    data_dir = Path(str(node_config["data-dir"])).expanduser().resolve()
+    secret = node_config.get("secret-context")
+    return NodeOptions(
+        data_dir=data_dir,
+        merchant=str(node_config.get("merchant", data_dir.name)),
+        secret_context=Path(str(secret)).expanduser().resolve() if secret else None,
+        epsilon_budget=float(node_config.get("epsilon-budget", DEFAULT_EPSILON_BUDGET)),
+        delta=float(node_config["delta"]) if "delta" in node_config else None,
+        state_dir=Path(str(node_config.get("state-dir", data_dir / ".fedshop"))).expanduser().resolve(),
+    )
+
+
+@lru_cache(maxsize=8)
+def _merchant_data(data_dir: Path) -> MerchantData:
+    """The merchant's tables, read and validated once per process for both models."""
+    return load_merchant(data_dir)
+
+
+@lru_cache(maxsize=8)
+def load_interactions(data_dir: Path) -> Interactions:
+    """Validated data of the merchant in ``data_dir``, turned into training interactions."""
+    return build_interactions(_merchant_data(data_dir))
+
+
+@lru_cache(maxsize=8)
+def load_demand_panel(data_dir: Path) -> DemandPanel:
+    """Validated data of the merchant in ``data_dir``, turned into weekly demand."""
+    return build_demand_panel(_merchant_data(data_dir))

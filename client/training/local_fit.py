@@ -1,0 +1,123 @@
+"""The merchant-local part of the recommender (``fedshop.models.local_part``), fitted and served on the node.
+
+After every release of the shared recommender the node fits its local part on its own training
+customers, without noise (nothing fitted here leaves the node): offsets to the shared weights, by
+fine-tuning the released model (Adam), starting from the new shared model plus the previous round's
+offsets of the same run, and the weight of its shop's co-purchases.
+
+How much of the merchant's own data to trust is chosen on the merchant's own data: a share of its
+customers (``VALIDATION_SHARE``, by a stable hash) is left out of the fit, and every candidate (the
+shared weights alone, the previous offsets, the offsets after each epoch, each with every
+co-purchase weight of ``CO_PURCHASE_WEIGHTS``, co-purchases learnt from the other customers) is
+scored on predicting their last history item from the items before it. The best candidate is
+served; the shared model alone wins where the merchant's data would only make it overfit. None of
+it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any of
+it: a round's training starts from the decrypted aggregate alone. Nor does the shared model train on
+the validation items (``fedshop.client.training.round_plan.recommender_examples``): it would have learnt them, look
+better on validation than it is, and be served alone where the merchant's data would have helped.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fedshop.client.data.interactions import Interactions
+from fedshop.client.training.recommender import (
+    catalogue_scores,
+    customer_gains,
+    padded_history,
+    shuffled_loader,
+    train_epochs,
+)
+from fedshop.models.layout import LAYOUT, stable_bucket
+from fedshop.models.local_part import CoPurchases, LocalPart, ServedRecommender, offsets
+from fedshop.models.recommender import Recommender
+
+VALIDATION_SHARE = 0.1
+CO_PURCHASE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0, 4096.0)  # up to: they decide
+_BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class LocalFit:
+    """How one round's local fit went: what the node serves and why."""
+
+    part: LocalPart | None  # None: the shared model alone scored best on validation
+    epochs: int  # epochs of this round behind the offsets (0: the shared weights or the previous offsets)
+    shared_validation_ndcg: float
+    served_validation_ndcg: float
+    validation_customers: int
+
+
+def validation_customers(customers: list[str], excluded: np.ndarray) -> np.ndarray:
+    """True for the customers the local fit leaves out to choose its candidate (about ``VALIDATION_SHARE``)."""
+    cut = round(VALIDATION_SHARE * _BUCKETS)
+    chosen = np.array([stable_bucket(f"local-validation:{c}", _BUCKETS + 1) <= cut for c in customers], dtype=bool)
+    return chosen & ~excluded
+
+
+def shop_co_purchases(data: Interactions, left_out: np.ndarray | None = None) -> CoPurchases:
+    """The shop's co-purchases over its customers' training histories (but those ``left_out``)."""
+    histories = [h for c, h in enumerate(data.histories) if left_out is None or not left_out[c]]
+    return CoPurchases([data.features.id_index[h] for h in histories], LAYOUT.id_buckets)
+
+
+def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions,
+                  co_purchases: CoPurchases | None = None) -> Recommender:
+    """The recommender the merchant serves: ``shared`` alone, or with its local part and the shop's
+    co-purchases over all its customers' training histories (``co_purchases``, when already counted)."""
+    if local is None:
+        return shared
+    if not local.co_purchase_weight:
+        return ServedRecommender(shared, local, None)
+    return ServedRecommender(shared, local, shop_co_purchases(data) if co_purchases is None else co_purchases)
+
+
+def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,
+                   examples: Callable[[np.ndarray], Dataset], history_length: int, batch_size: int,
+                   learning_rate: float, epochs: int, seed: int) -> LocalFit:
+    """The local part that scores best on the merchant's validation customers after up to ``epochs``
+    passes over its other training customers (``excluded`` ones never train: the audit holdout);
+    ``examples`` makes the training examples of every customer but those a mask leaves out."""
+    validation = validation_customers(data.customers, excluded)
+    view = data.one_step_back()
+    scored = [c for c in view.evaluable if validation[c]]
+    dataset = examples(excluded | validation)
+    if not scored or len(dataset) == 0:
+        return LocalFit(None, 0, float("nan"), float("nan"), len(scored))
+    features = data.features
+    padded = [padded_history(view.histories[c], features, history_length) for c in scored]
+    ids, _, mask = (np.stack(parts) for parts in zip(*padded, strict=True))
+    co_purchase = shop_co_purchases(data, excluded | validation).scores(ids, mask, features.id_index)
+
+    def best_weight(model: Recommender) -> tuple[float, float]:
+        """The best co-purchase weight on top of ``model``, and its validation NDCG@10."""
+        model_scores = catalogue_scores(model, view, scored, history_length)
+        quality = [(customer_gains(view, scored, model_scores + weight * co_purchase).ndcg.mean(), weight)
+                   for weight in CO_PURCHASE_WEIGHTS]
+        ndcg, weight = max(quality, key=lambda pair: pair[0])
+        return float(ndcg), weight
+
+    shared_quality = float(customer_gains(view, scored, catalogue_scores(shared, view, scored, history_length))
+                           .ndcg.mean())
+    best = LocalFit(None, 0, shared_quality, shared_quality, len(scored))
+
+    def consider(model: Recommender, part_offsets: dict[str, np.ndarray] | None, epoch: int) -> None:
+        nonlocal best
+        ndcg, weight = best_weight(model)
+        if ndcg > best.served_validation_ndcg:
+            best = LocalFit(LocalPart(part_offsets, weight), epoch, shared_quality, ndcg, len(scored))
+
+    start = ServedRecommender(shared, previous or LocalPart(None), None)
+    tuned = Recommender(shared.layout)
+    tuned.load_state_dict(start.state_dict())
+    consider(tuned, previous.offsets if previous else None, 0)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=learning_rate)
+    loader = shuffled_loader(dataset, batch_size, seed)
+    for epoch in range(1, epochs + 1):
+        train_epochs(tuned, loader, optimizer, 1)
+        consider(tuned, offsets(tuned, shared), epoch)
+    return best

@@ -1,0 +1,228 @@
+"""Local training and evaluation of the recommender on one merchant's data.
+
+Training uses one example per customer per epoch, so that a per-sample bound is a per-customer
+bound. The example holds several predictions: random next items of the customer's history, each
+predicted from the items before it against sampled negatives from the merchant's catalogue. The
+customer's loss is their mean, so DP-SGD clips one gradient per customer that averages over more of
+their history (the "augmentation multiplicity" of De et al., 2022: the noise stays the same and the
+clipped signal is less noisy). Evaluation ranks the whole catalogue for every customer with a
+held-out item (HR@10, NDCG@10).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedshop.client.data.interactions import Interactions
+from fedshop.models.item_features import ItemFeatures
+from fedshop.models.recommender import Recommender
+from fedshop.privacy.dp_sgd import Release, train_private
+from fedshop.privacy.ledger import Mechanism
+
+TOP_K = 10
+
+
+def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tuple[np.ndarray, ...]:
+    """Id buckets ``[L]``, token buckets ``[L, T]`` and mask ``[L]`` of the last ``length`` rows."""
+    rows = rows[-length:]
+    ids = np.zeros(length, dtype=np.int64)
+    tokens = np.zeros((length, features.token_index.shape[1]), dtype=np.int64)
+    mask = np.zeros(length, dtype=np.float32)
+    ids[: len(rows)] = features.id_index[rows]
+    tokens[: len(rows)] = features.token_index[rows]
+    mask[: len(rows)] = 1.0
+    return ids, tokens, mask
+
+
+class NextItemExamples(Dataset):
+    """One training example per trainable customer (but those ``held_out`` of training, when given).
+
+    Customers in ``withheld_last`` keep their last history item out of their predictions (another
+    task validates on it), and train only if two items remain.
+
+    An example makes ``predictions`` next-item predictions at positions of the customer's history
+    drawn afresh on every access. It holds, side by side, the ``history_length`` items before each
+    target (``[predictions * history_length]`` ids, ``[..., T]`` tokens), one window per prediction
+    that selects its own items (``[predictions, predictions * history_length]``) and candidates:
+    the targets in order, then ``negatives`` items sampled from the catalogue that every prediction
+    ranks its target against."""
+
+    def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int,
+                 held_out: np.ndarray | None = None, predictions: int = 1,
+                 withheld_last: np.ndarray | None = None) -> None:
+        if predictions < 1:
+            raise ValueError(f"predictions per customer must be at least 1, got {predictions}")
+        self.data = data
+        ends = np.array([len(h) for h in data.histories], dtype=np.int64)
+        if withheld_last is not None:
+            ends -= withheld_last.astype(np.int64)
+        self.customers = [c for c in data.trainable if ends[c] >= 2 and (held_out is None or not held_out[c])]
+        self._ends = ends[self.customers]  # targets are drawn from history positions [1, end)
+        self.history_length = history_length
+        self.negatives = negatives
+        self.predictions = predictions
+        self._blocks = np.kron(np.eye(predictions, dtype=np.float32), np.ones(history_length, np.float32))
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.customers)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        features = self.data.features
+        history = self.data.histories[self.customers[index]]
+        targets = self.rng.integers(1, self._ends[index], self.predictions)
+        ids, tokens, masks = zip(*(padded_history(history[:t], features, self.history_length) for t in targets),
+                                 strict=True)
+        windows = self._blocks * np.concatenate(masks)
+        candidates = np.concatenate([history[targets], self.rng.integers(0, len(features.item_ids), self.negatives)])
+        return (torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(tokens)),
+                torch.from_numpy(windows), torch.from_numpy(features.id_index[candidates]),
+                torch.from_numpy(features.token_index[candidates]))
+
+
+class NextItemLoss(nn.Module):
+    """Sampled-softmax cross-entropy of each prediction, averaged per customer.
+
+    Takes the model's scores ``[B, K, K + N]`` of :class:`NextItemExamples`: prediction ``k`` ranks
+    candidate ``k`` (its target) against the ``N`` shared negatives; the other targets are later or
+    earlier purchases, not negatives, and are left out. Shaped like a torch loss (``reduction``, a
+    target argument it ignores) so that Opacus' ghost clipping can ask it for per-customer losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, scores: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+        predictions = scores.shape[1]
+        positive = torch.diagonal(scores[:, :, :predictions], dim1=1, dim2=2)
+        negatives = torch.logsumexp(scores[:, :, predictions:], dim=-1)
+        per_customer = (torch.logaddexp(positive, negatives) - positive).mean(dim=1)
+        return per_customer if self.reduction == "none" else per_customer.mean()
+
+
+def shuffled_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
+    """Seeded shuffled batches of ``dataset`` (training without DP)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epochs: int,
+                 loss_fn: nn.Module | None = None, after_step: Callable[[], None] | None = None) -> float:
+    """Run ``epochs`` passes minimising ``loss_fn`` (by default the recommender's :class:`NextItemLoss`);
+    returns the mean loss of the last epoch. DP-SGD passes Opacus' wrapped model, optimizer and loss."""
+    loss_fn = loss_fn or NextItemLoss()
+    model.train()
+    last = float("nan")
+    for _ in range(epochs):
+        total, batches = 0.0, 0
+        for batch in loader:
+            optimizer.zero_grad()
+            scores = model(*batch)
+            loss = loss_fn(scores, torch.zeros(len(scores), dtype=torch.long))
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item()
+            batches += 1
+        last = total / max(batches, 1)
+    return last
+
+
+def private_recipe(examples: int, batch_size: int, max_sample_rate: float,
+                   learning_rate: float) -> tuple[int, float]:
+    """A model's expected DP-SGD batch for ``examples`` customers and its learning rate:
+    ``batch_size``, but at most ``max_sample_rate`` of them, with ``learning_rate`` (the rate at the
+    full batch) scaled linearly to a smaller batch. Large batches share one noise draw among more
+    customers; a merchant of about one batch would instead take a handful of full-batch steps, which
+    need far more noise each."""
+    batch = max(1, min(batch_size, round(max_sample_rate * examples)))
+    return batch, learning_rate * batch / batch_size
+
+
+def train_recommender_private(model: Recommender, dataset: Dataset, release: Release, batch_size: int,
+                              learning_rate: float, epochs: int) -> tuple[float, Mechanism]:
+    """DP-SGD on the recommender for ``epochs`` passes (one clipped gradient per customer); the last
+    epoch's loss and what was spent."""
+    def loop(private: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss: nn.Module) -> float:
+        return train_epochs(private, loader, optimizer, epochs, loss)
+    return train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
+
+
+@torch.no_grad()
+def catalogue_scores(model: Recommender, data: Interactions, customers: list[int],
+                     history_length: int) -> np.ndarray:
+    """Scores ``[customers, catalogue]`` with each customer's own history items masked out."""
+    features = data.features
+    model.eval()
+    padded = [padded_history(data.histories[c], features, history_length) for c in customers]
+    ids, tokens, mask = (torch.from_numpy(np.stack(parts)) for parts in zip(*padded, strict=True))
+    scores = model.candidate_scores(ids, tokens, mask, torch.from_numpy(features.id_index),
+                                    torch.from_numpy(features.token_index))
+    return mask_history(data, customers, scores.numpy())
+
+
+def mask_history(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:
+    """``scores`` with each customer's own history items set to -inf (they are not recommended)."""
+    for row, customer in enumerate(customers):
+        scores[row, data.histories[customer]] = -np.inf
+    return scores
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    """Leave-last-out ranking quality over the full catalogue."""
+
+    hit_rate: float
+    ndcg: float
+    customers: int
+    coverage: float = 0.0  # share of the catalogue that appears in someone's top 10
+
+
+class CustomerGains(NamedTuple):
+    """Each evaluated customer's NDCG@10 and hit@10 of their held-out item."""
+
+    ndcg: np.ndarray
+    hit: np.ndarray
+
+
+_GAINS = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(TOP_K) + 2.0))])  # NDCG of ranks below k
+
+
+def customer_gains(data: Interactions, customers: list[int], scores: np.ndarray) -> CustomerGains:
+    """Expected NDCG@10 and hit@10 of each customer's held-out item in history-masked ``scores``, with
+    ties broken at random: an item scored like the held-out one may come first as often as after it, so
+    a scorer that leaves most of the catalogue tied (popularity, item-kNN) is not ranked first among its
+    ties. A held-out item scored ``-inf`` (not shown) gains nothing."""
+    target = scores[np.arange(len(customers)), data.held_out[customers]][:, None]
+    above = (scores > target).sum(axis=1)
+    tied = (scores == target).sum(axis=1) - 1
+    first, last = np.minimum(above, TOP_K), np.minimum(above + tied + 1, TOP_K)
+    shown = np.isfinite(target[:, 0])
+    ndcg = np.where(shown, (_GAINS[last] - _GAINS[first]) / (tied + 1), 0.0)
+    hit = np.where(shown, (last - first) / (tied + 1), 0.0)
+    return CustomerGains(ndcg, hit)
+
+
+def summarise_ranking(gains: CustomerGains, scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage from each customer's gains and the scores they came from."""
+    top = np.argpartition(-scores, min(TOP_K, scores.shape[1] - 1), axis=1)[:, :TOP_K]
+    coverage = len(np.unique(top)) / scores.shape[1]
+    return RankingMetrics(float(gains.hit.mean()), float(gains.ndcg.mean()), len(gains.ndcg), coverage)
+
+
+def ranking_metrics(data: Interactions, customers: list[int], scores: np.ndarray) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage of history-masked ``scores`` [customers, catalogue]."""
+    return summarise_ranking(customer_gains(data, customers, scores), scores)
+
+
+def evaluate_ranking(model: Recommender, data: Interactions, history_length: int) -> RankingMetrics:
+    """HR@10, NDCG@10 and coverage of the held-out items, ranked against the whole catalogue."""
+    customers = data.evaluable
+    if not customers:
+        return RankingMetrics(0.0, 0.0, 0)
+    return ranking_metrics(data, customers, catalogue_scores(model, data, customers, history_length))
