@@ -18,10 +18,11 @@ from pathlib import Path
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
-from flwr.supercore.run import Run
 
 from fedshop.client.node.app import build_client_app
+from fedshop.core.flower_private import Run
 from fedshop.core.settings import RunSettings
+from fedshop.operations import offline
 from fedshop.rundir.store import RunStore
 from fedshop.server.federation import run_federation
 
@@ -81,6 +82,7 @@ def run_simulated_federation(nodes: list[dict], settings: RunSettings) -> Path:
     registered the simulated nodes, so with ``min_nodes`` below their number a round could sample
     only the first merchants to appear.
     """
+    offline.apply()
     settings = replace(settings, min_nodes=len(nodes))
     server_app = ServerApp()
 

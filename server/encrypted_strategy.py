@@ -13,10 +13,22 @@ from logging import WARNING
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.supercore import log
 
-from fedshop.core.protocol import EXAMPLES, MERCHANT_RECORD, VALUE_RANGE, WEIGHT_SCALE
+from fedshop.core.protocol import (
+    AGGREGATE_RANGE,
+    AGGREGATE_SCALE,
+    AGGREGATE_WEIGHT,
+    ARRAYS,
+    CONTEXT_ID,
+    EXAMPLES,
+    MERCHANT_RECORD,
+    METRICS,
+    SERVER_ROUND,
+    VALUE_RANGE,
+    WEIGHT_SCALE,
+)
 from fedshop.core.settings import RunSettings
 from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
@@ -42,10 +54,10 @@ class EncryptedFedAvg(MerchantFedAvg):
         self.accepted_weight = 0
 
     def _tag(self, config: ConfigRecord) -> ConfigRecord:
-        config["context-id"] = self.key.context_id
-        config["aggregate-weight"] = self.aggregate_weight
-        config["aggregate-scale"] = self.aggregate_scale
-        config["aggregate-range"] = self.aggregate_range
+        config[CONTEXT_ID] = self.key.context_id
+        config[AGGREGATE_WEIGHT] = self.aggregate_weight
+        config[AGGREGATE_SCALE] = self.aggregate_scale
+        config[AGGREGATE_RANGE] = self.aggregate_range
         return config
 
     def _ask_examples(self, round_: int, config: ConfigRecord, grid: Grid) -> None:
@@ -58,7 +70,7 @@ class EncryptedFedAvg(MerchantFedAvg):
                              message_type=MessageType.QUERY, dst_node_id=node) for node in unknown]
         for reply in grid.send_and_receive(questions, timeout=self.settings.round_timeout_s):
             if not reply.has_error():
-                examples = reply.content.metric_records["metrics"].get(EXAMPLES)
+                examples = reply.content.metric_records[METRICS].get(EXAMPLES)
                 if isinstance(examples, int) and examples > 0:
                     self.examples[reply.metadata.src_node_id] = examples
         if silent := [node for node in unknown if node not in self.examples]:
@@ -70,7 +82,7 @@ class EncryptedFedAvg(MerchantFedAvg):
         if len(self.sampled) > CKKS.max_merchants:
             raise ValueError(f"round {round_} would add {len(self.sampled)} encrypted updates, but one CKKS sum "
                              f"holds at most {CKKS.max_merchants}: lower fraction-train")
-        config["server-round"] = round_
+        config[SERVER_ROUND] = round_
         self._ask_examples(round_, config, grid)
         self.weight_scale = float(sum(self.examples[node] for node in self.sampled))
         self.value_range, self.accepted_weight = 0.0, 0
@@ -81,11 +93,11 @@ class EncryptedFedAvg(MerchantFedAvg):
         return super().configure_evaluate(server_round, arrays, self._tag(config), grid)
 
     def accept_update(self, msg: Message) -> Any:
-        made_under = str(msg.content.config_records[MERCHANT_RECORD].get("context-id", ""))
+        made_under = str(msg.content.config_records[MERCHANT_RECORD].get(CONTEXT_ID, ""))
         if made_under != self.key.context_id:
             raise UpdateRefused(f"encrypted under context {made_under or '(none)'}, but this federation "
                                 f"uses context {self.key.context_id}")
-        metrics = msg.content.metric_records["metrics"]
+        metrics = msg.content.metric_records[METRICS]
         if metrics.get(WEIGHT_SCALE) != self.weight_scale:
             raise UpdateRefused(f"written for a weight scale of {metrics.get(WEIGHT_SCALE)}, but this round's "
                                 f"is {self.weight_scale:g}")
@@ -98,7 +110,7 @@ class EncryptedFedAvg(MerchantFedAvg):
         if self.accepted_weight + weight > MAX_WEIGHT_RATIO * self.weight_scale:
             raise UpdateRefused(f"its {weight} examples would take the round's total weight past "
                                 f"{MAX_WEIGHT_RATIO:g} times the weight scale {self.weight_scale:g}")
-        arrays = msg.content.array_records["arrays"]
+        arrays = msg.content.array_records[ARRAYS]
         try:
             update = parse_update(self.key, {name: array.numpy() for name, array in arrays.items()},
                                   parameter_count())

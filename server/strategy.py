@@ -18,12 +18,21 @@ from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore import log
 
-from fedshop.core.protocol import AGGREGATE_REFUSED, APP_DIGEST, MERCHANT_RECORD, arrays_sha256
+from fedshop.core.flower_private import ErrorCode
+from fedshop.core.protocol import (
+    AGGREGATE_REFUSED,
+    APP_DIGEST,
+    ARRAYS,
+    MERCHANT_NAME,
+    MERCHANT_RECORD,
+    METRICS,
+    SERVER_ROUND,
+    arrays_sha256,
+)
 from fedshop.core.settings import RunSettings
 from fedshop.rundir.store import RunStore
 from fedshop.server.registry import read_registry
@@ -96,7 +105,7 @@ class MerchantFedAvg(FedAvg):
         if node in self.registered:
             self.names[node] = self.registered[node]
         elif not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
-            self.names[node] = str(msg.content.config_records[MERCHANT_RECORD]["name"])
+            self.names[node] = str(msg.content.config_records[MERCHANT_RECORD][MERCHANT_NAME])
         elif msg.has_error() and (named := NAMED_FAILURE.match(failure_reason(msg.error.reason))):
             self.names.setdefault(node, named["name"])
         return self.names.get(node, f"node {node}")
@@ -147,7 +156,7 @@ class MerchantFedAvg(FedAvg):
 
     def _instructions(self, round_: int, arrays: ArrayRecord, config: ConfigRecord, kind: str,
                       nodes: list[int]) -> list[Message]:
-        config["server-round"] = round_
+        config[SERVER_ROUND] = round_
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._sent(Message(content=content, message_type=kind, dst_node_id=node) for node in nodes)
 
@@ -180,7 +189,7 @@ class MerchantFedAvg(FedAvg):
 
     def accept_update(self, msg: Message) -> Any:
         """Check one merchant's update; returns what :meth:`aggregate_updates` combines."""
-        problem = update_problem(self.global_arrays, msg.content.array_records["arrays"])
+        problem = update_problem(self.global_arrays, msg.content.array_records[ARRAYS])
         if problem:
             raise UpdateRefused(problem)
         return msg
@@ -197,7 +206,7 @@ class MerchantFedAvg(FedAvg):
     def _check_metrics(self, msg: Message, expected: set[str] | None) -> set[str]:
         """The reply's metric names; refused unless it carries a positive example count and the
         same names as the round's other replies (FedAvg would otherwise stop the whole run)."""
-        metrics = msg.content.metric_records.get("metrics")
+        metrics = msg.content.metric_records.get(METRICS)
         examples = metrics.get(self.weighted_by_key) if metrics is not None else None
         if not isinstance(examples, int) or examples <= 0:
             raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
@@ -231,7 +240,7 @@ class MerchantFedAvg(FedAvg):
                 log(WARNING, "round %d: dropped the update of %s: %s", round_, who, refused)
                 failures[node] = f"update refused: {refused}"
                 continue
-            train[node] = dict(msg.content.metric_records["metrics"])
+            train[node] = dict(msg.content.metric_records[METRICS])
             code[node] = str(msg.content.config_records[MERCHANT_RECORD].get(APP_DIGEST, ""))
             if refusal := self._refusal(msg):
                 refusals[node] = refusal
@@ -258,7 +267,7 @@ class MerchantFedAvg(FedAvg):
             if msg.has_error():
                 failures.setdefault(node, failure_reason(msg.error.reason))
             else:
-                evaluate[node] = dict(msg.content.metric_records["metrics"])
+                evaluate[node] = dict(msg.content.metric_records[METRICS])
                 if refusal := self._refusal(msg):
                     refusals[node] = refusal
         metrics = super().aggregate_evaluate(server_round, replies)

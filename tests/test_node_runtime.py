@@ -6,10 +6,9 @@ import threading
 
 import httpx
 import pytest
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
 from fedshop.client.node.runtime import _client
+from fedshop.core.flower_private import AcquireTaskRequest, RuntimeVersionHttpInterceptor
 
 
 class _Refuses(http.server.BaseHTTPRequestHandler):

@@ -1,16 +1,18 @@
-"""Run settings are defined once: pyproject's Flower run config mirrors them exactly."""
+"""Run settings are defined once: the app's generated pyproject carries them, and Flower's run config
+converts back to them."""
 
 import tomllib
 
 import pytest
 
 from fedshop.core.settings import RunSettings
-from tests.conftest import REPO
+from fedshop.operations.app_bundle import CLIENT_APP, SERVER_APP, app_pyproject
 
 
-def test_pyproject_run_config_mirrors_run_settings() -> None:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert config == RunSettings().to_run_config()
+def test_the_apps_run_config_is_generated_from_run_settings() -> None:
+    app = tomllib.loads(app_pyproject())["tool"]["flwr"]["app"]
+    assert app["config"] == RunSettings().to_run_config()
+    assert app["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
 
 
 def test_from_run_config_converts_and_refuses_unknown_keys() -> None:

@@ -4,8 +4,8 @@ import time
 from pathlib import Path
 
 import pytest
-from flwr.server.superlink.fleet.vce import vce_api
 
+from fedshop.core.flower_private import vce_api
 from fedshop.core.settings import RunSettings
 from fedshop.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from fedshop.rundir.store import RunStore

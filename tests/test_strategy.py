@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, RecordDict
-from flwr.common.constant import ErrorCode
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
+from fedshop.core.flower_private import ErrorCode, TaskIdentity
 from fedshop.core.settings import RunSettings
 from fedshop.operations.progress import round_table
 from fedshop.rundir.store import RunStore

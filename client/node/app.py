@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore import log
+from flwr.common import log
 from torch.utils.data import Dataset
 
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
@@ -47,7 +47,37 @@ from fedshop.client.training.recommender import (
     train_recommender_private,
 )
 from fedshop.client.training.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
-from fedshop.core.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
+from fedshop.core.protocol import (
+    AGGREGATE_RANGE,
+    AGGREGATE_REFUSED,
+    AGGREGATE_SCALE,
+    AGGREGATE_WEIGHT,
+    ARRAYS,
+    CLIPPED_VALUES,
+    CONFIG,
+    CONTEXT_ID,
+    DELTA,
+    DEMAND_LOSS,
+    EPSILON,
+    EPSILON_BUDGET,
+    EXAMPLES,
+    HR10,
+    MAX_GRAD_NORM,
+    MERCHANT_NAME,
+    MERCHANT_RECORD,
+    METRICS,
+    NDCG10,
+    NOISE_MULTIPLIER,
+    RUN_KEY,
+    SAMPLE_RATE,
+    SERVER_ROUND,
+    SHARED_HR10,
+    SHARED_NDCG10,
+    STEPS,
+    TRAIN_LOSS,
+    VALUE_RANGE,
+    WEIGHT_SCALE,
+)
 from fedshop.explain.audit import audit_metrics
 from fedshop.models.local_part import LocalPart
 from fedshop.models.parameters import flatten, unflatten
@@ -79,16 +109,16 @@ def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
     """The round's global models (decrypted when encrypted), the key used, and the value range of
     the fixed-point grid this round's updates are written on (0 in the clear)."""
     models, key = SharedModels(), None
-    arrays = msg.content.array_records["arrays"]
+    arrays = msg.content.array_records[ARRAYS]
     if not config["he"]:
         models.load_state_dict(arrays.to_torch_state_dict())
         return models, key, 0.0
-    key = merchant_key(options, str(config["context-id"]))
-    weight = float(config["aggregate-weight"])
+    key = merchant_key(options, str(config[CONTEXT_ID]))
+    weight = float(config[AGGREGATE_WEIGHT])
     if weight == 0:
         models = build_shared_models(int(config["seed"]))
     else:
-        grid = Grid(float(config["aggregate-range"]), float(config["aggregate-scale"]))
+        grid = Grid(float(config[AGGREGATE_RANGE]), float(config[AGGREGATE_SCALE]))
         models.load_state_dict(unflatten(decrypt_global_model(
             key, {name: array.numpy() for name, array in arrays.items()}, grid, weight)))
     return models, key, value_range_of(flatten(models.state_dict()))
@@ -112,13 +142,13 @@ def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOption
     run's initial model in its first round) before anything trains on, evaluates or serves them."""
     models, key, value_range = global_model(msg, config, options)
     previous = adopted_copy(options.state_dir, run)
-    if previous is None and int(config["server-round"]) == 1:
+    if previous is None and int(config[SERVER_ROUND]) == 1:
         previous = build_shared_models(int(config["seed"])), []
     if previous is None:
         return Adopted(models, key, "", [], value_range)
     problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous[0].state_dict()), previous[1])
     if problem:
-        log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config["server-round"],
+        log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config[SERVER_ROUND],
             problem)
         return Adopted(previous[0], key, problem, previous[1], value_range)
     return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []), value_range)
@@ -139,11 +169,11 @@ def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: Co
         log(WARNING, "merchant %s: %d values of the model lay beyond the round's range ±%g and were clipped",
             options.merchant, clipped, grid.value_range)
     return encrypt(adopted.key, integers), {WEIGHT_SCALE: grid.weight_scale, VALUE_RANGE: grid.value_range,
-                                            "clipped-values": clipped}
+                                            CLIPPED_VALUES: clipped}
 
 
 def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
-    return {"name": options.merchant, "context-id": adopted.key.context_id if adopted.key else "",
+    return {MERCHANT_NAME: options.merchant, CONTEXT_ID: adopted.key.context_id if adopted.key else "",
             AGGREGATE_REFUSED: adopted.refusal}
 
 
@@ -165,28 +195,28 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
         losses["demand"], demand_spent = train_demand_private(
             models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
-    return losses, {"epsilon": epsilon, "delta": budget.delta, "noise-multiplier": plan.noise_multiplier,
-                    "sample-rate": spent.sample_rate, "steps": spent.steps,
-                    "max-grad-norm": plan.release("recommender").max_grad_norm, "epsilon-budget": budget.epsilon}
+    return losses, {EPSILON: epsilon, DELTA: budget.delta, NOISE_MULTIPLIER: plan.noise_multiplier,
+                    SAMPLE_RATE: spent.sample_rate, STEPS: spent.steps,
+                    MAX_GRAD_NORM: plan.release("recommender").max_grad_norm, EPSILON_BUDGET: budget.epsilon}
 
 
 def _round_seed(config: ConfigRecord) -> int:
-    return int(config["seed"]) * 100_003 + int(config["server-round"])
+    return int(config["seed"]) * 100_003 + int(config[SERVER_ROUND])
 
 
 def _reply(arrays: dict[str, np.ndarray], reply: dict[str, Any]) -> RecordDict:
-    return RecordDict({"arrays": ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()}),
-                       "metrics": MetricRecord(reply["metrics"]), MERCHANT_RECORD: ConfigRecord(reply["merchant"])})
+    return RecordDict({ARRAYS: ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()}),
+                       METRICS: MetricRecord(reply["metrics"]), MERCHANT_RECORD: ConfigRecord(reply["merchant"])})
 
 
 def train_locally(msg: Message, options: NodeOptions) -> Message:
     """One round on this merchant's data, with DP-SGD when the run asks for it. Only the decrypted
     aggregate and the merchant's customers enter it: never the merchant-local part. A round this node
     already answered (the server lost it and asks again) gets the same reply, without training."""
-    config = msg.content.config_records["config"]
-    run, round_ = str(config[RUN_KEY]), int(config["server-round"])
-    received = received_digest({name: array.numpy() for name, array in msg.content.array_records["arrays"].items()},
-                               float(config.get("aggregate-weight", 0.0)))
+    config = msg.content.config_records[CONFIG]
+    run, round_ = str(config[RUN_KEY]), int(config[SERVER_ROUND])
+    received = received_digest({name: array.numpy() for name, array in msg.content.array_records[ARRAYS].items()},
+                               float(config.get(AGGREGATE_WEIGHT, 0.0)))
     if (kept := sent_update(options.state_dir, run, round_, received)) is not None:
         log(INFO, "merchant %s: round %d of run %s was already trained and paid for; sending the same update",
             options.merchant, round_, run)
@@ -200,8 +230,8 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
-    privacy = {"epsilon": 0.0, "delta": 0.0, "noise-multiplier": 0.0, "sample-rate": 0.0, "steps": 0,
-               "max-grad-norm": 0.0, "epsilon-budget": 0.0}
+    privacy = {EPSILON: 0.0, DELTA: 0.0, NOISE_MULTIPLIER: 0.0, SAMPLE_RATE: 0.0, STEPS: 0,
+               MAX_GRAD_NORM: 0.0, EPSILON_BUDGET: 0.0}
     if config["dp"]:
         losses, privacy = _train_private(models, datasets, config, options, run, round_)
     else:
@@ -213,8 +243,8 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
     arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
-    reply = {"metrics": {EXAMPLES: examples, "train-loss": losses["recommender"],
-                         "demand-loss": losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+    reply = {"metrics": {EXAMPLES: examples, TRAIN_LOSS: losses["recommender"],
+                         DEMAND_LOSS: losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
                          **privacy, **written_on},
              "merchant": _merchant_record(options, adopted)}
     keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
@@ -242,7 +272,7 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
 def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     """Fit the merchant-local part on top of the new global model, rank the held-out items with the
     served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
-    config = msg.content.config_records["config"]
+    config = msg.content.config_records[CONFIG]
     run = str(config[RUN_KEY])
     adopted = adopted_global_model(msg, config, options, run)
     models = adopted.models
@@ -252,16 +282,16 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}
-    if int(config["server-round"]) == int(config["num-server-rounds"]):
+    if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions,
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, audit_holdout(interactions, config), int(config["seed"]))
-    save_model_copy(options.state_dir, models, part, {"round": int(config["server-round"]), "run": run,
+    save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,
                                                       "changes": adopted.changes})
     content = RecordDict({
-        "metrics": MetricRecord({"num-examples": metrics.customers, "hr10": metrics.hit_rate,
-                                 "ndcg10": metrics.ndcg, "shared-hr10": shared.hit_rate, "shared-ndcg10": shared.ndcg,
+        METRICS: MetricRecord({EXAMPLES: metrics.customers, HR10: metrics.hit_rate,
+                                 NDCG10: metrics.ndcg, SHARED_HR10: shared.hit_rate, SHARED_NDCG10: shared.ndcg,
                                  AGGREGATE_REFUSED: float(bool(adopted.refusal)), **fit_metrics, **audit}),
         MERCHANT_RECORD: ConfigRecord(_merchant_record(options, adopted)),
     })
@@ -270,11 +300,11 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
 
 def count_examples(msg: Message, options: NodeOptions) -> Message:
     """Answer the server's question before an encrypted round: how many examples this merchant trains on."""
-    config = msg.content.config_records["config"]
+    config = msg.content.config_records[CONFIG]
     interactions = load_interactions(options.data_dir)
     examples = recommender_examples(interactions, config, _round_seed(config), audit_holdout(interactions, config))
-    return Message(content=RecordDict({"metrics": MetricRecord({EXAMPLES: len(examples)}),
-                                       MERCHANT_RECORD: ConfigRecord({"name": options.merchant})}), reply_to=msg)
+    return Message(content=RecordDict({METRICS: MetricRecord({EXAMPLES: len(examples)}),
+                                       MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: options.merchant})}), reply_to=msg)
 
 
 def build_client_app(simulation_nodes: tuple[dict, ...] = ()) -> ClientApp:

@@ -20,19 +20,26 @@ from collections.abc import Callable
 from logging import ERROR, INFO
 
 import httpx
-from flwr.app import Context, Message
-from flwr.app.error import Error
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
-from flwr.supercore import log
-from flwr.supercore.constant import TaskType
-from flwr.supercore.heartbeat import HeartbeatSender
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import RetryInvoker, exponential
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.common import log
 
+from fedshop.core.flower_private import (
+    AcquireTaskRequest,
+    ErrorCode,
+    HeartbeatSender,
+    RetryInvoker,
+    RuntimeHttpClient,
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SendTaskHeartbeatRequest,
+    SubStatus,
+    TaskType,
+    exponential,
+    pull_task_input,
+    push_message,
+    push_task_output,
+)
 from fedshop.core.protocol import APP_DIGEST, MERCHANT_RECORD
 
 POLL_S = 0.1  # how often the SuperNode is asked for a task (Flower's SuperExec: 1 s)

@@ -5,7 +5,6 @@ and a training run, with the flags that keep Flower offline and the app's depend
 end-to-end test starts the same commands.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,10 +14,10 @@ from pathlib import Path
 
 from fedshop.core.settings import RunSettings
 from fedshop.operations.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
+from fedshop.operations.offline import OFFLINE_ENV
 from fedshop.privacy.ledger import DEFAULT_EPSILON_BUDGET
 
 CONNECTION = "fedshop"
-APP_DIR = Path(__file__).resolve().parents[1]
 
 
 def flower_tool(name: str) -> str:
@@ -68,14 +67,6 @@ class NodePrivacy:
     state_dir: Path | None = None
 
 
-def app_digest(app_dir: Path = APP_DIR) -> str:
-    """SHA-256 of the FAB that `flwr run` (``fedshop run``) builds from ``app_dir``: the digest a node
-    pins, so that it runs only a submission of the very app its merchant installed."""
-    from flwr.cli.build import build_fab_from_disk
-
-    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
-
-
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
                       privacy: NodePrivacy = NodePrivacy(), root_certificate: Path | None = None,
                       insecure: bool = False, auth_key: Path | None = None) -> list[str]:
@@ -109,18 +100,20 @@ def write_connection(flwr_home: Path, server: str, root_certificate: Path | None
     )
 
 
-def run_command(settings: RunSettings, app_dir: Path = APP_DIR) -> list[str]:
-    """``flwr run`` of this app against the ``fedshop`` connection with ``settings`` as run config."""
+def run_command(settings: RunSettings, app_dir: Path) -> list[str]:
+    """``flwr run`` of the app in ``app_dir`` (``fedshop.operations.app_bundle.write_app``) against the
+    ``fedshop`` connection with ``settings`` as run config."""
     pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in settings.to_run_config().items())
     return [flower_tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", pairs]
 
 
 def process_environment(flwr_home: Path | None = None) -> dict[str, str]:
-    """Environment for Flower processes: this Python's scripts first on PATH (the SuperLink and
-    SuperNodes start ``flower-superexec`` by name, also when the virtualenv is not activated), and
-    ``FLWR_HOME`` when a Flower CLI call must read its connection from there."""
+    """Environment for Flower processes: offline (``fedshop.operations.offline``, unless the caller set
+    a switch itself), this Python's scripts first on PATH (the SuperLink and SuperNodes start
+    ``flower-superexec`` by name, also when the virtualenv is not activated), and ``FLWR_HOME`` when a
+    Flower CLI call must read its connection from there."""
     scripts = str(Path(sys.executable).parent)
-    environment = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    environment = {**OFFLINE_ENV, **os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
     if flwr_home is not None:
         environment["FLWR_HOME"] = str(flwr_home)
     return environment
