@@ -20,9 +20,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fedshop.client.node.app import build_client_app
+from fedshop.core import offline
 from fedshop.core.flower_private import Run
 from fedshop.core.settings import RunSettings
-from fedshop.operations import offline
 from fedshop.rundir.store import RunStore
 from fedshop.server.federation import run_federation
 

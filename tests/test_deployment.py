@@ -3,7 +3,6 @@ operator's `fedshop run`, with the faults a deployment meets (a restarted SuperL
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,16 +15,10 @@ import pytest
 from fedshop.client.node.model_copy import load_models
 from fedshop.core.settings import RunSettings
 from fedshop.models.shared import build_shared_models
+from fedshop.operations.app_bundle import app_digest, write_app
 from fedshop.operations.audit_report import build_report
 from fedshop.operations.certificates import CA_FILE, create_certificates
-from fedshop.operations.deployment import (
-    APP_DIR,
-    app_digest,
-    process_environment,
-    run_command,
-    superlink_command,
-    write_connection,
-)
+from fedshop.operations.deployment import process_environment, run_command, superlink_command, write_connection
 from fedshop.privacy.ckks import create_keys
 from fedshop.rundir.store import RunStore
 from tests.processes import free_port, wait_for_port
@@ -69,9 +62,8 @@ def _wait(condition, what: str, logs: Path, timeout: float = RUN_TIMEOUT_S) -> f
 def _submit_modified_app(tmp_path: Path, port: int) -> Path:
     """An operator submits a copy of the app whose ClientApp writes a file on the merchant's machine
     (it could as well read the orders or the secret key); returns its run directory."""
-    copy = shutil.copytree(APP_DIR, tmp_path / "modified-app", ignore=shutil.ignore_patterns(
-        ".venv", ".git", "runs", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"))
-    app_py = copy / "client" / "app.py"
+    copy = write_app(tmp_path / "modified-app")
+    app_py = copy / "fedshop" / "client" / "node" / "app.py"
     honest = "    def train(msg: Message, context: Context) -> Message:\n"
     assert honest in app_py.read_text()
     marker = f"        Path({str(tmp_path / 'operator-code-ran')!r}).write_text('the operator chose the code')\n"

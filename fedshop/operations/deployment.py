@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshop.core.offline import OFFLINE_ENV
 from fedshop.core.settings import RunSettings
 from fedshop.operations.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
-from fedshop.operations.offline import OFFLINE_ENV
 from fedshop.privacy.ledger import DEFAULT_EPSILON_BUDGET
 
 CONNECTION = "fedshop"
@@ -108,7 +108,7 @@ def run_command(settings: RunSettings, app_dir: Path) -> list[str]:
 
 
 def process_environment(flwr_home: Path | None = None) -> dict[str, str]:
-    """Environment for Flower processes: offline (``fedshop.operations.offline``, unless the caller set
+    """Environment for Flower processes: offline (``fedshop.core.offline``, unless the caller set
     a switch itself), this Python's scripts first on PATH (the SuperLink and SuperNodes start
     ``flower-superexec`` by name, also when the virtualenv is not activated), and ``FLWR_HOME`` when a
     Flower CLI call must read its connection from there."""
