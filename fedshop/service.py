@@ -52,6 +52,7 @@ WATCH_S = 1.0
 TOKEN_VARIABLE = "FEDSHOP_SERVICE_TOKEN"
 WORKER_CONFIG = "FEDSHOP_SERVICE_WORKER"  # JSON: data, model, secret_context
 ONE_THREAD_PER_WORKER = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read as a worker starts
+MAX_K = 100  # a diversity re-rank builds a pool of 10 k items and its pool² similarities: 1,000² at most
 FALLBACK = "popular at this shop: the model knows no purchase of this customer, so only the items' popularity ranks"
 log = getLogger("fedshop.service")
 STAFF_PAGE = Environment(loader=PackageLoader("fedshop", "templates"),
@@ -164,10 +165,14 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
                       description="Recommendations and prices for this merchant's customers, with their reasons.")
 
     def holds_token(given: str | None) -> bool:
-        return not token or hmac.compare_digest(given or "", token)
+        """Whether ``given`` is the token (compared as UTF-8 bytes in constant time: any character may come)."""
+        return not token or hmac.compare_digest((given or "").encode("utf-8", "surrogateescape"),
+                                                token.encode("utf-8", "surrogateescape"))
 
     async def authorized(authorization: Annotated[str | None, Header()] = None,
                          fedshop_token: Annotated[str | None, Cookie()] = None) -> None:
+        if not token:  # no token configured: the service listens on this machine only (``fedshop serve``)
+            return
         scheme, _, bearer = (authorization or "").partition(" ")
         if not ((scheme == "Bearer" and holds_token(bearer)) or (fedshop_token and holds_token(fedshop_token))):
             raise HTTPException(401, "this route needs the service's token: Authorization: Bearer <token>")
@@ -198,7 +203,8 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
         if not holds_token(given):
             return HTMLResponse(STAFF_PAGE.render(round=watcher.current.round, view="login", refused=True), 401)
         opened = RedirectResponse("/", status_code=303)
-        opened.set_cookie("fedshop_token", given, httponly=True, samesite="strict")
+        opened.set_cookie("fedshop_token", given, httponly=True, samesite="strict",
+                          secure=request.url.scheme == "https")
         return opened
 
     @service.get("/health")
@@ -210,7 +216,7 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
                 "items": len(current.shop.interactions.features.item_ids)}
 
     @service.get("/customers/{customer}/recommendations", dependencies=guarded, response_class=ORJSONResponse)
-    async def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    async def recommendations(customer: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                               diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> ORJSONResponse:
         """Computed on the event loop (a few ms, no thread hand-off); the JSON is built once, by orjson."""
         return ORJSONResponse(ranked(customer, k, diversity))

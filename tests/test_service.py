@@ -8,9 +8,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
 from fedshop.client.node.model_copy import load_models, save_model_copy
 from fedshop.core.settings import RunSettings
+from fedshop.service import MAX_K, load_shop, start_service, watch_models
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
 from tests.processes import free_port, wait_for_port
@@ -26,6 +28,40 @@ def node_dir(federation_dirs, tmp_path_factory) -> Path:
     run_simulated_federation(nodes, RunSettings(num_server_rounds=1, local_epochs=1, he=False,
                                                 run_dir=str(out / "run")))
     return out / federation_dirs[0].name
+
+
+def _client(node_dir: Path, data_dir: Path, token: str | None, base_url: str = "http://127.0.0.1") -> TestClient:
+    shop = load_shop(data_dir)
+    return TestClient(start_service(shop, node_dir, watch_models(shop, node_dir, None), token), base_url=base_url)
+
+
+def test_without_a_token_the_service_answers_on_this_machine(node_dir: Path, federation_dirs) -> None:
+    """`fedshop serve` without a token listens on 127.0.0.1 only and must then answer every route (it
+    answered 401 to all but /health)."""
+    with _client(node_dir, federation_dirs[0], None) as client:
+        assert client.get("/customers/x/recommendations").status_code == 200
+        assert client.get("/prices").status_code == 200
+        assert "Prices" in client.get("/", params={"view": "prices"}).text
+
+
+def test_a_token_of_any_characters_is_refused_cleanly_and_k_is_bounded(node_dir: Path, federation_dirs) -> None:
+    with _client(node_dir, federation_dirs[0], TOKEN) as client:
+        for wrong in ("wrong", "tökén", "\u20ac" * 40):
+            assert client.get("/prices", headers={"Authorization": f"Bearer {wrong}".encode()}).status_code == 401
+            assert client.get("/prices", headers={"Cookie": f"fedshop_token={wrong}".encode()}).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.get("/customers/x/recommendations", params={"k": MAX_K}, headers=auth).status_code == 200
+        too_many = client.get("/customers/x/recommendations", params={"k": MAX_K + 1, "diversity": 0.5}, headers=auth)
+        assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["query", "k"]
+
+
+def test_the_login_cookie_is_secure_when_the_page_is_served_over_https(node_dir: Path, federation_dirs) -> None:
+    for base, secure in (("http://127.0.0.1", False), ("https://shop.example", True)):
+        with _client(node_dir, federation_dirs[0], TOKEN, base) as client:
+            opened = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+            assert opened.status_code == 303
+            cookie = opened.headers["set-cookie"].lower()
+            assert "httponly" in cookie and ("; secure" in cookie) == secure, cookie
 
 
 @pytest.mark.slow
