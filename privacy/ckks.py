@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as seal
 
+from fedshop.core.files import write_secret
 from fedshop.privacy.seal_bytes import (
     ciphertext_bytes,
     ciphertext_polynomials,
@@ -162,9 +163,7 @@ def create_keys(out_dir: Path) -> str:
     secret = _container({_PARAMETERS: parameters, _KEY_SET: key_set, _SECRET_KEY: secret_key})
     identifier = context_id_of(public)
     out_dir.mkdir(parents=True, exist_ok=True)
-    secret_path = out_dir / SECRET_FILE
-    secret_path.write_bytes(secret)
-    secret_path.chmod(0o600)
+    write_secret(out_dir / SECRET_FILE, secret)
     (out_dir / PUBLIC_FILE).write_bytes(public)
     manifest = {"context_id": identifier, "secret_sha256": hashlib.sha256(secret).hexdigest(), "ckks": asdict(CKKS)}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

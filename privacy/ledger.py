@@ -15,7 +15,6 @@ history), so the guarantee bounds what anyone can learn about any one customer o
 """
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+
+from fedshop.core.files import write_bytes
 
 DEFAULT_EPSILON_BUDGET = 10.0
 ACCOUNTANT = "rdp"
@@ -119,7 +120,5 @@ class PrivacyLedger:
         self.entries.append({"run": run, "round": round_, "model": model, **asdict(mechanism), "delta": delta,
                              "epsilon_total": epsilon, "accountant": ACCOUNTANT, "time": time.time()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"unit": "customer", "entries": self.entries}, indent=2))
-        os.replace(tmp, self.path)
+        write_bytes(self.path, json.dumps({"unit": "customer", "entries": self.entries}, indent=2).encode())
         return epsilon

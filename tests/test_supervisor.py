@@ -41,7 +41,7 @@ def test_sigterm_stops_the_supervised_process_too(tmp_path) -> None:
     """A service manager stops `fedshop node` with SIGTERM: its SuperNode must not be left running."""
     pid_file = tmp_path / "child.pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
-    script = ("import sys; from fedshop.supervisor import supervise; "
+    script = ("import sys; from fedshop.operations.supervisor import supervise; "
               f"sys.exit(supervise([sys.executable, '-c', {child!r}], dict(__import__('os').environ), print))")
     supervisor = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 60
