@@ -27,7 +27,6 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedshop.core.files import write_bytes
 
-DEFAULT_EPSILON_BUDGET = 10.0
 ACCOUNTANT = "rdp"
 LEDGER_FILE = "privacy_ledger.json"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.privacy.ledger import DEFAULT_EPSILON_BUDGET, LEDGER_FILE, Budget, default_delta
+from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
+from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
 
 
 @dataclass(frozen=True)

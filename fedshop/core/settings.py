@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+DEFAULT_EPSILON_BUDGET = 10.0  # the most ε a merchant's node ever spends, over every run (``fedshop node --budget``)
+
 
 @dataclass(frozen=True)
 class RunSettings:

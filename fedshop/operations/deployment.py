@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedshop.core.offline import OFFLINE_ENV
-from fedshop.core.settings import RunSettings
+from fedshop.core.settings import DEFAULT_EPSILON_BUDGET, RunSettings
 from fedshop.operations.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
-from fedshop.privacy.ledger import DEFAULT_EPSILON_BUDGET
 
 CONNECTION = "fedshop"
 
