@@ -50,16 +50,19 @@ def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
 
 
 def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, panel: DemandPanel | None,
-                  history_length: int, held_out: np.ndarray, seed: int) -> dict[str, float]:
+                  history_length: int, held_out: np.ndarray, seed: int, min_audit_customers: int) -> dict[str, float]:
     """Every audit summary of this merchant, flat, for a MetricRecord. The membership attack targets
-    the shared recommender (what the federation released, which the (ε, δ) guarantee covers); the
-    deletion check and the list measures the ``served`` one (shared + local, what customers see)."""
+    the shared recommender (what the federation released, which the (ε, δ) guarantee covers), and is
+    sent only when both of its groups hold at least ``min_audit_customers`` scored customers (the
+    node's policy: over fewer, its figures would say too much about one customer); the deletion
+    check and the list measures the ``served`` one (shared + local, what customers see)."""
     scores = attack_scores(models.recommender, data, history_length)
-    attack = membership_attack(scores[~held_out], scores[held_out])
+    members, non_members = scores[~held_out], scores[held_out]
     rng = np.random.default_rng(seed)
     sample = rng.permutation(len(data.customers))[:FIDELITY_CUSTOMERS].tolist()
-    metrics = {**_flat("mia", attack.record()),
-               **_flat("fidelity", deletion_check(served, data, history_length, sample).record())}
+    metrics = _flat("fidelity", deletion_check(served, data, history_length, sample).record())
+    if min(np.isfinite(members).sum(), np.isfinite(non_members).sum()) >= min_audit_customers:
+        metrics |= _flat("mia", membership_attack(members, non_members).record())
     for label, diversity in (("plain", 0.0), ("diverse", DIVERSITY_SETTING)):
         metrics |= _flat(label, list_measures(served, data, history_length, diversity).record())
     if panel is not None:

@@ -134,6 +134,14 @@ def trust_model(settings: dict) -> dict:
     }
 
 
+def node_policies(rounds: list[dict]) -> dict[str, list[str]]:
+    """The privacy policy each merchant's node says it applied (``fedshop.core.node_policy``): whether it
+    required DP and encryption or its merchant allowed clear runs, its ε per run, its bounds."""
+    merchants = sorted({name for record in rounds for name in record.get("node_policy", {})})
+    return {name: sorted({record["node_policy"][name] for record in rounds
+                          if record.get("node_policy", {}).get(name)}) for name in merchants}
+
+
 def parameter_split(settings: dict) -> dict:
     """Which parameters leave the nodes (shared: DP-SGD, CKKS, covered by (ε, δ)) and which never do."""
     counts: dict[str, int] = defaultdict(int)
@@ -188,7 +196,7 @@ def report_content(records: RunRecords, samples: dict | None = None) -> dict:
             {"round": record["round"], "merchant": name, "reason": reason}
             for record in rounds for name, reason in record.get("refused_global_model", {}).items()],
             "log": records.log,
-            "trust": trust_model(settings),
+            "trust": {**trust_model(settings), "node_policies": node_policies(rounds)},
             "app_digests": {name: sorted({record.get("app_digest", {}).get(name) or IN_PROCESS for record in rounds
                                           if name in record["train"]})
                             for name in sorted({name for record in rounds for name in record["train"]})}},

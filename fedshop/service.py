@@ -18,6 +18,7 @@ it once and keeps it in an HTTP-only cookie.
 import gc
 import hmac
 import json
+import math
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import load_merchant
 from fedshop.client.node.model_copy import load_models, model_files, model_round
-from fedshop.client.node.options import node_options
+from fedshop.client.node.options import node_options, saved_policy
 from fedshop.client.pricing.prices import recommend_prices
 from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.local_fit import serving_model, shop_co_purchases
@@ -151,8 +152,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Callable[[], float]) -> FastAPI:
-    """The service's routes over ``watcher``'s current model version; the watcher runs while it serves."""
+def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Callable[[], float],
+                  node_policy: Callable[[], dict | None]) -> FastAPI:
+    """The service's routes over ``watcher``'s current model version; the watcher runs while it serves.
+    ``/health`` states the ε the node spent (none left to state after a clear round) and the policy its
+    node applies (``fedshop.core.node_policy``)."""
 
     @asynccontextmanager
     async def watching(_: FastAPI) -> AsyncIterator[None]:
@@ -209,10 +213,13 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
 
     @service.get("/health")
     def health() -> dict[str, Any]:
-        current = watcher.current
+        current, spent = watcher.current, epsilon_spent()
         return {"status": "ok", "worker": os.getpid(), "model_round": current.round,
                 "model_age_s": time.time() - current.loaded_at,
-                "epsilon_spent": epsilon_spent(), "customers": len(current.shop.customers),
+                "epsilon_spent": spent if math.isfinite(spent) else None,
+                "guarantee": (f"(ε = {spent:.2f}, δ) per customer" if math.isfinite(spent) else
+                              "none: the node trained a round without DP (its merchant allowed clear runs)"),
+                "policy": node_policy(), "customers": len(current.shop.customers),
                 "items": len(current.shop.interactions.features.item_ids)}
 
     @service.get("/customers/{customer}/recommendations", dependencies=guarded, response_class=ORJSONResponse)
@@ -250,7 +257,8 @@ def start_service(shop: Shop, model_dir: Path, watcher: ModelWatcher, token: str
     its node spent."""
     options = node_options({"data-dir": str(shop.data_dir), "state-dir": str(model_dir)})
     delta = options.budget(len(shop.customers)).delta
-    return build_service(watcher, token, lambda: PrivacyLedger(options.ledger_path).epsilon(delta))
+    return build_service(watcher, token, lambda: PrivacyLedger(options.ledger_path).epsilon(delta),
+                         lambda: saved_policy(model_dir))
 
 
 def worker_service() -> FastAPI:

@@ -15,6 +15,7 @@ history), so the guarantee bounds what anyone can learn about any one customer o
 """
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedshop.core.files import write_bytes
 
+CLEAR = "none: trained without DP (clear test federation)"
 ACCOUNTANT = "rdp"
 LEDGER_FILE = "privacy_ledger.json"
 
@@ -86,9 +88,18 @@ class PrivacyLedger:
         self.entries: list[dict] = json.loads(self.path.read_text())["entries"] if self.path.exists() else []
 
     def epsilon(self, delta: float, planned: Sequence[Mechanism] = ()) -> float:
-        """ε(δ) spent so far, or after the ``planned`` releases too."""
+        """ε(δ) spent so far, or after the ``planned`` releases too; infinite once a round was released
+        without DP (a clear test federation the merchant allowed): no guarantee is left to state."""
+        if any(e.get("mechanism") == CLEAR for e in self.entries):
+            return math.inf
         recorded = [Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries]
         return composed_epsilon([*recorded, *planned], delta)
+
+    def record_clear(self, run: str, round_: int, model: str) -> None:
+        """Add a release without DP (its merchant started the node with --allow-clear): from now on the
+        ledger states no guarantee for this merchant's customers."""
+        self.entries.append({"run": run, "round": round_, "model": model, "mechanism": CLEAR, "time": time.time()})
+        self._save()
 
     def paid_for(self, run: str, round_: int) -> bool:
         """Whether a release of round ``round_`` of ``run`` is already recorded."""
@@ -118,6 +129,9 @@ class PrivacyLedger:
         epsilon = self.epsilon(delta, [mechanism])
         self.entries.append({"run": run, "round": round_, "model": model, **asdict(mechanism), "delta": delta,
                              "epsilon_total": epsilon, "accountant": ACCOUNTANT, "time": time.time()})
+        self._save()
+        return epsilon
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(self.path, json.dumps({"unit": "customer", "entries": self.entries}, indent=2).encode())
-        return epsilon

@@ -9,9 +9,11 @@ form) and adds the accepted ones; the sum, the total weight and the grid go back
 who decrypt and divide. No plaintext model ever exists on the server.
 """
 
+import math
 from logging import WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -23,7 +25,6 @@ from fedshop.core.protocol import (
     ARRAYS,
     CONTEXT_ID,
     EXAMPLES,
-    MERCHANT_RECORD,
     METRICS,
     SERVER_ROUND,
     VALUE_RANGE,
@@ -34,7 +35,9 @@ from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
 from fedshop.privacy.fixed_point import MAX_WEIGHT_RATIO
 from fedshop.rundir.store import RunStore
-from fedshop.server.strategy import MerchantFedAvg, UpdateRefused
+from fedshop.server.strategy import MerchantFedAvg, UpdateRefused, failure_reason, most_common
+
+COUNT_RATIO = 100.0  # a merchant's count may be at most this many times the median of the others'
 
 
 class EncryptedFedAvg(MerchantFedAvg):
@@ -48,7 +51,7 @@ class EncryptedFedAvg(MerchantFedAvg):
         self.aggregate_weight = float(aggregate.get("aggregate_weight", 0.0))
         self.aggregate_scale = float(aggregate.get("aggregate_scale", 0.0))
         self.aggregate_range = float(aggregate.get("aggregate_range", 0.0))
-        self.examples: dict[int, int] = {}  # each node's example count, from its queries and replies
+        self.examples: dict[int, int] = {}  # each node's example count, as it answered the count query
         self.weight_scale = 0.0
         self.value_range = 0.0
         self.accepted_weight = 0
@@ -68,15 +71,47 @@ class EncryptedFedAvg(MerchantFedAvg):
             return
         questions = [Message(content=RecordDict({self.configrecord_key: ConfigRecord(dict(config))}),
                              message_type=MessageType.QUERY, dst_node_id=node) for node in unknown]
-        for reply in grid.send_and_receive(questions, timeout=self.settings.round_timeout_s):
-            if not reply.has_error():
+        answers = list(grid.send_and_receive(questions, timeout=self.settings.round_timeout_s))
+        asked = {question.metadata.message_id: question.metadata.dst_node_id for question in questions}
+        why: dict[int, str] = {}
+        for reply in answers:
+            node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            try:
+                self._merchant(reply)
+                if reply.has_error():
+                    why[node] = failure_reason(reply.error.reason)
+                    continue
                 examples = reply.content.metric_records[METRICS].get(EXAMPLES)
-                if isinstance(examples, int) and examples > 0:
-                    self.examples[reply.metadata.src_node_id] = examples
+            except Exception:  # a reply of any shape: this merchant did not answer
+                examples = None
+            if isinstance(examples, int) and not isinstance(examples, bool) and examples > 0:
+                self.examples[node] = examples
         if silent := [node for node in unknown if node not in self.examples]:
             log(WARNING, "round %d: %s did not say how many examples they train on; they sit this round out",
                 round_, ", ".join(self.names.get(node, f"node {node}") for node in silent))
+            self.left_out.update({node: why.get(node, "gave no count to the round's count query; sat the round out")
+                                  for node in silent})
             self.sampled -= set(silent)
+        if outsized := self._outsized():
+            log(WARNING, "round %d: %s", round_, "; ".join(why for why in outsized.values()))
+            self.left_out.update(outsized)
+            self.sampled -= set(outsized)
+            for node in outsized:
+                del self.examples[node]  # asked again next round
+
+    def _outsized(self) -> dict[int, str]:
+        """The drawn merchants whose count is more than ``COUNT_RATIO`` times the median of the others'
+        (the others drawn, or every count known): one merchant's inflated count would set the round's weight
+        scale, and every honest update would be written as almost nothing on its grid."""
+        outsized = {}
+        for node in self.sampled:
+            others = [count for other, count in self.examples.items() if other != node and other in self.sampled]
+            others = others or [count for other, count in self.examples.items() if other != node]
+            if others and self.examples[node] > COUNT_RATIO * float(np.median(others)):
+                outsized[node] = (f"{self.names.get(node, f'node {node}')} said it trains on {self.examples[node]} "
+                                  f"examples, more than {COUNT_RATIO:g} times the median of the others' "
+                                  f"({float(np.median(others)):g}); it sits this round out")
+        return outsized
 
     def _train_config(self, round_: int, config: ConfigRecord, grid: Grid) -> ConfigRecord:
         if len(self.sampled) > CKKS.max_merchants:
@@ -92,8 +127,23 @@ class EncryptedFedAvg(MerchantFedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         return super().configure_evaluate(server_round, arrays, self._tag(config), grid)
 
+    def select(self, replies: list[Message], failures: dict[int, str]) -> list[Message]:
+        """The replies written for the value range most of the round's merchants wrote on (every honest
+        merchant derives it from the same decrypted aggregate; never the first reply's)."""
+        ranges = [msg.content.metric_records[METRICS].get(VALUE_RANGE) for msg in replies]
+        usual = most_common([r for r in ranges if isinstance(r, float) and math.isfinite(r) and r > 0])
+        self.value_range = usual or 0.0
+        kept = []
+        for msg, value_range in zip(replies, ranges, strict=True):
+            if value_range == usual:
+                kept.append(msg)
+            else:
+                failures[self._node(msg)] = (f"update refused: written for a value range of {value_range}, but "
+                                             f"most of the round's merchants used {self.value_range:g}")
+        return kept
+
     def accept_update(self, msg: Message) -> Any:
-        made_under = str(msg.content.config_records[MERCHANT_RECORD].get(CONTEXT_ID, ""))
+        made_under = self._record_field(msg, CONTEXT_ID)
         if made_under != self.key.context_id:
             raise UpdateRefused(f"encrypted under context {made_under or '(none)'}, but this federation "
                                 f"uses context {self.key.context_id}")
@@ -101,12 +151,13 @@ class EncryptedFedAvg(MerchantFedAvg):
         if metrics.get(WEIGHT_SCALE) != self.weight_scale:
             raise UpdateRefused(f"written for a weight scale of {metrics.get(WEIGHT_SCALE)}, but this round's "
                                 f"is {self.weight_scale:g}")
-        value_range = metrics.get(VALUE_RANGE)
-        if not isinstance(value_range, float) or value_range <= 0 or \
-                (self.value_range and value_range != self.value_range):
-            raise UpdateRefused(f"written for a value range of {value_range}, but the round's other merchants "
-                                f"used {self.value_range:g}")
-        weight = int(metrics[EXAMPLES])
+        if metrics.get(VALUE_RANGE) != self.value_range:
+            raise UpdateRefused(f"written for a value range of {metrics.get(VALUE_RANGE)}, but most of the round's "
+                                f"merchants used {self.value_range:g}")
+        node, weight = self._node(msg), int(metrics[EXAMPLES])
+        if weight != self.examples.get(node):
+            raise UpdateRefused(f"it claims {weight} examples, but answered {self.examples.get(node)} to the "
+                                "round's count query")
         if self.accepted_weight + weight > MAX_WEIGHT_RATIO * self.weight_scale:
             raise UpdateRefused(f"its {weight} examples would take the round's total weight past "
                                 f"{MAX_WEIGHT_RATIO:g} times the weight scale {self.weight_scale:g}")
@@ -116,8 +167,7 @@ class EncryptedFedAvg(MerchantFedAvg):
                                   parameter_count())
         except (CiphertextError, ValueError) as exc:
             raise UpdateRefused(str(exc)) from exc
-        self.value_range, self.accepted_weight = value_range, self.accepted_weight + weight
-        self.examples[self._node(msg)] = weight
+        self.accepted_weight += weight
         return update
 
     def aggregate_updates(self, server_round: int, replies: list[Message], updates: list[Any]

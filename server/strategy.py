@@ -13,6 +13,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
@@ -30,6 +31,7 @@ from fedshop.core.protocol import (
     MERCHANT_NAME,
     MERCHANT_RECORD,
     METRICS,
+    NODE_POLICY,
     SERVER_ROUND,
     arrays_sha256,
 )
@@ -51,6 +53,19 @@ class QuorumNotReached(RuntimeError):
 
 NAMED_FAILURE = re.compile(r"merchant (?P<name>\S+?):? ")  # how a fedshop node starts the failures it reports
 _RAISED = re.compile(r"<class '[^']*'>:<'(?P<message>.*)'>", re.DOTALL)
+
+
+def most_common(values: list[Any]) -> Any:
+    """The value most of ``values`` share (the first of them to appear, on a tie), None for none."""
+    if not values:
+        return None
+    counts = Counter(values)
+    return max(dict.fromkeys(values), key=lambda value: counts[value])
+
+
+def _sentence(exc: Exception) -> str:
+    """What went wrong with a reply, for the run record: the refusal's reason, or the error's kind and text."""
+    return str(exc) if isinstance(exc, UpdateRefused) else f"malformed reply ({type(exc).__name__}: {exc})"
 
 
 def failure_reason(reason: str) -> str:
@@ -75,6 +90,8 @@ class MerchantFedAvg(FedAvg):
         self.num_rounds = settings.num_server_rounds
         self.offset = completed_rounds
         self.names: dict[int, str] = {}
+        self.claimed: dict[str, int] = {}  # names claimed by the round's nodes, and by which
+        self.left_out: dict[int, str] = {}  # drawn merchants the round left out before training, and why
         self.registered: dict[int, str] = {}
         self.global_arrays: ArrayRecord | None = None
         self.pending: dict = {}
@@ -105,15 +122,28 @@ class MerchantFedAvg(FedAvg):
         if node in self.registered:
             self.names[node] = self.registered[node]
         elif not msg.has_error() and MERCHANT_RECORD in msg.content.config_records:
-            self.names[node] = str(msg.content.config_records[MERCHANT_RECORD][MERCHANT_NAME])
-        elif msg.has_error() and (named := NAMED_FAILURE.match(failure_reason(msg.error.reason))):
-            self.names.setdefault(node, named["name"])
+            self._call(node, str(msg.content.config_records[MERCHANT_RECORD].get(MERCHANT_NAME, "")))
+        elif (msg.has_error() and node not in self.names
+              and (named := NAMED_FAILURE.match(failure_reason(msg.error.reason)))):
+            self._call(node, named["name"])
         return self.names.get(node, f"node {node}")
 
+    def _call(self, node: int, claimed: str) -> None:
+        """Name ``node`` by the name its node claims, unless another node of the round claimed it first (or
+        it claims none): a merchant cannot file its replies, or its failures, under another's name."""
+        owner = self.claimed.setdefault(claimed, node) if claimed else None
+        self.names[node] = claimed if owner == node else f"{claimed or 'unnamed'} (node {node})"
+
     @staticmethod
-    def _refusal(msg: Message) -> str:
+    def _record_field(msg: Message, key: str) -> str:
+        """A field of the reply's merchant record, as text ("" when absent)."""
+        record = msg.content.config_records.get(MERCHANT_RECORD)
+        return str(record.get(key, "")) if record is not None else ""
+
+    @classmethod
+    def _refusal(cls, msg: Message) -> str:
         """Why the merchant refused the global model it received ("" when it adopted it)."""
-        return str(msg.content.config_records[MERCHANT_RECORD].get(AGGREGATE_REFUSED, ""))
+        return cls._record_field(msg, AGGREGATE_REFUSED)
 
     def _named(self, by_node: dict[int, Any]) -> dict[str, Any]:
         return {self.names.get(node, f"node {node}"): value for node, value in by_node.items()}
@@ -166,6 +196,7 @@ class MerchantFedAvg(FedAvg):
         self.lost = set()
         self.phase_started = time.monotonic()
         self.registered = read_registry(self.settings.registry) if self.settings.registry else {}
+        self.claimed, self.left_out = {}, {}
         self.names.update(self.registered)  # the operator may have registered a merchant since the last round
         round_ = server_round + self.offset
         self.sampled = set(self._sample(self._quorum(grid, round_, "training"), round_))
@@ -203,45 +234,72 @@ class MerchantFedAvg(FedAvg):
         """What, beside the arrays, a checkpoint needs to resume from."""
         return {}
 
-    def _check_metrics(self, msg: Message, expected: set[str] | None) -> set[str]:
-        """The reply's metric names; refused unless it carries a positive example count and the
-        same names as the round's other replies (FedAvg would otherwise stop the whole run)."""
+    def _metric_names(self, msg: Message) -> frozenset[str]:
+        """The reply's metric names; refused unless it carries a positive whole example count (FedAvg's
+        weight) and its merchant record."""
         metrics = msg.content.metric_records.get(METRICS)
         examples = metrics.get(self.weighted_by_key) if metrics is not None else None
-        if not isinstance(examples, int) or examples <= 0:
+        if not isinstance(examples, int) or isinstance(examples, bool) or examples <= 0:
             raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
-        if expected is not None and set(metrics) != expected:
-            raise UpdateRefused(f"metrics {sorted(metrics)} differ from the round's {sorted(expected)}")
-        return set(metrics)
+        if MERCHANT_RECORD not in msg.content.config_records:
+            raise UpdateRefused(f"the reply has no '{MERCHANT_RECORD}' record")
+        return frozenset(metrics)
+
+    def _screened(self, round_: int, phase: str, replies: list[Message],
+                  failures: dict[int, str]) -> list[Message]:
+        """The replies a phase can use: each well formed (anything else is that merchant's failure, never the
+        ServerApp's), with the metric names most of the round's merchants sent (not the first reply's: one
+        merchant cannot make the others' replies the odd ones out)."""
+        shaped: list[tuple[Message, frozenset[str]]] = []
+        for msg in replies:
+            who, node = self._merchant(msg), self._node(msg)
+            try:
+                if msg.has_error():
+                    log(WARNING, "round %d: %s failed its %s: %s", round_, who, phase, msg.error.reason)
+                    failures[node] = failure_reason(msg.error.reason)
+                    if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
+                        self.lost.add(node)
+                    continue
+                shaped.append((msg, self._metric_names(msg)))
+            except Exception as exc:  # a reply of any shape is its merchant's failure
+                log(WARNING, "round %d: dropped the %s reply of %s: %s", round_, phase, who, exc)
+                failures[node] = f"{'update' if phase == 'training' else 'evaluation'} refused: {_sentence(exc)}"
+        usual = most_common([names for _, names in shaped])
+        kept = []
+        for msg, names in shaped:
+            if names == usual:
+                kept.append(msg)
+            else:
+                failures[self._node(msg)] = (f"{'update' if phase == 'training' else 'evaluation'} refused: metrics "
+                                             f"{sorted(names)} differ from the round's (what most of its merchants "
+                                             f"sent: {sorted(usual or ())})")
+        return kept
+
+    def select(self, replies: list[Message], failures: dict[int, str]) -> list[Message]:
+        """The replies whose updates may be added together (a strategy that checks more narrows them)."""
+        return replies
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = server_round + self.offset
-        accepted, updates, train, failures, refusals, code = [], [], {}, {}, {}, {}
-        expected: set[str] | None = None
+        accepted, updates, train, refusals, code, policies = [], [], {}, {}, {}, {}
+        failures: dict[int, str] = dict(self.left_out)
         replies = list(replies)
         answered = {self._node(msg) for msg in replies}
         self.lost = {sent.metadata.dst_node_id for sent in self.instructions} - answered
         for node in self.lost:
             failures[node] = f"no reply within {self.settings.round_timeout_s:g} s"
-        for msg in replies:
+        for msg in self.select(self._screened(round_, "training", replies, failures), failures):
             who, node = self._merchant(msg), self._node(msg)
-            if msg.has_error():
-                log(WARNING, "round %d: %s failed to train: %s", round_, who, msg.error.reason)
-                failures[node] = failure_reason(msg.error.reason)
-                if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
-                    self.lost.add(node)
-                continue
             try:
-                names = self._check_metrics(msg, expected)
                 updates.append(self.accept_update(msg))
-                expected = names
-            except UpdateRefused as refused:
+            except Exception as refused:  # a reply of any shape is its merchant's failure
                 log(WARNING, "round %d: dropped the update of %s: %s", round_, who, refused)
-                failures[node] = f"update refused: {refused}"
+                failures[node] = f"update refused: {_sentence(refused)}"
                 continue
             train[node] = dict(msg.content.metric_records[METRICS])
-            code[node] = str(msg.content.config_records[MERCHANT_RECORD].get(APP_DIGEST, ""))
+            code[node] = self._record_field(msg, APP_DIGEST)
+            policies[node] = self._record_field(msg, NODE_POLICY)
             if refusal := self._refusal(msg):
                 refusals[node] = refusal
             accepted.append(msg)
@@ -252,7 +310,7 @@ class MerchantFedAvg(FedAvg):
             self.store.save_checkpoint(round_, kept, self.checkpoint_meta())
             self.aggregate_sha256 = arrays_sha256(kept)
         self.pending = {"round": round_, "train": train, "failures": failures, "refused_global_model": refusals,
-                        "app_digest": code, "train_aggregate": dict(metrics or {}),
+                        "app_digest": code, "node_policy": policies, "train_aggregate": dict(metrics or {}),
                         "seconds": {"train": time.monotonic() - self.phase_started}}
         return arrays, metrics
 
@@ -261,20 +319,23 @@ class MerchantFedAvg(FedAvg):
         replies = list(replies)
         evaluate, failures = {}, dict(self.pending.get("failures", {}))
         refusals = dict(self.pending.get("refused_global_model", {}))
-        for msg in replies:
-            self._merchant(msg)
+        policies = dict(self.pending.get("node_policy", {}))
+        failed: dict[int, str] = {}
+        usable = self._screened(round_, "evaluation", replies, failed)
+        for node, why in failed.items():
+            failures.setdefault(node, why)
+        for msg in usable:
             node = self._node(msg)
-            if msg.has_error():
-                failures.setdefault(node, failure_reason(msg.error.reason))
-            else:
-                evaluate[node] = dict(msg.content.metric_records[METRICS])
-                if refusal := self._refusal(msg):
-                    refusals[node] = refusal
-        metrics = super().aggregate_evaluate(server_round, replies)
+            evaluate[node] = dict(msg.content.metric_records[METRICS])
+            policies.setdefault(node, self._record_field(msg, NODE_POLICY))
+            if refusal := self._refusal(msg):
+                refusals[node] = refusal
+        metrics = super().aggregate_evaluate(server_round, usable) if usable else None
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
                                  "refused_global_model": self._named(refusals),
                                  "app_digest": self._named(self.pending.get("app_digest", {})),
+                                 "node_policy": self._named(policies),
                                  "seconds": {**self.pending.get("seconds", {}),
                                              "evaluate": time.monotonic() - self.phase_started},
                                  "evaluate_aggregate": dict(metrics or {})}, self.aggregate_sha256)

@@ -10,7 +10,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 from fedshop.client.node.aggregate_check import GROWTH_LIMIT, aggregate_problem
-from fedshop.client.node.app import count_examples, evaluate_locally, train_locally
+from fedshop.client.node.app import TaskRefused, count_examples, evaluate_locally, train_locally
 from fedshop.client.node.model_copy import decrypt_global_model
 from fedshop.client.node.options import node_options
 from fedshop.core.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
@@ -34,11 +34,36 @@ SETTINGS = RunSettings(num_server_rounds=5, local_epochs=1, dp=False, he=True, p
 def test_the_rule_refuses_non_finite_values_and_a_change_far_beyond_the_runs() -> None:
     previous = np.ones(4)
     assert aggregate_problem(previous + 0.5, previous, [])[0] is None  # 1.0 against the model's norm 2.0
-    assert "more than 10 times the norm of the previous model" in aggregate_problem(previous * 30, previous, [])[0]
+    assert "more than 10 times the norm of the model it had" in aggregate_problem(previous * 30, previous, [])[0]
     assert aggregate_problem(previous + 0.5, previous, [0.2])[0] is None
     problem, change = aggregate_problem(previous + 1.5, previous, [0.2, 0.25])
-    assert change == pytest.approx(3.0) and f"{GROWTH_LIMIT:g} times the largest change" in problem
-    assert "2 non-finite values" in aggregate_problem(np.array([1.0, np.nan, np.inf, 1.0]), previous, [])[0]
+    assert change == pytest.approx(3.0) and f"{GROWTH_LIMIT:g} times the run's typical change" in problem
+    assert "3" not in problem, "a refusal carries no decrypted number off the node"
+    assert "non-finite values" in aggregate_problem(np.array([1.0, np.nan, np.inf, 1.0]), previous, [])[0]
+
+
+def _adopt_rounds(pushes: list[float], honest: float = 1.0) -> int | None:
+    """Round by round, a node adopts an honest change of norm ``honest`` plus a poisoner's push in the same
+    direction; returns the first round it refuses (None: never)."""
+    model, changes = np.ones(8), []
+    direction = np.eye(8)[0]
+    for round_, push in enumerate(pushes, start=1):
+        new = model + direction * (honest + push)
+        problem, change = aggregate_problem(new, model, changes)
+        if problem:
+            return round_
+        model, changes = new, changes + [change]
+    return None
+
+
+def test_a_poisoner_multiplying_its_push_by_9_each_round_is_refused_within_two_rounds() -> None:
+    """With the largest adopted change as the scale, each adopted push raised the limit tenfold: a push
+    multiplied by 9 each round passed forever (issue 32). The first changes' median does not move."""
+    pushes = [0.0, 0.0, 0.0] + [9.0 ** k for k in range(1, 8)]  # three honest rounds, then 9, 81, 729, ...
+    refused = _adopt_rounds(pushes)
+    assert refused is not None and refused <= 3 + 2, refused
+    assert _adopt_rounds([0.0] * 10) is None, "honest rounds of steady size are never refused"
+    assert _adopt_rounds([0.0] * 10, honest=1e-3) is None
 
 
 class Aggregate(NamedTuple):
@@ -76,7 +101,7 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
     nodes = []
     for data_dir in federation_dirs[1:]:
         config = {"data-dir": str(data_dir), "state-dir": str(tmp_path / data_dir.name), "epsilon-budget": 1e9,
-                  "secret-context": str(tmp_path / "keys" / "secret.ctx")}
+                  "allow-clear": True, "secret-context": str(tmp_path / "keys" / "secret.ctx")}
         nodes.append(node_options(config))
     scale = float(sum(count_examples(_message("query", 1, Aggregate(), 0.0, secret.context_id), node)
                       .content.metric_records["metrics"][EXAMPLES] for node in nodes))
@@ -114,7 +139,8 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
 def test_a_merchant_without_a_copy_of_this_run_compares_round_one_with_the_initial_model(
         federation_dirs, tmp_path: Path) -> None:
     settings = replace(SETTINGS, he=False)
-    config = {"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path / "state"), "epsilon-budget": 1e9}
+    config = {"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path / "state"), "epsilon-budget": 1e9,
+              "allow-clear": True}
     poisoned = {name: value * 1e3 for name, value in build_shared_models(settings.seed).state_dict().items()}
     message = Message(content=RecordDict({"arrays": ArrayRecord(poisoned), "config": ConfigRecord(
         {**settings.training_config(), RUN_KEY: "run-9", "server-round": 1})}), metadata=Metadata(
@@ -122,4 +148,30 @@ def test_a_merchant_without_a_copy_of_this_run_compares_round_one_with_the_initi
         created_at=time.time(), ttl=600.0, message_type="evaluate"))
     reply = evaluate_locally(message, node_options(config))
     assert reply.content.metric_records["metrics"][AGGREGATE_REFUSED] == 1
-    assert "the norm of the previous model" in reply.content.config_records[MERCHANT_RECORD][AGGREGATE_REFUSED]
+    assert "the norm of the model it had" in reply.content.config_records[MERCHANT_RECORD][AGGREGATE_REFUSED]
+
+
+def _clear_message(kind: str, run: str, round_: int, arrays: dict) -> Message:
+    settings = replace(SETTINGS, he=False)
+    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord(
+        {**settings.training_config(), RUN_KEY: run, "server-round": round_})}), metadata=Metadata(
+        run_id=9, message_id=f"{kind}-{run}-{round_}", src_node_id=1, dst_node_id=2, reply_to_message_id="",
+        group_id=str(round_), created_at=time.time(), ttl=600.0, message_type=kind))
+
+
+def test_a_node_evaluates_and_serves_only_what_it_adopted_whatever_run_key_the_operator_sends(
+        federation_dirs, tmp_path: Path) -> None:
+    """An evaluate message under a fresh run key with server-round 3 skipped the adoption check, and its
+    model became the node's served copy (issue 32). Now it is refused and the copy stays as it was."""
+    options = node_options({"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path / "state"),
+                            "epsilon-budget": 1e9, "allow-clear": True})
+    initial = build_shared_models(SETTINGS.seed).state_dict()
+    evaluate_locally(_clear_message("evaluate", "honest-run", 1, initial), options)
+    copy = (tmp_path / "state" / "model.npz").read_bytes()
+    crafted = {name: value + 0.01 for name, value in initial.items()}  # small: the check alone would pass it
+    with pytest.raises(TaskRefused, match="refused to evaluate round 3 of run fresh-key: it has adopted no model"):
+        evaluate_locally(_clear_message("evaluate", "fresh-key", 3, crafted), options)
+    far = {name: value * 1e3 for name, value in initial.items()}
+    with pytest.raises(TaskRefused, match="refused round 3 of run fresh-key: it holds no model of this run"):
+        train_locally(_clear_message("train", "fresh-key", 3, far), options)
+    assert (tmp_path / "state" / "model.npz").read_bytes() == copy, "the served copy changed"

@@ -272,17 +272,22 @@ def test_server_refuses_updates_of_another_context_grid_or_beyond_the_weight_sca
         metrics = {"num-examples": examples, "weight-scale": grid.weight_scale, "value-range": grid.value_range}
         return merchant_reply(update, {**metrics, **grid_metrics}, context_id=context_id)
 
+    strategy.examples, strategy.value_range = {2: 3}, grid.value_range  # its count answer; most merchants' range
     accepted = strategy.accept_update(reply())
-    assert len(accepted) == ciphertext_count(parameter_count()) and strategy.value_range == grid.value_range
+    assert len(accepted) == ciphertext_count(parameter_count())
     with pytest.raises(UpdateRefused, match=f"encrypted under context feedfacefeedface, but this federation "
                                             f"uses context {public.context_id}"):
         strategy.accept_update(reply(context_id="feedfacefeedface"))
     with pytest.raises(UpdateRefused, match="written for a weight scale of 8.0, but this round's is 4"):
         strategy.accept_update(reply(**{"weight-scale": 8.0}))
-    with pytest.raises(UpdateRefused, match="written for a value range of 0.5, but the round's other merchants"):
+    with pytest.raises(UpdateRefused, match="written for a value range of 0.5, but most of the round's merchants"):
         strategy.accept_update(reply(**{"value-range": 0.5}))
+    with pytest.raises(UpdateRefused, match="it claims 10 examples, but answered 3 to the round's count query"):
+        strategy.accept_update(reply(examples=10))
+    strategy.examples = {2: 10}
     with pytest.raises(UpdateRefused, match="would take the round's total weight past 3 times the weight scale 4"):
         strategy.accept_update(reply(examples=10))
+    strategy.examples = {2: 3}
     short = pack(unpack(update, len(accepted))[:-1])
     with pytest.raises(UpdateRefused, match=f"expected {len(accepted)} ciphertexts, got {len(accepted) - 1}"):
         strategy.accept_update(merchant_reply(short, {"num-examples": 3, "weight-scale": 4.0,

@@ -14,12 +14,14 @@ import pytest
 
 from fedshop.client.node.model_copy import load_models
 from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import flatten
 from fedshop.models.shared import build_shared_models
 from fedshop.operations.app_bundle import app_digest, write_app
 from fedshop.operations.audit_report import build_report
 from fedshop.operations.certificates import CA_FILE, create_certificates
 from fedshop.operations.deployment import process_environment, run_command, superlink_command, write_connection
-from fedshop.privacy.ckks import create_keys
+from fedshop.privacy.ckks import create_keys, encrypt, load_secret_context
+from fedshop.privacy.fixed_point import Grid, value_range_of
 from fedshop.rundir.store import RunStore
 from tests.processes import free_port, wait_for_port
 
@@ -70,11 +72,58 @@ def _submit_modified_app(tmp_path: Path, port: int) -> Path:
     app_py.write_text(app_py.read_text().replace(honest, honest + marker))
     settings = RunSettings(num_server_rounds=1, min_nodes=3, run_dir=str(tmp_path / "modified-run"),
                            public_context=str(tmp_path / "keys" / "public.ctx"))
+    return _submit(tmp_path, port, settings, copy)
+
+
+def _submit(tmp_path: Path, port: int, settings: RunSettings, app: Path | None = None) -> Path:
+    """Submit a run of ``app`` (default: the installed one) with ``settings``, as `fedshop run` does without
+    following it; returns its run directory."""
+    app = app or (tmp_path / "app" if (tmp_path / "app").exists() else write_app(tmp_path / "app"))
     write_connection(tmp_path / "flwr-home", f"127.0.0.1:{port}", tmp_path / "certs" / CA_FILE)
-    submitted = subprocess.run(run_command(settings, copy), env=process_environment(tmp_path / "flwr-home"),
+    submitted = subprocess.run(run_command(settings, app), env=process_environment(tmp_path / "flwr-home"),
                                capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     return Path(settings.run_dir)
+
+
+def _ended(run_dir: Path, logs: Path) -> list[dict]:
+    _wait(lambda: RunStore(run_dir).status().get("state") in ("finished", "failed"), f"the run in {run_dir}", logs)
+    return RunStore(run_dir).rounds()
+
+
+def _operator_switches_privacy_off(tmp_path: Path, port: int, names: list[str]) -> None:
+    """`fedshop run --no-dp` and `--no-he` with the honest, pinned app against default nodes: every node
+    refuses before reading anything, naming the setting; no arrays leave a node; every ledger is unchanged."""
+    for switch, named in (({"dp": False}, "setting 'dp' is False"), ({"he": False}, "setting 'he' is False")):
+        settings = RunSettings(num_server_rounds=1, min_nodes=3, quorum_wait_s=20,
+                               run_dir=str(tmp_path / f"switched-{next(iter(switch))}"),
+                               public_context=str(tmp_path / "keys" / "public.ctx"), **switch)
+        record, = _ended(_submit(tmp_path, port, settings), tmp_path)
+        assert record["train"] == {} and sorted(record["failures"]) == names, record
+        assert all(named in why and "policy" in why for why in record["failures"].values()), record["failures"]
+    for name in names:
+        assert _ledger(tmp_path / name) == [] and not (tmp_path / name / "sent_update.npz").exists()
+
+
+def _operator_forges_a_run(tmp_path: Path, port: int, names: list[str]) -> None:
+    """A made-up run (a fresh run key) resumed at round 3 from a crafted model (encrypted by someone who holds
+    the secret context): every node refuses it and its served model copy stays as it was."""
+    copies = {name: (tmp_path / name / "model.npz").read_bytes() for name in names}
+    settings = RunSettings(num_server_rounds=3, min_nodes=len(names), quorum_wait_s=20,
+                           run_dir=str(tmp_path / "forged-run"), public_context=str(tmp_path / "keys" / "public.ctx"))
+    store = RunStore(settings.run_dir)
+    store.open(settings)
+    crafted = flatten(build_shared_models(RunSettings.seed).state_dict()) * 1e3
+    grid = Grid(value_range_of(crafted), 1.0)
+    secret = load_secret_context(tmp_path / "keys" / "secret.ctx")
+    store.save_checkpoint(2, encrypt(secret, grid.quantise(crafted, 1, np.random.default_rng(0))[0]),
+                          {"aggregate_weight": 1.0, "aggregate_scale": 1.0, "aggregate_range": grid.value_range,
+                           "context_id": secret.context_id})
+    record, = _ended(_submit(tmp_path, port, settings), tmp_path)
+    assert record["round"] == 3 and record["train"] == {}, record
+    assert all("holds no model of this run" in record["failures"][name] for name in names), record["failures"]
+    for name in names:
+        assert (tmp_path / name / "model.npz").read_bytes() == copies[name], f"{name}'s served copy changed"
 
 
 def _kill_node(supervisor: subprocess.Popen) -> None:
@@ -120,6 +169,7 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
     pinned = app_digest()
     assert all("refused run" in why and pinned in why for why in refusals.values()), refusals
     assert not (tmp_path / "operator-code-ran").exists(), "a node ran the operator's modified ClientApp"
+    _operator_switches_privacy_off(tmp_path, port, sorted(d.name for d in federation_dirs))
 
     run_dir = tmp_path / "run"
     driver, _ = launch([*fedshop, "run", "--server", f"127.0.0.1:{port}", "--out", str(run_dir), "--rounds", "3",
@@ -171,6 +221,7 @@ def test_a_federation_survives_a_restarted_superlink_and_a_dead_node(tmp_path: P
     initial = build_shared_models(RunSettings.seed).state_dict()
     for name in ("recommender.item_id.weight", "demand.base.weight"):
         assert not np.allclose(final.state_dict()[name].numpy(), initial[name].numpy()), name
+    _operator_forges_a_run(tmp_path, port, sorted(set(names) - {lost}))
     print(f"real-process faults: SuperLink killed {killed - started:.0f} s in; round 2 recorded "
           f"{recovered - killed:.0f} s after the kill (resumed after round {resumed_after}, re-sent by {resent}); "
           f"run finished {finished - node_killed:.0f} s after {lost} was killed; {finished - started:.0f} s in all")

@@ -129,6 +129,7 @@ def test_a_customer_who_bought_the_whole_catalogue_gets_an_empty_list_and_the_au
     models = build_shared_models(seed=1).eval()
     assert recommend(models.recommender, data, "all", 5, 20) == []
     nobody_held_out = np.zeros(len(data.customers), dtype=bool)
-    audit = parse_audit(audit_metrics(models, models.recommender, data, None, 20, nobody_held_out, seed=0))
+    audit = parse_audit(audit_metrics(models, models.recommender, data, None, 20, nobody_held_out, seed=0,
+                                      min_audit_customers=0))
     assert audit["fidelity"]["customers"] == 3  # every customer but the one with nothing left to recommend
     assert audit["lists"]["plain"]["hit_rate"] >= 0

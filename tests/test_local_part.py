@@ -44,7 +44,8 @@ def _message(kind: str, settings: RunSettings) -> Message:
 
 
 def _node(data_dir: Path, state_dir: Path) -> NodeOptions:
-    return node_options({"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9})
+    return node_options({"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9,
+                         "allow-clear": True})
 
 
 def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(federation_dirs) -> None:

@@ -30,7 +30,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _nodes(federation_dirs: list[Path], keys: Path, state: Path, budgets: dict[str, float] | None = None):
     return [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
-             "state-dir": str(state / d.name), "epsilon-budget": (budgets or {}).get(d.name, 10.0)}
+             "state-dir": str(state / d.name), "epsilon-budget": (budgets or {}).get(d.name, 10.0),
+             "allow-clear": True}
             for d in federation_dirs]
 
 

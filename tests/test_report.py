@@ -19,7 +19,7 @@ AUDIT = RunSettings(num_server_rounds=5, local_epochs=3, he=False, pricing=True,
 
 
 def _run(federation_dirs: list[Path], out: Path, settings: RunSettings) -> Path:
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / "nodes" / d.name)}
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / "nodes" / d.name), "allow-clear": True}
              for d in federation_dirs]
     return run_simulated_federation(nodes, replace(settings, run_dir=str(out / "run")))
 

@@ -31,7 +31,8 @@ def _arrays(reply: Message) -> dict[str, np.ndarray]:
 
 
 def test_a_round_asked_again_gets_the_same_update_and_costs_no_more_epsilon(federation_dirs, tmp_path: Path) -> None:
-    options = node_options({"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path), "epsilon-budget": 1e9})
+    options = node_options({"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path), "epsilon-budget": 1e9,
+                            "allow-clear": True})
     first = train_locally(_train_message(SETTINGS.seed), options)
     ledger = PrivacyLedger(options.ledger_path)
     spent, entries = ledger.epsilon(1e-4), len(ledger.entries)

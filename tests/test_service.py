@@ -24,7 +24,8 @@ TOKEN = "s3cret-shop-token"
 def node_dir(federation_dirs, tmp_path_factory) -> Path:
     """The state directory of a merchant's node after one round (model copy, local part, ledger)."""
     out = tmp_path_factory.mktemp("served")
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / d.name)} for d in federation_dirs]
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / d.name), "allow-clear": True}
+             for d in federation_dirs]
     run_simulated_federation(nodes, RunSettings(num_server_rounds=1, local_epochs=1, he=False,
                                                 run_dir=str(out / "run")))
     return out / federation_dirs[0].name

@@ -26,7 +26,8 @@ def test_round_one_waits_for_every_simulated_merchant(federation_dirs, tmp_path,
         return mapping
 
     monkeypatch.setattr(vce_api, "_register_nodes", slow_register)
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in federation_dirs]
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name), "allow-clear": True}
+             for d in federation_dirs]
     settings = RunSettings(num_server_rounds=1, local_epochs=1, dp=False, he=False, pricing=False,
                            run_dir=str(tmp_path / "run"))
     run = run_simulated_federation(nodes, settings)
@@ -39,7 +40,8 @@ def test_round_one_waits_for_every_simulated_merchant(federation_dirs, tmp_path,
 def test_merchant_with_nothing_to_train_on_is_named_and_the_run_goes_on(one_item_customers_federation,
                                                                         tmp_path) -> None:
     merchants = one_item_customers_federation
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in merchants]
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name), "allow-clear": True}
+             for d in merchants]
     settings = RunSettings(num_server_rounds=1, local_epochs=1, he=False, run_dir=str(tmp_path / "run"))
     record, = RunStore(run_simulated_federation(nodes, settings)).rounds()
     failure, = record["failures"].values()
@@ -52,7 +54,8 @@ def test_a_sampled_round_trains_a_share_of_the_merchants_and_the_others_spend_no
                                                                                        tmp_path) -> None:
     """``fraction-train``: each round draws its merchants afresh; a merchant not drawn neither trains
     nor spends ε that round, and every merchant evaluates (and keeps) the final model."""
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name)} for d in federation_dirs]
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name), "allow-clear": True}
+             for d in federation_dirs]
     settings = RunSettings(num_server_rounds=3, local_epochs=1, he=False, pricing=False, local_part_epochs=0,
                            fraction_train=0.5, run_dir=str(tmp_path / "run"))
     rounds = RunStore(run_simulated_federation(nodes, settings)).rounds()

@@ -35,8 +35,21 @@ from torch.utils.data import Dataset
 
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from fedshop.client.node.aggregate_check import aggregate_problem
-from fedshop.client.node.model_copy import adopted_copy, decrypt_global_model, load_local_part, save_model_copy
-from fedshop.client.node.options import NodeOptions, load_demand_panel, load_interactions, node_options
+from fedshop.client.node.model_copy import (
+    Adoption,
+    adoption,
+    decrypt_global_model,
+    load_local_part,
+    save_adoption,
+    save_model_copy,
+)
+from fedshop.client.node.options import (
+    NodeOptions,
+    load_demand_panel,
+    load_interactions,
+    node_options,
+    save_policy,
+)
 from fedshop.client.node.sent_update import keep_sent_update, received_digest, sent_update
 from fedshop.client.training.demand import train_demand, train_demand_private
 from fedshop.client.training.local_fit import fit_local_part, serving_model
@@ -67,6 +80,7 @@ from fedshop.core.protocol import (
     MERCHANT_RECORD,
     METRICS,
     NDCG10,
+    NODE_POLICY,
     NOISE_MULTIPLIER,
     RUN_KEY,
     SAMPLE_RATE,
@@ -77,6 +91,7 @@ from fedshop.core.protocol import (
     TRAIN_LOSS,
     VALUE_RANGE,
     WEIGHT_SCALE,
+    coarse,
 )
 from fedshop.explain.audit import audit_metrics
 from fedshop.models.local_part import LocalPart
@@ -124,34 +139,54 @@ def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
     return models, key, value_range_of(flatten(models.state_dict()))
 
 
+class TaskRefused(RuntimeError):
+    """The node will not do this task; the message says why, in words, and names the merchant."""
+
+
 class Adopted(NamedTuple):
     """The round's global models as the node adopts them: the decrypted aggregate, or the previous
     model when the aggregate was refused (``refusal`` says why; empty when adopted), with the norms
     of every change adopted in this run, and the value range every merchant of the round derives
-    from the aggregate it decrypted, adopted or not."""
+    from the aggregate it decrypted, adopted or not. ``fresh`` is true when the node adopted a model
+    its own records did not hold yet (they must keep it)."""
 
     models: SharedModels
     key: KeyContext | None
     refusal: str
     changes: list[float]
     value_range: float
+    fresh: bool
 
 
-def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str) -> Adopted:
-    """The round's global models, checked against the last ones this node adopted in ``run`` (the
-    run's initial model in its first round) before anything trains on, evaluates or serves them."""
+def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str,
+                         evaluating: bool) -> Adopted:
+    """The round's global models, checked before anything trains on, evaluates or serves them against
+    the last ones this node adopted in ``run`` (its own records: a run key the operator makes up finds
+    nothing there). A node that adopted nothing in the run compares with the run's initial model, which
+    it builds itself: in the run's first round, or when it is first drawn to train in a later one;
+    it refuses to evaluate (and so to serve) a later round's model of a run it adopted nothing in, and
+    refuses to join a run at a model it cannot adopt from the initial one."""
     models, key, value_range = global_model(msg, config, options)
-    previous = adopted_copy(options.state_dir, run)
-    if previous is None and int(config[SERVER_ROUND]) == 1:
-        previous = build_shared_models(int(config["seed"])), []
-    if previous is None:
-        return Adopted(models, key, "", [], value_range)
-    problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous[0].state_dict()), previous[1])
+    round_ = int(config[SERVER_ROUND])
+    previous = adoption(options.state_dir, run)
+    if previous is None and evaluating and round_ > 1:
+        raise TaskRefused(f"merchant {options.merchant} refused to evaluate round {round_} of run {run}: it has "
+                          "adopted no model of this run, and a node evaluates and serves only models it adopted "
+                          "(from the run's first round, or from its own training in it)")
+    joining = previous is None
+    if joining:
+        previous = Adoption(build_shared_models(int(config["seed"])), [], 0)
+    problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous.models.state_dict()),
+                                        previous.changes)
     if problem:
-        log(WARNING, "merchant %s refused round %s's global model: %s", options.merchant, config[SERVER_ROUND],
-            problem)
-        return Adopted(previous[0], key, problem, previous[1], value_range)
-    return Adopted(models, key, "", previous[1] + ([change] if change > 0 else []), value_range)
+        log(WARNING, "merchant %s refused round %s's global model (change %.4g): %s", options.merchant, round_,
+            change, problem)
+        if joining and round_ > 1:
+            raise TaskRefused(f"merchant {options.merchant} refused round {round_} of run {run}: it holds no model "
+                              f"of this run and cannot adopt the one sent from the run's initial model ({problem})")
+        return Adopted(previous.models, key, problem, previous.changes, value_range, joining)
+    return Adopted(models, key, "", previous.changes + ([change] if change > 0 else []), value_range,
+                   joining or change > 0)
 
 
 def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: ConfigRecord,
@@ -174,7 +209,15 @@ def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: Co
 
 def _merchant_record(options: NodeOptions, adopted: Adopted) -> dict[str, str]:
     return {MERCHANT_NAME: options.merchant, CONTEXT_ID: adopted.key.context_id if adopted.key else "",
-            AGGREGATE_REFUSED: adopted.refusal}
+            AGGREGATE_REFUSED: adopted.refusal, NODE_POLICY: options.policy.describe()}
+
+
+def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None:
+    """Refuse a task whose run settings lie outside the merchant's policy, before anything is read."""
+    save_policy(options.state_dir, options.policy)
+    if problem := options.policy.refusal(dict(config)):
+        round_ = config.get(SERVER_ROUND, "?")
+        raise TaskRefused(f"merchant {options.merchant} refused the {task} of round {round_}: {problem}")
 
 
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
@@ -214,6 +257,7 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     aggregate and the merchant's customers enter it: never the merchant-local part. A round this node
     already answered (the server lost it and asks again) gets the same reply, without training."""
     config = msg.content.config_records[CONFIG]
+    within_policy(config, options, "training")
     run, round_ = str(config[RUN_KEY]), int(config[SERVER_ROUND])
     received = received_digest({name: array.numpy() for name, array in msg.content.array_records[ARRAYS].items()},
                                float(config.get(AGGREGATE_WEIGHT, 0.0)))
@@ -221,7 +265,9 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
         log(INFO, "merchant %s: round %d of run %s was already trained and paid for; sending the same update",
             options.merchant, round_, run)
         return Message(content=_reply(*kept), reply_to=msg)
-    adopted = adopted_global_model(msg, config, options, run)
+    adopted = adopted_global_model(msg, config, options, run, evaluating=False)
+    if adopted.fresh and not adopted.refusal:  # the reference the node's next check compares with
+        save_adoption(options.state_dir, run, Adoption(adopted.models, adopted.changes, round_ - 1))
     models = adopted.models
     seed = _round_seed(config)
     datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
@@ -234,7 +280,10 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
                MAX_GRAD_NORM: 0.0, EPSILON_BUDGET: 0.0}
     if config["dp"]:
         losses, privacy = _train_private(models, datasets, config, options, run, round_)
-    else:
+    else:  # the merchant allowed clear runs (its policy): its ledger says no guarantee is left
+        ledger = PrivacyLedger(options.ledger_path)
+        for model in datasets:
+            ledger.record_clear(run, round_, model)
         optimizer = torch.optim.Adam(models.recommender.parameters(), lr=float(config["learning-rate"]))
         losses = {"recommender": train_epochs(models.recommender, shuffled_loader(datasets["recommender"], batch_size,
                                                                                   seed), optimizer, epochs)}
@@ -243,8 +292,9 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
                                             float(config["demand-learning-rate"]), epochs, seed)
     examples = len(datasets["recommender"])
     arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
-    reply = {"metrics": {EXAMPLES: examples, TRAIN_LOSS: losses["recommender"],
-                         DEMAND_LOSS: losses.get("demand", 0.0), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+    reply = {"metrics": {EXAMPLES: examples, TRAIN_LOSS: coarse(losses["recommender"]),
+                         DEMAND_LOSS: coarse(losses.get("demand", 0.0)),
+                         AGGREGATE_REFUSED: float(bool(adopted.refusal)),
                          **privacy, **written_on},
              "merchant": _merchant_record(options, adopted)}
     keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
@@ -264,8 +314,8 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                          epochs, seed)
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
                       "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
-                      "local-part-validation-ndcg10": fit.served_validation_ndcg,
-                      "shared-validation-ndcg10": fit.shared_validation_ndcg,
+                      "local-part-validation-ndcg10": coarse(fit.served_validation_ndcg),
+                      "shared-validation-ndcg10": coarse(fit.shared_validation_ndcg),
                       "local-part-validation-customers": fit.validation_customers}
 
 
@@ -273,8 +323,9 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     """Fit the merchant-local part on top of the new global model, rank the held-out items with the
     served model (shared + local) and with the shared one alone, and keep the merchant's copy of both."""
     config = msg.content.config_records[CONFIG]
+    within_policy(config, options, "evaluation")
     run = str(config[RUN_KEY])
-    adopted = adopted_global_model(msg, config, options, run)
+    adopted = adopted_global_model(msg, config, options, run, evaluating=True)
     models = adopted.models
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
     part, fit_metrics = _local_part(models, interactions, config, options, run)
@@ -285,14 +336,16 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions,
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, audit_holdout(interactions, config), int(config["seed"]))
+                              history_length, audit_holdout(interactions, config), int(config["seed"]),
+                              options.policy.min_audit_customers)
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,
                                                       "changes": adopted.changes})
     content = RecordDict({
-        METRICS: MetricRecord({EXAMPLES: metrics.customers, HR10: metrics.hit_rate,
-                                 NDCG10: metrics.ndcg, SHARED_HR10: shared.hit_rate, SHARED_NDCG10: shared.ndcg,
-                                 AGGREGATE_REFUSED: float(bool(adopted.refusal)), **fit_metrics, **audit}),
+        METRICS: MetricRecord({EXAMPLES: metrics.customers, HR10: coarse(metrics.hit_rate),
+                               NDCG10: coarse(metrics.ndcg), SHARED_HR10: coarse(shared.hit_rate),
+                               SHARED_NDCG10: coarse(shared.ndcg), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+                               **fit_metrics, **{key: coarse(value) for key, value in audit.items()}}),
         MERCHANT_RECORD: ConfigRecord(_merchant_record(options, adopted)),
     })
     return Message(content=content, reply_to=msg)
@@ -301,6 +354,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
 def count_examples(msg: Message, options: NodeOptions) -> Message:
     """Answer the server's question before an encrypted round: how many examples this merchant trains on."""
     config = msg.content.config_records[CONFIG]
+    within_policy(config, options, "count query")
     interactions = load_interactions(options.data_dir)
     examples = recommender_examples(interactions, config, _round_seed(config), audit_holdout(interactions, config))
     return Message(content=RecordDict({METRICS: MetricRecord({EXAMPLES: len(examples)}),

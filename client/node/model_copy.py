@@ -24,6 +24,7 @@ from fedshop.privacy.fixed_point import Grid
 from fedshop.rundir.store import RunStore
 
 MODEL_COPY, MODEL_COPY_INFO, LOCAL_PART = "model.npz", "model.json", "local_part.npz"
+ADOPTED, ADOPTED_INFO = "adopted.npz", "adopted.json"  # what the node adopted in training, when not its copy
 _OFFSET = "offset/"
 
 
@@ -95,14 +96,42 @@ def _kept_for(model_dir: Path, name: str, run: str | None) -> tuple[Path, dict] 
     return (path, info) if run is None or info.get("run") == run else None
 
 
-def adopted_copy(state_dir: Path, run: str) -> tuple[SharedModels, list[float]] | None:
-    """The global models the node last adopted in ``run`` (its copy) and the norms of the changes it
-    adopted in that run (``fedshop.client.node.aggregate_check``), or None when its copy is from another run."""
-    if (kept := _kept_for(state_dir, MODEL_COPY, run)) is None:
+class Adoption(NamedTuple):
+    """The global models a node last adopted in a run: the aggregate of round ``round`` (0: the run's
+    initial model), with the norms of the changes it adopted in that run."""
+
+    models: SharedModels
+    changes: list[float]
+    round: int
+
+
+def _adoption_in(path: Path, info_path: Path, run: str) -> Adoption | None:
+    if not path.exists() or not info_path.exists():
+        return None
+    info = json.loads(info_path.read_text())
+    if info.get("run") != run:
         return None
     models = SharedModels()
-    models.load_state_dict(_saved_state(kept[0]))
-    return models, [float(change) for change in kept[1].get("changes", [])]
+    models.load_state_dict(_saved_state(path))
+    return Adoption(models, [float(change) for change in info.get("changes", [])], int(info["round"]))
+
+
+def adoption(state_dir: Path, run: str) -> Adoption | None:
+    """What the node last adopted in ``run``: its model copy (from an evaluation) or what it adopted in a
+    round's training, whichever is later; None when it adopted nothing of that run. The node's own
+    record: a run key the operator makes up finds nothing here."""
+    found = [kept for kept in (_adoption_in(state_dir / MODEL_COPY, state_dir / MODEL_COPY_INFO, run),
+                               _adoption_in(state_dir / ADOPTED, state_dir / ADOPTED_INFO, run)) if kept]
+    return max(found, key=lambda kept: kept.round, default=None)
+
+
+def save_adoption(state_dir: Path, run: str, adopted: Adoption) -> None:
+    """Keep what the node adopted in a round's training (the aggregate of ``adopted.round``), when its model
+    copy does not hold it: the reference its next check compares with."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / ADOPTED_INFO).unlink(missing_ok=True)  # never an old description of new arrays
+    write_npz(state_dir / ADOPTED, {k: v.numpy() for k, v in adopted.models.state_dict().items()})
+    write_json(state_dir / ADOPTED_INFO, {"run": run, "round": adopted.round, "changes": adopted.changes})
 
 
 def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None:

@@ -11,18 +11,24 @@ them); a simulated node gets the same keys from the list the simulation was buil
 ``delta``          δ of the guarantee (default: 0.1 / customers)
 ``state-dir``      where the node keeps its privacy ledger and its copy of the model
                    (default: ``DATA_DIR/.fedshop``)
+``allow-clear``    the merchant allows runs without DP or encryption (default: false)
+``max-run-epsilon`` the most ε one run may target (default: the federation's default target)
 =================  ==========================================================================
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
+from fedshop.core.files import read_json, write_json
+from fedshop.core.node_policy import NodePolicy
 from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
 from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
+
+POLICY_FILE = "policy.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class NodeOptions:
     epsilon_budget: float
     delta: float | None
     state_dir: Path
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
     @property
     def ledger_path(self) -> Path:
@@ -59,7 +66,21 @@ def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> 
         epsilon_budget=float(node_config.get("epsilon-budget", DEFAULT_EPSILON_BUDGET)),
         delta=float(node_config["delta"]) if "delta" in node_config else None,
         state_dir=Path(str(node_config.get("state-dir", data_dir / ".fedshop"))).expanduser().resolve(),
+        policy=NodePolicy.from_node_config(node_config),
     )
+
+
+def save_policy(state_dir: Path, policy: NodePolicy) -> None:
+    """Keep the policy the node applies beside its ledger, for the merchant's service (``/health``)."""
+    path = state_dir / POLICY_FILE
+    if read_json(path) != policy.record():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, policy.record())
+
+
+def saved_policy(state_dir: Path) -> dict | None:
+    """The policy a node applied last (its record), or None when this directory is not a node's."""
+    return read_json(Path(state_dir) / POLICY_FILE)
 
 
 @lru_cache(maxsize=8)

@@ -53,8 +53,10 @@ def demo(
             sizes = ", ".join(str(load_merchant(d).orders["customer_id"].nunique()) for d in data_dirs)
         except SchemaError as exc:
             fail(str(exc))
+    # The demo's merchants are the person typing: its flags are their policy too (--no-dp, --epsilon).
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(out / "keys" / SECRET_FILE),
-              "state-dir": str(out / "nodes" / d.name)} for d in data_dirs]
+              "state-dir": str(out / "nodes" / d.name), "allow-clear": not (dp and he), "max-run-epsilon": epsilon}
+             for d in data_dirs]
     privacy = (f"DP-SGD at ε={epsilon:g} per customer" if dp else "no DP") + (", CKKS aggregation" if he else "")
     console.print(f"[bold]fedshop demo[/]: {len(data_dirs)} merchants with {sizes} customers, "
                   f"{settings.num_server_rounds} rounds, {privacy}")

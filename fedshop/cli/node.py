@@ -18,7 +18,7 @@ from fedshop.cli.options import (
     console,
     fail,
 )
-from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
+from fedshop.core.settings import DEFAULT_EPSILON_BUDGET, RunSettings
 
 
 def node(
@@ -36,20 +36,28 @@ def node(
         help="Run only submissions of the app with this digest (default: the installed fedshop's).")] = None,
     key: Annotated[Path | None, typer.Option(
         help="This node's private key (`fedshop keys node`), for a server with node authentication.")] = None,
+    allow_clear: Annotated[bool, typer.Option(
+        help="Allow runs without DP or encryption (a test federation: the ledger then states no guarantee).")]
+    = False,
+    max_run_epsilon: Annotated[float, typer.Option(
+        min=0.0, help="The most ε one run may target; a run asking for more is refused.")] = RunSettings.target_epsilon,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it
     again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it.
     The node runs every task itself, with the installed fedshop's code, and only for runs of the app
     whose digest it pinned."""
+    from fedshop.core.node_policy import NodePolicy
     from fedshop.operations.merchant_node import NodeRefused, check_merchant, prepare_node, run_node
 
+    policy = NodePolicy(require_dp=not allow_clear, require_he=not allow_clear, max_run_epsilon=max_run_epsilon)
     try:
-        checked = check_merchant(data, secret_context, budget, merchant, delta, state_dir)
+        checked = check_merchant(data, secret_context, budget, merchant, delta, state_dir, policy)
     except NodeRefused as exc:
         fail(str(exc))
     console.print(f"merchant [bold]{checked.merchant}[/]: {checked.customers} customers, {checked.items} catalogue "
                   f"items; privacy budget ε={checked.guarantee.epsilon:g} at δ={checked.guarantee.delta:.1e} per "
                   f"customer, ε={checked.spent:.2f} spent; context {checked.context_id}; connecting to {server}")
+    console.print(f"policy: {policy.describe()}")
     try:
         start = prepare_node(checked, server, port, root_certificate, insecure, app_digest, key)
     except NodeRefused as exc:

@@ -29,6 +29,7 @@ AGGREGATE_SCALE, AGGREGATE_RANGE = "aggregate-scale", "aggregate-range"  # the g
 MERCHANT_NAME = "name"
 AGGREGATE_REFUSED = "aggregate-refused"  # a merchant's refusal of the global model it decrypted (why, or "")
 APP_DIGEST = "app-digest"  # the digest of the app that answered (its task runtime's)
+NODE_POLICY = "node-policy"  # the merchant's privacy policy its node applied, in one line
 
 # Training replies (metrics record).
 EXAMPLES = "num-examples"  # a reply's weight in the average: the examples the merchant trained on
@@ -41,6 +42,17 @@ NOISE_MULTIPLIER, SAMPLE_RATE, STEPS, MAX_GRAD_NORM = "noise-multiplier", "sampl
 # Evaluation replies (metrics record).
 HR10, NDCG10 = "hr10", "ndcg10"  # the served model (shared + local) on the merchant's held-out items
 SHARED_HR10, SHARED_NDCG10 = "shared-hr10", "shared-ndcg10"  # the shared model alone
+
+
+# What a reply carries in the clear is coarse: rates, losses and audit figures to this many significant
+# digits (counts stay exact: they weigh the average; ε and δ follow from the public settings and the count).
+CLEAR_SIGNIFICANT_DIGITS = 2
+
+
+def coarse(value: float) -> float:
+    """``value`` to :data:`CLEAR_SIGNIFICANT_DIGITS` significant digits (non-finite values as they are)."""
+    value = float(value)
+    return float(f"{value:.{CLEAR_SIGNIFICANT_DIGITS}g}") if np.isfinite(value) else value
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

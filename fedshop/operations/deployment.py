@@ -9,9 +9,10 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedshop.core.node_policy import NodePolicy
 from fedshop.core.offline import OFFLINE_ENV
 from fedshop.core.settings import DEFAULT_EPSILON_BUDGET, RunSettings
 from fedshop.operations.certificates import CA_FILE, SERVER_CERT, SERVER_KEY
@@ -64,6 +65,7 @@ class NodePrivacy:
     epsilon_budget: float = DEFAULT_EPSILON_BUDGET
     delta: float | None = None
     state_dir: Path | None = None
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
 
 def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: int,
@@ -74,7 +76,8 @@ def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: 
     ``fedshop node``) takes its tasks from the runtime API on ``runtime_port``."""
     tls = ["--insecure"] if insecure else ["--root-certificates", str(root_certificate)] if root_certificate else []
     tls += ["--auth-supernode-private-key", str(auth_key)] if auth_key else []
-    options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget}
+    options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget,
+               "allow-clear": privacy.policy.allows_clear, "max-run-epsilon": privacy.policy.max_run_epsilon}
     if privacy.secret_context:
         options["secret-context"] = str(privacy.secret_context.resolve())
     if privacy.delta is not None:

@@ -5,8 +5,9 @@ Three steps, so that the command can say what it found between them:
 
 ``check_merchant``  the merchant's own data and keys, nothing on the network: the data directory loads
                     and passes the schema, the secret context (if any) loads, the recommender has at least
-                    one training example (a node without one would fail every round), and the privacy
-                    guarantee and the ε its ledger has spent so far.
+                    one training example (a node without one would fail every round), the privacy
+                    guarantee and the ε its ledger has spent so far, and the merchant's policy
+                    (``fedshop.core.node_policy``), which the node applies to every task.
 ``prepare_node``    the connection: the SuperLink's certificate is trusted (unless ``--insecure``), the
                     node key exists, the app digest the node pins, and the SuperNode's command line.
 ``run_node``        the node's task runtime in a thread (it runs every task with the installed fedshop's
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, build_interactions
 from fedshop.client.data.schema import SchemaError, load_merchant
-from fedshop.client.node.options import NodeOptions, node_options
+from fedshop.client.node.options import NodeOptions, node_options, save_policy
+from fedshop.core.node_policy import DEFAULT_POLICY, NodePolicy
 from fedshop.operations.certificates import trust_problem
 from fedshop.operations.deployment import NodePrivacy, process_environment, supernode_command
 from fedshop.operations.supervisor import supervise
@@ -64,7 +66,8 @@ class NodeStart:
 
 
 def check_merchant(data: Path, secret_context: Path | None, budget: float, merchant: str | None = None,
-                   delta: float | None = None, state_dir: Path | None = None) -> MerchantCheck:
+                   delta: float | None = None, state_dir: Path | None = None,
+                   policy: NodePolicy = DEFAULT_POLICY) -> MerchantCheck:
     """Check the merchant's data directory and secret context before its node joins (see the module)."""
     try:
         interactions = build_interactions(load_merchant(data))
@@ -72,13 +75,15 @@ def check_merchant(data: Path, secret_context: Path | None, budget: float, merch
     except (SchemaError, ContextError) as exc:
         raise NodeRefused(str(exc)) from exc
     given = {"merchant": merchant, "delta": delta, "state-dir": state_dir and str(state_dir)}
-    options = node_options({"data-dir": str(data), "epsilon-budget": budget,
+    options = node_options({"data-dir": str(data), "epsilon-budget": budget, "allow-clear": policy.allows_clear,
+                            "max-run-epsilon": policy.max_run_epsilon,
                             **{key: value for key, value in given.items() if value is not None}})
     if not interactions.trainable:
         raise NodeRefused(f"merchant {options.merchant}: no training example for the recommender model in {data} "
                           f"({TRAINING_EXAMPLE_RULE}); this node would fail every round, so it does not join")
     guarantee = options.budget(len(interactions.customers))
     spent = PrivacyLedger(options.ledger_path).epsilon(guarantee.delta)
+    save_policy(options.state_dir, options.policy)  # what the merchant's service shows on /health
     return MerchantCheck(data, secret_context, options, len(interactions.customers),
                          len(interactions.features.item_ids), guarantee, spent, context_id)
 
@@ -97,7 +102,7 @@ def prepare_node(checked: MerchantCheck, server: str, port: int, root_certificat
 
         digest = app_digest()
     privacy = NodePrivacy(checked.secret_context, checked.guarantee.epsilon, checked.guarantee.delta,
-                          checked.options.state_dir)
+                          checked.options.state_dir, checked.options.policy)
     command = supernode_command(server, checked.data, merchant, port, privacy, root_certificate, insecure, key)
     return NodeStart(merchant, digest, command, f"127.0.0.1:{port}")
 
