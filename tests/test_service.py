@@ -170,3 +170,31 @@ def test_the_staff_page_shows_reasons_and_the_fallback_in_a_real_browser(node_di
     finally:
         driver.quit()
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_the_service_serves_https_with_the_shops_certificate(node_dir: Path, federation_dirs, tmp_path: Path,
+                                                            launch) -> None:
+    """`fedshop serve --certificates`: HTTPS straight from the service, and the login cookie only over it."""
+    from fedshop.operations.certificates import CA_FILE, create_certificates
+
+    create_certificates(tmp_path / "certs", [])
+    (tmp_path / "token").write_text(TOKEN)
+    port = free_port()
+    service, log = launch([sys.executable, "-m", "fedshop.cli", "serve", "--data", str(federation_dirs[0]),
+                           "--model", str(node_dir), "--port", str(port), "--token-file", str(tmp_path / "token"),
+                           "--certificates", str(tmp_path / "certs")], "https-service")
+    wait_for_port(port, service, log)
+    with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(tmp_path / "certs" / CA_FILE),
+                      timeout=60) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = client.get("/health")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+        assert health.json()["model_round"] >= 1 and health.json()["policy"]["require_dp"] is False
+        opened = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        assert "secure" in opened.headers["set-cookie"].lower()

@@ -149,6 +149,8 @@ def serve(
     workers: Annotated[int, typer.Option(
         min=1, help="Processes answering requests, each with its own copy of the data and model (one per core).")
     ] = 1,
+    certificates: Annotated[Path | None, typer.Option(
+        help="Serve HTTPS with the shop's certificate: a folder with server.pem and server.key.")] = None,
 ) -> None:
     """Serve this merchant's recommendations and prices over HTTP (OpenAPI at /docs); a new model copy
     from the node is picked up without a restart."""
@@ -157,6 +159,7 @@ def serve(
     import uvicorn
 
     from fedshop.client.data.schema import SchemaError
+    from fedshop.operations.certificates import SERVER_CERT, SERVER_KEY
     from fedshop.privacy.ckks import ContextError
     from fedshop.service import (
         ONE_THREAD_PER_WORKER,
@@ -169,6 +172,11 @@ def serve(
 
     if token_file is not None and not token_file.exists():
         fail(f"{token_file}: no such token file")
+    tls = {}
+    if certificates is not None:
+        tls = {"ssl_certfile": str(certificates / SERVER_CERT), "ssl_keyfile": str(certificates / SERVER_KEY)}
+        if missing := [name for name in tls.values() if not Path(name).exists()]:
+            fail(f"--certificates {certificates}: missing {', '.join(missing)}")
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_VARIABLE, "").strip()
     if not token and not loopback(host):
         fail(f"--host {host} without a token would let anyone on the network read this shop's customers' "
@@ -179,10 +187,12 @@ def serve(
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         fail(str(exc))
     console.print(f"serving merchant data {data} with the model of round {watcher.current.round} on "
-                  f"http://{host}:{port} ({'bearer token required' if token else 'no token: this machine only'}, "
+                  f"{'https' if tls else 'http'}://{host}:{port} "
+                  f"({'bearer token required' if token else 'no token: this machine only'}, "
                   f"{workers} worker{'s' if workers > 1 else ''}); OpenAPI at /docs")
     if workers == 1:
-        uvicorn.run(start_service(shop, model, watcher, token or None), host=host, port=port, log_level="warning")
+        uvicorn.run(start_service(shop, model, watcher, token or None), host=host, port=port, log_level="warning",
+                    **tls)
         return
     del shop, watcher  # checked here; each worker process loads its own copy
     for threads in ONE_THREAD_PER_WORKER:  # a worker is one core's share: no math library spreads over the others
@@ -191,4 +201,4 @@ def serve(
     os.environ[WORKER_CONFIG] = json.dumps({"data": str(data), "model": str(model),
                                             "secret_context": str(secret_context) if secret_context else ""})
     uvicorn.run("fedshop.service:worker_service", factory=True, workers=workers, host=host, port=port,
-                log_level="warning")
+                log_level="warning", **tls)
