@@ -20,6 +20,19 @@ from fedshop.client.data.schema import MerchantData
 from fedshop.client.pricing.prices import recommend_prices
 from fedshop.client.ranking.recommend import recommend
 from fedshop.client.training.local_fit import serving_model
+from fedshop.core.protocol import (
+    DELTA,
+    EPSILON,
+    EPSILON_BUDGET,
+    EXAMPLES,
+    HR10,
+    MAX_GRAD_NORM,
+    NDCG10,
+    NOISE_MULTIPLIER,
+    SAMPLE_RATE,
+    SHARED_NDCG10,
+    STEPS,
+)
 from fedshop.explain.audit import PRICE_MAX_CHANGE, parse_audit
 from fedshop.explain.membership import LOW_FPR, MembershipAttack, pooled
 from fedshop.explain.price_reasons import PRICING_POLICY, price_record
@@ -90,10 +103,10 @@ def _privacy(rounds: list[dict], settings: dict, records: RunRecords) -> dict:
         for name, metrics in record["train"].items():
             entry = merchants[name]
             entry["rounds"].append(record["round"])
-            entry["epsilon"].append(metrics.get("epsilon", 0.0))
-            entry.update(budget=metrics.get("epsilon-budget"), delta=metrics.get("delta"),
-                         noise_multiplier=metrics.get("noise-multiplier"), max_grad_norm=metrics.get("max-grad-norm"),
-                         sample_rate=metrics.get("sample-rate"), steps_per_round=metrics.get("steps"))
+            entry["epsilon"].append(metrics.get(EPSILON, 0.0))
+            entry.update(budget=metrics.get(EPSILON_BUDGET), delta=metrics.get(DELTA),
+                         noise_multiplier=metrics.get(NOISE_MULTIPLIER), max_grad_norm=metrics.get(MAX_GRAD_NORM),
+                         sample_rate=metrics.get(SAMPLE_RATE), steps_per_round=metrics.get(STEPS))
         for name, reason in record.get("failures", {}).items():
             merchants[name]["refusals"].append({"round": record["round"], "reason": reason})
     for entry in merchants.values():
@@ -173,9 +186,9 @@ def report_content(records: RunRecords, samples: dict | None = None) -> dict:
         raise ReportError(f"{records.run_dir}: no round has finished yet, so there is nothing to report")
     last = rounds[-1]
     audits = {name: parse_audit(metrics) for name, metrics in last["evaluate"].items()}
-    quality = {name: {"hr10": metrics["hr10"], "ndcg10": metrics["ndcg10"], "customers": metrics["num-examples"],
-                      "shared_ndcg10": metrics.get("shared-ndcg10"),
-                      "ndcg10_by_round": [r["evaluate"].get(name, {}).get("ndcg10") for r in rounds]}
+    quality = {name: {"hr10": metrics[HR10], "ndcg10": metrics[NDCG10], "customers": metrics[EXAMPLES],
+                      "shared_ndcg10": metrics.get(SHARED_NDCG10),
+                      "ndcg10_by_round": [r["evaluate"].get(name, {}).get(NDCG10) for r in rounds]}
                for name, metrics in last["evaluate"].items()}
     report = {
         "schema": SCHEMA,

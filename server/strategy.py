@@ -28,11 +28,16 @@ from fedshop.core.protocol import (
     AGGREGATE_REFUSED,
     APP_DIGEST,
     ARRAYS,
+    EXAMPLES,
+    HR10,
     MERCHANT_NAME,
     MERCHANT_RECORD,
     METRICS,
+    NDCG10,
     NODE_POLICY,
     SERVER_ROUND,
+    SHARED_HR10,
+    SHARED_NDCG10,
     arrays_sha256,
 )
 from fedshop.core.settings import RunSettings
@@ -41,6 +46,9 @@ from fedshop.server.registry import read_registry
 from fedshop.server.update_checks import update_problem
 
 QUORUM_POLL_S = 1.0
+# What the round's evaluation averages over merchants (weighted by their evaluated customers); the rest of
+# an evaluation reply (the local part's fit, the last round's audit) is recorded per merchant as sent.
+EVALUATION_AVERAGED = frozenset({EXAMPLES, HR10, NDCG10, SHARED_HR10, SHARED_NDCG10})
 
 
 class UpdateRefused(ValueError):
@@ -234,16 +242,17 @@ class MerchantFedAvg(FedAvg):
         """What, beside the arrays, a checkpoint needs to resume from."""
         return {}
 
-    def _metric_names(self, msg: Message) -> frozenset[str]:
-        """The reply's metric names; refused unless it carries a positive whole example count (FedAvg's
-        weight) and its merchant record."""
+    def _metric_names(self, msg: Message, phase: str) -> frozenset[str]:
+        """The reply's metric names that must agree across the round (every name of a training reply; the
+        averaged ones of an evaluation reply, whose audit figures a node may withhold: its policy); refused
+        unless it carries a positive whole example count (FedAvg's weight) and its merchant record."""
         metrics = msg.content.metric_records.get(METRICS)
         examples = metrics.get(self.weighted_by_key) if metrics is not None else None
         if not isinstance(examples, int) or isinstance(examples, bool) or examples <= 0:
             raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
         if MERCHANT_RECORD not in msg.content.config_records:
             raise UpdateRefused(f"the reply has no '{MERCHANT_RECORD}' record")
-        return frozenset(metrics)
+        return frozenset(metrics) if phase == "training" else frozenset(metrics) & EVALUATION_AVERAGED
 
     def _screened(self, round_: int, phase: str, replies: list[Message],
                   failures: dict[int, str]) -> list[Message]:
@@ -260,7 +269,7 @@ class MerchantFedAvg(FedAvg):
                     if msg.error.code == ErrorCode.NODE_UNAVAILABLE:
                         self.lost.add(node)
                     continue
-                shaped.append((msg, self._metric_names(msg)))
+                shaped.append((msg, self._metric_names(msg, phase)))
             except Exception as exc:  # a reply of any shape is its merchant's failure
                 log(WARNING, "round %d: dropped the %s reply of %s: %s", round_, phase, who, exc)
                 failures[node] = f"{'update' if phase == 'training' else 'evaluation'} refused: {_sentence(exc)}"
@@ -330,7 +339,9 @@ class MerchantFedAvg(FedAvg):
             policies.setdefault(node, self._record_field(msg, NODE_POLICY))
             if refusal := self._refusal(msg):
                 refusals[node] = refusal
-        metrics = super().aggregate_evaluate(server_round, usable) if usable else None
+        averaged = [RecordDict({METRICS: MetricRecord({key: value for key, value in msg.content.metric_records[
+            METRICS].items() if key in EVALUATION_AVERAGED})}) for msg in usable]
+        metrics = self.evaluate_metrics_aggr_fn(averaged, self.weighted_by_key) if averaged else None
         self.store.record_round({**self.pending, "round": round_, "train": self._named(self.pending.get("train", {})),
                                  "evaluate": self._named(evaluate), "failures": self._named(failures),
                                  "refused_global_model": self._named(refusals),

@@ -281,3 +281,19 @@ def test_no_reply_of_any_shape_breaks_the_encrypted_strategy(tmp_path_factory, k
     record = store.rounds()[0]
     assert list(record["train"]) == ["honest"], record["failures"]
     assert arrays is not None and strategy.aggregate_weight == 10
+
+
+def test_a_merchant_that_withholds_its_audit_is_not_the_odd_one_out(tmp_path: Path) -> None:
+    """A small merchant's node sends no membership figures (its policy: too few customers per side); its
+    evaluation must still count, although its metric names differ from the others' (the demo lost two)."""
+    settings_ = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings_)
+    strategy = MerchantFedAvg(store, settings_, 0)
+    core = {"hr10": 0.2, "ndcg10": 0.1, "shared-hr10": 0.2, "shared-ndcg10": 0.1}
+    evaluations = [_reply_to(_evaluate(node), {EXAMPLES: 10 * node, **core, **extra}, {MERCHANT_NAME: f"m{node}"})
+                   for node, extra in ((2, {"audit-mia-auc": 0.5}), (3, {"audit-mia-auc": 0.6}), (4, {}))]
+    strategy.aggregate_evaluate(1, evaluations)
+    record = store.rounds()[0]
+    assert sorted(record["evaluate"]) == ["m2", "m3", "m4"] and record["failures"] == {}
+    assert record["evaluate_aggregate"]["ndcg10"] == pytest.approx(0.1)

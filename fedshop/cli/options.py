@@ -43,9 +43,12 @@ StateDir = Annotated[Path | None, typer.Option(
 
 # A run's settings (demo, run, plan).
 Rounds = Annotated[int, typer.Option(min=1, help="Training rounds.")]
-Dp = Annotated[bool, typer.Option(help="DP-SGD on every merchant.")]
-He = Annotated[bool, typer.Option(help="CKKS-encrypted aggregation.")]
-Epsilon = Annotated[float, typer.Option(help="Target ε per merchant for the run.")]
+Dp = Annotated[bool, typer.Option(help="DP-SGD on every merchant (a node refuses --no-dp unless its merchant "
+                                       "allows clear runs).")]
+He = Annotated[bool, typer.Option(help="CKKS-encrypted aggregation (a node refuses --no-he unless its merchant "
+                                       "allows clear runs).")]
+Epsilon = Annotated[float, typer.Option(help="Target ε per merchant for the run (at most each node's "
+                                             "--max-run-epsilon).")]
 
 # Output for programs (recommend, price, plan).
 AsJson = Annotated[bool, typer.Option("--json", help="Print everything as JSON, for the merchant's systems.")]

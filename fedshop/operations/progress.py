@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedshop.core.protocol import EPSILON, EXAMPLES, HR10, NDCG10, SHARED_NDCG10, TRAIN_LOSS
 from fedshop.rundir.store import RunStore
 
 POLL_S = 0.5
@@ -33,12 +34,12 @@ def round_table(record: dict[str, Any], title: str | None = None) -> Table:
         train = record.get("train", {}).get(merchant, {})
         evaluate = record.get("evaluate", {}).get(merchant, {})
         table.add_row(
-            merchant, str(train.get("num-examples", "-")),
-            f"{train['train-loss']:.3f}" if "train-loss" in train else "-",
-            f"{train['epsilon']:.2f}" if train.get("epsilon") else "-",
-            f"{evaluate['hr10']:.3f}" if "hr10" in evaluate else "-",
-            f"{evaluate['ndcg10']:.3f}" if "ndcg10" in evaluate else "-",
-            f"{evaluate['shared-ndcg10']:.3f}" if "shared-ndcg10" in evaluate else "-",
+            merchant, str(train.get(EXAMPLES, "-")),
+            f"{train[TRAIN_LOSS]:.3f}" if TRAIN_LOSS in train else "-",
+            f"{train[EPSILON]:.2f}" if train.get(EPSILON) else "-",
+            f"{evaluate[HR10]:.3f}" if HR10 in evaluate else "-",
+            f"{evaluate[NDCG10]:.3f}" if NDCG10 in evaluate else "-",
+            f"{evaluate[SHARED_NDCG10]:.3f}" if SHARED_NDCG10 in evaluate else "-",
             record.get("failures", {}).get(merchant, "")
             or ("refused the global model: " + record["refused_global_model"][merchant]
                 if merchant in record.get("refused_global_model", {}) else ""),
