@@ -150,8 +150,9 @@ def fit_alone(panels: list[DemandPanel], settings: RunSettings, train_weeks: lis
 
 
 def federated_models(dirs: list[Path], settings: RunSettings, workdir: Path, label: str) -> dict[str, DemandModel]:
+    # The benchmark is every merchant here: its rows in the clear and at each ε are its nodes' policy.
     nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(workdir / label / d.name),
-              "epsilon-budget": 1e9} for d in dirs]
+              "epsilon-budget": 1e9, "allow-clear": True, "max-run-epsilon": settings.target_epsilon} for d in dirs]
     run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run")))
     return {d.name: load_models(workdir / label / d.name)[0].demand for d in dirs}
 

@@ -234,8 +234,10 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
     keys = workdir / "keys"
     if not (keys / "secret.ctx").exists():
         create_keys(keys)
+    # The benchmark is every merchant here: its rows in the clear and at each ε are its nodes' policy.
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
-              "state-dir": str(workdir / label / d.name), "epsilon-budget": 1e9} for d in dirs]
+              "state-dir": str(workdir / label / d.name), "epsilon-budget": 1e9, "allow-clear": True,
+              "max-run-epsilon": settings.target_epsilon} for d in dirs]
     run = run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run"),
                                                   public_context=str(keys / "public.ctx")))
     partial = {r["round"]: r["failures"] for r in RunStore(run).rounds() if len(r["train"]) != len(dirs)}

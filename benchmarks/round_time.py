@@ -111,7 +111,8 @@ def measure(name: str, work: Path, merchants: list[Path], rounds: int) -> dict:
                     identity = ["--key", str(key)]
                 launch([*FEDSHOP, "node", "--data", str(merchant), "--server", f"127.0.0.1:{port}", "--port",
                         str(free_port()), "--secret-context", str(out / "keys" / "secret.ctx"), "--state-dir",
-                        str(out / merchant.name), *trust, *identity])
+                        str(out / merchant.name), *trust, *identity,
+                        *(["--allow-clear"] if {"--no-dp", "--no-he"} & {dp, he} else [])])
             began = time.monotonic()
             driver = launch([*FEDSHOP, "run", "--server", f"127.0.0.1:{port}", "--out", str(out / "run"),
                              "--rounds", str(rounds), "--min-nodes", str(len(merchants)), dp, he,

@@ -21,6 +21,7 @@ from fedshop.privacy.ledger import LEDGER_FILE, PrivacyLedger
 def test_the_default_run_settings_lie_inside_the_default_policy() -> None:
     config = RunSettings().training_config()
     assert NodePolicy().refusal(config) is None
+    assert NodePolicy().refusal({**config, "audit-holdout": 0.0}) is None  # no audit at all
     assert all(name in config for name in SETTING_BOUNDS), "a bound names no run setting"
 
 
@@ -35,7 +36,8 @@ def test_the_default_run_settings_lie_inside_the_default_policy() -> None:
     ({"local-epochs": 500}, "setting 'local-epochs'"),
     ({"num-server-rounds": 10**4}, "setting 'num-server-rounds'"),
     ({"dp-batch-size": 10**9}, "setting 'dp-batch-size'"),
-    ({"audit-holdout": 0.9}, "setting 'audit-holdout' is 0.9, outside this node's policy range [0.05, 0.5]"),
+    ({"audit-holdout": 0.9}, "setting 'audit-holdout' is 0.9, outside this node's policy range [0.05, 0.5] (or 0)"),
+    ({"audit-holdout": 0.01}, "setting 'audit-holdout' is 0.01"),
     ({"batch-size": "128"}, "setting 'batch-size' is '128'"),
 ])
 def test_a_setting_outside_the_policy_is_named_with_its_value_and_bound(change: dict, named: str) -> None:

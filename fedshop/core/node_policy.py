@@ -31,8 +31,9 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "dp-max-sample-rate": (0.001, 1.0),
     "max-grad-norm": (1e-4, 100.0),
     "demand-max-grad-norm": (1e-4, 1000.0),
-    "audit-holdout": (0.05, 0.5),
+    "audit-holdout": (0.05, 0.5),  # or 0: no audit (nobody held out, no membership figures sent)
 }
+MAY_BE_ZERO = frozenset({"audit-holdout"})
 MIN_AUDIT_CUSTOMERS = 20  # on each side of the membership audit, or the node sends no audit figures
 
 
@@ -72,9 +73,9 @@ class NodePolicy:
                         f"allows at most ε = {self.max_run_epsilon:g} per run (and more than 0)")
         for name, (low, high) in self.bounds.items():
             value = _number(config.get(name))
-            if value is None or not low <= value <= high:
+            if value is None or not (low <= value <= high or (value == 0 and name in MAY_BE_ZERO)):
                 return (f"setting '{name}' is {config.get(name)!r}, outside this node's policy range "
-                        f"[{low:g}, {high:g}]")
+                        f"[{low:g}, {high:g}]" + (" (or 0)" if name in MAY_BE_ZERO else ""))
         return None
 
     def describe(self) -> str:
