@@ -69,3 +69,21 @@ def test_quality_harness_names_a_merchant_it_cannot_score(one_item_customers_fed
                            "--data", str(merchants[0].parent)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{merchants[-1].name} (0)" in done.stderr and merchants[0].name not in done.stderr
+
+
+def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, monkeypatch) -> None:
+    """The oracle priced with the tested model's own item elasticities, so every method reached 100% of
+    its revenue (issue 34). A model that believes demand is inelastic, on a market whose true elasticity
+    is -4, must fall short of the oracle, which lowers every price to its bound."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from pricing import revenue_uplift
+
+    from fedshop.client.data.demand import build_demand_panel
+    from fedshop.client.data.schema import load_merchant
+    from fedshop.models.demand import DemandModel
+
+    panel = build_demand_panel(load_merchant(federation_dirs[0]))
+    wrong = DemandModel()
+    wrong.set_base_elasticity(-0.1)
+    gained, best = revenue_uplift(wrong, panel, dict.fromkeys(panel.categories, -4.0))
+    assert best > 0 and gained < 0.5 * best, (gained, best)

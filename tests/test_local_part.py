@@ -176,16 +176,24 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
 def test_shared_demand_update_is_bit_identical_whatever_the_item_elasticities_hold(federation_dirs, tmp_path,
                                                                                  monkeypatch) -> None:
     """DP soundness of the item deviations: they are fitted on the merchant's sales without noise, so
-    the shared demand model's DP-SGD update must not depend on them (seeded noise, as above)."""
+    the shared demand model's DP-SGD update must not depend on them (seeded noise, as above). The node
+    fits them (its price audit after the run's last round) before it trains again, and the test counts
+    that it did: a check on a path where they are never fitted would pass whatever they hold."""
     monkeypatch.setattr(dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
-    settings = replace(SETTINGS, pricing=True, local_part_epochs=0)
+    settings = replace(SETTINGS, pricing=True, local_part_epochs=0, num_server_rounds=1)
     true_fit = prices_module.fit_item_elasticities
-    replies = []
+    replies, fitted = [], []
+
+    def shifted(*args, shift: float):
+        fitted.append(shift)
+        return replace(true_fit(*args), deviation=true_fit(*args).deviation + shift)
+
     for shift in (0.0, -50.0):
-        monkeypatch.setattr(prices_module, "fit_item_elasticities", lambda *args, shift=shift: replace(
-            true_fit(*args), deviation=true_fit(*args).deviation + shift))
+        monkeypatch.setattr(prices_module, "fit_item_elasticities", lambda *args, shift=shift: shifted(*args,
+                                                                                                     shift=shift))
         options = _node(federation_dirs[2], tmp_path / f"state-{shift}")
-        evaluate_locally(_message("evaluate", settings), options)
+        evaluate_locally(_message("evaluate", settings), options)  # the last round: its audit prices every item
+        assert fitted and fitted[-1] == shift, "the item deviations were never fitted before training"
         reply = train_locally(_message("train", settings), options)
         replies.append({name: array.numpy() for name, array in reply.content.array_records["arrays"].items()})
     assert reply.content.metric_records["metrics"]["demand-loss"] > 0
