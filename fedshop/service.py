@@ -34,6 +34,7 @@ import torch
 from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, ORJSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
@@ -53,6 +54,7 @@ WATCH_S = 1.0
 TOKEN_VARIABLE = "FEDSHOP_SERVICE_TOKEN"
 WORKER_CONFIG = "FEDSHOP_SERVICE_WORKER"  # JSON: data, model, secret_context
 ONE_THREAD_PER_WORKER = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read as a worker starts
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1", "[::1]"]  # the Host a no-token service answers
 MAX_K = 100  # a diversity re-rank builds a pool of 10 k items and its pool² similarities: 1,000² at most
 FALLBACK = "popular at this shop: the model knows no purchase of this customer, so only the items' popularity ranks"
 log = getLogger("fedshop.service")
@@ -167,6 +169,8 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
 
     service = FastAPI(title="fedshop merchant service", lifespan=watching,
                       description="Recommendations and prices for this merchant's customers, with their reasons.")
+    if not token:  # this machine only: a web page elsewhere that rebinds its name to 127.0.0.1 gets a 400
+        service.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES)
 
     def holds_token(given: str | None) -> bool:
         """Whether ``given`` is the token (compared as UTF-8 bytes in constant time: any character may come)."""

@@ -29,6 +29,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from fedshop.core.files import write_bytes
 
 CLEAR = "none: trained without DP (clear test federation)"
+RUN_LIMIT_SLACK = 1e-3  # a run planned to spend exactly its target may compose to a hair above it
 ACCOUNTANT = "rdp"
 LEDGER_FILE = "privacy_ledger.json"
 
@@ -105,14 +106,29 @@ class PrivacyLedger:
         """Whether a release of round ``round_`` of ``run`` is already recorded."""
         return any(e["run"] == run and e["round"] == round_ for e in self.entries)
 
-    def authorize(self, merchant: str, planned: Sequence[Mechanism], budget: Budget, run: str, round_: int) -> float:
-        """ε after ``planned`` (round ``round_`` of ``run``) if it stays within ``budget`` and the round
-        was not paid for already; otherwise refuse with the reason."""
+    def run_epsilon(self, run: str, delta: float, planned: Sequence[Mechanism] = ()) -> float:
+        """ε(δ) that the releases of one run have spent (after the ``planned`` ones too)."""
+        recorded = [Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.entries
+                    if e["run"] == run and e.get("mechanism") != CLEAR]
+        return composed_epsilon([*recorded, *planned], delta)
+
+    def authorize(self, merchant: str, planned: Sequence[Mechanism], budget: Budget, run: str, round_: int,
+                  run_limit: float = math.inf) -> float:
+        """ε after ``planned`` (round ``round_`` of ``run``) if it stays within ``budget``, the run stays
+        within ``run_limit`` (the node's policy: however the operator sets the run's rounds or resumes it)
+        and the round was not paid for already; otherwise refuse with the reason."""
         if self.paid_for(run, round_):
             raise RoundAlreadyPaid(
                 f"merchant {merchant} already spent ε on round {round_} of run {run}, and the update it sent then "
                 "is not the answer to this round's global model; training the round again would charge its "
                 "customers twice, so this node refuses"
+            )
+        in_run = self.run_epsilon(run, budget.delta, planned)
+        if in_run > run_limit * (1 + RUN_LIMIT_SLACK):
+            raise BudgetExceeded(
+                f"merchant {merchant} refused round {round_} of run {run}: it would bring the run's ε to "
+                f"{in_run:.2f} (δ={budget.delta:.1e}, per customer), over this node's policy of at most "
+                f"ε = {run_limit:g} per run"
             )
         after = self.epsilon(budget.delta, planned)
         if after > budget.epsilon:

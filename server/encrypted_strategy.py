@@ -23,6 +23,7 @@ from fedshop.core.protocol import (
     AGGREGATE_SCALE,
     AGGREGATE_WEIGHT,
     ARRAYS,
+    CLIPPED_VALUES,
     CONTEXT_ID,
     EXAMPLES,
     METRICS,
@@ -127,9 +128,14 @@ class EncryptedFedAvg(MerchantFedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         return super().configure_evaluate(server_round, arrays, self._tag(config), grid)
 
+    def expected_metrics(self, phase: str) -> frozenset[str]:
+        return super().expected_metrics(phase) | ({WEIGHT_SCALE, VALUE_RANGE, CLIPPED_VALUES}
+                                                  if phase == "training" else set())
+
     def select(self, replies: list[Message], failures: dict[int, str]) -> list[Message]:
-        """The replies written for the value range most of the round's merchants wrote on (every honest
-        merchant derives it from the same decrypted aggregate; never the first reply's)."""
+        """The replies written for the value range more of the round's merchants wrote on than any other
+        (every honest merchant derives it from the same decrypted aggregate); on a tie none is added: no
+        reply's order decides."""
         ranges = [msg.content.metric_records[METRICS].get(VALUE_RANGE) for msg in replies]
         usual = most_common([r for r in ranges if isinstance(r, float) and math.isfinite(r) and r > 0])
         self.value_range = usual or 0.0
@@ -139,7 +145,8 @@ class EncryptedFedAvg(MerchantFedAvg):
                 kept.append(msg)
             else:
                 failures[self._node(msg)] = (f"update refused: written for a value range of {value_range}, but "
-                                             f"most of the round's merchants used {self.value_range:g}")
+                                             + (f"most of the round's merchants used {self.value_range:g}" if usual
+                                                else "the round's merchants did not agree on one"))
         return kept
 
     def accept_update(self, msg: Message) -> Any:

@@ -28,16 +28,25 @@ from fedshop.core.protocol import (
     AGGREGATE_REFUSED,
     APP_DIGEST,
     ARRAYS,
+    DELTA,
+    DEMAND_LOSS,
+    EPSILON,
+    EPSILON_BUDGET,
     EXAMPLES,
     HR10,
+    MAX_GRAD_NORM,
     MERCHANT_NAME,
     MERCHANT_RECORD,
     METRICS,
     NDCG10,
     NODE_POLICY,
+    NOISE_MULTIPLIER,
+    SAMPLE_RATE,
     SERVER_ROUND,
     SHARED_HR10,
     SHARED_NDCG10,
+    STEPS,
+    TRAIN_LOSS,
     arrays_sha256,
 )
 from fedshop.core.settings import RunSettings
@@ -49,6 +58,9 @@ QUORUM_POLL_S = 1.0
 # What the round's evaluation averages over merchants (weighted by their evaluated customers); the rest of
 # an evaluation reply (the local part's fit, the last round's audit) is recorded per merchant as sent.
 EVALUATION_AVERAGED = frozenset({EXAMPLES, HR10, NDCG10, SHARED_HR10, SHARED_NDCG10})
+# What an honest node's training reply states (``fedshop.client.node.app``), besides an encrypted update's grid.
+TRAINING_METRICS = frozenset({EXAMPLES, TRAIN_LOSS, DEMAND_LOSS, AGGREGATE_REFUSED, EPSILON, DELTA, NOISE_MULTIPLIER,
+                              SAMPLE_RATE, STEPS, MAX_GRAD_NORM, EPSILON_BUDGET})
 
 
 class UpdateRefused(ValueError):
@@ -63,12 +75,16 @@ NAMED_FAILURE = re.compile(r"merchant (?P<name>\S+?):? ")  # how a fedshop node 
 _RAISED = re.compile(r"<class '[^']*'>:<'(?P<message>.*)'>", re.DOTALL)
 
 
-def most_common(values: list[Any]) -> Any:
-    """The value most of ``values`` share (the first of them to appear, on a tie), None for none."""
-    if not values:
+def most_common(values: list[Any], on_tie: Any = None) -> Any:
+    """The value more of ``values`` share than any other; on a tie, ``on_tie`` when it is one of the tied
+    values, else None (no reply's order ever decides: the first to reply is no tie-breaker)."""
+    counts = Counter(values).most_common()
+    if not counts:
         return None
-    counts = Counter(values)
-    return max(dict.fromkeys(values), key=lambda value: counts[value])
+    tied = [value for value, count in counts if count == counts[0][1]]
+    if len(tied) == 1:
+        return tied[0]
+    return on_tie if on_tie in tied else None
 
 
 def _sentence(exc: Exception) -> str:
@@ -242,6 +258,10 @@ class MerchantFedAvg(FedAvg):
         """What, beside the arrays, a checkpoint needs to resume from."""
         return {}
 
+    def expected_metrics(self, phase: str) -> frozenset[str]:
+        """The metric names an honest node's reply carries (what decides a tie between two sets of names)."""
+        return TRAINING_METRICS if phase == "training" else EVALUATION_AVERAGED
+
     def _metric_names(self, msg: Message, phase: str) -> frozenset[str]:
         """The reply's metric names that must agree across the round (every name of a training reply; the
         averaged ones of an evaluation reply, whose audit figures a node may withhold: its policy); refused
@@ -252,6 +272,15 @@ class MerchantFedAvg(FedAvg):
             raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
         if MERCHANT_RECORD not in msg.content.config_records:
             raise UpdateRefused(f"the reply has no '{MERCHANT_RECORD}' record")
+        records = {*msg.content.array_records, *msg.content.metric_records, *msg.content.config_records}
+        if extra := records - {ARRAYS, METRICS, MERCHANT_RECORD}:
+            raise UpdateRefused(f"the reply holds records {sorted(extra)} beside '{ARRAYS}', '{METRICS}' and "
+                                f"'{MERCHANT_RECORD}'")
+        averaged = metrics.keys() if phase == "training" else EVALUATION_AVERAGED & set(metrics)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or (
+                    key in averaged and not math.isfinite(value)):
+                raise UpdateRefused(f"metric {key!r} is {value!r}, not a finite number")
         return frozenset(metrics) if phase == "training" else frozenset(metrics) & EVALUATION_AVERAGED
 
     def _screened(self, round_: int, phase: str, replies: list[Message],
@@ -273,7 +302,7 @@ class MerchantFedAvg(FedAvg):
             except Exception as exc:  # a reply of any shape is its merchant's failure
                 log(WARNING, "round %d: dropped the %s reply of %s: %s", round_, phase, who, exc)
                 failures[node] = f"{'update' if phase == 'training' else 'evaluation'} refused: {_sentence(exc)}"
-        usual = most_common([names for _, names in shaped])
+        usual = most_common([names for _, names in shaped], self.expected_metrics(phase))
         kept = []
         for msg, names in shaped:
             if names == usual:

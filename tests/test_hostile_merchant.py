@@ -40,8 +40,9 @@ from fedshop.privacy.ckks import (
 from fedshop.privacy.fixed_point import Grid, value_range_of
 from fedshop.rundir.store import RunStore
 from fedshop.server.encrypted_strategy import EncryptedFedAvg
-from fedshop.server.strategy import MerchantFedAvg
+from fedshop.server.strategy import TRAINING_METRICS, MerchantFedAvg
 
+HONEST_TRAINING = dict.fromkeys(TRAINING_METRICS, 0.0)  # the names an honest node's training reply carries
 SETTINGS = RunSettings(num_server_rounds=2, local_epochs=1, dp=False, he=True, pricing=False, local_part_epochs=0)
 HOSTILE = 9
 
@@ -206,7 +207,8 @@ def _metadata(node: int) -> Metadata:
                     message_type="train")
 
 
-_values = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+_values = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=2))
 _keys = st.one_of(st.sampled_from([EXAMPLES, "train-loss", VALUE_RANGE, WEIGHT_SCALE]), st.text(min_size=1,
                                                                                                   max_size=8))
 _arrays = st.dictionaries(st.sampled_from(["w", "v", "ct.0"]), st.sampled_from(
@@ -231,6 +233,10 @@ def replies(draw, node: int) -> Message:
             st.one_of(st.text(max_size=10), st.integers(0, 9)), max_size=3)))
     if draw(st.booleans()):
         content[ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in draw(_arrays).items()})
+    if draw(st.booleans()):  # a record no honest node sends
+        extra = draw(st.sampled_from(["extra", ARRAYS + "-2", METRICS + "-2"]))
+        content[extra] = MetricRecord({"x": 1.0}) if draw(st.booleans()) else ArrayRecord(
+            array_dict={"w": Array(np.ones(3, np.float32))})
     return Message(content=content, metadata=_metadata(node))
 
 
@@ -244,7 +250,7 @@ def test_no_reply_of_any_shape_breaks_the_clear_strategy(tmp_path_factory, data)
     strategy = MerchantFedAvg(store, settings_, 0)
     strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
     honest = Message(RecordDict({ARRAYS: ArrayRecord(array_dict={"w": Array(np.full(3, 2.0, np.float32))}),
-                                 METRICS: MetricRecord({EXAMPLES: 10, "train-loss": 1.0}),
+                                 METRICS: MetricRecord({**HONEST_TRAINING, EXAMPLES: 10}),
                                  MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: "honest"})}), metadata=_metadata(2))
     others = [data.draw(replies(node)) for node in range(3, 3 + data.draw(st.integers(1, 4)))]
     arrays, _ = strategy.aggregate_train(1, [*others, honest])
@@ -269,8 +275,8 @@ def test_no_reply_of_any_shape_breaks_the_encrypted_strategy(tmp_path_factory, k
     grid = Grid(value_range_of(model), strategy.weight_scale)
     update = encrypt(secret, grid.quantise(model, 10, np.random.default_rng(0))[0])
     honest = Message(RecordDict({ARRAYS: ArrayRecord(array_dict={k: Array(v) for k, v in update.items()}),
-                                 METRICS: MetricRecord({EXAMPLES: 10, WEIGHT_SCALE: 10.0,
-                                                        VALUE_RANGE: grid.value_range}),
+                                 METRICS: MetricRecord({**HONEST_TRAINING, EXAMPLES: 10, WEIGHT_SCALE: 10.0,
+                                                        VALUE_RANGE: grid.value_range, "clipped-values": 0}),
                                  MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: "honest",
                                                                 "context-id": public.context_id})}),
                      metadata=_metadata(2))
@@ -281,6 +287,38 @@ def test_no_reply_of_any_shape_breaks_the_encrypted_strategy(tmp_path_factory, k
     record = store.rounds()[0]
     assert list(record["train"]) == ["honest"], record["failures"]
     assert arrays is not None and strategy.aggregate_weight == 10
+
+
+def test_list_valued_metrics_or_extra_records_are_their_merchants_failure(tmp_path: Path) -> None:
+    """A list-valued metric crashed Flower's averaging, a second ArrayRecord its consistency check: the
+    ServerApp failed, and every resume with it (found by a review, issue 32)."""
+    settings_ = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings_)
+    strategy = MerchantFedAvg(store, settings_, 0)
+    strategy.global_arrays = ArrayRecord(array_dict={"w": Array(np.zeros(3, np.float32))})
+
+    def reply(node: int, name: str, metrics: dict, extra: RecordDict | None = None) -> Message:
+        content = RecordDict({ARRAYS: ArrayRecord(array_dict={"w": Array(np.full(3, 2.0, np.float32))}),
+                              METRICS: MetricRecord(metrics), MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: name})})
+        for key, record in (extra or {}).items():
+            content[key] = record
+        return Message(content=content, metadata=_metadata(node))
+
+    honest = {**HONEST_TRAINING, EXAMPLES: 10}
+    replies = [reply(3, "lists", {**honest, "train-loss": [1.0]}),
+               reply(4, "arrays", honest, RecordDict({"more": ArrayRecord(array_dict={"w": Array(np.ones(3))})})),
+               reply(5, "metrics", honest, RecordDict({"more": MetricRecord({"x": 1.0})})),
+               reply(2, "honest", honest), reply(6, "honest-too", honest)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 2.0))
+    evaluations = [_reply_to(_evaluate(7), {EXAMPLES: 5, "hr10": [0.9], "ndcg10": 0.1, "shared-hr10": 0.1,
+                                            "shared-ndcg10": 0.1}, {MERCHANT_NAME: "lists"}),
+                   _reply_to(_evaluate(2), {EXAMPLES: 5, "hr10": 0.2, "ndcg10": 0.1, "shared-hr10": 0.1,
+                                            "shared-ndcg10": 0.1}, {MERCHANT_NAME: "honest"})]
+    assert strategy.aggregate_evaluate(1, evaluations)["hr10"] == pytest.approx(0.2)
+    failures = store.rounds()[0]["failures"]
+    assert {"lists", "arrays", "metrics"} <= set(failures), failures
 
 
 def test_a_merchant_that_withholds_its_audit_is_not_the_odd_one_out(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ def test_the_default_run_settings_lie_inside_the_default_policy() -> None:
     ({"audit-holdout": 0.9}, "setting 'audit-holdout' is 0.9, outside this node's policy range [0.05, 0.5] (or 0)"),
     ({"audit-holdout": 0.01}, "setting 'audit-holdout' is 0.01"),
     ({"batch-size": "128"}, "setting 'batch-size' is '128'"),
+    ({"predictions-per-customer": 64, "history-length": 200, "negatives": 1024}, "items a batch, over this node's"),
 ])
 def test_a_setting_outside_the_policy_is_named_with_its_value_and_bound(change: dict, named: str) -> None:
     assert named in NodePolicy().refusal({**RunSettings().training_config(), **change})
@@ -82,3 +83,24 @@ def test_a_clear_round_the_merchant_allowed_leaves_no_guarantee_to_state(federat
     settings = RunSettings(local_epochs=1, pricing=False, local_part_epochs=0, dp=False, he=False)
     train_locally(_message("train", settings), options)
     assert math.isinf(PrivacyLedger(tmp_path / LEDGER_FILE).epsilon(1e-5))
+
+
+def test_a_run_never_spends_more_than_the_policys_epsilon_however_its_rounds_are_set(federation_dirs,
+                                                                                  tmp_path: Path) -> None:
+    """Resumed with more and more rounds, one run key's ε read 8.00, 9.57, 10.53 ... (a review, issue 32):
+    each round was planned as if it alone were the run."""
+    options = node_options({"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path), "merchant": "shop_c",
+                            "allow-clear": True})
+    spent = []
+    for rounds in (1, 2, 3):
+        settings = RunSettings(num_server_rounds=rounds, local_epochs=1, pricing=False, local_part_epochs=0,
+                               he=False)
+        message = _message("train", settings, round_=rounds)
+        if rounds > 1:
+            with pytest.raises(Exception, match="over this node's policy of at most ε = 8 per run"):
+                train_locally(message, options)
+            break
+        train_locally(message, options)
+        ledger = PrivacyLedger(tmp_path / LEDGER_FILE)
+        spent.append(ledger.run_epsilon("run-p", ledger.entries[-1]["delta"]))
+    assert spent[0] <= 8.0 * 1.001

@@ -43,6 +43,8 @@ def test_without_a_token_the_service_answers_on_this_machine(node_dir: Path, fed
         assert client.get("/customers/x/recommendations").status_code == 200
         assert client.get("/prices").status_code == 200
         assert "Prices" in client.get("/", params={"view": "prices"}).text
+        rebound = client.get("/customers/x/recommendations", headers={"Host": "attacker.example:8080"})
+        assert rebound.status_code == 400, "a page whose name was rebound to 127.0.0.1 read the shop's answers"
 
 
 def test_a_token_of_any_characters_is_refused_cleanly_and_k_is_bounded(node_dir: Path, federation_dirs) -> None:

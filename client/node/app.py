@@ -228,7 +228,7 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
     budget = options.budget(len(load_interactions(options.data_dir).customers))
     recipes, plan = dp_round({name: len(data) for name, data in datasets.items()}, config, budget.delta)
     ledger = PrivacyLedger(options.ledger_path)
-    ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_)
+    ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_, options.policy.max_run_epsilon)
     losses = {}
     losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
                                                              plan.release("recommender"), *recipes["recommender"],

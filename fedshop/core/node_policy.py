@@ -34,6 +34,9 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "audit-holdout": (0.05, 0.5),  # or 0: no audit (nobody held out, no membership figures sent)
 }
 MAY_BE_ZERO = frozenset({"audit-holdout"})
+# ... and their product: the items one batch scores, batch × predictions × (history + negatives), each a
+# vector of the model's width; the defaults make 344,064 (about 33 MB of scores), this about 24 times that.
+MAX_BATCH_ITEMS = 2**23
 MIN_AUDIT_CUSTOMERS = 20  # on each side of the membership audit, or the node sends no audit figures
 
 
@@ -76,6 +79,12 @@ class NodePolicy:
             if value is None or not (low <= value <= high or (value == 0 and name in MAY_BE_ZERO)):
                 return (f"setting '{name}' is {config.get(name)!r}, outside this node's policy range "
                         f"[{low:g}, {high:g}]" + (" (or 0)" if name in MAY_BE_ZERO else ""))
+        items = batch_items(config)
+        if items > MAX_BATCH_ITEMS:
+            return (f"settings batch-size / dp-batch-size {max(config['batch-size'], config['dp-batch-size'])} × "
+                    f"predictions-per-customer {config['predictions-per-customer']} × (history-length "
+                    f"{config['history-length']} + negatives {config['negatives']}) make {items:,.0f} items a "
+                    f"batch, over this node's policy of {MAX_BATCH_ITEMS:,}")
         return None
 
     def describe(self) -> str:
@@ -92,6 +101,13 @@ class NodePolicy:
 
 
 DEFAULT_POLICY = NodePolicy()
+
+
+def batch_items(config: Mapping[str, Any]) -> float:
+    """How many items one training batch scores under ``config`` (whose settings are numbers in range)."""
+    batch = max(float(config["batch-size"]), float(config["dp-batch-size"]))
+    return batch * float(config["predictions-per-customer"]) * (float(config["history-length"])
+                                                                + float(config["negatives"]))
 
 
 def _number(value: Any) -> float | None:
