@@ -233,12 +233,14 @@ class MerchantFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """The round's trained merchants evaluate (and keep) the new model; after the last round every
-        connected merchant does, so each one holds the run's final model and its audit."""
+        """The round's trained merchants evaluate (and keep) the new model; after the first round every
+        connected merchant does (a node takes part in a run only from its first aggregate, so those not
+        drawn yet adopt it now, at no ε), and after the last round too, so each one holds the run's final
+        model and its audit."""
         self.phase_started = time.monotonic()
         round_ = server_round + self.offset
         nodes = self._quorum(grid, round_, "evaluation")
-        if round_ < self.settings.num_server_rounds:
+        if 1 < round_ < self.settings.num_server_rounds:
             nodes = [node for node in nodes if node in self.sampled]
         return self._instructions(round_, arrays, config, MessageType.EVALUATE, nodes)
 

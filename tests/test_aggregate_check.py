@@ -63,6 +63,8 @@ def test_a_poisoner_multiplying_its_push_by_9_each_round_is_refused_within_two_r
     refused = _adopt_rounds(pushes)
     assert refused is not None and refused <= 3 + 2, refused
     assert _adopt_rounds([0.0] * 10) is None, "honest rounds of steady size are never refused"
+    model = np.ones(8)  # a poisoner's own first changes (1000 each) cannot lift the scale past the ceiling
+    assert aggregate_problem(model + 30.0, model, [1000.0, 1000.0, 1000.0], ceiling=2.0)[0] is not None
     assert _adopt_rounds([0.0] * 10, honest=1e-3) is None
 
 
@@ -169,7 +171,7 @@ def test_a_node_evaluates_and_serves_only_what_it_adopted_whatever_run_key_the_o
     evaluate_locally(_clear_message("evaluate", "honest-run", 1, initial), options)
     copy = (tmp_path / "state" / "model.npz").read_bytes()
     crafted = {name: value + 0.01 for name, value in initial.items()}  # small: the check alone would pass it
-    with pytest.raises(TaskRefused, match="refused to evaluate round 3 of run fresh-key: it has adopted no model"):
+    with pytest.raises(TaskRefused, match="refused to evaluate round 3 of run fresh-key: it holds no model"):
         evaluate_locally(_clear_message("evaluate", "fresh-key", 3, crafted), options)
     far = {name: value * 1e3 for name, value in initial.items()}
     with pytest.raises(TaskRefused, match="refused round 3 of run fresh-key: it holds no model of this run"):

@@ -14,6 +14,7 @@ from fedshop.client.node.model_copy import load_models
 from fedshop.client.node.options import node_options
 from fedshop.client.node.plan import merchant_plan
 from fedshop.client.training.round_plan import REFERENCE
+from fedshop.core.protocol import RATE_STEP
 from fedshop.core.settings import RunSettings
 from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
@@ -67,10 +68,12 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
     _assert_same_model(blind_model, clear_model)
     # NDCG@10 is a mean of step functions of the scores: models this close can still swap a near-tie,
     # and one customer's held-out item moving one place moves the mean by up to 1/customers (2e-3
-    # over these ~480 customers); benchmarks/quality.py checks 1e-3 on the macro of larger data.
+    # over these ~480 customers), and each merchant sends its NDCG on steps of RATE_STEP, so a swap can also
+    # cross a step; benchmarks/quality.py checks 1e-3 on the macro of larger data.
     clear_rounds, blind_rounds = RunStore(clear).rounds(), RunStore(blind).rounds()
     customers = sum(m["num-examples"] for m in clear_rounds[-1]["evaluate"].values())
-    assert _federation_ndcg(blind_rounds) == pytest.approx(_federation_ndcg(clear_rounds), abs=2 / customers)
+    assert _federation_ndcg(blind_rounds) == pytest.approx(_federation_ndcg(clear_rounds),
+                                                           abs=2 / customers + RATE_STEP)
 
     # The operator's side of the encrypted run holds ciphertexts only.
     assert not (blind / "model.npz").exists() and (blind / "encrypted_model.npz").exists()

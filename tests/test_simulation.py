@@ -53,13 +53,15 @@ def test_merchant_with_nothing_to_train_on_is_named_and_the_run_goes_on(one_item
 def test_a_sampled_round_trains_a_share_of_the_merchants_and_the_others_spend_nothing(federation_dirs,
                                                                                        tmp_path) -> None:
     """``fraction-train``: each round draws its merchants afresh; a merchant not drawn neither trains
-    nor spends ε that round, and every merchant evaluates (and keeps) the final model."""
+    nor spends ε that round; every merchant evaluates (and adopts) the first round's model, so that it can be
+    drawn later, and the final model."""
     nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(tmp_path / d.name), "allow-clear": True}
              for d in federation_dirs]
     settings = RunSettings(num_server_rounds=3, local_epochs=1, he=False, pricing=False, local_part_epochs=0,
                            fraction_train=0.5, run_dir=str(tmp_path / "run"))
     rounds = RunStore(run_simulated_federation(nodes, settings)).rounds()
-    for record in rounds[:-1]:
+    assert len(rounds[0]["train"]) == 2 and sorted(rounds[0]["evaluate"]) == sorted(d.name for d in federation_dirs)
+    for record in rounds[1:-1]:  # the first round's aggregate went to every merchant: each can be drawn later
         assert len(record["train"]) == 2 and sorted(record["evaluate"]) == sorted(record["train"])
     assert len(rounds[-1]["train"]) == 2 and sorted(rounds[-1]["evaluate"]) == sorted(d.name for d in federation_dirs)
     for node in nodes:

@@ -92,6 +92,7 @@ from fedshop.core.protocol import (
     VALUE_RANGE,
     WEIGHT_SCALE,
     coarse,
+    coarse_rate,
 )
 from fedshop.explain.audit import audit_metrics
 from fedshop.models.local_part import LocalPart
@@ -156,37 +157,36 @@ class Adopted(NamedTuple):
     changes: list[float]
     value_range: float
     fresh: bool
+    anchor: float
 
 
 def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOptions, run: str,
                          evaluating: bool) -> Adopted:
     """The round's global models, checked before anything trains on, evaluates or serves them against
     the last ones this node adopted in ``run`` (its own records: a run key the operator makes up finds
-    nothing there). A node that adopted nothing in the run compares with the run's initial model, which
-    it builds itself: in the run's first round, or when it is first drawn to train in a later one;
-    it refuses to evaluate (and so to serve) a later round's model of a run it adopted nothing in, and
-    refuses to join a run at a model it cannot adopt from the initial one."""
+    nothing there). A node takes part in a run from its first round, whose reference is the run's
+    initial model, built by the node itself: a later round of a run it adopted nothing in is refused,
+    whatever it asks (the server can write ciphertexts of any model with the public context, so a
+    node cannot tell a made-up run's model from a real one, only check it against its own lineage)."""
     models, key, value_range = global_model(msg, config, options)
     round_ = int(config[SERVER_ROUND])
     previous = adoption(options.state_dir, run)
-    if previous is None and evaluating and round_ > 1:
-        raise TaskRefused(f"merchant {options.merchant} refused to evaluate round {round_} of run {run}: it has "
-                          "adopted no model of this run, and a node evaluates and serves only models it adopted "
-                          "(from the run's first round, or from its own training in it)")
+    if previous is None and round_ > 1:
+        raise TaskRefused(f"merchant {options.merchant} refused {'to evaluate ' if evaluating else ''}round "
+                          f"{round_} of run {run}: it holds no model of this run; a node takes part in a run from "
+                          "its first round, and evaluates and serves only models it adopted in it")
     joining = previous is None
     if joining:
-        previous = Adoption(build_shared_models(int(config["seed"])), [], 0)
+        initial = build_shared_models(int(config["seed"]))
+        previous = Adoption(initial, [], 0, float(np.linalg.norm(flatten(initial.state_dict()))))
     problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous.models.state_dict()),
-                                        previous.changes)
+                                        previous.changes, previous.anchor)
     if problem:
         log(WARNING, "merchant %s refused round %s's global model (change %.4g): %s", options.merchant, round_,
             change, problem)
-        if joining and round_ > 1:
-            raise TaskRefused(f"merchant {options.merchant} refused round {round_} of run {run}: it holds no model "
-                              f"of this run and cannot adopt the one sent from the run's initial model ({problem})")
-        return Adopted(previous.models, key, problem, previous.changes, value_range, joining)
+        return Adopted(previous.models, key, problem, previous.changes, value_range, joining, previous.anchor)
     return Adopted(models, key, "", previous.changes + ([change] if change > 0 else []), value_range,
-                   joining or change > 0)
+                   joining or change > 0, previous.anchor)
 
 
 def _reply_arrays(model: SharedModels, weight: int, adopted: Adopted, config: ConfigRecord,
@@ -266,8 +266,6 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
             options.merchant, round_, run)
         return Message(content=_reply(*kept), reply_to=msg)
     adopted = adopted_global_model(msg, config, options, run, evaluating=False)
-    if adopted.fresh and not adopted.refusal:  # the reference the node's next check compares with
-        save_adoption(options.state_dir, run, Adoption(adopted.models, adopted.changes, round_ - 1))
     models = adopted.models
     seed = _round_seed(config)
     datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
@@ -298,6 +296,8 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
                          **privacy, **written_on},
              "merchant": _merchant_record(options, adopted)}
     keep_sent_update(options.state_dir, run, round_, received, arrays, reply)
+    if adopted.fresh and not adopted.refusal:  # kept once the round was paid for: the next check's reference
+        save_adoption(options.state_dir, run, Adoption(adopted.models, adopted.changes, round_ - 1, adopted.anchor))
     return Message(content=_reply(arrays, reply), reply_to=msg)
 
 
@@ -314,8 +314,8 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                          epochs, seed)
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
                       "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
-                      "local-part-validation-ndcg10": coarse(fit.served_validation_ndcg),
-                      "shared-validation-ndcg10": coarse(fit.shared_validation_ndcg),
+                      "local-part-validation-ndcg10": coarse_rate(fit.served_validation_ndcg),
+                      "shared-validation-ndcg10": coarse_rate(fit.shared_validation_ndcg),
                       "local-part-validation-customers": fit.validation_customers}
 
 
@@ -340,11 +340,11 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
                               options.policy.min_audit_customers)
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,
-                                                      "changes": adopted.changes})
+                                                      "changes": adopted.changes, "anchor": adopted.anchor})
     content = RecordDict({
-        METRICS: MetricRecord({EXAMPLES: metrics.customers, HR10: coarse(metrics.hit_rate),
-                               NDCG10: coarse(metrics.ndcg), SHARED_HR10: coarse(shared.hit_rate),
-                               SHARED_NDCG10: coarse(shared.ndcg), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
+        METRICS: MetricRecord({EXAMPLES: metrics.customers, HR10: coarse_rate(metrics.hit_rate),
+                               NDCG10: coarse_rate(metrics.ndcg), SHARED_HR10: coarse_rate(shared.hit_rate),
+                               SHARED_NDCG10: coarse_rate(shared.ndcg), AGGREGATE_REFUSED: float(bool(adopted.refusal)),
                                **fit_metrics, **{key: coarse(value) for key, value in audit.items()}}),
         MERCHANT_RECORD: ConfigRecord(_merchant_record(options, adopted)),
     })

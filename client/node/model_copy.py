@@ -98,11 +98,13 @@ def _kept_for(model_dir: Path, name: str, run: str | None) -> tuple[Path, dict] 
 
 class Adoption(NamedTuple):
     """The global models a node last adopted in a run: the aggregate of round ``round`` (0: the run's
-    initial model), with the norms of the changes it adopted in that run."""
+    initial model), with the norms of the changes it adopted in that run and the norm of the run's
+    initial model (``anchor``: the most a change's scale may be)."""
 
     models: SharedModels
     changes: list[float]
     round: int
+    anchor: float
 
 
 def _adoption_in(path: Path, info_path: Path, run: str) -> Adoption | None:
@@ -113,7 +115,8 @@ def _adoption_in(path: Path, info_path: Path, run: str) -> Adoption | None:
         return None
     models = SharedModels()
     models.load_state_dict(_saved_state(path))
-    return Adoption(models, [float(change) for change in info.get("changes", [])], int(info["round"]))
+    return Adoption(models, [float(change) for change in info.get("changes", [])], int(info["round"]),
+                    float(info.get("anchor", np.inf)))
 
 
 def adoption(state_dir: Path, run: str) -> Adoption | None:
@@ -131,7 +134,8 @@ def save_adoption(state_dir: Path, run: str, adopted: Adoption) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / ADOPTED_INFO).unlink(missing_ok=True)  # never an old description of new arrays
     write_npz(state_dir / ADOPTED, {k: v.numpy() for k, v in adopted.models.state_dict().items()})
-    write_json(state_dir / ADOPTED_INFO, {"run": run, "round": adopted.round, "changes": adopted.changes})
+    write_json(state_dir / ADOPTED_INFO, {"run": run, "round": adopted.round, "changes": adopted.changes,
+                                          "anchor": adopted.anchor})
 
 
 def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None:

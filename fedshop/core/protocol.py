@@ -49,6 +49,16 @@ SHARED_HR10, SHARED_NDCG10 = "shared-hr10", "shared-ndcg10"  # the shared model 
 CLEAR_SIGNIFICANT_DIGITS = 2
 
 
+RATE_STEP = 0.01  # a rate over the merchant's customers (HR@10, NDCG@10) is sent on this absolute step
+
+
+def coarse_rate(value: float) -> float:
+    """A rate in [0, 1] on steps of :data:`RATE_STEP`: relative digits would give a small rate exactly, and
+    a rate over few customers counts them."""
+    value = float(value)
+    return round(value / RATE_STEP) * RATE_STEP if np.isfinite(value) else value
+
+
 def coarse(value: float) -> float:
     """``value`` to :data:`CLEAR_SIGNIFICANT_DIGITS` significant digits (non-finite values as they are)."""
     value = float(value)
