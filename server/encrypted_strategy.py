@@ -36,9 +36,7 @@ from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
 from fedshop.privacy.fixed_point import MAX_WEIGHT_RATIO
 from fedshop.rundir.store import RunStore
-from fedshop.server.strategy import MerchantFedAvg, UpdateRefused, failure_reason, most_common
-
-COUNT_RATIO = 100.0  # a merchant's count may be at most this many times the median of the others'
+from fedshop.server.strategy import COUNT_RATIO, MerchantFedAvg, UpdateRefused, failure_reason, most_common
 
 
 class EncryptedFedAvg(MerchantFedAvg):

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -55,6 +56,7 @@ from fedshop.server.registry import read_registry
 from fedshop.server.update_checks import update_problem
 
 QUORUM_POLL_S = 1.0
+COUNT_RATIO = 100.0  # a merchant's count may be at most this many times the median of the others'
 # What the round's evaluation averages over merchants (weighted by their evaluated customers); the rest of
 # an evaluation reply (the local part's fit, the last round's audit) is recorded per merchant as sent.
 EVALUATION_AVERAGED = frozenset({EXAMPLES, HR10, NDCG10, SHARED_HR10, SHARED_NDCG10})
@@ -154,7 +156,9 @@ class MerchantFedAvg(FedAvg):
 
     def _call(self, node: int, claimed: str) -> None:
         """Name ``node`` by the name its node claims, unless another node of the round claimed it first (or
-        it claims none): a merchant cannot file its replies, or its failures, under another's name."""
+        it claims none, or one shaped like the names given to such nodes): a merchant cannot file its
+        replies, or its failures, under another's name."""
+        claimed = "" if "(node " in claimed else claimed
         owner = self.claimed.setdefault(claimed, node) if claimed else None
         self.names[node] = claimed if owner == node else f"{claimed or 'unnamed'} (node {node})"
 
@@ -313,6 +317,22 @@ class MerchantFedAvg(FedAvg):
                 failures[self._node(msg)] = (f"{'update' if phase == 'training' else 'evaluation'} refused: metrics "
                                              f"{sorted(names)} differ from the round's (what most of its merchants "
                                              f"sent: {sorted(usual or ())})")
+        return self._within_count_ratio(phase, kept, failures)
+
+    def _within_count_ratio(self, phase: str, replies: list[Message], failures: dict[int, str]) -> list[Message]:
+        """The replies whose weight (``num-examples``) is at most ``COUNT_RATIO`` times the median of the
+        others': one merchant's inflated count would otherwise be the round's average (a clear run's
+        training and every evaluation; an encrypted round's counts are bounded when it asks for them)."""
+        counts = [int(msg.content.metric_records[METRICS][EXAMPLES]) for msg in replies]
+        kept = []
+        for index, msg in enumerate(replies):
+            others = counts[:index] + counts[index + 1:]
+            if others and counts[index] > COUNT_RATIO * float(np.median(others)):
+                failures[self._node(msg)] = (f"{'update' if phase == 'training' else 'evaluation'} refused: it "
+                                             f"states {counts[index]} examples, more than {COUNT_RATIO:g} times "
+                                             f"the median of the others' ({float(np.median(others)):g})")
+            else:
+                kept.append(msg)
         return kept
 
     def select(self, replies: list[Message], failures: dict[int, str]) -> list[Message]:

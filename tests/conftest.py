@@ -10,7 +10,9 @@ import torch
 from fedshop.client.data.generate import FederationSpec, write_federation
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import load_merchant
+from fedshop.client.node.options import AUDIT_SALT_FILE
 from fedshop.client.training.recommender import NextItemExamples, shuffled_loader, train_epochs
+from fedshop.core.files import write_secret
 from fedshop.models.recommender import Recommender, build_recommender
 from tests.processes import launcher
 
@@ -49,6 +51,16 @@ def train_small_recommender(data_dir: Path, epochs: int) -> tuple[Recommender, I
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs)
     return model.eval(), data
+
+
+def fixed_audit_salt(state_dir: Path) -> str:
+    """``state_dir`` as a node's state directory holding an empty audit salt (a node makes a random one: the
+    empty one picks the customers the unsalted hash picks), so that nodes in different directories hold out
+    the same customers: runs meant to match must train on the same."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if not (state_dir / AUDIT_SALT_FILE).exists():
+        write_secret(state_dir / AUDIT_SALT_FILE, b"")
+    return str(state_dir)
 
 
 @pytest.fixture

@@ -335,3 +335,16 @@ def test_a_merchant_that_withholds_its_audit_is_not_the_odd_one_out(tmp_path: Pa
     record = store.rounds()[0]
     assert sorted(record["evaluate"]) == ["m2", "m3", "m4"] and record["failures"] == {}
     assert record["evaluate_aggregate"]["ndcg10"] == pytest.approx(0.1)
+
+
+def test_an_inflated_evaluation_weight_does_not_become_the_rounds_figure(tmp_path: Path) -> None:
+    """`num-examples` 2**62 with hr10 0.99 made the round's HR@10 0.99 (a review, issue 32)."""
+    settings_ = RunSettings(run_dir=str(tmp_path), he=False)
+    store = RunStore(tmp_path)
+    store.open(settings_)
+    strategy = MerchantFedAvg(store, settings_, 0)
+    core = {"ndcg10": 0.1, "shared-hr10": 0.2, "shared-ndcg10": 0.1}
+    evaluations = [_reply_to(_evaluate(node), {EXAMPLES: count, "hr10": hr, **core}, {MERCHANT_NAME: name})
+                   for node, name, count, hr in ((9, "hostile", 2**62, 0.99), (2, "a", 100, 0.2), (3, "b", 50, 0.2))]
+    assert strategy.aggregate_evaluate(1, evaluations)["hr10"] == pytest.approx(0.2)
+    assert "more than 100 times the median" in store.rounds()[0]["failures"]["hostile"]

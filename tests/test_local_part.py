@@ -28,7 +28,7 @@ from fedshop.explain.recommendation_reasons import explain_recommendation, large
 from fedshop.models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
 from fedshop.models.recommender import build_recommender, score_parts
 from fedshop.models.shared import build_shared_models
-from tests.conftest import train_small_recommender
+from tests.conftest import fixed_audit_salt, train_small_recommender
 
 RUN = "run-7"
 SETTINGS = RunSettings(num_server_rounds=2, local_epochs=1, pricing=False, he=False, dp_batch_size=64,
@@ -44,7 +44,7 @@ def _message(kind: str, settings: RunSettings) -> Message:
 
 
 def _node(data_dir: Path, state_dir: Path) -> NodeOptions:
-    return node_options({"data-dir": str(data_dir), "state-dir": str(state_dir), "epsilon-budget": 1e9,
+    return node_options({"data-dir": str(data_dir), "state-dir": fixed_audit_salt(state_dir), "epsilon-budget": 1e9,
                          "allow-clear": True})
 
 

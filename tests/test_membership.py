@@ -20,6 +20,8 @@ def test_holdout_is_stable_and_about_the_share_asked() -> None:
     np.testing.assert_array_equal(held, held_out_of_training(ids, 0.2))
     assert not held_out_of_training(ids, 0.0).any() and held_out_of_training(ids, 1.0).all()
     assert (held_out_of_training(ids, 0.1) <= held).all()  # a smaller share keeps a subset out
+    salted = held_out_of_training(ids, 0.2, b"node secret")  # a node's own salt: nobody else can tell who
+    assert (salted != held).any() and np.array_equal(salted, held_out_of_training(ids, 0.2, b"node secret"))
 
 
 def test_held_out_customers_never_train_either_model(federation_dirs) -> None:

@@ -36,8 +36,8 @@ def test_the_default_run_settings_lie_inside_the_default_policy() -> None:
     ({"local-epochs": 500}, "setting 'local-epochs'"),
     ({"num-server-rounds": 10**4}, "setting 'num-server-rounds'"),
     ({"dp-batch-size": 10**9}, "setting 'dp-batch-size'"),
-    ({"audit-holdout": 0.9}, "setting 'audit-holdout' is 0.9, outside this node's policy range [0.05, 0.5] (or 0)"),
-    ({"audit-holdout": 0.01}, "setting 'audit-holdout' is 0.01"),
+    ({"audit-holdout": 0.9}, "setting 'audit-holdout' is 0.9, but this node keeps 0.1 of its customers out"),
+    ({"audit-holdout": 0.1001}, "setting 'audit-holdout' is 0.1001"),
     ({"batch-size": "128"}, "setting 'batch-size' is '128'"),
     ({"predictions-per-customer": 64, "history-length": 200, "negatives": 1024}, "items a batch, over this node's"),
 ])

@@ -20,6 +20,7 @@ from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
 from fedshop.rundir.store import RunStore
 from fedshop.simulation import run_simulated_federation
+from tests.conftest import fixed_audit_salt
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _nodes(federation_dirs: list[Path], keys: Path, state: Path, budgets: dict[str, float] | None = None):
     return [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
-             "state-dir": str(state / d.name), "epsilon-budget": (budgets or {}).get(d.name, 10.0),
+             "state-dir": fixed_audit_salt(state / d.name), "epsilon-budget": (budgets or {}).get(d.name, 10.0),
              "allow-clear": True}
             for d in federation_dirs]
 

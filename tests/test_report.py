@@ -14,12 +14,15 @@ from fedshop.explain.report_html import write_report
 from fedshop.operations.audit_report import build_report, merchant_samples
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
+from tests.conftest import fixed_audit_salt
 
 AUDIT = RunSettings(num_server_rounds=5, local_epochs=3, he=False, pricing=True, audit_holdout=0.5)
 
 
 def _run(federation_dirs: list[Path], out: Path, settings: RunSettings) -> Path:
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / "nodes" / d.name), "allow-clear": True}
+    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": fixed_audit_salt(out / "nodes" / d.name),
+              "allow-clear": True,
+              "audit-holdout": settings.audit_holdout}
              for d in federation_dirs]
     return run_simulated_federation(nodes, replace(settings, run_dir=str(out / "run")))
 

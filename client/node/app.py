@@ -45,6 +45,7 @@ from fedshop.client.node.model_copy import (
 )
 from fedshop.client.node.options import (
     NodeOptions,
+    audit_salt,
     load_demand_panel,
     load_interactions,
     node_options,
@@ -269,7 +270,7 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     models = adopted.models
     seed = _round_seed(config)
     datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
-                                 config, seed)
+                                 config, seed, audit_salt(options.state_dir))
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
@@ -308,7 +309,7 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
     if not epochs:
         return None, {}
     fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
-                         audit_holdout(interactions, config),
+                         audit_holdout(interactions, config, audit_salt(options.state_dir)),
                          lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
                          epochs, seed)
@@ -336,7 +337,8 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions,
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, audit_holdout(interactions, config), int(config["seed"]),
+                              history_length, audit_holdout(interactions, config, audit_salt(options.state_dir)),
+                              int(config["seed"]),
                               options.policy.min_audit_customers)
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,
@@ -356,7 +358,8 @@ def count_examples(msg: Message, options: NodeOptions) -> Message:
     config = msg.content.config_records[CONFIG]
     within_policy(config, options, "count query")
     interactions = load_interactions(options.data_dir)
-    examples = recommender_examples(interactions, config, _round_seed(config), audit_holdout(interactions, config))
+    examples = recommender_examples(interactions, config, _round_seed(config),
+                                    audit_holdout(interactions, config, audit_salt(options.state_dir)))
     return Message(content=RecordDict({METRICS: MetricRecord({EXAMPLES: len(examples)}),
                                        MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: options.merchant})}), reply_to=msg)
 

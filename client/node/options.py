@@ -13,9 +13,11 @@ them); a simulated node gets the same keys from the list the simulation was buil
                    (default: ``DATA_DIR/.fedshop``)
 ``allow-clear``    the merchant allows runs without DP or encryption (default: false)
 ``max-run-epsilon`` the most ε one run may target (default: the federation's default target)
+``audit-holdout``  the share of customers the node keeps out for the audit (default: the run default)
 =================  ==========================================================================
 """
 
+import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,12 +25,12 @@ from pathlib import Path
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.core.files import read_json, write_json
+from fedshop.core.files import read_json, write_json, write_secret
 from fedshop.core.node_policy import NodePolicy
 from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
 from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
 
-POLICY_FILE = "policy.json"
+POLICY_FILE, AUDIT_SALT_FILE = "policy.json", "audit.salt"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,15 @@ def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> 
         state_dir=Path(str(node_config.get("state-dir", data_dir / ".fedshop"))).expanduser().resolve(),
         policy=NodePolicy.from_node_config(node_config),
     )
+
+
+def audit_salt(state_dir: Path) -> bytes:
+    """The node's secret that picks its audit holdout (created once, owner-only, kept in its state directory)."""
+    path = state_dir / AUDIT_SALT_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_secret(path, secrets.token_bytes(16))
+    return path.read_bytes()
 
 
 def save_policy(state_dir: Path, policy: NodePolicy) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fedshop.client.node.options import NodeOptions, load_demand_panel, load_interactions
+from fedshop.client.node.options import NodeOptions, audit_salt, load_demand_panel, load_interactions
 from fedshop.client.training.round_plan import dp_round, round_compute_s, training_datasets
 from fedshop.privacy.ledger import PrivacyLedger
 
@@ -41,7 +41,7 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
     multiplier and ε after every round, as its training and ledger will have them."""
     interactions = load_interactions(options.data_dir)
     datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config,
-                                 int(config["seed"]))
+                                 int(config["seed"]), audit_salt(options.state_dir))
     examples = {name: len(data) for name, data in datasets.items()}
     budget = options.budget(len(interactions.customers))
     ledger = PrivacyLedger(options.ledger_path)

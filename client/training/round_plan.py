@@ -43,9 +43,10 @@ class ReferenceMachine:
 REFERENCE = ReferenceMachine()
 
 
-def audit_holdout(interactions: Interactions, config: Mapping[str, Any]) -> np.ndarray:
-    """Which of the merchant's customers the run keeps out of training for the audit (the same every round)."""
-    return held_out_of_training(interactions.customers, float(config["audit-holdout"]))
+def audit_holdout(interactions: Interactions, config: Mapping[str, Any], salt: bytes = b"") -> np.ndarray:
+    """Which of the merchant's customers the run keeps out of training for the audit (the same every round),
+    picked with the node's secret ``salt``."""
+    return held_out_of_training(interactions.customers, float(config["audit-holdout"]), salt)
 
 
 def recommender_examples(interactions: Interactions, config: Mapping[str, Any], seed: int,
@@ -61,9 +62,9 @@ def recommender_examples(interactions: Interactions, config: Mapping[str, Any], 
 
 
 def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],
-                      config: Mapping[str, Any], seed: int) -> dict[str, Dataset]:
+                      config: Mapping[str, Any], seed: int, salt: bytes = b"") -> dict[str, Dataset]:
     """One example per customer for each model the run trains, the audit holdout left out."""
-    held_out = audit_holdout(interactions, config)
+    held_out = audit_holdout(interactions, config, salt)
     datasets: dict[str, Dataset] = {"recommender": recommender_examples(interactions, config, seed, held_out)}
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(demand_panel(), seed,

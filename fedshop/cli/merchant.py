@@ -162,6 +162,7 @@ def serve(
     from fedshop.operations.certificates import SERVER_CERT, SERVER_KEY
     from fedshop.privacy.ckks import ContextError
     from fedshop.service import (
+        LOOPBACK_NAMES,
         ONE_THREAD_PER_WORKER,
         TOKEN_VARIABLE,
         WORKER_CONFIG,
@@ -181,6 +182,9 @@ def serve(
     if not token and not loopback(host):
         fail(f"--host {host} without a token would let anyone on the network read this shop's customers' "
              "recommendations: give --token-file (or FEDSHOP_SERVICE_TOKEN), or keep the default 127.0.0.1")
+    if not token and host not in LOOPBACK_NAMES:
+        fail(f"--host {host}: without a token the service answers only requests to {' or '.join(LOOPBACK_NAMES)}; "
+             "listen there, or give --token-file")
     try:
         shop = load_shop(data)
         watcher = watch_models(shop, model, secret_context)

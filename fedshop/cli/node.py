@@ -41,6 +41,10 @@ def node(
     = False,
     max_run_epsilon: Annotated[float, typer.Option(
         min=0.0, help="The most ε one run may target; a run asking for more is refused.")] = RunSettings.target_epsilon,
+    audit_holdout: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="Share of customers kept out of training for the membership audit, for good "
+                               "(runs asking for another share are refused; 0 turns the audit off).")
+    ] = RunSettings.audit_holdout,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it
     again whenever it leaves the federation (a restarted server, a lost connection); Ctrl-C stops it.
@@ -49,7 +53,8 @@ def node(
     from fedshop.core.node_policy import NodePolicy
     from fedshop.operations.merchant_node import NodeRefused, check_merchant, prepare_node, run_node
 
-    policy = NodePolicy(require_dp=not allow_clear, require_he=not allow_clear, max_run_epsilon=max_run_epsilon)
+    policy = NodePolicy(require_dp=not allow_clear, require_he=not allow_clear, max_run_epsilon=max_run_epsilon,
+                        audit_holdout=audit_holdout)
     try:
         checked = check_merchant(data, secret_context, budget, merchant, delta, state_dir, policy)
     except NodeRefused as exc:

@@ -4,7 +4,8 @@ The operator chooses a run's settings and its messages; the pinned app obeys the
 policy, which the merchant sets when it starts its node (``fedshop node``) and which the node applies
 to every task before it reads any data: DP required, encrypted aggregation required, at most
 ``max_run_epsilon`` per run (the lifetime budget is the ledger's), every setting that sizes the work
-or what leaves the node within a documented range, and the membership audit only over groups large
+or what leaves the node within a documented range, and the membership audit over a share of
+customers the node fixes (and picks with a secret of its own), reported only over groups large
 enough that its figures say nothing about one customer. A task outside the policy is refused with a
 sentence naming the setting, its value and the bound. The safe defaults change only by the merchant's
 explicit choice (``--allow-clear`` for a test federation without DP or encryption).
@@ -31,9 +32,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "dp-max-sample-rate": (0.001, 1.0),
     "max-grad-norm": (1e-4, 100.0),
     "demand-max-grad-norm": (1e-4, 1000.0),
-    "audit-holdout": (0.05, 0.5),  # or 0: no audit (nobody held out, no membership figures sent)
 }
-MAY_BE_ZERO = frozenset({"audit-holdout"})
 # ... and their product: the items one batch scores, batch × predictions × (history + negatives), each a
 # vector of the model's width; the defaults make 344,064 (about 33 MB of scores), this about 24 times that.
 MAX_BATCH_ITEMS = 2**23
@@ -47,6 +46,7 @@ class NodePolicy:
     require_dp: bool = True
     require_he: bool = True
     max_run_epsilon: float = RunSettings.target_epsilon
+    audit_holdout: float = RunSettings.audit_holdout  # the share of customers the audit keeps out, for good
     bounds: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(SETTING_BOUNDS))
     min_audit_customers: int = MIN_AUDIT_CUSTOMERS
 
@@ -55,7 +55,8 @@ class NodePolicy:
         """The policy a node was started with (``allow-clear``, ``max-run-epsilon`` in its node config)."""
         clear = bool(node_config.get("allow-clear", False))
         return cls(require_dp=not clear, require_he=not clear,
-                   max_run_epsilon=float(node_config.get("max-run-epsilon", RunSettings.target_epsilon)))
+                   max_run_epsilon=float(node_config.get("max-run-epsilon", RunSettings.target_epsilon)),
+                   audit_holdout=float(node_config.get("audit-holdout", RunSettings.audit_holdout)))
 
     @property
     def allows_clear(self) -> bool:
@@ -76,9 +77,13 @@ class NodePolicy:
                         f"allows at most ε = {self.max_run_epsilon:g} per run (and more than 0)")
         for name, (low, high) in self.bounds.items():
             value = _number(config.get(name))
-            if value is None or not (low <= value <= high or (value == 0 and name in MAY_BE_ZERO)):
+            if value is None or not low <= value <= high:
                 return (f"setting '{name}' is {config.get(name)!r}, outside this node's policy range "
-                        f"[{low:g}, {high:g}]" + (" (or 0)" if name in MAY_BE_ZERO else ""))
+                        f"[{low:g}, {high:g}]")
+        holdout = config.get("audit-holdout")
+        if isinstance(holdout, bool) or holdout not in (0, self.audit_holdout):
+            return (f"setting 'audit-holdout' is {config.get('audit-holdout')!r}, but this node keeps "
+                    f"{self.audit_holdout:g} of its customers out of training for the audit (or, with 0, none)")
         items = batch_items(config)
         if items > MAX_BATCH_ITEMS:
             return (f"settings batch-size / dp-batch-size {max(config['batch-size'], config['dp-batch-size'])} × "
@@ -92,7 +97,8 @@ class NodePolicy:
         privacy = ("DP and encryption required" if not self.allows_clear else
                    "clear runs allowed (the merchant's choice: no DP guarantee for a clear round)")
         return (f"{privacy}; at most ε = {self.max_run_epsilon:g} per run; every setting within its range; "
-                f"membership audit only over at least {self.min_audit_customers} customers on each side")
+                f"{self.audit_holdout:g} of its customers kept out for the membership audit, reported only over "
+                f"at least {self.min_audit_customers} customers on each side")
 
     def record(self) -> dict[str, Any]:
         """The policy as data (JSON), bounds included."""

@@ -77,7 +77,8 @@ def supernode_command(server: str, data_dir: Path, merchant: str, runtime_port: 
     tls = ["--insecure"] if insecure else ["--root-certificates", str(root_certificate)] if root_certificate else []
     tls += ["--auth-supernode-private-key", str(auth_key)] if auth_key else []
     options = {"data-dir": str(data_dir.resolve()), "merchant": merchant, "epsilon-budget": privacy.epsilon_budget,
-               "allow-clear": privacy.policy.allows_clear, "max-run-epsilon": privacy.policy.max_run_epsilon}
+               "allow-clear": privacy.policy.allows_clear, "max-run-epsilon": privacy.policy.max_run_epsilon,
+               "audit-holdout": privacy.policy.audit_holdout}
     if privacy.secret_context:
         options["secret-context"] = str(privacy.secret_context.resolve())
     if privacy.delta is not None:

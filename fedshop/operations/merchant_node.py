@@ -76,7 +76,7 @@ def check_merchant(data: Path, secret_context: Path | None, budget: float, merch
         raise NodeRefused(str(exc)) from exc
     given = {"merchant": merchant, "delta": delta, "state-dir": state_dir and str(state_dir)}
     options = node_options({"data-dir": str(data), "epsilon-budget": budget, "allow-clear": policy.allows_clear,
-                            "max-run-epsilon": policy.max_run_epsilon,
+                            "max-run-epsilon": policy.max_run_epsilon, "audit-holdout": policy.audit_holdout,
                             **{key: value for key, value in given.items() if value is not None}})
     if not interactions.trainable:
         raise NodeRefused(f"merchant {options.merchant}: no training example for the recommender model in {data} "
