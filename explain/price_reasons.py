@@ -43,11 +43,29 @@ def demand_reason(rec: PriceRecommendation) -> str:
             f"at {rec.current_price:.2f} → {rec.recommended_price:.2f}")
 
 
+def clearance_reason(rec: PriceRecommendation) -> str:
+    """What the clearance objective found: the price that sells the stock in time, or that none does."""
+    expected = rec.units_new * rec.weeks
+    if rec.clears:
+        change = rec.recommended_price / rec.current_price - 1
+        where = ("today's price" if abs(change) < 0.005 else
+                 f"{abs(change):.0%} {'below' if change < 0 else 'above'} today's price")
+        return (f"to sell {rec.stock:.0f} units in {rec.weeks} weeks, {where}: the highest revenue among the "
+                f"prices expected to clear the stock (about {expected:.0f} units in {rec.weeks} weeks; revenue "
+                f"{rec.revenue_now:.2f} → {rec.revenue_new:.2f} a week)")
+    return (f"the bounds do not allow selling {rec.stock:.0f} units in {rec.weeks} weeks: at the lowest allowed "
+            f"price, {rec.recommended_price:.2f}, about {expected:.0f} are expected; allow a larger change or "
+            "more weeks to clear the stock")
+
+
 def objective_reason(rec: PriceRecommendation, asked: str) -> str:
+    if rec.objective == "clearance":
+        return clearance_reason(rec)
     if rec.objective == "profit":
         return (f"expected profit {rec.profit_now:.2f} → {rec.profit_new:.2f} a week "
                 f"(unit cost {rec.unit_cost:.2f}; revenue {rec.revenue_now:.2f} → {rec.revenue_new:.2f})")
-    prefix = "no unit cost in the catalogue, so revenue is optimised: " if asked == "profit" else ""
+    prefix = ("no unit cost in the catalogue, so revenue is optimised: " if asked == "profit" else
+              "no stock in the catalogue, so revenue is optimised: " if asked == "clearance" else "")
     return f"{prefix}expected revenue {rec.revenue_now:.2f} → {rec.revenue_new:.2f} a week"
 
 
@@ -82,6 +100,9 @@ def promotion_reason(rec: PriceRecommendation) -> str:
 def price_reasons(rec: PriceRecommendation, asked: str) -> list[str]:
     """The reasons for ``rec``, most important first; ``asked`` is the objective the merchant asked for."""
     promotion = [promotion_reason(rec)] if rec.promotion_lifts else []
+    if rec.objective == "clearance":
+        return [objective_reason(rec, asked), bound_reason(rec), elasticity_reason(rec), demand_reason(rec),
+                *promotion, trend_reason(rec)]
     return [bound_reason(rec), elasticity_reason(rec), demand_reason(rec), objective_reason(rec, asked),
             *promotion, trend_reason(rec)]
 
@@ -100,5 +121,6 @@ def price_record(rec: PriceRecommendation, asked: str) -> dict:
         "profit_per_week": None if rec.unit_cost is None else [rec.profit_now, rec.profit_new],
         "unit_cost": rec.unit_cost, "price_range_seen": list(rec.price_range_seen), "demand_trend": rec.trend,
         "promotion_lifts": dict(rec.promotion_lifts),
+        "stock": rec.stock, "weeks": rec.weeks, "clears": rec.clears,
         "reasons": price_reasons(rec, asked),
     }

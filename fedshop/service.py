@@ -91,15 +91,15 @@ class Prepared:
     demand: DemandModel
     round: int | None
     loaded_at: float
-    prices: dict[tuple[str, float], list[dict]] = field(default_factory=dict)
+    prices: dict[tuple[str, float, int | None], list[dict]] = field(default_factory=dict)
 
-    def price_records(self, objective: str, max_change: float) -> list[dict]:
+    def price_records(self, objective: str, max_change: float, weeks: int | None = None) -> list[dict]:
         """Every item's recommended price with its reasons, computed once per version and question."""
-        key = (objective, max_change)
+        key = (objective, max_change, weeks)
         if key not in self.prices:
             panel = self.shop.panel
-            self.prices[key] = [price_record(rec, objective) for rec in
-                                recommend_prices(self.demand, panel, range(len(panel.item_ids)), objective, max_change)]
+            self.prices[key] = [price_record(rec, objective) for rec in recommend_prices(
+                self.demand, panel, range(len(panel.item_ids)), objective, max_change, weeks)]
         return self.prices[key]
 
 
@@ -152,6 +152,19 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+Objective = Literal["revenue", "profit", "clearance"]
+MaxChange = Annotated[float, Query(gt=0.0, lt=1.0)]
+Weeks = Annotated[int | None, Query(ge=1, le=104, description="For clearance: the weeks the stock should sell in.")]
+
+
+def clearance_weeks(objective: str, weeks: int | None) -> int | None:
+    """The clearance horizon (a 422 naming ``weeks`` when clearance is asked without one)."""
+    if objective == "clearance" and weeks is None:
+        raise HTTPException(422, [{"loc": ["query", "weeks"], "msg": "the clearance objective needs weeks",
+                                   "type": "missing"}])
+    return weeks
 
 
 def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Callable[[], float],
@@ -233,16 +246,16 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
         return ORJSONResponse(ranked(customer, k, diversity))
 
     @service.get("/prices", dependencies=guarded)
-    def prices(objective: Literal["revenue", "profit"] = "revenue",
-               max_change: Annotated[float, Query(gt=0.0, lt=1.0)] = 0.2) -> dict[str, Any]:
+    def prices(objective: Objective = "revenue", max_change: MaxChange = 0.2, weeks: Weeks = None) -> dict[str, Any]:
         current = watcher.current
-        return {"model_round": current.round, "prices": current.price_records(objective, max_change)}
+        return {"model_round": current.round, "prices": current.price_records(objective, max_change,
+                                                                              clearance_weeks(objective, weeks))}
 
     @service.get("/items/{item}/price", dependencies=guarded)
-    def item_price(item: str, objective: Literal["revenue", "profit"] = "revenue",
-                   max_change: Annotated[float, Query(gt=0.0, lt=1.0)] = 0.2) -> dict[str, Any]:
+    def item_price(item: str, objective: Objective = "revenue", max_change: MaxChange = 0.2,
+                   weeks: Weeks = None) -> dict[str, Any]:
         current = watcher.current
-        for record in current.price_records(objective, max_change):
+        for record in current.price_records(objective, max_change, clearance_weeks(objective, weeks)):
             if record["item_id"] == item:
                 return {"model_round": current.round, **record}
         raise HTTPException(404, f"item {item!r} is not in this merchant's orders")

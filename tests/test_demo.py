@@ -57,6 +57,11 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price
         assert record["objective"] == "profit" and record["recommended_price"] >= record["unit_cost"]
         assert abs(record["change"]) <= 0.15 + 1e-9 and record["elasticity"] < 0
         assert len(record["reasons"]) == 5
+    clearing = subprocess.run([sys.executable, "-m", "fedshop.cli", "price", "--data",
+                               str(out / "data" / "merchant_1"), "--model", str(out / "nodes" / "merchant_1"),
+                               "--objective", "clearance", "--weeks", "6"], capture_output=True, text=True,
+                              timeout=120)
+    assert clearing.returncode == 0 and "revenue/week" in clearing.stdout, clearing.stdout + clearing.stderr
 
     audit = subprocess.run([sys.executable, "-m", "fedshop.cli", "report", str(out / "run"), "--data",
                             str(out / "data" / "merchant_1"), "--model", str(out / "nodes" / "merchant_1")],

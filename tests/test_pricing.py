@@ -209,3 +209,42 @@ def test_an_item_first_sold_after_the_fit_weeks_gets_a_finite_level(tmp_path: Pa
     with np.errstate(all="raise"):
         local = local_demand(_model_with_elasticity(-1.5), panel, train_weeks=4)
     assert np.isfinite(local.levels).all() and local.levels[panel.row("B")] == pytest.approx(np.log(0.5))
+
+
+def test_clearance_prices_sell_the_stock_when_the_bounds_allow_and_say_so_when_not(federation_dirs) -> None:
+    """The clearance objective: the revenue-maximising price among those whose expected units over N weeks
+    reach the stock, inside the usual bounds; and when none does, the lowest allowed price, said plainly."""
+    from dataclasses import replace
+
+    data = load_merchant(federation_dirs[0])
+    assert data.catalog["stock"].notna().any() and data.catalog["stock"].isna().any()  # the demo shop has some
+    panel = build_demand_panel(data)
+    model = DemandModel()
+    model.set_base_elasticity(-0.5)  # inelastic: revenue rises with the price, so clearing costs revenue
+    local = local_demand(model, panel)
+    row = int(np.flatnonzero(np.isfinite(panel.stock))[0])
+    today = recommend_price(model, panel, local, row, "revenue", 0.2)
+    weeks = 6
+    wanted = today.units_now * weeks * 1.05  # a little more than today's price sells
+    stock = panel.stock.copy()
+    stock[row] = wanted
+    sells = recommend_price(model, replace(panel, stock=stock), local, row, "clearance", 0.2, weeks=weeks)
+    assert sells.objective == "clearance" and sells.clears is True
+    assert sells.units_new * weeks >= wanted and sells.recommended_price < sells.current_price
+    just_above = sells.recommended_price + 0.01
+    assert today.units_now * (just_above / today.current_price) ** sells.elasticity * weeks < wanted
+    reasons = price_reasons(sells, "clearance")
+    assert reasons[0].startswith(f"to sell {wanted:.0f} units in {weeks} weeks, ")
+    assert "below today's price" in reasons[0]
+
+    stock[row] = wanted * 100
+    stuck = recommend_price(model, replace(panel, stock=stock), local, row, "clearance", 0.2, weeks=weeks)
+    assert stuck.clears is False and stuck.recommended_price == pytest.approx(stuck.lower_bound, abs=0.01)
+    assert price_reasons(stuck, "clearance")[0].startswith(f"the bounds do not allow selling {wanted * 100:.0f}")
+    assert price_record(stuck, "clearance")["clears"] is False
+
+    unstocked = int(np.flatnonzero(~np.isfinite(panel.stock))[0])
+    plain = recommend_price(model, panel, local, unstocked, "clearance", 0.2, weeks=weeks)
+    assert plain.objective == "revenue" and "no stock in the catalogue" in " ".join(price_reasons(plain, "clearance"))
+    with pytest.raises(ValueError, match="needs the weeks"):
+        recommend_price(model, panel, local, row, "clearance", 0.2)

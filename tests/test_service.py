@@ -42,6 +42,10 @@ def test_without_a_token_the_service_answers_on_this_machine(node_dir: Path, fed
     with _client(node_dir, federation_dirs[0], None) as client:
         assert client.get("/customers/x/recommendations").status_code == 200
         assert client.get("/prices").status_code == 200
+        clearing = client.get("/prices", params={"objective": "clearance", "weeks": 6}).json()["prices"]
+        assert any(record["clears"] is not None for record in clearing)
+        no_weeks = client.get("/prices", params={"objective": "clearance"})
+        assert no_weeks.status_code == 422 and no_weeks.json()["detail"][0]["loc"] == ["query", "weeks"]
         assert "Prices" in client.get("/", params={"view": "prices"}).text
         rebound = client.get("/customers/x/recommendations", headers={"Host": "attacker.example:8080"})
         assert rebound.status_code == 400, "a page whose name was rebound to 127.0.0.1 read the shop's answers"

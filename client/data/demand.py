@@ -55,6 +55,7 @@ class DemandPanel:
     promotion: np.ndarray  # [flags, items, weeks] share of the week's units sold under each flag
     customer_ids: list[str]  # sorted; row c of ``customer_cells`` is customer_ids[c]'s
     customer_cells: list[np.ndarray]  # per customer: [n, 3] rows of (item, week, units)
+    stock: np.ndarray | None = None  # [items] units on hand, NaN where unknown (None: the catalogue has none)
 
     @cached_property
     def reference_price(self) -> np.ndarray:
@@ -149,8 +150,9 @@ def build_demand_panel(data: MerchantData) -> DemandPanel:
                   else [""] * len(item_ids))
     cost = (pd.to_numeric(catalog["unit_cost"]).to_numpy(dtype=np.float64) if "unit_cost" in catalog
             else np.full(len(item_ids), np.nan))
+    stock = (pd.to_numeric(catalog["stock"]).to_numpy(dtype=np.float64) if "stock" in catalog else None)
     return DemandPanel(item_ids, titles, categories, cost, week_starts, price, units, on_sale, promotion,
-                       customer_ids, customer_cells)
+                       customer_ids, customer_cells, stock)
 
 
 class CustomerDemand(Dataset):

@@ -37,6 +37,8 @@ ADJECTIVES = ("vintage", "red", "blue", "pink", "retro", "floral", "spotty", "he
 # True price elasticity per category (log units per log price), known so pricing can be checked:
 # units a customer buys of a product they chose are Poisson(UNITS_AT_REFERENCE * (p / p_ref) ** elasticity).
 UNITS_AT_REFERENCE = 3.0
+STOCK_SHARE = 0.3  # the share of a generated shop's items with units on hand in the catalogue
+STOCK_STREAM = 77
 ELASTICITY = dict(zip(CATEGORIES, np.linspace(-2.4, -0.6, len(CATEGORIES)).round(2), strict=True))
 
 
@@ -139,7 +141,19 @@ def _merchant(index: int, n_customers: int, spec: FederationSpec, uni: _Universe
         "category": [names[uni.category[p]] for p in items],
         "unit_cost": np.round(uni.base_price[items] * rng.uniform(0.4, 0.7, len(items)), 2),
     })
+    catalog["stock"] = _stock(orders, catalog["item_id"], np.random.default_rng([spec.seed, index, STOCK_STREAM]))
     return MerchantData(name=f"merchant_{index}", orders=orders, catalog=catalog)
+
+
+def _stock(orders: pd.DataFrame, item_ids: pd.Series, rng: np.random.Generator) -> np.ndarray:
+    """Units on hand for a share of the items (``STOCK_SHARE``; blank for the rest): between 2 and 16 weeks
+    of their average sales, so that some would clear at today's price and some need a lower one. Drawn from
+    a stream of its own, so the orders stay what they were without stock."""
+    weeks = max((orders["timestamp"].max() - orders["timestamp"].min()).days / 7, 1.0)
+    weekly = orders.groupby("item_id")["quantity"].sum().reindex(item_ids).fillna(0).to_numpy() / weeks
+    cover = rng.uniform(2, 16, len(item_ids))
+    stocked = rng.random(len(item_ids)) < STOCK_SHARE
+    return np.where(stocked & (weekly > 0), np.ceil(weekly * cover), np.nan)
 
 
 def generate_federation(spec: FederationSpec) -> list[MerchantData]:

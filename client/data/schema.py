@@ -7,7 +7,7 @@ A merchant's data directory holds two tables, each as CSV or Parquet:
   sold on a price-cut promotion) and ``display`` (the item was featured or on display): 1/0,
   true/false or yes/no, blank for no. A negative quantity is a return or cancellation.
 * ``catalog`` — one row per item: ``item_id``, ``title`` and optionally ``category`` and
-  ``unit_cost``.
+  ``unit_cost``, and ``stock`` (units on hand, for prices that clear it).
 
 Loading validates every cell and raises :class:`SchemaError` naming the file, the row and the column
 of the first problem; a table is returned whole or not at all.
@@ -64,6 +64,7 @@ CATALOG_COLUMNS = (
     Column("title", "text"),
     Column("category", "text", required=False),
     Column("unit_cost", "number", required=False, check=_negative, rule="must be 0 or more"),
+    Column("stock", "number", required=False, check=_negative, rule="must be 0 or more"),
 )
 
 TABLES = {"orders": ORDERS_COLUMNS, "catalog": CATALOG_COLUMNS}

@@ -13,6 +13,11 @@ bound at once:
   elasticity is an extrapolation, and the recommendation stops at the edge and says so;
 * for profit, the unit cost: a price below cost is never recommended (without a cost, profit cannot
   be computed and the revenue is optimised instead, which the result says).
+
+The ``clearance`` objective prices to move stock: the revenue-maximising price among those at which
+the expected units over the next ``weeks`` reach the item's stock (an optional catalogue column),
+inside the same bounds; when no allowed price reaches it, the lowest allowed price (the most units)
+and the recommendation says it does not clear. An item without stock is priced for revenue.
 """
 
 from collections.abc import Iterable
@@ -30,6 +35,7 @@ TREND_WEEKS = 8
 LEVEL_HALF_LIFE = 8.0  # weeks: an item's demand level weighs its recent sales most
 OWN_PART_SHOWN = 5e-3  # an item's own part of its elasticity below this is reported as none
 GRID = 401
+OBJECTIVES = ("revenue", "profit", "clearance")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ class PriceRecommendation:
     trend: float  # actual / expected units over the last TREND_WEEKS weeks, minus 1
     promotion_lifts: tuple[tuple[str, float], ...] = ()  # (flag, demand multiplier) of flags this item sold under
     feasible: bool = True  # False when no allowed price covers the unit cost
+    stock: float | None = None  # units on hand, for the clearance objective
+    weeks: int | None = None  # the weeks the clearance objective sells the stock in
+    clears: bool | None = None  # whether the expected units over ``weeks`` reach ``stock`` (clearance only)
 
     @property
     def item_part(self) -> float:
@@ -162,10 +171,16 @@ def _binding(price: float, lower: float, upper: float, limits: dict[str, tuple[f
 
 
 def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, row: int, objective: str,
-                    max_change: float) -> PriceRecommendation:
-    """The best price of one item for ``objective`` inside every bound (see the module docstring)."""
+                    max_change: float, weeks: int | None = None) -> PriceRecommendation:
+    """The best price of one item for ``objective`` inside every bound (see the module docstring);
+    ``weeks`` is the clearance objective's horizon."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    if objective == "clearance" and (weeks is None or weeks < 1):
+        raise ValueError("the clearance objective needs the weeks to sell the stock in (1 or more)")
     cost = float(panel.unit_cost[row]) if np.isfinite(panel.unit_cost[row]) else None
-    if objective == "profit" and cost is None:
+    stock = float(panel.stock[row]) if panel.stock is not None and np.isfinite(panel.stock[row]) else None
+    if (objective == "profit" and cost is None) or (objective == "clearance" and stock is None):
         objective = "revenue"
     bucket = torch.tensor([int(panel.category_buckets[row])])
     elasticity = float(local.elasticities.elasticity[row])
@@ -185,11 +200,15 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
     expected_recent = float(np.exp(local.levels[row] + local.shape[row, recent]).sum())
     trend = float(panel.units[row, recent].sum() / expected_recent - 1) if expected_recent > 0 else 0.0
     lower, upper, limits = _bounds(current, seen, max_change, cost if objective == "profit" else None)
-    feasible = lower <= upper
+    feasible, clears = lower <= upper, None
     if feasible:
         prices = np.unique(np.clip(np.round(np.append(np.linspace(lower, upper, GRID), current), 2), lower, upper))
         units = units_now * (prices / current) ** elasticity
         value = prices * units - (cost * units if objective == "profit" else 0.0)
+        if objective == "clearance":
+            selling = units * weeks >= stock
+            clears = bool(selling.any())
+            value = np.where(selling, value, -np.inf) if clears else -prices  # none clears: the most units
         best = float(prices[int(np.argmax(value))])
     else:
         best = current
@@ -200,11 +219,12 @@ def recommend_price(model: DemandModel, panel: DemandPanel, local: LocalDemand, 
         category_elasticity=float(local.elasticities.shared[row]), base_elasticity=base, category_evidence=evidence,
         item_evidence=float(local.elasticities.evidence[row]), units_now=units_now,
         units_new=units_now * (best / current) ** elasticity, unit_cost=cost, price_range_seen=seen, trend=trend,
-        feasible=feasible, promotion_lifts=lifts)
+        feasible=feasible, promotion_lifts=lifts, stock=stock if objective == "clearance" else None,
+        weeks=weeks if objective == "clearance" else None, clears=clears)
 
 
 def recommend_prices(model: DemandModel, panel: DemandPanel, rows: Iterable[int], objective: str,
-                     max_change: float) -> list[PriceRecommendation]:
+                     max_change: float, weeks: int | None = None) -> list[PriceRecommendation]:
     """:func:`recommend_price` for each of ``rows``, with the panel's :func:`local_demand` computed once."""
     local = local_demand(model, panel)
-    return [recommend_price(model, panel, local, row, objective, max_change) for row in rows]
+    return [recommend_price(model, panel, local, row, objective, max_change, weeks) for row in rows]

@@ -88,7 +88,10 @@ def price(
     data: MerchantData,
     model: Model,
     item: Annotated[list[str] | None, typer.Option(help="Only this item (repeat for several).")] = None,
-    objective: Annotated[str, typer.Option(help="revenue or profit (profit needs unit_cost).")] = "revenue",
+    objective: Annotated[str, typer.Option(
+        help="revenue, profit (needs unit_cost) or clearance (needs stock and --weeks).")] = "revenue",
+    weeks: Annotated[int | None, typer.Option(
+        min=1, help="For clearance: the weeks the stock should sell in.")] = None,
     max_change: Annotated[float, typer.Option(help="Largest relative move from the current price.")] = 0.2,
     limit: Annotated[int, typer.Option(min=1, help="Rows in the table (largest expected gain first).")] = 20,
     secret_context: SecretContext = None,
@@ -98,12 +101,14 @@ def price(
     from fedshop.client.data.demand import build_demand_panel
     from fedshop.client.data.schema import SchemaError, load_merchant
     from fedshop.client.node.model_copy import load_models
-    from fedshop.client.pricing.prices import recommend_prices
+    from fedshop.client.pricing.prices import OBJECTIVES, recommend_prices
     from fedshop.explain.price_reasons import price_record
     from fedshop.privacy.ckks import ContextError
 
-    if objective not in ("revenue", "profit"):
-        fail(f"--objective must be revenue or profit, not {objective!r}")
+    if objective not in OBJECTIVES:
+        fail(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    if objective == "clearance" and weeks is None:
+        fail("--objective clearance needs --weeks N: the weeks the stock should sell in")
     if not 0 < max_change < 1:
         fail(f"--max-change must be between 0 and 1 (a fraction of the current price), not {max_change}")
     try:
@@ -113,19 +118,27 @@ def price(
     except (SchemaError, FileNotFoundError, ContextError, KeyError, ValueError) as exc:
         fail(str(exc).strip("'\""))
     records = [price_record(rec, objective) for rec in recommend_prices(models.demand, panel, rows, objective,
-                                                                        max_change)]
+                                                                        max_change, weeks)]
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
     if objective == "profit" and any(r["objective"] == "revenue" for r in records):
         console.print("[yellow]items without unit_cost in the catalogue: optimising their revenue, not profit[/]")
+    if objective == "clearance":
+        records = [r for r in records if r["objective"] == "clearance"] or records
+        if not any(r["objective"] == "clearance" for r in records):
+            console.print("[yellow]no item has stock in the catalogue: optimising revenue[/]")
+        elif unsold := [r["item_id"] for r in records if r["clears"] is False]:
+            console.print(f"[yellow]{len(unsold)} items cannot sell their stock in {weeks} weeks within the bounds "
+                          f"(--item ID for the reasons): {', '.join(unsold[:5])}{' ...' if len(unsold) > 5 else ''}[/]")
 
     def per_week(record: dict) -> list[float]:
-        """Now and recommended, in the objective the item was optimised for."""
-        return record[f"{record['objective']}_per_week"]
+        """Now and recommended, in the objective the item was optimised for (clearance: revenue)."""
+        return record["profit_per_week" if record["objective"] == "profit" else "revenue_per_week"]
 
     shown = sorted(records, key=lambda r: per_week(r)[0] - per_week(r)[1])[:limit]
-    table = Table("item", "now", "price", "change", "elasticity", f"{objective}/week", "limited by",
+    table = Table("item", "now", "price", "change", "elasticity",
+                  f"{'revenue' if objective == 'clearance' else objective}/week", "limited by",
                   title=f"recommended prices ({objective}, at most ±{max_change:.0%})")
     for r in shown:
         now, new = per_week(r)
