@@ -87,3 +87,13 @@ def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, mon
     wrong.set_base_elasticity(-0.1)
     gained, best = revenue_uplift(wrong, panel, dict.fromkeys(panel.categories, -4.0))
     assert best > 0 and gained < 0.5 * best, (gained, best)
+
+
+@pytest.mark.slow
+def test_clearance_benchmark_quick_mode_measures_cover_and_revenue(tmp_path: Path) -> None:
+    printed, figures = run_quick("clearance.py", tmp_path / "clearance.json")
+    stocked = [m for m in figures["merchants"].values() if m["stocked_items"]]
+    assert stocked and "clearance prices" in printed
+    for merchant in stocked:
+        assert merchant["median_weeks_of_cover_after"] <= merchant["median_weeks_of_cover_now"]
+        assert merchant["clears_after"] >= merchant["clears_now"]
