@@ -4,7 +4,8 @@
   returned or cancelled item is not a purchase.
 * A customer's history is their distinct purchased items in order of first purchase.
 * Leave-last-out: each customer with two or more items has their last new item held out for
-  evaluation; everything before it is training history. Customers with one item only are not
+  evaluation; everything before it is training history. Statistics of the catalogue (the items'
+  price bands) come from the training lines alone. Customers with one item only are not
   evaluated (there is no history to recommend from); a training example predicts a later history
   item from earlier ones, so only customers with three or more items train the recommender.
 """
@@ -75,9 +76,14 @@ def purchase_sequences(orders: pd.DataFrame) -> pd.Series:
 
 
 def build_interactions(data: MerchantData) -> Interactions:
-    """Histories and held-out items for every customer of a merchant."""
-    features = encode_catalog(data.catalog, typical_prices(data.orders))
+    """Histories and held-out items for every customer of a merchant. The price bands come from the
+    training lines only: an item bought only as some customer's held-out item has none (it got one
+    from the very purchase it is judged on, a label leak)."""
     sequences = purchase_sequences(data.orders)
+    held_out_lines = pd.MultiIndex.from_tuples([(customer, items[-1]) for customer, items in sequences.items()
+                                                if len(items) >= 2], names=["customer_id", "item_id"])
+    lines = pd.MultiIndex.from_frame(data.orders[["customer_id", "item_id"]])
+    features = encode_catalog(data.catalog, typical_prices(data.orders[~lines.isin(held_out_lines)]))
     histories, held_out = [], []
     for items in sequences:
         rows = features.rows(items)
