@@ -19,7 +19,11 @@ from typing import Any
 
 from fedshop.rundir.store import RunStore
 
-CHECK_S = 2.0  # how often the SuperLink is checked
+CHECK_S = 2.0  # how often a SuperLink that went away is checked for its return
+# How often the SuperLink is checked while a run goes on: more often than a restarted SuperLink takes to
+# listen again (a few seconds of imports), or a restart between two checks would look like a failed run
+# (its ServerApp writes "failed" as it dies) and the run would not be resubmitted (a CI run under load).
+WATCH_S = 0.25
 SERVER_WAIT_S = 1800.0  # how long a run waits for its SuperLink to come back
 START_WAIT_S = 180.0  # how long a submitted run may take to open its run directory
 
@@ -47,7 +51,7 @@ class _Watchdog:
     stop: threading.Event
 
     def run(self) -> None:
-        while not self.stop.wait(CHECK_S):
+        while not self.stop.wait(WATCH_S):
             if not superlink_answers(self.server):
                 self.lost.set()
                 return
