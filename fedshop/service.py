@@ -41,7 +41,7 @@ from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import load_merchant
 from fedshop.client.node.model_copy import load_models, model_files, model_round
 from fedshop.client.node.options import node_options, saved_policy
-from fedshop.client.pricing.prices import recommend_prices
+from fedshop.client.pricing.prices import OBJECTIVES, recommend_prices
 from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.local_fit import serving_model, shop_co_purchases
 from fedshop.explain.price_reasons import price_record
@@ -154,7 +154,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-Objective = Literal["revenue", "profit", "clearance"]
+Objective = Literal[OBJECTIVES]  # the optimiser's objectives, defined once
 MaxChange = Annotated[float, Query(gt=0.0, lt=1.0)]
 Weeks = Annotated[int | None, Query(ge=1, le=104, description="For clearance: the weeks the stock should sell in.")]
 

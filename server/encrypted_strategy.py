@@ -13,7 +13,6 @@ import math
 from logging import WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -36,7 +35,15 @@ from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import CKKS, CiphertextError, KeyContext, add_updates, parse_update
 from fedshop.privacy.fixed_point import MAX_WEIGHT_RATIO
 from fedshop.rundir.store import RunStore
-from fedshop.server.strategy import COUNT_RATIO, MerchantFedAvg, UpdateRefused, failure_reason, most_common
+from fedshop.server.strategy import (
+    COUNT_RATIO,
+    MerchantFedAvg,
+    UpdateRefused,
+    beyond_ratio,
+    failure_reason,
+    is_count,
+    most_common,
+)
 
 
 class EncryptedFedAvg(MerchantFedAvg):
@@ -83,7 +90,7 @@ class EncryptedFedAvg(MerchantFedAvg):
                 examples = reply.content.metric_records[METRICS].get(EXAMPLES)
             except Exception:  # a reply of any shape: this merchant did not answer
                 examples = None
-            if isinstance(examples, int) and not isinstance(examples, bool) and examples > 0:
+            if is_count(examples):
                 self.examples[node] = examples
         if silent := [node for node in unknown if node not in self.examples]:
             log(WARNING, "round %d: %s did not say how many examples they train on; they sit this round out",
@@ -106,10 +113,10 @@ class EncryptedFedAvg(MerchantFedAvg):
         for node in self.sampled:
             others = [count for other, count in self.examples.items() if other != node and other in self.sampled]
             others = others or [count for other, count in self.examples.items() if other != node]
-            if others and self.examples[node] > COUNT_RATIO * float(np.median(others)):
+            if (median := beyond_ratio(self.examples[node], others)) is not None:
                 outsized[node] = (f"{self.names.get(node, f'node {node}')} said it trains on {self.examples[node]} "
                                   f"examples, more than {COUNT_RATIO:g} times the median of the others' "
-                                  f"({float(np.median(others)):g}); it sits this round out")
+                                  f"({median:g}); it sits this round out")
         return outsized
 
     def _train_config(self, round_: int, config: ConfigRecord, grid: Grid) -> ConfigRecord:

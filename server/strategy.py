@@ -89,6 +89,25 @@ def most_common(values: list[Any], on_tie: Any = None) -> Any:
     return on_tie if on_tie in tied else None
 
 
+def is_count(value: Any) -> bool:
+    """Whether a merchant's stated count is a positive whole number (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def beyond_ratio(count: int, others: list[int]) -> float | None:
+    """The median of ``others`` when ``count`` is more than ``COUNT_RATIO`` times it (one merchant's inflated
+    count would otherwise set a round's weights), else None."""
+    if not others:
+        return None
+    median = float(np.median(others))
+    return median if count > COUNT_RATIO * median else None
+
+
+def _refused(phase: str) -> str:
+    """How a failure of a reply of ``phase`` starts in the run record."""
+    return "update refused" if phase == "training" else "evaluation refused"
+
+
 def _sentence(exc: Exception) -> str:
     """What went wrong with a reply, for the run record: the refusal's reason, or the error's kind and text."""
     return str(exc) if isinstance(exc, UpdateRefused) else f"malformed reply ({type(exc).__name__}: {exc})"
@@ -274,7 +293,7 @@ class MerchantFedAvg(FedAvg):
         unless it carries a positive whole example count (FedAvg's weight) and its merchant record."""
         metrics = msg.content.metric_records.get(METRICS)
         examples = metrics.get(self.weighted_by_key) if metrics is not None else None
-        if not isinstance(examples, int) or isinstance(examples, bool) or examples <= 0:
+        if not is_count(examples):
             raise UpdateRefused(f"metrics must hold a positive whole '{self.weighted_by_key}', got {examples!r}")
         if MERCHANT_RECORD not in msg.content.config_records:
             raise UpdateRefused(f"the reply has no '{MERCHANT_RECORD}' record")
@@ -282,12 +301,12 @@ class MerchantFedAvg(FedAvg):
         if extra := records - {ARRAYS, METRICS, MERCHANT_RECORD}:
             raise UpdateRefused(f"the reply holds records {sorted(extra)} beside '{ARRAYS}', '{METRICS}' and "
                                 f"'{MERCHANT_RECORD}'")
-        averaged = metrics.keys() if phase == "training" else EVALUATION_AVERAGED & set(metrics)
+        names = frozenset(metrics) if phase == "training" else frozenset(metrics) & EVALUATION_AVERAGED
         for key, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or (
-                    key in averaged and not math.isfinite(value)):
+                    key in names and not math.isfinite(value)):
                 raise UpdateRefused(f"metric {key!r} is {value!r}, not a finite number")
-        return frozenset(metrics) if phase == "training" else frozenset(metrics) & EVALUATION_AVERAGED
+        return names
 
     def _screened(self, round_: int, phase: str, replies: list[Message],
                   failures: dict[int, str]) -> list[Message]:
@@ -307,16 +326,15 @@ class MerchantFedAvg(FedAvg):
                 shaped.append((msg, self._metric_names(msg, phase)))
             except Exception as exc:  # a reply of any shape is its merchant's failure
                 log(WARNING, "round %d: dropped the %s reply of %s: %s", round_, phase, who, exc)
-                failures[node] = f"{'update' if phase == 'training' else 'evaluation'} refused: {_sentence(exc)}"
+                failures[node] = f"{_refused(phase)}: {_sentence(exc)}"
         usual = most_common([names for _, names in shaped], self.expected_metrics(phase))
         kept = []
         for msg, names in shaped:
             if names == usual:
                 kept.append(msg)
             else:
-                failures[self._node(msg)] = (f"{'update' if phase == 'training' else 'evaluation'} refused: metrics "
-                                             f"{sorted(names)} differ from the round's (what most of its merchants "
-                                             f"sent: {sorted(usual or ())})")
+                failures[self._node(msg)] = (f"{_refused(phase)}: metrics {sorted(names)} differ from the round's "
+                                             f"(what most of its merchants sent: {sorted(usual or ())})")
         return self._within_count_ratio(phase, kept, failures)
 
     def _within_count_ratio(self, phase: str, replies: list[Message], failures: dict[int, str]) -> list[Message]:
@@ -326,11 +344,9 @@ class MerchantFedAvg(FedAvg):
         counts = [int(msg.content.metric_records[METRICS][EXAMPLES]) for msg in replies]
         kept = []
         for index, msg in enumerate(replies):
-            others = counts[:index] + counts[index + 1:]
-            if others and counts[index] > COUNT_RATIO * float(np.median(others)):
-                failures[self._node(msg)] = (f"{'update' if phase == 'training' else 'evaluation'} refused: it "
-                                             f"states {counts[index]} examples, more than {COUNT_RATIO:g} times "
-                                             f"the median of the others' ({float(np.median(others)):g})")
+            if (median := beyond_ratio(counts[index], counts[:index] + counts[index + 1:])) is not None:
+                failures[self._node(msg)] = (f"{_refused(phase)}: it states {counts[index]} examples, more than "
+                                             f"{COUNT_RATIO:g} times the median of the others' ({median:g})")
             else:
                 kept.append(msg)
         return kept
@@ -355,7 +371,7 @@ class MerchantFedAvg(FedAvg):
                 updates.append(self.accept_update(msg))
             except Exception as refused:  # a reply of any shape is its merchant's failure
                 log(WARNING, "round %d: dropped the update of %s: %s", round_, who, refused)
-                failures[node] = f"update refused: {_sentence(refused)}"
+                failures[node] = f"{_refused('training')}: {_sentence(refused)}"
                 continue
             train[node] = dict(msg.content.metric_records[METRICS])
             code[node] = self._record_field(msg, APP_DIGEST)

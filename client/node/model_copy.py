@@ -86,10 +86,11 @@ def _saved_state(path: Path) -> dict[str, torch.Tensor]:
         return {key: torch.from_numpy(saved[key]) for key in saved.files}
 
 
-def _kept_for(model_dir: Path, name: str, run: str | None) -> tuple[Path, dict] | None:
-    """``name`` in a node's directory and the copy's info, if both exist and belong to ``run`` (any
-    run for None)."""
-    path, info_path = Path(model_dir) / name, Path(model_dir) / MODEL_COPY_INFO
+def _kept_for(model_dir: Path, name: str, run: str | None, info_name: str = MODEL_COPY_INFO
+              ) -> tuple[Path, dict] | None:
+    """``name`` in a node's directory and its info (``info_name``: the copy's), if both exist and belong to
+    ``run`` (any run for None)."""
+    path, info_path = Path(model_dir) / name, Path(model_dir) / info_name
     if not path.exists() or not info_path.exists():
         return None
     info = json.loads(info_path.read_text())
@@ -107,25 +108,19 @@ class Adoption(NamedTuple):
     anchor: float
 
 
-def _adoption_in(path: Path, info_path: Path, run: str) -> Adoption | None:
-    if not path.exists() or not info_path.exists():
+def adoption(state_dir: Path, run: str) -> Adoption | None:
+    """What the node last adopted in ``run``: its model copy (from an evaluation) or what it adopted in a
+    round's training, whichever is later (only that one's arrays are read); None when it adopted nothing of
+    that run. The node's own record: a run key the operator makes up finds nothing here."""
+    found = [kept for kept in (_kept_for(state_dir, MODEL_COPY, run), _kept_for(state_dir, ADOPTED, run, ADOPTED_INFO))
+             if kept]
+    if not found:
         return None
-    info = json.loads(info_path.read_text())
-    if info.get("run") != run:
-        return None
+    path, info = max(found, key=lambda kept: int(kept[1]["round"]))
     models = SharedModels()
     models.load_state_dict(_saved_state(path))
     return Adoption(models, [float(change) for change in info.get("changes", [])], int(info["round"]),
                     float(info.get("anchor", np.inf)))
-
-
-def adoption(state_dir: Path, run: str) -> Adoption | None:
-    """What the node last adopted in ``run``: its model copy (from an evaluation) or what it adopted in a
-    round's training, whichever is later; None when it adopted nothing of that run. The node's own
-    record: a run key the operator makes up finds nothing here."""
-    found = [kept for kept in (_adoption_in(state_dir / MODEL_COPY, state_dir / MODEL_COPY_INFO, run),
-                               _adoption_in(state_dir / ADOPTED, state_dir / ADOPTED_INFO, run)) if kept]
-    return max(found, key=lambda kept: kept.round, default=None)
 
 
 def save_adoption(state_dir: Path, run: str, adopted: Adoption) -> None:
