@@ -75,15 +75,28 @@ def purchase_sequences(orders: pd.DataFrame) -> pd.Series:
     return bought.groupby("customer_id", sort=True)["item_id"].agg(list)
 
 
+def without_lines(orders: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """``orders`` without any line of the given (customer, item) pairs."""
+    left_out = pd.MultiIndex.from_tuples(pairs, names=["customer_id", "item_id"])
+    return orders[~pd.MultiIndex.from_frame(orders[["customer_id", "item_id"]]).isin(left_out)]
+
+
+def build_histories(data: MerchantData) -> Interactions:
+    """Every customer's whole history and no held-out item, price bands from every line: what a model
+    knows of a merchant at the end of its orders (the temporal evaluation's view of a learning period)."""
+    sequences = purchase_sequences(data.orders)
+    features = encode_catalog(data.catalog, typical_prices(data.orders))
+    return Interactions(features, sequences.index.tolist(), [features.rows(items) for items in sequences],
+                        np.full(len(sequences), -1, dtype=np.int64))
+
+
 def build_interactions(data: MerchantData) -> Interactions:
     """Histories and held-out items for every customer of a merchant. The price bands come from the
     training lines only: an item bought only as some customer's held-out item has none (it got one
     from the very purchase it is judged on, a label leak)."""
     sequences = purchase_sequences(data.orders)
-    held_out_lines = pd.MultiIndex.from_tuples([(customer, items[-1]) for customer, items in sequences.items()
-                                                if len(items) >= 2], names=["customer_id", "item_id"])
-    lines = pd.MultiIndex.from_frame(data.orders[["customer_id", "item_id"]])
-    features = encode_catalog(data.catalog, typical_prices(data.orders[~lines.isin(held_out_lines)]))
+    held_out_lines = [(customer, items[-1]) for customer, items in sequences.items() if len(items) >= 2]
+    features = encode_catalog(data.catalog, typical_prices(without_lines(data.orders, held_out_lines)))
     histories, held_out = [], []
     for items in sequences:
         rows = features.rows(items)

@@ -1,0 +1,88 @@
+"""A merchant's orders split in time: what may be learnt from, and the next visits it is judged on.
+
+The evaluation a merchant can trust asks what a model knows today about tomorrow: one cutoff per
+merchant (the same instant for all its customers), everything strictly before it to learn from,
+and each customer's first basket after it to be judged on. Nothing after the cutoff is visible to
+any statistic (popularity, price bands, co-purchases, demand panels), because the learning period is
+handed on as a merchant data set of its own. The validation period is carved from the learning
+period the same way, so settings are chosen before the test period is ever read.
+
+A basket is one order (``order_id``), or one calendar day for lines without an order id. Its
+*new* items are those the customer had not bought (net of returns) before the cutoff; its items
+in full include repeats (a "buy again" list).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedshop.client.data.interactions import purchase_sequences
+from fedshop.client.data.schema import MerchantData
+
+TEST_SHARE = 0.15  # the share of a merchant's purchase lines that fall after its cutoff
+VALIDATION_SHARE = 0.15  # the same share of the learning period's lines, carved off to choose settings
+
+
+@dataclass(frozen=True)
+class NextBasket:
+    """One customer's first basket after the cutoff."""
+
+    items: tuple[str, ...]  # every item bought in it, repeats included
+    new: tuple[str, ...]  # those the customer had not bought before the cutoff
+
+
+@dataclass(frozen=True)
+class TemporalSplit:
+    """One merchant's orders before a cutoff, and each customer's first basket after it."""
+
+    cutoff: pd.Timestamp
+    before: MerchantData  # orders strictly before the cutoff, the whole catalogue
+    baskets: dict[str, NextBasket]  # customers with a purchase after the cutoff
+
+
+def cutoff_at(orders: pd.DataFrame, share: float) -> pd.Timestamp:
+    """The instant with ``share`` of the purchase lines at or after it (the earliest such instant)."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the share of lines after the cutoff must be between 0 and 1, got {share}")
+    times = orders.loc[orders["quantity"] > 0, "timestamp"].sort_values().reset_index(drop=True)
+    if len(times) < 2:
+        raise ValueError(f"a cutoff needs at least two purchase lines, the orders hold {len(times)}")
+    return times.iloc[min(len(times) - 1, int(np.ceil(len(times) * (1.0 - share))))]
+
+
+def _basket_key(orders: pd.DataFrame) -> pd.Series:
+    day = orders["timestamp"].dt.strftime("%Y-%m-%d")
+    if "order_id" not in orders:
+        return day
+    order = orders["order_id"].fillna("").astype(str)
+    return order.where(order != "", "day " + day)
+
+
+def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:
+    """``data`` before ``cutoff``, and each customer's first basket at or after it."""
+    orders = data.orders
+    before = orders[orders["timestamp"] < cutoff].reset_index(drop=True)
+    after = orders[(orders["timestamp"] >= cutoff) & (orders["quantity"] > 0)]
+    bought = purchase_sequences(before) if len(before) else pd.Series(dtype=object)
+    baskets: dict[str, NextBasket] = {}
+    if len(after):
+        keyed = after.assign(_basket=_basket_key(after)).sort_values(["timestamp", "_basket"], kind="stable")
+        first = keyed.groupby("customer_id", sort=True)["_basket"].first()
+        lines = keyed[keyed["_basket"].to_numpy() == first.reindex(keyed["customer_id"]).to_numpy()]
+        for customer, items in lines.groupby("customer_id", sort=True)["item_id"]:
+            distinct = tuple(dict.fromkeys(items))
+            known = set(bought.get(customer, []))
+            baskets[customer] = NextBasket(distinct, tuple(i for i in distinct if i not in known))
+    return TemporalSplit(cutoff, MerchantData(data.name, before, data.catalog), baskets)
+
+
+def temporal_splits(data: MerchantData, test_share: float = TEST_SHARE,
+                    validation_share: float = VALIDATION_SHARE) -> tuple[TemporalSplit, TemporalSplit]:
+    """The validation split (inside the learning period) and the test split of one merchant."""
+    test = split_at(data, cutoff_at(data.orders, test_share))
+    validation = split_at(test.before, cutoff_at(test.before.orders, validation_share))
+    if validation.before.orders.empty:
+        raise ValueError(f"{data.name}: its orders are too few or too close in time to split into learning, "
+                         "validation and test periods")
+    return validation, test
