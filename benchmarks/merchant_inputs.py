@@ -25,6 +25,8 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--by", default="Country", help="column an export is split by")
     parser.add_argument("--quick", action="store_true", help="small data, 2 rounds of 1 epoch")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--products", type=int, help="generated data: the product universe's size")
+    parser.add_argument("--shop-sizes", help="generated data: comma-separated customers of each merchant")
     return parser
 
 
@@ -38,7 +40,12 @@ def benchmark_settings(args: argparse.Namespace) -> RunSettings:
 def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
     """Generated merchants, the merchants ``--data`` names, or ``--data``'s export partitioned."""
     if args.data is None:
-        return write_federation(workdir / "data", FederationSpec.quick() if args.quick else FederationSpec())
+        spec = FederationSpec.quick() if args.quick else FederationSpec()
+        if args.products:
+            spec = replace(spec, products=args.products)
+        if args.shop_sizes:
+            spec = replace(spec, customers=tuple(int(n) for n in args.shop_sizes.split(",")))
+        return write_federation(workdir / "data", spec)
     if args.data.is_file():
         partition_export(args.data, args.merchants, args.by, workdir / "data")
         return merchant_directories(workdir / "data")

@@ -1,37 +1,48 @@
-"""Recommendation quality side by side, on one split of one data set, in one run.
+"""Recommendation quality side by side: does joining the federation pay a merchant, judged honestly?
 
-    python benchmarks/quality.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--quick] [--repeats N] [--json OUT]
+    python benchmarks/quality.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--protocol P]
+                                 [--repeats N] [--epsilons E,..] [--products N] [--shop-sizes N,..]
+                                 [--quick] [--json OUT]
 
-Rows, all scored by the same evaluator (leave-last-out per customer, the whole merchant catalogue
-ranked, ties broken at random, HR@10, NDCG@10 and catalogue coverage, per merchant and
+Protocols (``next_basket.py``): ``temporal`` (default, the headline) learns from each merchant's
+orders before its cutoff and judges each customer's first basket after it: the items they never
+bought before (``new``, the primary table; their own history is not recommended) and, in a second
+table, all its items (``repeat``: what a "buy again" list must find). ``basket-completion`` (the
+older protocol, secondary) holds out each customer's last new item, most often from the same basket.
+
+Rows, all scored by the same evaluator (the whole catalogue of the merchant ranked, ties broken at
+random; HR@10, NDCG@10 with every right item counted, catalogue coverage; per merchant and
 macro-averaged over merchants):
 
-* what a merchant has alone: popularity, item-kNN and fedshop's model trained on its own data
-  (local-only), and the best of the three per merchant, its "alone" reference; and EASE on the
-  merchant's own customers, shown beside them but not part of that reference (the served model's
-  local part weighs the shop's co-purchases with the same regression, at the same λ);
-* central, pooled, non-private references: implicit ALS and EASE (closed form);
+* what a merchant can run alone, each method tuned per merchant on the validation period with the
+  same budget of three settings: recent popularity, item-kNN, EASE, fedshop's model trained alone
+  (local-only; its setting is how many rounds of training), and personal purchase frequency for
+  repeats; **best alone** picks, per merchant, the method best on validation and scores it on test;
+* central, pooled, non-private references: implicit ALS and EASE, tuned on macro validation NDCG;
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
-* fedshop federated with DP at several ε and encrypted aggregation: the shared model, and the model
-  the merchant serves (shared + local part, ``fedshop.models.local_part``), the one the targets judge;
-* fedshop's model trained by DP-SGD on all merchants' customers pooled at the target ε: the private
-  reference (noise drawn once for the whole federation, as if one party held every customer).
+* fedshop federated with DP and encrypted aggregation at each ``--epsilons`` (default 8), ``--repeats``
+  runs each (default 3, fresh noise), as the shared model and as the served model (shared + local
+  part): the served model at ε = 8 is what the targets judge;
+* fedshop's model trained by DP-SGD on all merchants' customers pooled at ε = 8 (the private reference).
 
-Two figures say how far a difference can be trusted. DP noise is drawn afresh on every run, so
-``--repeats N`` trains every DP row N times and shows the mean, with each run's macro NDCG@10 below
-the table. A merchant's gain is the mean over its customers of the served model's minus its best
-alone reference's NDCG@10 (the same customers, the same held-out items), with its 95% interval.
+fedshop's own settings are its defaults (nothing here is chosen for it); each node picks its local
+part on its own training customers, as in a real run. A merchant's gain is the mean over its judged
+customers of the served model's minus its best alone's NDCG@10, with a 95% interval; a gain whose
+interval holds 0 is inside the noise. Dense item-item references keep the items bought by at least
+two customers (at most 6,000, the most bought): the rest are ranked last, as said in the output.
 
-Data: generated merchants by default; ``--data DIR`` takes merchant directories; ``--data FILE``
-(e.g. ../shared/data/uci_online_retail/online_retail.parquet) is split with ``fedshop partition``'s
-rule by ``--by`` (default Country) into ``--merchants`` merchants. Run by hand (not a test); CI
-runs ``--quick`` as a smoke test (DP at ε=8 only).
+Data: generated merchants by default (``--products`` and ``--shop-sizes`` shape them); ``--data DIR``
+takes merchant directories; ``--data FILE`` (e.g. ../shared/data/uci_online_retail/online_retail.parquet)
+is split with ``fedshop partition``'s rule by ``--by`` (default Country) into ``--merchants`` merchants.
+The wall time is printed at the end. Run by hand (not a test); CI runs ``--quick`` as a smoke test.
 """
 
 import json
+import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -39,36 +50,38 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402  (after the BLAS thread setting, which implicit requires)
 import torch  # noqa: E402
-from implicit.als import AlternatingLeastSquares  # noqa: E402
-from merchant_inputs import (  # noqa: E402
-    benchmark_parser,
-    benchmark_settings,
-    merchant_dirs,
-    training_examples,
+from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs, training_examples  # noqa: E402
+from next_basket import (  # noqa: E402
+    ALONE_GRIDS,
+    CENTRAL_GRIDS,
+    MAX_DENSE_ITEMS,
+    MIN_BUYERS,
+    PROTOCOLS,
+    REPEAT_GRIDS,
+    Gains,
+    MerchantPeriods,
+    Period,
+    Tuned,
+    gains,
+    tuned,
+    tuned_central,
 )
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from scipy import sparse  # noqa: E402
 from torch.utils.data import ConcatDataset  # noqa: E402
 
-from fedshop.client.data.interactions import Interactions, build_interactions  # noqa: E402
-from fedshop.client.data.schema import load_merchant  # noqa: E402
+from fedshop.client.data.schema import load_merchant, write_merchant  # noqa: E402
 from fedshop.client.node.model_copy import load_models  # noqa: E402
 from fedshop.client.training.local_fit import serving_model  # noqa: E402
 from fedshop.client.training.recommender import (  # noqa: E402
-    RankingMetrics,
     catalogue_scores,
-    customer_gains,
-    mask_history,
     private_recipe,
     shuffled_loader,
-    summarise_ranking,
     train_epochs,
     train_recommender_private,
 )
 from fedshop.client.training.round_plan import recommender_examples  # noqa: E402
 from fedshop.core.settings import RunSettings  # noqa: E402
-from fedshop.models.local_part import CO_PURCHASE_RIDGE  # noqa: E402
 from fedshop.models.recommender import Recommender, build_recommender  # noqa: E402
 from fedshop.privacy.ckks import create_keys  # noqa: E402
 from fedshop.privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
@@ -76,14 +89,10 @@ from fedshop.privacy.ledger import default_delta  # noqa: E402
 from fedshop.rundir.store import RunStore  # noqa: E402
 from fedshop.simulation import run_simulated_federation  # noqa: E402
 
-TARGET_EPSILON = 8.0  # the ε the DP target names; --quick runs only it (the others are the same code, noisier)
-DP_EPSILONS = (1.0, 3.0, TARGET_EPSILON)
-Evaluation = tuple[RankingMetrics, np.ndarray]  # one merchant's metrics, and each evaluable customer's NDCG@10
-MIN_EVALUABLE = 2  # customers with a held-out item a merchant needs: its gain's interval takes two
-
-
-MIN_JUDGED = 30  # evaluable customers a merchant needs for the per-merchant target to judge it
-EASE_LAMBDA = 250.0
+TARGET_EPSILON = 8.0
+MIN_JUDGED_TO_SCORE = 2  # judged customers a merchant needs in each period: its gain's interval takes two
+MIN_JUDGED = 30  # judged customers a merchant needs for the per-merchant target to judge it
+SEED = 11  # the evaluator's tie-breaking draw
 
 
 def dp_row(epsilon: float) -> str:
@@ -94,129 +103,69 @@ def served_row(epsilon: float) -> str:
     return f"fedshop served: DP ε={epsilon:g} + HE, shared + local"
 
 
-BEST_ALONE_ROW = "best alone (per merchant)"
-EASE_ALONE_ROW = "EASE, merchant alone (not in best alone)"
-CENTRAL_ROWS = ("central ALS (implicit)", "central EASE")
+LOCAL_ONLY = "fedshop local-only"
+BEST_ALONE_ROW = "best alone (per merchant, chosen on validation)"
 CLEAR_ROW, HE_ROW = "fedshop federated (shared)", "fedshop federated + HE (shared)"
 SERVED_CLEAR_ROW = "fedshop served: clear, shared + local"
 SERVED_DP_ROW = served_row(TARGET_EPSILON)
 POOLED_DP_ROW = f"fedshop pooled + DP ε={TARGET_EPSILON:g} (reference)"
+Row = dict[str, Gains]  # one method's gains per merchant
+SHORT = {"popularity (recent)": "pop", "item-kNN": "kNN", "personal frequency": "freq", LOCAL_ONLY: "local"}
 
 
-def unscorable(datasets: dict[str, Interactions]) -> list[str]:
-    """Merchants with fewer than ``MIN_EVALUABLE`` customers to score, each with how many it has."""
-    return [f"{m} ({len(d.evaluable)})" for m, d in datasets.items() if len(d.evaluable) < MIN_EVALUABLE]
+def unscorable(periods: dict[str, MerchantPeriods]) -> list[str]:
+    """Merchants with too few judged customers in a validation or test period, each with how many it has."""
+    return [f"{m} ({min(len(p.judged) for p in (*ps.validation.values(), *ps.test.values()))})"
+            for m, ps in periods.items()
+            if min(len(p.judged) for p in (*ps.validation.values(), *ps.test.values())) < MIN_JUDGED_TO_SCORE]
 
 
-def _history_matrix(data: Interactions) -> sparse.csr_matrix:
-    rows = np.concatenate([np.full(len(h), c) for c, h in enumerate(data.histories)])
-    cols = np.concatenate(data.histories)
-    shape = (len(data.customers), len(data.features.item_ids))
-    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+def model_gains(model: Recommender, period: Period, history_length: int) -> Gains:
+    """A fedshop model's gains: its own list, with the customer's history masked as it serves it."""
+    return gains(period, catalogue_scores(model, period.context, period.judged, history_length), SEED)
 
 
-def scored(data: Interactions, scores: np.ndarray) -> Evaluation:
-    """The metrics and per-customer NDCG@10 of scores ``[evaluable customers, catalogue]`` (history masked here)."""
-    customers = data.evaluable
-    gains = customer_gains(data, customers, mask_history(data, customers, scores))
-    return summarise_ranking(gains, scores), gains.ndcg
+def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[str, ...]) -> dict[str, Tuned]:
+    """fedshop's model trained by the merchant alone, for the number of rounds (of the federation's
+    epochs) best on validation out of three, per target."""
+    grid = sorted({max(1, math.ceil(settings.num_server_rounds * share)) for share in (1 / 3, 2 / 3, 1.0)})
+
+    def checkpoints(period: Period) -> dict[int, Recommender]:
+        torch.manual_seed(settings.seed)
+        model = build_recommender(settings.seed)
+        dataset = training_examples(period.context, settings, settings.seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+        kept = {}
+        for round_ in range(1, max(grid) + 1):
+            train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer,
+                         settings.local_epochs)
+            if round_ in grid:
+                kept[round_] = build_recommender(settings.seed)
+                kept[round_].load_state_dict(model.state_dict())
+        return kept
+
+    on_validation, on_test = checkpoints(periods.validation["new"]), checkpoints(periods.test["new"])
+    out = {}
+    for target in targets:
+        quality = [(float(model_gains(on_validation[r], periods.validation[target], settings.history_length)
+                          .ndcg.mean()), r) for r in grid]
+        best, rounds = max(quality, key=lambda pair: pair[0])
+        out[target] = Tuned(rounds, best, model_gains(on_test[rounds], periods.test[target], settings.history_length))
+    return out
 
 
-def popularity(data: Interactions) -> Evaluation:
-    counts = np.asarray(_history_matrix(data).sum(axis=0)).ravel()
-    return scored(data, np.tile(counts, (len(data.evaluable), 1)))
-
-
-def item_knn(data: Interactions) -> Evaluation:
-    matrix = _history_matrix(data)
-    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel()) + 1e-9
-    similarity = (matrix.T @ matrix).toarray() / np.outer(norms, norms)
-    np.fill_diagonal(similarity, 0.0)
-    return scored(data, np.asarray(matrix[data.evaluable] @ similarity))
-
-
-def _pooled_histories(datasets: dict[str, Interactions]) -> tuple[sparse.csr_matrix, dict[str, int], dict[str, int]]:
-    """Every merchant's training histories in one matrix (customers kept apart per merchant): the matrix,
-    each merchant's first row, and the column of every item id."""
-    items = sorted({item for data in datasets.values() for item in data.features.item_ids})
-    column = {item: i for i, item in enumerate(items)}
-    rows, cols, offsets, offset = [], [], {}, 0
-    for name, data in datasets.items():
-        local = _history_matrix(data).tocoo()
-        remap = np.array([column[i] for i in data.features.item_ids])
-        rows.append(local.row + offset)
-        cols.append(remap[local.col])
-        offsets[name] = offset
-        offset += local.shape[0]
-    pooled = sparse.csr_matrix((np.ones(sum(len(r) for r in rows)), (np.concatenate(rows), np.concatenate(cols))),
-                               shape=(offset, len(items)))
-    pooled.data[:] = 1.0  # an item a customer bought is one interaction, however it was written
-    return pooled, offsets, column
-
-
-def central_als(datasets: dict[str, Interactions], seed: int) -> dict[str, Evaluation]:
-    """ALS on every merchant's training histories pooled."""
-    pooled, offsets, column = _pooled_histories(datasets)
-    model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=20, random_state=seed)
-    model.fit(pooled, show_progress=False)
-    results = {}
-    for name, data in datasets.items():
-        users = model.user_factors[[offsets[name] + c for c in data.evaluable]]
-        catalogue = model.item_factors[[column[i] for i in data.features.item_ids]]
-        results[name] = scored(data, users @ catalogue.T)
-    return results
-
-
-def central_ease(datasets: dict[str, Interactions], regularization: float = EASE_LAMBDA) -> dict[str, Evaluation]:
-    """EASE (Steck, 2019) on every merchant's training histories pooled: the closed-form item-item model
-    ``B = I - P / diag(P)``, ``P = (X^T X + λ I)^-1``, zero diagonal."""
-    pooled, offsets, column = _pooled_histories(datasets)
-    gram = (pooled.T @ pooled).toarray() + regularization * np.eye(pooled.shape[1])
-    inverse = np.linalg.inv(gram)
-    weights = -inverse / np.diag(inverse)
-    np.fill_diagonal(weights, 0.0)
-    results = {}
-    for name, data in datasets.items():
-        columns = [column[i] for i in data.features.item_ids]
-        users = pooled[[offsets[name] + c for c in data.evaluable]]
-        results[name] = scored(data, np.asarray(users @ weights[:, columns]))
-    return results
-
-
-def evaluate(model: Recommender, data: Interactions, history_length: int) -> Evaluation:
-    """The model's metrics on one merchant's held-out items, and each customer's NDCG@10."""
-    return scored(data, catalogue_scores(model, data, data.evaluable, history_length))
-
-
-def local_only(data: Interactions, settings: RunSettings) -> Evaluation:
-    """fedshop's model trained by the merchant alone for as many epochs as the federation runs."""
+def pooled_dp(periods: dict[str, MerchantPeriods], settings: RunSettings) -> dict[str, Recommender]:
+    """fedshop's recommender trained by DP-SGD on every merchant's learning customers at once, for as
+    many rounds and epochs as the federation, at ``settings.target_epsilon`` per customer, with the
+    node's examples and batch rule (one model, returned for every merchant)."""
     torch.manual_seed(settings.seed)
     model = build_recommender(settings.seed)
-    dataset = training_examples(data, settings, settings.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    contexts = [p.test["new"].context for p in periods.values()]
+    customers = sum(len(c.customers) for c in contexts)
     for round_ in range(settings.num_server_rounds):
-        train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer, settings.local_epochs)
-    return evaluate(model, data, settings.history_length)
-
-
-def best_alone(rows: dict[str, dict[str, Evaluation]]) -> dict[str, Evaluation]:
-    """Each merchant's best of what it can build alone (by its NDCG@10): its "alone" reference."""
-    merchants = next(iter(rows.values()))
-    return {m: max((row[m] for row in rows.values()), key=lambda evaluation: evaluation[0].ndcg) for m in merchants}
-
-
-def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[str, Evaluation]:
-    """fedshop's recommender trained by DP-SGD on every merchant's customers at once, for as many
-    rounds and epochs as the federation, at ``settings.target_epsilon`` per customer (the recommender
-    alone: a federated node shares that ε with the demand model when the run also prices), with the
-    node's examples and batch rule."""
-    torch.manual_seed(settings.seed)
-    model = build_recommender(settings.seed)
-    customers = sum(len(d.customers) for d in datasets.values())
-    for round_ in range(settings.num_server_rounds):
-        pooled = ConcatDataset([recommender_examples(d, settings.training_config(), settings.seed + 1000 * round_ + i,
-                                                     np.zeros(len(d.customers), dtype=bool))
-                                for i, d in enumerate(datasets.values())])
+        pooled = ConcatDataset([recommender_examples(c, settings.training_config(), settings.seed + 1000 * round_ + i,
+                                                     np.zeros(len(c.customers), dtype=bool))
+                                for i, c in enumerate(contexts)])
         batch, learning_rate = private_recipe(len(pooled), settings.dp_batch_size, settings.dp_max_sample_rate,
                                               settings.dp_learning_rate)
         shape = TrainingShape("recommender", len(pooled), batch, settings.local_epochs, settings.max_grad_norm)
@@ -224,74 +173,79 @@ def pooled_dp(datasets: dict[str, Interactions], settings: RunSettings) -> dict[
                           default_delta(customers))
         train_recommender_private(model, pooled, plan.release("recommender"), batch, learning_rate,
                                   settings.local_epochs)
-    return {m: evaluate(model, d, settings.history_length) for m, d in datasets.items()}
+    return dict.fromkeys(periods, model)
 
 
-def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str,
-              datasets: dict[str, Interactions]) -> dict[str, dict[str, Evaluation]]:
-    """A real Flower simulation; each merchant's final model copy is scored by the evaluator, as the
-    shared model alone (``"shared"``) and as the model the merchant serves (``"served"``: shared + local)."""
+def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
+              ) -> dict[str, tuple[Recommender, Recommender, int]]:
+    """A real Flower simulation on the merchants' learning data; per merchant its final shared model, the
+    model it serves (shared + local part) and the history length they read."""
     keys = workdir / "keys"
     if not (keys / "secret.ctx").exists():
         create_keys(keys)
     # The benchmark is every merchant here: its rows in the clear and at each ε are its nodes' policy.
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(keys / "secret.ctx"),
               "state-dir": str(workdir / label / d.name), "epsilon-budget": 1e9, "allow-clear": True,
-              "max-run-epsilon": settings.target_epsilon} for d in dirs]
+              "max-run-epsilon": max(settings.target_epsilon, TARGET_EPSILON)} for d in dirs]
     run = run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run"),
                                                   public_context=str(keys / "public.ctx")))
     partial = {r["round"]: r["failures"] for r in RunStore(run).rounds() if len(r["train"]) != len(dirs)}
     if partial:
         raise RuntimeError(f"{label}: not every merchant trained in every round (round: failures): {partial}")
-    results: dict[str, dict[str, Evaluation]] = {"shared": {}, "served": {}}
-    for d in dirs:
-        models, local, history_length = load_models(workdir / label / d.name)
-        served = serving_model(models.recommender, local, datasets[d.name])
-        results["shared"][d.name] = evaluate(models.recommender, datasets[d.name], history_length)
-        results["served"][d.name] = evaluate(served, datasets[d.name], history_length)
-    return results
+    return {d.name: load_models(workdir / label / d.name) for d in dirs}
 
 
-def metrics(evaluations: dict[str, Evaluation]) -> dict[str, RankingMetrics]:
-    return {merchant: evaluation[0] for merchant, evaluation in evaluations.items()}
+def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods], target: str
+                   ) -> tuple[Row, Row]:
+    """The shared and the served model's test gains per merchant."""
+    shared, served = {}, {}
+    for name, (loaded, local, history_length) in models.items():
+        period = periods[name].test[target]
+        shared[name] = model_gains(loaded.recommender, period, history_length)
+        served[name] = model_gains(serving_model(loaded.recommender, local, period.context), period, history_length)
+    return shared, served
 
 
-def mean_over_runs(runs: list[dict[str, Evaluation]]) -> dict[str, Evaluation]:
-    """Each merchant's metrics and per-customer NDCG@10 averaged over repeated runs of one method."""
-    def mean(merchant: str, key: str) -> float:
-        return float(np.mean([getattr(run[merchant][0], key) for run in runs]))
-    return {m: (RankingMetrics(mean(m, "hit_rate"), mean(m, "ndcg"), runs[0][m][0].customers, mean(m, "coverage")),
-                np.mean([run[m][1] for run in runs], axis=0)) for m in runs[0]}
+def mean_over_runs(runs: list[Row]) -> Row:
+    """Each merchant's per-customer gains averaged over repeated runs of one method."""
+    return {m: Gains(np.mean([r[m].ndcg for r in runs], axis=0), np.mean([r[m].hit for r in runs], axis=0),
+                     float(np.mean([r[m].coverage for r in runs]))) for m in runs[0]}
 
 
 def paired_gain(method: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Mean per-customer gain of a method over a reference, and its 95% half-width (normal)."""
     difference = method - reference
-    return float(difference.mean()), float(1.96 * difference.std(ddof=1) / np.sqrt(len(difference)))
+    half = float(1.96 * difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
+    return float(difference.mean()), half
 
 
-def macro(per_merchant: dict[str, RankingMetrics]) -> dict[str, float]:
-    return {key: float(np.mean([getattr(m, key) for m in per_merchant.values()]))
-            for key in ("hit_rate", "ndcg", "coverage")}
+def summary(g: Gains) -> dict[str, float]:
+    return {"hit_rate": float(g.hit.mean()), "ndcg": float(g.ndcg.mean()), "customers": len(g.ndcg),
+            "coverage": g.coverage}
 
 
-def targets(rows: dict[str, dict[str, RankingMetrics]], gains: dict[str, tuple[float, float]],
-            evaluable: dict[str, int], served_runs: list[float]) -> list[tuple[str, bool, str]]:
-    """The issue's targets, each with its figures."""
+def macro(row: Row) -> dict[str, float]:
+    return {key: float(np.mean([summary(g)[key] for g in row.values()])) for key in ("hit_rate", "ndcg", "coverage")}
+
+
+def targets(rows: dict[str, Row], gains_: dict[str, tuple[float, float]], judged: dict[str, int],
+            served_runs: list[float], central_rows: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+    """The issue's targets on the primary table, each with its figures."""
     ndcg = {row: macro(per)["ndcg"] for row, per in rows.items()}
     served, alone = ndcg[SERVED_DP_ROW], ndcg[BEST_ALONE_ROW]
     runs = (f" (mean of {len(served_runs)} runs, {min(served_runs):.4f}-{max(served_runs):.4f})"
             if len(served_runs) > 1 else "")
-    central = max(ndcg[row] for row in CENTRAL_ROWS)
-    he_gap = max(abs(getattr(rows[HE_ROW][m], k) - getattr(rows[CLEAR_ROW][m], k))
-                 for m in rows[CLEAR_ROW] for k in ("hit_rate", "ndcg", "coverage"))
-    judged = {m: g for m, g in gains.items() if evaluable[m] >= MIN_JUDGED}
+    central = max(ndcg[row] for row in central_rows)
+    he_gap = max(abs(summary(rows[HE_ROW][m])[k] - summary(rows[CLEAR_ROW][m])[k])
+                 for m in rows[CLEAR_ROW] for k in ("hit_rate", "ndcg"))
+    judged_gains = {m: g for m, g in gains_.items() if judged[m] >= MIN_JUDGED}
     return [
         (f"served (DP ε={TARGET_EPSILON:g} + HE) >= 1.10 x best alone", served >= 1.10 * alone,
          f"{served:.4f}{runs} vs {alone:.4f} (x{served / alone:.2f})"),
-        (f"served >= its best alone, every merchant with >= {MIN_JUDGED} evaluable customers",
-         bool(judged) and all(gain > 0 for gain, _ in judged.values()),
-         ", ".join(f"{m}: {gain:+.4f} ± {half:.4f}" for m, (gain, half) in gains.items())),
+        (f"served not below its best alone, every merchant with >= {MIN_JUDGED} judged customers",
+         bool(judged_gains) and all(gain >= 0 for gain, _ in judged_gains.values()),
+         ", ".join(f"{m}: {gain:+.4f} ± {half:.4f}{' (inside noise)' if abs(gain) <= half else ''}"
+                   for m, (gain, half) in gains_.items())),
         ("served (DP + HE) >= 0.95 x served in the clear", served >= 0.95 * ndcg[SERVED_CLEAR_ROW],
          f"{served:.4f} vs {ndcg[SERVED_CLEAR_ROW]:.4f} (x{served / ndcg[SERVED_CLEAR_ROW]:.2f}; federated shared "
          f"model in the clear {ndcg[CLEAR_ROW]:.4f})"),
@@ -301,76 +255,125 @@ def targets(rows: dict[str, dict[str, RankingMetrics]], gains: dict[str, tuple[f
     ]
 
 
+def learning_dirs(periods: dict[str, MerchantPeriods], dirs: list[Path], out: Path, protocol: str) -> list[Path]:
+    """Where the federation's nodes read their data: the learning period of each merchant, written as
+    a merchant data set of its own (the temporal protocol), or the merchant's own directory."""
+    if protocol != "temporal":
+        return dirs
+    return [write_merchant(periods[d.name].learning, out / d.name) for d in dirs]
+
+
 def main() -> None:
+    started = time.perf_counter()
     parser = benchmark_parser(__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each DP row (fresh noise); the mean is shown")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="temporal")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each DP row (fresh noise); the mean is shown")
+    parser.add_argument("--epsilons", default=f"{TARGET_EPSILON:g}", help="comma-separated ε of the DP rows")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    epsilons = sorted({float(e) for e in args.epsilons.split(",")} | {TARGET_EPSILON})
     settings = benchmark_settings(args)
+    target_names = ("new", "repeat") if args.protocol == "temporal" else ("new",)
     console = Console(width=max(Console().width, 160))
     with tempfile.TemporaryDirectory(prefix="fedshop-quality-") as tmp:
         workdir = Path(tmp)
         dirs = merchant_dirs(args, workdir)
-        datasets = {d.name: build_interactions(load_merchant(d)) for d in dirs}
-        if short := unscorable(datasets):
-            parser.error(f"too few customers who bought two or more distinct items to score (need {MIN_EVALUABLE}): "
+        periods = {d.name: PROTOCOLS[args.protocol](load_merchant(d)) for d in dirs}
+        if short := unscorable(periods):
+            parser.error(f"too few customers to judge in a validation or test period (need {MIN_JUDGED_TO_SCORE}): "
                          f"{', '.join(short)}; give those merchants more orders or split into fewer merchants")
-        alone = {"popularity": {m: popularity(d) for m, d in datasets.items()},
-                 "item-kNN": {m: item_knn(d) for m, d in datasets.items()},
-                 "fedshop local-only": {m: local_only(d, settings) for m, d in datasets.items()}}
-        plain = federated(dirs, settings, workdir, "plain", datasets)
-        he = federated(dirs, replace(settings, he=True), workdir, "he", datasets)
-        evaluations: dict[str, dict[str, Evaluation]] = {
-            **alone, BEST_ALONE_ROW: best_alone(alone),
-            EASE_ALONE_ROW: {m: central_ease({m: d}, CO_PURCHASE_RIDGE)[m] for m, d in datasets.items()},
-            "central ALS (implicit)": central_als(datasets, settings.seed), "central EASE": central_ease(datasets),
-            CLEAR_ROW: plain["shared"], HE_ROW: he["shared"], SERVED_CLEAR_ROW: plain["served"],
-        }
-        runs: dict[str, list[dict[str, Evaluation]]] = {}
-        for epsilon in (TARGET_EPSILON,) if args.quick else DP_EPSILONS:
-            private = replace(settings, dp=True, he=True, target_epsilon=epsilon)
-            results = [federated(dirs, private, workdir, f"dp{epsilon:g}-{run}", datasets)
-                       for run in range(args.repeats)]
-            runs[dp_row(epsilon)] = [result["shared"] for result in results]
-            runs[served_row(epsilon)] = [result["served"] for result in results]
-        pooled = replace(settings, target_epsilon=TARGET_EPSILON)
-        runs[POOLED_DP_ROW] = [pooled_dp(datasets, pooled) for _ in range(args.repeats)]
-        evaluations |= {row: mean_over_runs(per_run) for row, per_run in runs.items()}
-    rows = {row: metrics(per) for row, per in evaluations.items()}
-    served, reference = evaluations[SERVED_DP_ROW], evaluations[BEST_ALONE_ROW]
-    gains = {m: paired_gain(served[m][1], reference[m][1]) for m in datasets}
-    run_ndcg = {row: [macro(metrics(run))["ndcg"] for run in per_run] for row, per_run in runs.items()}
-    merchants = list(datasets)
-    table = Table("method", "HR@10", "NDCG@10", "coverage", *(f"NDCG {m}" for m in merchants),
-                  title=f"recommendation quality, macro over {len(merchants)} merchants "
-                        f"({', '.join(str(len(d.customers)) for d in datasets.values())} customers)")
-    for method, per_merchant in rows.items():
-        summary = macro(per_merchant)
-        table.add_row(method, f"{summary['hit_rate']:.4f}", f"{summary['ndcg']:.4f}", f"{summary['coverage']:.3f}",
-                      *(f"{per_merchant[m].ndcg:.4f}" for m in merchants))
-    console.print(table)
-    if args.repeats > 1:
-        for row, values in run_ndcg.items():
-            console.print(f"{row}: macro NDCG@10 of each run " + ", ".join(f"{v:.4f}" for v in values))
-    clear = macro(rows[CLEAR_ROW])["ndcg"]
-    console.print(f"DP cost at ε={TARGET_EPSILON:g} against federated in the clear: shared model "
-                  f"{macro(rows[dp_row(TARGET_EPSILON)])['ndcg'] / clear - 1:+.1%}, served (shared + local) "
-                  f"{macro(rows[SERVED_DP_ROW])['ndcg'] / clear - 1:+.1%}, pooled + DP (reference) "
-                  f"{macro(rows[POOLED_DP_ROW])['ndcg'] / clear - 1:+.1%}")
-    checks = targets(rows, gains, {m: len(d.evaluable) for m, d in datasets.items()}, run_ndcg[SERVED_DP_ROW])
-    for name, met, detail in checks:
-        console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "settings": asdict(settings), "quick": args.quick, "data": str(args.data or "generated"),
-            "repeats": args.repeats,
-            "methods": {method: {"macro": macro(per), "merchants": {m: asdict(r) for m, r in per.items()},
+        nodes = learning_dirs(periods, dirs, workdir / "learning", args.protocol)
+        chosen: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
+        tables: dict[str, dict[str, Row]] = {t: {} for t in target_names}
+        validation_ndcg: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
+        alone_local = {m: local_only(p, settings, target_names) for m, p in periods.items()}
+        for target in target_names:
+            grids = ALONE_GRIDS | (REPEAT_GRIDS if target == "repeat" else {})
+            for method, (scorer, grid) in grids.items():
+                results = {m: tuned(scorer, grid, p.validation[target], p.test[target], SEED)
+                           for m, p in periods.items()}
+                tables[target][method] = {m: r.test for m, r in results.items()}
+                chosen[target][method] = {m: r.setting for m, r in results.items()}
+                validation_ndcg[target][method] = {m: r.validation_ndcg for m, r in results.items()}
+            tables[target][LOCAL_ONLY] = {m: alone_local[m][target].test for m in periods}
+            chosen[target][LOCAL_ONLY] = {m: alone_local[m][target].setting for m in periods}
+            validation_ndcg[target][LOCAL_ONLY] = {m: alone_local[m][target].validation_ndcg for m in periods}
+            picks = {m: max(validation_ndcg[target], key=lambda method, m=m: validation_ndcg[target][method][m])
+                     for m in periods}
+            tables[target][BEST_ALONE_ROW] = {m: tables[target][picks[m]][m] for m in periods}
+            chosen[target][BEST_ALONE_ROW] = picks
+            for name in CENTRAL_GRIDS:
+                results = tuned_central(name, {m: p.validation[target] for m, p in periods.items()},
+                                        {m: p.test[target] for m, p in periods.items()}, SEED)
+                tables[target][name] = {m: r.test for m, r in results.items()}
+                chosen[target][name] = {m: r.setting for m, r in results.items()}
+        plain = federated(nodes, settings, workdir, "plain")
+        he = federated(nodes, replace(settings, he=True), workdir, "he")
+        private_models = {epsilon: [federated(nodes, replace(settings, dp=True, he=True, target_epsilon=epsilon),
+                                              workdir, f"dp{epsilon:g}-{run}") for run in range(args.repeats)]
+                          for epsilon in epsilons}
+        pooled_models = [pooled_dp(periods, replace(settings, target_epsilon=TARGET_EPSILON))
+                         for _ in range(args.repeats)]
+        runs: dict[str, dict[str, list[Row]]] = {t: {} for t in target_names}
+        for target in target_names:
+            tables[target][CLEAR_ROW], tables[target][SERVED_CLEAR_ROW] = federated_rows(plain, periods, target)
+            tables[target][HE_ROW], _ = federated_rows(he, periods, target)
+            for epsilon, per_run in private_models.items():
+                results = [federated_rows(models, periods, target) for models in per_run]
+                runs[target][dp_row(epsilon)] = [shared for shared, _ in results]
+                runs[target][served_row(epsilon)] = [served for _, served in results]
+            runs[target][POOLED_DP_ROW] = [
+                {m: model_gains(models[m], periods[m].test[target], settings.history_length) for m in periods}
+                for models in pooled_models]
+            tables[target] |= {row: mean_over_runs(per_run) for row, per_run in runs[target].items()}
+    wall = time.perf_counter() - started
+    merchants = list(periods)
+    judged = {m: len(periods[m].test["new"].judged) for m in merchants}
+    figures = {}
+    for target in target_names:
+        rows = tables[target]
+        served, reference = rows[SERVED_DP_ROW], rows[BEST_ALONE_ROW]
+        gains_ = {m: paired_gain(served[m].ndcg, reference[m].ndcg) for m in merchants}
+        run_ndcg = {row: [macro(run)["ndcg"] for run in per_run] for row, per_run in runs[target].items()}
+        title = (f"{args.protocol}, {'new items' if target == 'new' else 'repeats included'}"
+                 f"{' (primary)' if target == 'new' else ''}: macro over {len(merchants)} merchants "
+                 f"({', '.join(f'{len(periods[m].test[target].judged)}' for m in merchants)} judged customers)")
+        table = Table("method", "HR@10", "NDCG@10", "± runs", "coverage", *(f"NDCG {m}" for m in merchants),
+                      "chosen on validation", title=title)
+        for method, per_merchant in rows.items():
+            s = macro(per_merchant)
+            spread = f"{np.std(run_ndcg[method], ddof=1):.4f}" if len(run_ndcg.get(method, [])) > 1 else ""
+            picked = {m: SHORT.get(v, v) for m, v in chosen[target].get(method, {}).items()}
+            table.add_row(method, f"{s['hit_rate']:.4f}", f"{s['ndcg']:.4f}", spread, f"{s['coverage']:.3f}",
+                          *(f"{summary(per_merchant[m])['ndcg']:.4f}" for m in merchants),
+                          " ".join(f"{v:g}" if isinstance(v, float | int) else str(v) for v in picked.values()))
+        console.print(table)
+        checks = targets(rows, gains_, {m: len(periods[m].test[target].judged) for m in merchants},
+                         run_ndcg[SERVED_DP_ROW], tuple(CENTRAL_GRIDS)) if target == "new" else []
+        for name, met, detail in checks:
+            console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
+        if target != "new":
+            console.print("repeats included (no target: the served list leaves out what a customer already bought): "
+                          "served minus best alone " + ", ".join(f"{m}: {g:+.4f} ± {h:.4f}"
+                                                                 for m, (g, h) in gains_.items()))
+        figures[target] = {
+            "methods": {method: {"macro": macro(per), "merchants": {m: summary(g) for m, g in per.items()},
+                                 "chosen_on_validation": chosen[target].get(method, {}),
                                  **({"runs_macro_ndcg": run_ndcg[method]} if method in run_ndcg else {})}
                         for method, per in rows.items()},
-            "served_gain_over_best_alone": {m: {"ndcg": gain, "half_width_95": half}
-                                            for m, (gain, half) in gains.items()},
+            "served_gain_over_best_alone": {m: {"ndcg": g, "half_width_95": h, "inside_noise": abs(g) <= h}
+                                            for m, (g, h) in gains_.items()},
             "targets": [{"target": n, "met": met, "detail": d} for n, met, d in checks],
+        }
+    console.print(f"dense item-item references keep items bought by >= {MIN_BUYERS} customers, at most "
+                  f"{MAX_DENSE_ITEMS:,}; judged customers per merchant (test, new items): {judged}")
+    console.print(f"wall time {wall / 60:.1f} min")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "protocol": args.protocol, "target": "new", "settings": asdict(settings), "quick": args.quick,
+            "data": str(args.data or "generated"), "repeats": args.repeats, "epsilons": epsilons,
+            "wall_time_s": wall, **figures["new"], "secondary": {t: figures[t] for t in target_names if t != "new"},
         }, indent=2))
 
 

@@ -1,18 +1,21 @@
 """The benchmarks still run (quick mode) and write their JSON; no timing is asserted here."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
 
 
-def run_quick(benchmark: str, out: Path) -> tuple[str, dict]:
-    """Run ``benchmarks/BENCHMARK --quick --json OUT``; its printed table and its figures."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / benchmark), "--quick", "--json", str(out)],
+def run_quick(benchmark: str, out: Path, *extra: str) -> tuple[str, dict]:
+    """Run ``benchmarks/BENCHMARK --quick --json OUT [EXTRA]``; its printed table and its figures."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / benchmark), "--quick", "--json", str(out),
+                           *extra],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout, json.loads(out.read_text())
@@ -30,23 +33,50 @@ def test_privacy_cost_benchmark_quick_mode_writes_its_figures(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
-    _, figures = run_quick("quality.py", tmp_path / "quality.json")
+    printed, figures = run_quick("quality.py", tmp_path / "quality.json", "--repeats", "2")
+    assert figures["protocol"] == "temporal" and figures["target"] == "new" and "wall time" in printed
     methods = figures["methods"]
-    assert len(methods) == 13 and len(figures["targets"]) == 5
+    assert len(methods) == 12 and len(figures["targets"]) == 5
     assert {"fedshop federated + DP ε=8 + HE (shared)", "fedshop served: DP ε=8 + HE, shared + local",
-            "fedshop pooled + DP ε=8 (reference)", "central EASE", "best alone (per merchant)",
-            "EASE, merchant alone (not in best alone)"} <= set(methods)
+            "fedshop pooled + DP ε=8 (reference)", "central EASE", "EASE", "popularity (recent)",
+            "best alone (per merchant, chosen on validation)"} <= set(methods)
     for method in methods.values():
         assert 0 <= method["macro"]["ndcg"] <= method["macro"]["hit_rate"] <= 1
+    assert len(methods["fedshop served: DP ε=8 + HE, shared + local"]["runs_macro_ndcg"]) == 2
     he, clear = methods["fedshop federated + HE (shared)"], methods["fedshop federated (shared)"]
     assert he["macro"]["ndcg"] == pytest.approx(clear["macro"]["ndcg"], abs=1e-3)
-    alone = {name: methods[name]["merchants"] for name in ("popularity", "item-kNN", "fedshop local-only")}
-    best = methods["best alone (per merchant)"]["merchants"]
+    best = methods["best alone (per merchant, chosen on validation)"]
     served = methods["fedshop served: DP ε=8 + HE, shared + local"]
     for merchant, gain in figures["served_gain_over_best_alone"].items():
-        assert best[merchant]["ndcg"] == max(per[merchant]["ndcg"] for per in alone.values())
-        assert gain["ndcg"] == pytest.approx(served["merchants"][merchant]["ndcg"] - best[merchant]["ndcg"])
+        picked = best["chosen_on_validation"][merchant]
+        assert picked in {"popularity (recent)", "item-kNN", "EASE", "fedshop local-only"}
+        assert best["merchants"][merchant]["ndcg"] == methods[picked]["merchants"][merchant]["ndcg"]
+        alone = best["merchants"][merchant]["ndcg"]
+        assert gain["ndcg"] == pytest.approx(served["merchants"][merchant]["ndcg"] - alone)
         assert 0 < gain["half_width_95"] < 1
+    assert methods["EASE"]["chosen_on_validation"][merchant] in (25.0, 250.0, 2500.0)
+    assert "personal frequency" in figures["secondary"]["repeat"]["methods"]
+
+
+def test_next_basket_counts_every_right_item_and_breaks_ties_at_random(federation_dirs, monkeypatch) -> None:
+    """The evaluator can fail: a list with the right items first scores 1, one without them 0, and a list
+    that ties the whole catalogue scores what chance gives (it is not ranked first among its ties)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from next_basket import gains, temporal_periods
+
+    from fedshop.client.data.schema import load_merchant
+
+    period = temporal_periods(load_merchant(federation_dirs[0])).test["new"]
+    items = len(period.context.features.item_ids)
+    right = np.zeros((len(period.judged), items))
+    for row, relevant in enumerate(period.relevant):
+        right[row, relevant] = 1.0
+    perfect, wrong = gains(period, right.copy(), 0), gains(period, -right, 0)
+    assert perfect.ndcg == pytest.approx(1.0) and perfect.hit.all()
+    assert not wrong.ndcg.any() and not wrong.hit.any()
+    chance = gains(period, np.zeros_like(right), 0)
+    expected_hits = np.mean([1 - math.comb(items - len(r), 10) / math.comb(items, 10) for r in period.relevant])
+    assert chance.hit.mean() == pytest.approx(expected_hits, abs=0.05)
 
 
 @pytest.mark.slow
