@@ -68,8 +68,7 @@ class Gains(NamedTuple):
     coverage: float
 
 
-def _temporal_period(split_before: MerchantData, baskets: dict, target: str) -> Period:
-    context = build_histories(split_before)
+def _temporal_period(split_before: MerchantData, context: Interactions, baskets: dict, target: str) -> Period:
     judged, relevant = [], []
     for customer, basket in baskets.items():
         row = context.customer_rows.get(customer)
@@ -84,9 +83,11 @@ def _temporal_period(split_before: MerchantData, baskets: dict, target: str) -> 
 def temporal_periods(data: MerchantData) -> MerchantPeriods:
     """The temporal protocol's periods: ``new`` (primary) and ``repeat`` targets."""
     validation, test = temporal_splits(data)
-    return MerchantPeriods(test.before,
-                           {t: _temporal_period(validation.before, validation.baskets, t) for t in ("new", "repeat")},
-                           {t: _temporal_period(test.before, test.baskets, t) for t in ("new", "repeat")})
+    periods = []
+    for split in (validation, test):
+        context = build_histories(split.before)
+        periods.append({t: _temporal_period(split.before, context, split.baskets, t) for t in ("new", "repeat")})
+    return MerchantPeriods(test.before, *periods)
 
 
 def _held_out_period(context: Interactions, orders: pd.DataFrame) -> Period:

@@ -43,7 +43,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -72,7 +74,7 @@ from torch.utils.data import ConcatDataset  # noqa: E402
 
 from fedshop.client.data.schema import load_merchant, write_merchant  # noqa: E402
 from fedshop.client.node.model_copy import load_models  # noqa: E402
-from fedshop.client.training.local_fit import serving_model  # noqa: E402
+from fedshop.client.training.local_fit import serving_model, shop_co_purchases  # noqa: E402
 from fedshop.client.training.recommender import (  # noqa: E402
     catalogue_scores,
     private_recipe,
@@ -82,6 +84,7 @@ from fedshop.client.training.recommender import (  # noqa: E402
 )
 from fedshop.client.training.round_plan import recommender_examples  # noqa: E402
 from fedshop.core.settings import RunSettings  # noqa: E402
+from fedshop.models.local_part import CoPurchases  # noqa: E402
 from fedshop.models.recommender import Recommender, build_recommender  # noqa: E402
 from fedshop.privacy.ckks import create_keys  # noqa: E402
 from fedshop.privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
@@ -195,14 +198,17 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
     return {d.name: load_models(workdir / label / d.name) for d in dirs}
 
 
-def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods], target: str
-                   ) -> tuple[Row, Row]:
-    """The shared and the served model's test gains per merchant."""
+def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods], target: str,
+                   co_purchases: Callable[[str], CoPurchases]) -> tuple[Row, Row]:
+    """The shared and the served model's test gains per merchant (``co_purchases``: a merchant's shop
+    co-purchases over its learning histories, counted once however many runs are scored)."""
     shared, served = {}, {}
     for name, (loaded, local, history_length) in models.items():
         period = periods[name].test[target]
         shared[name] = model_gains(loaded.recommender, period, history_length)
-        served[name] = model_gains(serving_model(loaded.recommender, local, period.context), period, history_length)
+        counted = co_purchases(name) if local is not None and local.co_purchase_weight else None
+        served[name] = model_gains(serving_model(loaded.recommender, local, period.context, counted), period,
+                                   history_length)
     return shared, served
 
 
@@ -316,11 +322,13 @@ def main() -> None:
         pooled_models = [pooled_dp(periods, replace(settings, target_epsilon=TARGET_EPSILON))
                          for _ in range(args.repeats)]
         runs: dict[str, dict[str, list[Row]]] = {t: {} for t in target_names}
+        co_purchases = cache(lambda name: shop_co_purchases(periods[name].test["new"].context))
         for target in target_names:
-            tables[target][CLEAR_ROW], tables[target][SERVED_CLEAR_ROW] = federated_rows(plain, periods, target)
-            tables[target][HE_ROW], _ = federated_rows(he, periods, target)
+            clear = federated_rows(plain, periods, target, co_purchases)
+            tables[target][CLEAR_ROW], tables[target][SERVED_CLEAR_ROW] = clear
+            tables[target][HE_ROW], _ = federated_rows(he, periods, target, co_purchases)
             for epsilon, per_run in private_models.items():
-                results = [federated_rows(models, periods, target) for models in per_run]
+                results = [federated_rows(models, periods, target, co_purchases) for models in per_run]
                 runs[target][dp_row(epsilon)] = [shared for shared, _ in results]
                 runs[target][served_row(epsilon)] = [served for _, served in results]
             runs[target][POOLED_DP_ROW] = [
