@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from implicit.als import AlternatingLeastSquares
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from fedshop.client.data.interactions import Interactions, build_histories, build_interactions, without_lines
 from fedshop.client.data.schema import MerchantData
@@ -294,7 +295,8 @@ def central_als(periods: dict[str, Period], regularization: float, seed: int) ->
     """Implicit ALS (64 factors) on every merchant's learning histories pooled."""
     pooled, offsets, columns = pooled_matrix(periods)
     model = AlternatingLeastSquares(factors=64, regularization=regularization, iterations=15, random_state=seed)
-    model.fit(pooled, show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight them
+        model.fit(pooled, show_progress=False)
     return {name: model.user_factors[[offsets[name] + c for c in period.judged]] @ model.item_factors[catalogue].T
             for (name, period), catalogue in zip(periods.items(), columns, strict=True)}
 

@@ -40,7 +40,6 @@ The wall time is printed at the end. Run by hand (not a test); CI runs ``--quick
 
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,12 +47,10 @@ from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402  (after the BLAS thread setting, which implicit requires)
-import torch  # noqa: E402
-from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs, training_examples  # noqa: E402
-from next_basket import (  # noqa: E402
+import numpy as np
+import torch
+from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs, training_examples
+from next_basket import (
     ALONE_GRIDS,
     CENTRAL_GRIDS,
     MAX_DENSE_ITEMS,
@@ -68,29 +65,29 @@ from next_basket import (  # noqa: E402
     tuned,
     tuned_central,
 )
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from torch.utils.data import ConcatDataset  # noqa: E402
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import ConcatDataset
 
-from fedshop.client.data.schema import load_merchant, write_merchant  # noqa: E402
-from fedshop.client.node.model_copy import load_models  # noqa: E402
-from fedshop.client.training.local_fit import serving_model, shop_co_purchases  # noqa: E402
-from fedshop.client.training.recommender import (  # noqa: E402
+from fedshop.client.data.schema import load_merchant, write_merchant
+from fedshop.client.node.model_copy import load_models
+from fedshop.client.training.local_fit import serving_model, shop_co_purchases
+from fedshop.client.training.recommender import (
     catalogue_scores,
     private_recipe,
     shuffled_loader,
     train_epochs,
     train_recommender_private,
 )
-from fedshop.client.training.round_plan import recommender_examples  # noqa: E402
-from fedshop.core.settings import RunSettings  # noqa: E402
-from fedshop.models.local_part import CoPurchases  # noqa: E402
-from fedshop.models.recommender import Recommender, build_recommender  # noqa: E402
-from fedshop.privacy.ckks import create_keys  # noqa: E402
-from fedshop.privacy.dp_sgd import TrainingShape, plan_round  # noqa: E402
-from fedshop.privacy.ledger import default_delta  # noqa: E402
-from fedshop.rundir.store import RunStore  # noqa: E402
-from fedshop.simulation import run_simulated_federation  # noqa: E402
+from fedshop.client.training.round_plan import recommender_examples
+from fedshop.core.settings import RunSettings
+from fedshop.models.local_part import CoPurchases
+from fedshop.models.recommender import Recommender, build_recommender
+from fedshop.privacy.ckks import create_keys
+from fedshop.privacy.dp_sgd import TrainingShape, plan_round
+from fedshop.privacy.ledger import default_delta
+from fedshop.rundir.store import RunStore
+from fedshop.simulation import run_simulated_federation
 
 TARGET_EPSILON = 8.0
 MIN_JUDGED_TO_SCORE = 2  # judged customers a merchant needs in each period: its gain's interval takes two
@@ -293,6 +290,7 @@ def main() -> None:
         chosen: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
         tables: dict[str, dict[str, Row]] = {t: {} for t in target_names}
         validation_ndcg: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
+        phases = {"data and periods": time.perf_counter() - started}
         alone_local = {m: local_only(p, settings, target_names) for m, p in periods.items()}
         for target in target_names:
             grids = ALONE_GRIDS | (REPEAT_GRIDS if target == "repeat" else {})
@@ -314,13 +312,16 @@ def main() -> None:
                                         {m: p.test[target] for m, p in periods.items()}, SEED)
                 tables[target][name] = {m: r.test for m, r in results.items()}
                 chosen[target][name] = {m: r.setting for m, r in results.items()}
+        phases["what each merchant has alone, central references"] = time.perf_counter() - started
         plain = federated(nodes, settings, workdir, "plain")
         he = federated(nodes, replace(settings, he=True), workdir, "he")
         private_models = {epsilon: [federated(nodes, replace(settings, dp=True, he=True, target_epsilon=epsilon),
                                               workdir, f"dp{epsilon:g}-{run}") for run in range(args.repeats)]
                           for epsilon in epsilons}
+        phases["federations"] = time.perf_counter() - started
         pooled_models = [pooled_dp(periods, replace(settings, target_epsilon=TARGET_EPSILON))
                          for _ in range(args.repeats)]
+        phases["pooled DP reference"] = time.perf_counter() - started
         runs: dict[str, dict[str, list[Row]]] = {t: {} for t in target_names}
         co_purchases = cache(lambda name: shop_co_purchases(periods[name].test["new"].context))
         for target in target_names:
@@ -336,6 +337,9 @@ def main() -> None:
                 for models in pooled_models]
             tables[target] |= {row: mean_over_runs(per_run) for row, per_run in runs[target].items()}
     wall = time.perf_counter() - started
+    phases["scoring the federated models"] = wall
+    marks = list(phases.values())
+    spent = {phase: end - begin for phase, begin, end in zip(phases, [0.0, *marks[:-1]], marks, strict=True)}
     merchants = list(periods)
     judged = {m: len(periods[m].test["new"].judged) for m in merchants}
     figures = {}
@@ -376,12 +380,14 @@ def main() -> None:
         }
     console.print(f"dense item-item references keep items bought by >= {MIN_BUYERS} customers, at most "
                   f"{MAX_DENSE_ITEMS:,}; judged customers per merchant (test, new items): {judged}")
-    console.print(f"wall time {wall / 60:.1f} min")
+    console.print(f"wall time {wall / 60:.1f} min ("
+                  + ", ".join(f"{phase} {seconds / 60:.1f}" for phase, seconds in spent.items()) + ")")
     if args.json:
         args.json.write_text(json.dumps({
             "protocol": args.protocol, "target": "new", "settings": asdict(settings), "quick": args.quick,
             "data": str(args.data or "generated"), "repeats": args.repeats, "epsilons": epsilons,
-            "wall_time_s": wall, **figures["new"], "secondary": {t: figures[t] for t in target_names if t != "new"},
+            "wall_time_s": wall, "phase_time_s": spent, **figures["new"],
+            "secondary": {t: figures[t] for t in target_names if t != "new"},
         }, indent=2))
 
 

@@ -36,7 +36,7 @@ def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
     printed, figures = run_quick("quality.py", tmp_path / "quality.json", "--repeats", "2")
     assert figures["protocol"] == "temporal" and figures["target"] == "new" and "wall time" in printed
     methods = figures["methods"]
-    assert len(methods) == 12 and len(figures["targets"]) == 5
+    assert len(methods) == 13 and len(figures["targets"]) == 5
     assert {"fedshop federated + DP ε=8 + HE (shared)", "fedshop served: DP ε=8 + HE, shared + local",
             "fedshop pooled + DP ε=8 (reference)", "central EASE", "EASE", "popularity (recent)",
             "best alone (per merchant, chosen on validation)"} <= set(methods)
