@@ -294,8 +294,8 @@ def central_ease(periods: dict[str, Period], regularization: float) -> dict[str,
 def central_als(periods: dict[str, Period], regularization: float, seed: int) -> dict[str, np.ndarray]:
     """Implicit ALS (64 factors) on every merchant's learning histories pooled."""
     pooled, offsets, columns = pooled_matrix(periods)
-    model = AlternatingLeastSquares(factors=64, regularization=regularization, iterations=15, random_state=seed)
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight them
+        model = AlternatingLeastSquares(factors=64, regularization=regularization, iterations=15, random_state=seed)
         model.fit(pooled, show_progress=False)
     return {name: model.user_factors[[offsets[name] + c for c in period.judged]] @ model.item_factors[catalogue].T
             for (name, period), catalogue in zip(periods.items(), columns, strict=True)}
