@@ -11,9 +11,11 @@ deviation. Federated rows are FedAvg of the node's own demand training, in one p
    prices and customers; its units are redrawn as
    Poisson(exp(a_i + b_i log(p / p_ref) + s_w)) with a chosen elasticity per category (items without
    a category get one from their title's last word: an invented group, never handed to the real-data
-   fits), each item's own elasticity ``b_i`` drawn around its category's (sd ``ITEM_SPREAD``), and a
-   yearly seasonality ``s_w`` (amplitude ``SEASON_AMPLITUDE``); each unit goes to one of the
-   merchant's customers. Methods: naive per-merchant
+   fits), each item's own elasticity ``b_i`` drawn around its category's (sd ``ITEM_SPREAD``), a
+   yearly seasonality ``s_w`` (amplitude ``SEASON_AMPLITUDE``) and a weekly demand shock ``u_it`` the
+   models do not see, to which the merchant's price responds (endogenous prices: the real price times
+   ``exp(PRICE_RESPONSE * u_it)``, as a shop raises prices when demand runs high); each unit goes to
+   one of the merchant's customers. Methods: naive per-merchant
    log-log OLS (within item), the same penalised model trained by each merchant alone
    (ElasticNet-type, fedshop local-only), a pooled central fit, and fedshop federated, in the
    clear and with DP; the fedshop models price each item with its category's elasticity plus the
@@ -59,6 +61,8 @@ SYNTHETIC_CATEGORIES = 8
 TRUE_ELASTICITIES = np.linspace(-2.5, -0.5, SYNTHETIC_CATEGORIES)
 ITEM_SPREAD = 0.3  # sd of an item's own elasticity around its category's on the twin
 SEASON_AMPLITUDE = 0.3  # the twin's yearly seasonality, in log units
+DEMAND_SHOCK = 0.3  # sd of the twin's weekly demand shock per item, in log units ...
+PRICE_RESPONSE = 0.2  # ... to which its merchant's price responds: log price moves by this times the shock
 HOLDOUT_WEEKS = 8
 MAX_CHANGE = 0.2
 ORACLE_GRID = 201  # prices the oracle tries between an item's bounds
@@ -94,7 +98,10 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> SemiS
     beta = np.array([TRUE_ELASTICITIES[category_bucket(c) % SYNTHETIC_CATEGORIES] for c in categories])
     beta = np.minimum(beta + rng.normal(0.0, ITEM_SPREAD, len(beta)), -0.1)
     season = SEASON_AMPLITUDE * np.sin(2 * np.pi * panel.season_weeks / 52.0)
-    shape = np.where(panel.on_sale, np.exp(beta[:, None] * panel.log_price_ratio + season[None, :]), 0.0)
+    shock = rng.normal(0.0, DEMAND_SHOCK, panel.units.shape)
+    price = panel.price * np.exp(PRICE_RESPONSE * shock)
+    log_ratio = np.where(panel.on_sale, np.log(price / panel.reference_price[:, None]), 0.0)
+    shape = np.where(panel.on_sale, np.exp(beta[:, None] * log_ratio + season[None, :] + shock), 0.0)
     level = np.maximum(panel.units.sum(axis=1), 1.0) / shape.sum(axis=1)
     mean = level[:, None] * shape
     units = rng.poisson(mean)
@@ -108,7 +115,7 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> SemiS
     orders = pd.DataFrame({
         "customer_id": customers[buyers], "item_id": np.array(panel.item_ids)[item[cells]],
         "timestamp": week_starts[week[cells]], "quantity": lines["quantity"].to_numpy(),
-        "unit_price": panel.price[item[cells], week[cells]]})
+        "unit_price": price[item[cells], week[cells]]})
     catalog = pd.DataFrame({"item_id": panel.item_ids, "title": panel.titles, "category": categories})
     write_merchant(MerchantData(data_dir.name, orders, catalog), out / data_dir.name)
     return SemiSynthetic(out / data_dir.name, dict(zip(panel.item_ids, beta.tolist(), strict=True)),

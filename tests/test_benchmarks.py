@@ -88,7 +88,7 @@ def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, mon
     panel = build_demand_panel(load_merchant(federation_dirs[0]))
     wrong = DemandModel()
     wrong.set_base_elasticity(-0.1)
-    gained, best = revenue_uplift(wrong, panel, dict.fromkeys(panel.categories, -4.0))
+    gained, best = revenue_uplift(wrong, panel, dict.fromkeys(panel.item_ids, -4.0))
     assert best > 0 and gained < 0.5 * best, (gained, best)
 
 
