@@ -27,7 +27,7 @@ from fedshop.client.pricing.prices import local_demand
 from fedshop.client.training.demand import train_demand, train_demand_private
 from fedshop.client.training.recommender import private_recipe
 from fedshop.core.settings import RunSettings
-from fedshop.models.demand import DemandModel
+from fedshop.models.demand import DEMAND_LAYOUT, DemandLayout, DemandModel
 from fedshop.privacy.dp_sgd import TrainingShape, plan_round
 from fedshop.privacy.ledger import default_delta
 
@@ -77,13 +77,14 @@ def on_common_grid(panels: list[DemandPanel]) -> tuple[list[DemandPanel], list[i
     return out, offsets
 
 
-def fit_alone(panels: list[DemandPanel], settings: RunSettings, train_weeks: list[int | None]) -> DemandModel:
+def fit_alone(panels: list[DemandPanel], settings: RunSettings, train_weeks: list[int | None],
+              layout: DemandLayout = DEMAND_LAYOUT) -> DemandModel:
     """The demand model trained in the clear on the panels' customers together (one panel: a merchant
     alone; all of them: the pooled central fit), each up to its ``train_weeks``."""
     if len({len(p.week_starts) for p in panels}) > 1 or len({p.week_starts[0] for p in panels}) > 1:
         panels, offsets = on_common_grid(panels)
         train_weeks = [None if w is None else w + o for w, o in zip(train_weeks, offsets, strict=True)]
-    model = DemandModel()
+    model = DemandModel(layout)
     data = ConcatDataset([CustomerDemand(p, settings.seed, w) for p, w in zip(panels, train_weeks, strict=True)])
     train_demand(model, data, settings.batch_size, settings.demand_learning_rate,
                  settings.num_server_rounds * settings.local_epochs, settings.seed)
