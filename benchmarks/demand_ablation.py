@@ -89,8 +89,8 @@ def ablations() -> list[Ablation]:
         return panel
     return [
         ("fedshop today", same, keep, unchanged),
-        *((f"level half-life {h:g} weeks (not 8)", lambda h=h: setting(prices, LEVEL_HALF_LIFE=h), keep, unchanged)
-          for h in (2.0, 4.0, 16.0, 1e9)),
+        *((f"level half-life {h:g} weeks (not 4)", lambda h=h: setting(prices, LEVEL_HALF_LIFE=h), keep, unchanged)
+          for h in (2.0, 8.0, 16.0, 1e9)),
         ("seasonality off (smoothed flat)", same, keep, replace(unchanged, season_smoothing=1e6)),
         *((f"seasonality smoothing {s:g} (not 100)", same, keep, replace(unchanged, season_smoothing=s))
           for s in (0.0, 10.0, 1000.0)),
