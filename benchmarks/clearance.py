@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from demand_forecast import fit_alone
 from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs
-from pricing import fit_alone
 from rich.console import Console
 from rich.table import Table
 

@@ -1,21 +1,37 @@
-"""Pricing side by side: elasticity error, held-out demand error and revenue uplift, in one run.
+"""Pricing side by side: elasticity error, held-out demand error and revenue uplift, over several runs.
 
-    python benchmarks/pricing.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--quick] [--json OUT]
+    python benchmarks/pricing.py [--data DIR|FILE] [--merchants N] [--by COLUMN] [--runs N]
+                                 [--no-promotion] [--display-from COLUMN] [--quick] [--json OUT]
+
+Every figure is the mean over ``--runs`` runs (seeds ``seed``, ``seed + 1``, ...) with its standard
+deviation. Federated rows are FedAvg of the node's own demand training, in one process
+(``benchmarks/demand_forecast.py`` says why and what differs from a Flower run).
 
 1. **Semi-synthetic** (known truth): each merchant keeps its real items, weeks on sale, weekly
-   prices and customers; its units are redrawn as Poisson(exp(a_i + b_c log(p / p_ref))) with
-   a chosen elasticity per category (items without a category get one from their title's last
-   word) and each unit goes to one of the merchant's customers. Methods: naive per-merchant
+   prices and customers; its units are redrawn as
+   Poisson(exp(a_i + b_i log(p / p_ref) + s_w)) with a chosen elasticity per category (items without
+   a category get one from their title's last word: an invented group, never handed to the real-data
+   fits), each item's own elasticity ``b_i`` drawn around its category's (sd ``ITEM_SPREAD``), a
+   yearly seasonality ``s_w`` (amplitude ``SEASON_AMPLITUDE``) and a weekly demand shock ``u_it`` the
+   models do not see, to which the merchant's price responds (endogenous prices: the real price times
+   ``exp(PRICE_RESPONSE * u_it)``, as a shop raises prices when demand runs high); each unit goes to
+   one of the merchant's customers. Methods: naive per-merchant
    log-log OLS (within item), the same penalised model trained by each merchant alone
    (ElasticNet-type, fedshop local-only), a pooled central fit, and fedshop federated, in the
    clear and with DP; the fedshop models price each item with its category's elasticity plus the
    item's own deviation (``fedshop.client.pricing.item_elasticity``). Error: unit-weighted mean |estimated - true|
-   elasticity over each merchant's items.
+   elasticity over each merchant's items (the true one is the item's own).
    Revenue uplift: the recommended prices' revenue gain under the true curve, as a share of the
    oracle's gain (true elasticity, same bounds).
-2. **Real data**: the last ``HOLDOUT_WEEKS`` weeks are held out; demand error (WAPE) of held-out
-   weekly units for local-only, federated (in the clear and with DP) and pooled models fitted on
-   the weeks before, against the naive forecast.
+2. **Real data**: the last ``HOLDOUT_WEEKS`` weeks of each merchant are held out; demand error
+   (WAPE, mean over merchants) of held-out weekly units for a forecaster's baselines (flat mean,
+   seasonal naive, the no-price model: ``benchmarks/demand_forecast.py``), local-only, federated (in
+   the clear and with DP) and pooled models fitted on the weeks before. ``--no-promotion`` drops the
+   promotion flags (forecasts from prices alone); ``--display-from COLUMN`` marks a line as on display
+   where an export's numeric COLUMN is above 0 (the cheese panel's ``disp`` share) before partitioning.
+3. **Reference elasticity**: log units on log price and the promotion shares, with a fixed effect per
+   merchant's item, pooled OLS over weeks with sales (the published style on a retailer panel), beside
+   the shared elasticity of the pooled, federated and federated + DP fits of the largest category.
 
 Data: generated merchants by default, or ``--data`` as in ``benchmarks/quality.py``. Run by hand;
 CI runs ``--quick`` as a smoke test.
@@ -30,27 +46,30 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from demand_forecast import federated, fit_alone, flat_mean, forecast, seasonal_naive, without_prices
 from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import ConcatDataset
 
-from fedshop.client.data.demand import CustomerDemand, DemandPanel, build_demand_panel
+from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
-from fedshop.client.node.model_copy import load_models
 from fedshop.client.pricing.prices import local_demand, recommend_price
-from fedshop.client.training.demand import train_demand
 from fedshop.core.settings import RunSettings
-from fedshop.models.demand import DemandModel, category_bucket
-from fedshop.simulation import run_simulated_federation
+from fedshop.models.demand import PROMOTION_FLAGS, DemandModel, category_bucket
 
 SYNTHETIC_CATEGORIES = 8
 TRUE_ELASTICITIES = np.linspace(-2.5, -0.5, SYNTHETIC_CATEGORIES)
+ITEM_SPREAD = 0.3  # sd of an item's own elasticity around its category's on the twin
+SEASON_AMPLITUDE = 0.3  # the twin's yearly seasonality, in log units
+DEMAND_SHOCK = 0.2  # sd of the twin's weekly demand shock per item, in log units ...
+PRICE_RESPONSE = 0.05  # ... to which its merchant's price responds: log price moves by this times the shock
 HOLDOUT_WEEKS = 8
 MAX_CHANGE = 0.2
 ORACLE_GRID = 201  # prices the oracle tries between an item's bounds
-NAIVE, LOCAL, POOLED = "naive: mean weekly units, no price effect", "local-only", "pooled central fit"
+FLAT, SEASONAL, NO_PRICE = "flat mean weekly units", "seasonal naive", "no-price model (pooled, clear)"
+LOCAL, POOLED = "local-only", "pooled central fit"
 FEDERATED, FEDERATED_DP = "fedshop federated", "fedshop federated + DP ε=8"
+OLS = "per-merchant log-log OLS"
 THIN = 0.3  # a merchant's own OLS error above this: its own data is thin
 
 
@@ -62,13 +81,8 @@ def synthetic_category(title: str, category: str) -> str:
     return f"group-{category_bucket(word) % SYNTHETIC_CATEGORIES}"
 
 
-def truth_of(categories: list[str]) -> dict[str, float]:
-    names = sorted(set(categories))
-    return {name: float(TRUE_ELASTICITIES[category_bucket(name) % SYNTHETIC_CATEGORIES]) for name in names}
-
-
 class SemiSynthetic(NamedTuple):
-    """A merchant redrawn from a known curve: its directory, the true elasticity per category and the
+    """A merchant redrawn from a known curve: its directory, the true elasticity per item and the
     true expected units (items by week starts)."""
 
     data_dir: Path
@@ -81,10 +95,15 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> SemiS
     real = load_merchant(data_dir)
     panel = build_demand_panel(real)
     categories = [synthetic_category(t, c) for t, c in zip(panel.titles, panel.categories, strict=True)]
-    truth = truth_of(categories)
-    beta = np.array([truth[c] for c in categories])
-    level = np.log(np.maximum(panel.units.sum(axis=1), 1.0) / panel.on_sale.sum(axis=1))
-    mean = np.where(panel.on_sale, np.exp(level[:, None] + beta[:, None] * panel.log_price_ratio), 0.0)
+    beta = np.array([TRUE_ELASTICITIES[category_bucket(c) % SYNTHETIC_CATEGORIES] for c in categories])
+    beta = np.minimum(beta + rng.normal(0.0, ITEM_SPREAD, len(beta)), -0.1)
+    season = SEASON_AMPLITUDE * np.sin(2 * np.pi * panel.season_weeks / 52.0)
+    shock = rng.normal(0.0, DEMAND_SHOCK, panel.units.shape)
+    price = panel.price * np.exp(PRICE_RESPONSE * shock)
+    log_ratio = np.where(panel.on_sale, np.log(price / panel.reference_price[:, None]), 0.0)
+    shape = np.where(panel.on_sale, np.exp(beta[:, None] * log_ratio + season[None, :] + shock), 0.0)
+    level = np.maximum(panel.units.sum(axis=1), 1.0) / shape.sum(axis=1)
+    mean = level[:, None] * shape
     units = rng.poisson(mean)
     customers = np.array(sorted(real.orders["customer_id"].unique()))
     item, week = np.nonzero(units)
@@ -96,19 +115,20 @@ def semi_synthetic(data_dir: Path, out: Path, rng: np.random.Generator) -> SemiS
     orders = pd.DataFrame({
         "customer_id": customers[buyers], "item_id": np.array(panel.item_ids)[item[cells]],
         "timestamp": week_starts[week[cells]], "quantity": lines["quantity"].to_numpy(),
-        "unit_price": panel.price[item[cells], week[cells]]})
+        "unit_price": price[item[cells], week[cells]]})
     catalog = pd.DataFrame({"item_id": panel.item_ids, "title": panel.titles, "category": categories})
     write_merchant(MerchantData(data_dir.name, orders, catalog), out / data_dir.name)
-    return SemiSynthetic(out / data_dir.name, truth, pd.DataFrame(mean, index=panel.item_ids,
-                                                                  columns=pd.DatetimeIndex(panel.week_starts)))
+    return SemiSynthetic(out / data_dir.name, dict(zip(panel.item_ids, beta.tolist(), strict=True)),
+                         pd.DataFrame(mean, index=panel.item_ids, columns=pd.DatetimeIndex(panel.week_starts)))
 
 
 def noise_ceiling(panel: DemandPanel, expected: pd.DataFrame) -> tuple[float, float]:
-    """WAPE of the naive forecast and of the true expected units on a redrawn merchant's held-out
-    weeks: how far any forecast can get below naive when the weekly counts are this noisy."""
+    """WAPE of the flat mean and of the true expected units on a redrawn merchant's held-out weeks: how
+    far any forecast can get below the flat mean when the weekly counts are this noisy."""
     train_weeks = panel.units.shape[1] - HOLDOUT_WEEKS
     truth = expected.reindex(index=panel.item_ids, columns=pd.DatetimeIndex(panel.week_starts)).fillna(0.0)
-    return wape(None, panel, train_weeks), held_out_error(truth.to_numpy(), panel, train_weeks)
+    return (held_out_error(flat_mean(panel, train_weeks), panel, train_weeks),
+            held_out_error(truth.to_numpy(), panel, train_weeks))
 
 
 def ols_elasticities(panel: DemandPanel) -> np.ndarray:
@@ -129,6 +149,26 @@ def ols_elasticities(panel: DemandPanel) -> np.ndarray:
     return np.array([estimates[c] for c in panel.categories])
 
 
+def fixed_effects_elasticity(panels: list[DemandPanel]) -> dict[str, float]:
+    """Pooled OLS of log units on log price and the promotion shares with a fixed effect per merchant's
+    item, over weeks on sale with sales: the price coefficient and each flag's that varies."""
+    columns, targets = [], []
+    for panel in panels:
+        for row in range(len(panel.item_ids)):
+            sold = panel.on_sale[row] & (panel.units[row] > 0)
+            if sold.sum() < 3:
+                continue
+            features = np.vstack([panel.log_price_ratio[row, sold], panel.promotion[:, row, sold]]).T
+            columns.append(features - features.mean(axis=0))
+            log_units = np.log(panel.units[row, sold])
+            targets.append(log_units - log_units.mean())
+    x, y = np.vstack(columns), np.concatenate(targets)
+    used = np.flatnonzero(np.abs(x).sum(axis=0) > 0)
+    coefficients = np.linalg.lstsq(x[:, used], y, rcond=None)[0]
+    names = ["price", *PROMOTION_FLAGS]
+    return {names[j]: float(c) for j, c in zip(used, coefficients, strict=True)}
+
+
 def served_elasticities(model: DemandModel, panel: DemandPanel) -> np.ndarray:
     """The elasticity each item is priced with ``[items]``: its category's from the model plus the
     item's own deviation fitted on the merchant's sales (``fedshop.client.pricing.item_elasticity``)."""
@@ -137,55 +177,28 @@ def served_elasticities(model: DemandModel, panel: DemandPanel) -> np.ndarray:
 
 def elasticity_error(panel: DemandPanel, truth: dict[str, float], estimate: np.ndarray) -> float:
     """Unit-weighted mean absolute error of the items' elasticities."""
-    true = np.array([truth[c] for c in panel.categories])
+    true = np.array([truth[i] for i in panel.item_ids])
     units = panel.units.sum(axis=1)
     return float((units * np.abs(estimate - true)).sum() / units.sum())
 
 
-def fit_alone(panels: list[DemandPanel], settings: RunSettings, train_weeks: list[int | None]) -> DemandModel:
-    model = DemandModel()
-    data = ConcatDataset([CustomerDemand(p, settings.seed, w) for p, w in zip(panels, train_weeks, strict=True)])
-    train_demand(model, data, settings.batch_size, settings.demand_learning_rate,
-                 settings.num_server_rounds * settings.local_epochs, settings.seed)
-    return model
-
-
-def federated_models(dirs: list[Path], settings: RunSettings, workdir: Path, label: str) -> dict[str, DemandModel]:
-    # The benchmark is every merchant here: its rows in the clear and at each ε are its nodes' policy.
-    nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(workdir / label / d.name),
-              "epsilon-budget": 1e9, "allow-clear": True, "max-run-epsilon": settings.target_epsilon} for d in dirs]
-    run_simulated_federation(nodes, replace(settings, run_dir=str(workdir / label / "run")))
-    return {d.name: load_models(workdir / label / d.name)[0].demand for d in dirs}
-
-
 def revenue_uplift(model: DemandModel, panel: DemandPanel, truth: dict[str, float]) -> tuple[float, float]:
     """Sum over items of the true revenue gain of the model's prices and of the oracle's: the best price
-    under the true curve among those the same bounds allow. (The oracle once priced with the tested model's
-    own item elasticities, so every method reached 100% of it.)"""
+    under the true curve (``truth``: each item's elasticity) among those the same bounds allow. (The
+    oracle once priced with the tested model's own item elasticities, so every method reached 100% of it.)"""
     local = local_demand(model, panel)
-    beta = np.array([truth[c] for c in panel.categories])
     gained = best = 0.0
-    for row in range(len(panel.item_ids)):
+    for row, item in enumerate(panel.item_ids):
         rec = recommend_price(model, panel, local, row, "revenue", MAX_CHANGE)
 
         def true_revenue(price: float | np.ndarray, now: float = rec.current_price,
-                         b: float = beta[row]) -> float | np.ndarray:
+                         b: float = truth[item]) -> float | np.ndarray:
             return price * (price / now) ** b
         allowed = np.linspace(rec.lower_bound, rec.upper_bound, ORACLE_GRID) if rec.feasible else \
             np.array([rec.current_price])
         gained += true_revenue(rec.recommended_price) - true_revenue(rec.current_price)
         best += float(true_revenue(allowed).max()) - true_revenue(rec.current_price)
     return gained, best
-
-
-def truncated_dirs(dirs: list[Path], cutoff: dict[str, pd.Timestamp], out: Path) -> list[Path]:
-    """Each merchant's data before its held-out weeks."""
-    result = []
-    for d in dirs:
-        data = load_merchant(d)
-        orders = data.orders[data.orders["timestamp"] < cutoff[d.name]]
-        result.append(write_merchant(MerchantData(d.name, orders, data.catalog), out / d.name))
-    return result
 
 
 def held_out_error(predicted: np.ndarray, panel: DemandPanel, train_weeks: int) -> float:
@@ -197,110 +210,192 @@ def held_out_error(predicted: np.ndarray, panel: DemandPanel, train_weeks: int) 
     return float(np.abs(predicted - panel.units)[held].sum() / max(panel.units[held].sum(), 1e-9))
 
 
-def wape(model: DemandModel | None, panel: DemandPanel, train_weeks: int) -> float:
-    """:func:`held_out_error` of the model's forecast; without a model, of each item's mean weekly
-    units before the held-out weeks (no price effect)."""
-    if model is None:
-        mean = panel.units[:, :train_weeks].sum(axis=1) / np.maximum(panel.on_sale[:, :train_weeks].sum(axis=1), 1)
-        predicted = np.broadcast_to(mean[:, None], panel.units.shape)
-    else:
-        predicted = local_demand(model, panel, train_weeks).expected_units(panel)
-    return held_out_error(predicted, panel, train_weeks)
+def twin_run(real_dirs: list[Path], settings: RunSettings, workdir: Path) -> dict:
+    """One run on the semi-synthetic twin: elasticity errors, revenue uplift and the noise ceiling."""
+    synthetic = [semi_synthetic(d, workdir / "synthetic", np.random.default_rng(settings.seed)) for d in real_dirs]
+    truths = {s.data_dir.name: s.truth for s in synthetic}
+    panels = {s.data_dir.name: build_demand_panel(load_merchant(s.data_dir)) for s in synthetic}
+    merchants = list(panels)
+    fitted = {POOLED: dict.fromkeys(merchants, fit_alone(list(panels.values()), settings, [None] * len(panels)))}
+    for label, dp in ((FEDERATED, False), (FEDERATED_DP, True)):
+        fitted[label] = dict.fromkeys(merchants, federated(list(panels.values()), replace(settings, dp=dp),
+                                                           [None] * len(panels)))
+    estimates = {OLS: {m: ols_elasticities(p) for m, p in panels.items()},
+                 "per-merchant ElasticNet (local-only)": {
+                     m: served_elasticities(fit_alone([p], settings, [None]), p) for m, p in panels.items()}}
+    estimates |= {label: {m: served_elasticities(models[m], panels[m]) for m in merchants}
+                  for label, models in fitted.items()}
+    errors = {method: {m: elasticity_error(panels[m], truths[m], est[m]) for m in merchants}
+              for method, est in estimates.items()}
+    uplift = {}
+    for method, models in fitted.items():
+        parts = [revenue_uplift(models[m], panels[m], truths[m]) for m in merchants]
+        uplift[method] = sum(g for g, _ in parts) / max(sum(b for _, b in parts), 1e-12)
+    ceiling = {s.data_dir.name: noise_ceiling(panels[s.data_dir.name], s.expected) for s in synthetic}
+    return {"elasticity_error": errors, "revenue_uplift": uplift, "noise_ceiling": ceiling,
+            "customers": {m: len(p.customer_cells) for m, p in panels.items()}}
 
 
-def targets(errors: dict[str, dict[str, float]], wapes: dict[str, dict[str, float]], uplift: dict[str, float],
-            smallest: str) -> list[tuple[str, bool, str]]:
-    """The issue's targets, each with whether it is met and the figures behind it."""
-    error, wape_of = ({k: float(np.mean(list(v.values()))) for k, v in d.items()} for d in (errors, wapes))
-    own = errors["per-merchant log-log OLS"][smallest]
-    small = errors[FEDERATED][smallest]
+def real_panels(real_dirs: list[Path], promotion: bool) -> dict[str, DemandPanel]:
+    """Each merchant's demand panel; without its promotion flags unless ``promotion``."""
+    panels = {}
+    for d in real_dirs:
+        data = load_merchant(d)
+        if not promotion:
+            data = replace(data, orders=data.orders.assign(**dict.fromkeys(PROMOTION_FLAGS, 0.0)))
+        panels[d.name] = build_demand_panel(data)
+    return panels
+
+
+def largest_category_elasticity(model: DemandModel, panels: dict[str, DemandPanel]) -> float:
+    """The shared elasticity of the category that sold the most units over every merchant."""
+    units: dict[str, float] = {}
+    for p in panels.values():
+        for category, sold in zip(p.categories, p.units.sum(axis=1), strict=True):
+            units[category] = units.get(category, 0.0) + float(sold)
+    bucket = category_bucket(max(units, key=units.__getitem__))
+    with torch.no_grad():
+        return float(model.elasticity(torch.tensor([bucket]))[0])
+
+
+def real_run(panels: dict[str, DemandPanel], settings: RunSettings) -> dict:
+    """One run on the real data: held-out WAPE of every method and the fits' shared elasticity."""
+    merchants, listed = list(panels), list(panels.values())
+    train_weeks = {m: p.units.shape[1] - HOLDOUT_WEEKS for m, p in panels.items()}
+    weeks = [train_weeks[m] for m in merchants]
+    forecasts = {FLAT: {m: flat_mean(p, train_weeks[m]) for m, p in panels.items()},
+                 SEASONAL: {m: seasonal_naive(p, train_weeks[m]) for m, p in panels.items()}}
+    flat_prices = [without_prices(p) for p in listed]
+    no_price = fit_alone(flat_prices, settings, weeks)
+    forecasts[NO_PRICE] = {m: forecast(no_price, p, train_weeks[m]) for m, p in zip(merchants, flat_prices,
+                                                                                    strict=True)}
+    forecasts[LOCAL] = {m: forecast(fit_alone([p], settings, [train_weeks[m]]), p, train_weeks[m])
+                        for m, p in panels.items()}
+    models = {POOLED: fit_alone(listed, settings, weeks),
+              FEDERATED: federated(listed, replace(settings, dp=False), weeks),
+              FEDERATED_DP: federated(listed, replace(settings, dp=True), weeks)}
+    for label, model in models.items():
+        forecasts[label] = {m: forecast(model, p, train_weeks[m]) for m, p in panels.items()}
+    wapes = {method: {m: held_out_error(f[m], panels[m], train_weeks[m]) for m in merchants}
+             for method, f in forecasts.items()}
+    return {"wape": wapes, "elasticity": {label: largest_category_elasticity(model, panels)
+                                          for label, model in models.items()}}
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation (0 for one run)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def shown(values: list[float], percent: bool = False) -> str:
+    mean, sd = spread(values)
+    return f"{100 * mean:.1f}% ± {100 * sd:.1f}" if percent else f"{mean:.3f} ± {sd:.3f}"
+
+
+def merchant_mean(per_merchant: dict[str, float]) -> float:
+    return float(np.mean(list(per_merchant.values())))
+
+
+def targets(twins: list[dict], reals: list[dict], promotion: bool) -> list[tuple[str, bool, str]]:
+    """The issue's targets on the means over runs, each with whether it is met and the figures behind it."""
+    def wape(method: str) -> float:
+        return spread([merchant_mean(r["wape"][method]) for r in reals])[0]
+
+    def error(method: str) -> float:
+        return spread([merchant_mean(t["elasticity_error"][method]) for t in twins])[0]
+    smallest = min(twins[0]["customers"], key=twins[0]["customers"].__getitem__)
+    own = spread([t["elasticity_error"][OLS][smallest] for t in twins])[0]
+    small = spread([t["elasticity_error"][FEDERATED][smallest] for t in twins])[0]
+    dp, uplift = wape(FEDERATED_DP), spread([t["revenue_uplift"][FEDERATED_DP] for t in twins])[0]
+    flat_share = 0.80 if promotion else 0.90
     return [
-        ("held-out weeks: federated + DP WAPE <= 0.95 x naive", wape_of[FEDERATED_DP] <= 0.95 * wape_of[NAIVE],
-         f"{wape_of[FEDERATED_DP]:.3f} vs {wape_of[NAIVE]:.3f}"),
-        ("held-out weeks: federated + DP WAPE <= local-only", wape_of[FEDERATED_DP] <= wape_of[LOCAL],
-         f"{wape_of[FEDERATED_DP]:.3f} vs {wape_of[LOCAL]:.3f}"),
-        ("elasticity: federated <= 1.5 x pooled central fit", error[FEDERATED] <= 1.5 * error[POOLED],
-         f"{error[FEDERATED]:.3f} vs {error[POOLED]:.3f}"),
-        ("elasticity: federated + DP <= 2 x federated in the clear", error[FEDERATED_DP] <= 2 * error[FEDERATED],
-         f"{error[FEDERATED_DP]:.3f} vs {error[FEDERATED]:.3f}"),
-        (f"smallest merchant ({smallest}, own data {'thin' if own > THIN else 'rich'}): federated < half its own "
-         "OLS error", small < 0.5 * own, f"{small:.3f} vs OLS {own:.3f}"),
-        ("revenue uplift with DP >= 90% of the oracle's", uplift[FEDERATED_DP] >= 0.9,
-         f"{100 * uplift[FEDERATED_DP]:.1f}%"),
+        ("held-out: federated + DP WAPE <= 0.95 x no-price model", dp <= 0.95 * wape(NO_PRICE),
+         f"{dp:.3f} vs {wape(NO_PRICE):.3f}"),
+        (f"held-out: federated + DP WAPE <= {flat_share:.2f} x flat mean ({'with' if promotion else 'without'} "
+         "promotion flags)", dp <= flat_share * wape(FLAT), f"{dp:.3f} vs {wape(FLAT):.3f}"),
+        ("held-out: federated + DP WAPE <= local-only", dp <= wape(LOCAL), f"{dp:.3f} vs {wape(LOCAL):.3f}"),
+        ("held-out: federated + DP WAPE <= 1.05 x federated in the clear", dp <= 1.05 * wape(FEDERATED),
+         f"{dp:.3f} vs {wape(FEDERATED):.3f}"),
+        ("twin elasticity: federated <= 1.5 x pooled central fit", error(FEDERATED) <= 1.5 * error(POOLED),
+         f"{error(FEDERATED):.3f} vs {error(POOLED):.3f}"),
+        ("twin elasticity: federated + DP <= 2 x federated in the clear", error(FEDERATED_DP) <= 2 * error(FEDERATED),
+         f"{error(FEDERATED_DP):.3f} vs {error(FEDERATED):.3f}"),
+        (f"twin: smallest merchant ({smallest}, own data {'thin' if own > THIN else 'rich'}): federated < half "
+         "its own OLS error", small < 0.5 * own, f"{small:.3f} vs OLS {own:.3f}"),
+        ("twin: revenue uplift with DP >= 90% of the oracle's", uplift >= 0.9, f"{100 * uplift:.1f}%"),
     ]
 
 
+def with_display(source: Path, column: str, out: Path) -> Path:
+    """A copy of the export whose lines are on display (``display`` = 1) where ``column`` is above 0."""
+    raw = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
+    path = out / f"{source.stem}-display.parquet"
+    raw.assign(display=(pd.to_numeric(raw[column]) > 0).astype(int)).to_parquet(path)
+    return path
+
+
 def main() -> None:
-    args = benchmark_parser(__doc__.splitlines()[0]).parse_args()
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="runs (seeds) to average over; 3 by default, 1 with --quick")
+    parser.add_argument("--no-promotion", action="store_true", help="drop the promotion flags (prices alone)")
+    parser.add_argument("--display-from", help="an export's numeric column whose value above 0 means on display")
+    args = parser.parse_args()
     settings = benchmark_settings(args)
+    runs = args.runs or (1 if args.quick else 3)
     torch.set_num_threads(1)
     console = Console(width=max(Console().width, 140))
+    twins, reals = [], []
     with tempfile.TemporaryDirectory(prefix="fedshop-pricing-") as tmp:
         workdir = Path(tmp)
+        if args.display_from:
+            args.data = with_display(args.data, args.display_from, workdir)
         real_dirs = merchant_dirs(args, workdir)
-        rng = np.random.default_rng(settings.seed)
-        synthetic = [semi_synthetic(d, workdir / "synthetic", rng) for d in real_dirs]
-        syn_dirs = [s.data_dir for s in synthetic]
-        truths = {s.data_dir.name: s.truth for s in synthetic}
-        panels = {d.name: build_demand_panel(load_merchant(d)) for d in syn_dirs}
-        ceiling = {s.data_dir.name: noise_ceiling(panels[s.data_dir.name], s.expected) for s in synthetic}
-        estimates: dict[str, dict[str, np.ndarray]] = {
-            "per-merchant log-log OLS": {m: ols_elasticities(p) for m, p in panels.items()},
-            "per-merchant ElasticNet (local-only)": {
-                m: served_elasticities(fit_alone([p], settings, [None]), p) for m, p in panels.items()},
-        }
-        pooled = fit_alone(list(panels.values()), settings, [None] * len(panels))
-        estimates[POOLED] = {m: served_elasticities(pooled, p) for m, p in panels.items()}
-        fitted = {POOLED: dict.fromkeys(panels, pooled)}
-        for label, dp in ((FEDERATED, False), (FEDERATED_DP, True)):
-            fitted[label] = federated_models(syn_dirs, replace(settings, dp=dp), workdir, label.replace(" ", "_"))
-            estimates[label] = {m: served_elasticities(fitted[label][m], p) for m, p in panels.items()}
-        errors = {method: {m: elasticity_error(panels[m], truths[m], est[m]) for m in panels}
-                  for method, est in estimates.items()}
-        uplift = {}
-        for method, models in fitted.items():
-            parts = [revenue_uplift(models[m], panels[m], truths[m]) for m in panels]
-            uplift[method] = sum(g for g, _ in parts) / max(sum(b for _, b in parts), 1e-12)
-
-        real_panels = {d.name: build_demand_panel(load_merchant(d)) for d in real_dirs}
-        train_weeks = {m: p.units.shape[1] - HOLDOUT_WEEKS for m, p in real_panels.items()}
-        cutoff = {m: real_panels[m].week_starts[train_weeks[m]].tz_localize("UTC") for m in real_panels}
-        before = truncated_dirs(real_dirs, cutoff, workdir / "before")
-        wapes = {
-            NAIVE: {m: wape(None, p, train_weeks[m]) for m, p in real_panels.items()},
-            LOCAL: {m: wape(fit_alone([p], settings, [train_weeks[m]]), p, train_weeks[m])
-                    for m, p in real_panels.items()},
-        }
-        for label, dp in ((FEDERATED, False), (FEDERATED_DP, True)):
-            federated_real = federated_models(before, replace(settings, dp=dp), workdir, "real " + label)
-            wapes[label] = {m: wape(federated_real[m], p, train_weeks[m]) for m, p in real_panels.items()}
-        pooled_real = fit_alone(list(real_panels.values()), settings, list(train_weeks.values()))
-        wapes[POOLED] = {m: wape(pooled_real, p, train_weeks[m]) for m, p in real_panels.items()}
+        panels = real_panels(real_dirs, not args.no_promotion)
+        promotion = any(p.promotion.any() for p in panels.values())
+        reference = fixed_effects_elasticity(list(panels.values()))
+        for run in range(runs):
+            seeded = replace(settings, seed=settings.seed + run)
+            twins.append(twin_run(real_dirs, seeded, workdir / f"run-{run}"))
+            reals.append(real_run(panels, seeded))
 
     merchants = list(panels)
-    table = Table("method", "mean error", *(f"error {m}" for m in merchants), "revenue uplift (% of oracle)",
-                  title="elasticity error on semi-synthetic data (true curve known), "
-                        f"merchants with {', '.join(str(len(p.customer_cells)) for p in panels.values())} customers")
-    for method, per in errors.items():
-        table.add_row(method, f"{np.mean(list(per.values())):.3f}", *(f"{per[m]:.3f}" for m in merchants),
-                      f"{100 * uplift[method]:.1f}%" if method in uplift else "-")
+    errors = {method: [merchant_mean(t["elasticity_error"][method]) for t in twins]
+              for method in twins[0]["elasticity_error"]}
+    uplift = {method: [t["revenue_uplift"][method] for t in twins] for method in twins[0]["revenue_uplift"]}
+    table = Table("method", "mean elasticity error", "revenue uplift (% of oracle)",
+                  title=f"elasticity error on the semi-synthetic twin (true curve known), {len(merchants)} merchants, "
+                        f"{runs} run(s): mean ± sd")
+    for method, values in errors.items():
+        table.add_row(method, shown(values), shown(uplift[method], percent=True) if method in uplift else "-")
     console.print(table)
-    real = Table("method", "mean WAPE", *(f"WAPE {m}" for m in merchants),
-                 title=f"held-out demand error on the real data (last {HOLDOUT_WEEKS} weeks)")
-    for method, per in wapes.items():
-        real.add_row(method, f"{np.mean(list(per.values())):.3f}", *(f"{per[m]:.3f}" for m in merchants))
+    wapes = {method: [merchant_mean(r["wape"][method]) for r in reals] for method in reals[0]["wape"]}
+    real = Table("method", "mean WAPE", "× flat mean", "× no-price model",
+                 title=f"held-out demand error on the real data (last {HOLDOUT_WEEKS} weeks of each merchant, "
+                       f"{'with' if promotion else 'without'} promotion flags), {runs} run(s): mean ± sd")
+    for method, values in wapes.items():
+        real.add_row(method, shown(values), f"{np.mean(values) / np.mean(wapes[FLAT]):.2f}",
+                     f"{np.mean(values) / np.mean(wapes[NO_PRICE]):.2f}")
     console.print(real)
-    naive_ceiling, true_ceiling = (float(np.mean([c[k] for c in ceiling.values()])) for k in (0, 1))
+    elasticity = {label: [r["elasticity"][label] for r in reals] for label in reals[0]["elasticity"]}
+    flags = ", ".join(f"{k} {v:.2f}" for k, v in reference.items() if k != "price")
+    console.print("elasticity of the largest category on the real data: fixed-effects log-log OLS "
+                  f"{reference['price']:.2f} ({flags or 'no promotion flags'}); "
+                  + "; ".join(f"{label} {shown(values)}" for label, values in elasticity.items()))
+    ceilings = [c for t in twins for c in t["noise_ceiling"].values()]
+    flat_ceiling, true_ceiling = (float(np.mean([c[k] for c in ceilings])) for k in (0, 1))
     console.print(f"noise ceiling (semi-synthetic held-out weeks): the true demand curve's WAPE {true_ceiling:.3f} "
-                  f"against naive {naive_ceiling:.3f} ({true_ceiling / naive_ceiling:.2f} x naive)")
-    checks = targets(errors, wapes, uplift, min(merchants, key=lambda m: len(panels[m].customer_cells)))
+                  f"against the flat mean's {flat_ceiling:.3f} ({true_ceiling / flat_ceiling:.2f} x)")
+    checks = targets(twins, reals, promotion)
     for name, met, detail in checks:
-        console.print(f"{'met ' if met else 'MISS'}  {name}: {detail}")
+        console.print(f"{'PASS' if met else 'FAIL'}  {name}: {detail}")
     if args.json:
         args.json.write_text(json.dumps({
-            "quick": args.quick, "data": str(args.data or "generated"), "elasticity_error": errors,
-            "revenue_uplift_share_of_oracle": uplift, "holdout_wape": wapes, "truth": truths,
-            "noise_ceiling_wape": {m: {"naive": n, "true_curve": t} for m, (n, t) in ceiling.items()},
+            "quick": args.quick, "data": str(args.data or "generated"), "runs": runs, "promotion_flags": promotion,
+            "elasticity_error": {m: [t["elasticity_error"][m] for t in twins] for m in errors},
+            "revenue_uplift_share_of_oracle": uplift, "holdout_wape": {m: [r["wape"][m] for r in reals] for m in wapes},
+            "holdout_wape_mean": {m: spread(v) for m, v in wapes.items()},
+            "elasticity_largest_category": elasticity, "fixed_effects_reference": reference,
+            "noise_ceiling_wape": {"flat_mean": flat_ceiling, "true_curve": true_ceiling},
             "targets": [{"target": n, "met": bool(met), "detail": d} for n, met, d in checks],
         }, indent=2))
 

@@ -13,7 +13,13 @@ Weekly units of item ``i`` in week ``t`` follow
   ratio), so unscaled elasticity parameters get a sliver of the clipped norm and drown in noise that
   is the same on every coordinate. Storing them divided by ``k`` multiplies their gradient, and so
   their share of the clipped norm, by ``k``; it is data-independent, so it costs no privacy.
-* ``s_w`` is a shared effect per ISO week of the year (seasonality).
+* ``s_w`` is a shared effect per ISO week of the year (seasonality), smoothed: after each update a
+  proximal step on the penalty ``season_smoothing / 2 * sum_w (s_w - s_{w+1})**2`` (weeks wrap around
+  the year) pulls each week toward its neighbours. One or two years of data show each week once or
+  twice, so 53 free weekly effects fit that week's noise, and a held-out week never seen in training
+  kept 0 beside fitted neighbours (chosen on the 8 weeks before the held-out ones, pooled clear fits,
+  ``benchmarks/demand_ablation.py``: WAPE without smoothing -> with it, cheese panel 0.245 -> 0.239,
+  UCI 1.257 -> 1.243, generated 1.348 -> 1.325). Data-independent, so free under DP.
 * ``g_f * share_f(i, t)``: the lift of each promotion flag ``f`` (``PROMOTION_FLAGS``, optional
   columns of the orders) times the share of the item's units that week sold under it, shared by
   every merchant; 0 for a merchant whose export has no flags.
@@ -44,6 +50,7 @@ class DemandLayout:
     elasticity_scale: float = 5.0  # the elasticity's logit is k * (base + dev_c): see the module docstring
     l1: float = 0.002  # ElasticNet penalty on the category deviations (per proximal step, times lr)
     l2: float = 0.01
+    season_smoothing: float = 100.0  # roughness penalty on adjacent weeks' seasonality (per proximal step, times lr)
 
 
 DEMAND_LAYOUT = DemandLayout()
@@ -115,11 +122,18 @@ class DemandModel(nn.Module):
 
     @torch.no_grad()
     def shrink(self, learning_rate: float) -> None:
-        """Proximal ElasticNet step on the category deviations (data-independent, so free under DP)."""
+        """Proximal ElasticNet step on the category deviations and smoothing step on the seasonality
+        (data-independent, so free under DP)."""
         weights = self.category.weight
         weights.mul_(1.0 / (1.0 + learning_rate * self.layout.l2))
         weights.copy_(torch.sign(weights) * (weights.abs() - learning_rate * self.layout.l1).clamp(min=0.0))
         weights[0].zero_()
+        if self.layout.season_smoothing > 0:
+            season = self.season.weight
+            weeks = season.shape[0] - 1  # row 0 is padding; ISO weeks 1..53 wrap around the year
+            eye = torch.eye(weeks, dtype=season.dtype)
+            laplacian = 2 * eye - eye.roll(1, dims=0) - eye.roll(-1, dims=0)
+            season[1:] = torch.linalg.solve(eye + learning_rate * self.layout.season_smoothing * laplacian, season[1:])
 
 
 class CustomerLoss(nn.Module):

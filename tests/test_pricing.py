@@ -248,3 +248,22 @@ def test_clearance_prices_sell_the_stock_when_the_bounds_allow_and_say_so_when_n
     assert plain.objective == "revenue" and "no stock in the catalogue" in " ".join(price_reasons(plain, "clearance"))
     with pytest.raises(ValueError, match="needs the weeks"):
         recommend_price(model, panel, local, row, "clearance", 0.2)
+
+
+def test_the_seasonality_is_smoothed_toward_neighbouring_weeks_and_keeps_its_mean() -> None:
+    """One or two years show each ISO week once or twice: a week's effect is pulled toward its neighbours
+    (issue 34), and a week never seen in training takes theirs instead of staying at 0."""
+    model = DemandModel()
+    with torch.no_grad():
+        model.season.weight[1:, 0] = 0.5 * torch.sin(torch.arange(53) * 2 * torch.pi / 53) + 0.5
+        model.season.weight[20, 0] = 0.0  # a week no data reached, between fitted neighbours
+    rough = model.season.weight[1:, 0].clone()
+    model.shrink(0.01)
+    smooth = model.season.weight[1:, 0]
+
+    def gap(weeks: torch.Tensor) -> float:
+        return abs(float(weeks[19] - (weeks[18] + weeks[20]) / 2))
+    assert gap(smooth) < 0.5 * gap(rough)
+    assert float(smooth.mean()) == pytest.approx(float(rough.mean()), abs=1e-5)
+    assert float(model.season.weight[0, 0]) == 0.0
+    assert float((smooth[1:] - smooth[:-1]).abs().sum()) < float((rough[1:] - rough[:-1]).abs().sum())

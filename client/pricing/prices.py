@@ -32,7 +32,7 @@ from fedshop.models.demand import PROMOTION_FLAGS, DemandModel
 
 EXTRAPOLATION = 0.10  # how far beyond the prices seen a recommendation may go
 TREND_WEEKS = 8
-LEVEL_HALF_LIFE = 8.0  # weeks: an item's demand level weighs its recent sales most
+LEVEL_HALF_LIFE = 4.0  # weeks: an item's demand level weighs its recent sales most (benchmarks/demand_ablation.py)
 OWN_PART_SHOWN = 5e-3  # an item's own part of its elasticity below this is reported as none
 GRID = 401
 OBJECTIVES = ("revenue", "profit", "clearance")
