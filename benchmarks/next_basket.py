@@ -5,10 +5,11 @@ merchant: the histories a model reads (``context``), the purchase lines behind t
 the baselines that weigh recent purchases) and, per judged customer, the catalogue rows that count
 as right. Two protocols make periods:
 
-* ``temporal`` (primary): learn before the merchant's cutoff, be judged on each customer's first
-  basket after it (``fedshop.client.data.temporal``); the validation period is carved from the
-  learning period the same way. ``new`` judges the basket's items the customer never bought before
-  (history masked), ``repeat`` all its items (a "buy again" list; history not masked).
+* ``temporal`` (primary): learn before the federation's cutoff (one instant for every merchant), be
+  judged on each customer's first basket after it (``fedshop.client.data.temporal``); the
+  validation period is carved from the learning period the same way. ``new`` judges the basket's
+  items the customer never bought before (history masked), ``repeat`` all its items (a "buy again"
+  list; history not masked). Customers with nothing bought before the cutoff are not judged.
 * ``basket-completion`` (secondary, the older protocol): each customer's last new item held out,
   everything else to learn from; validation holds out the item before it. 92.7% of UCI's held-out
   items were bought on the same invoice as the history's last item, so this rewards completing a
@@ -32,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from fedshop.client.data.interactions import Interactions, build_histories, build_interactions, without_lines
 from fedshop.client.data.schema import MerchantData
-from fedshop.client.data.temporal import temporal_splits
+from fedshop.client.data.temporal import federation_cutoffs, temporal_splits
 from fedshop.client.training.recommender import TOP_K
 
 GRID = 3  # settings each method may try on validation
@@ -81,9 +82,9 @@ def _temporal_period(split_before: MerchantData, context: Interactions, baskets:
                   masked=target == "new")
 
 
-def temporal_periods(data: MerchantData) -> MerchantPeriods:
-    """The temporal protocol's periods: ``new`` (primary) and ``repeat`` targets."""
-    validation, test = temporal_splits(data)
+def temporal_periods(data: MerchantData, cutoffs: tuple[pd.Timestamp, pd.Timestamp]) -> MerchantPeriods:
+    """The temporal protocol's periods at the federation's ``cutoffs``: ``new`` (primary) and ``repeat``."""
+    validation, test = temporal_splits(data, cutoffs)
     periods = []
     for split in (validation, test):
         context = build_histories(split.before)
@@ -106,8 +107,15 @@ def basket_completion_periods(data: MerchantData) -> MerchantPeriods:
                            {"new": test_period})
 
 
-PROTOCOLS: dict[str, Callable[[MerchantData], MerchantPeriods]] = {
-    "temporal": temporal_periods, "basket-completion": basket_completion_periods}
+PROTOCOLS = ("temporal", "basket-completion")
+
+
+def federation_periods(protocol: str, merchants: list[MerchantData]) -> dict[str, MerchantPeriods]:
+    """Every merchant's periods under ``protocol`` (the temporal one at cutoffs shared by the federation)."""
+    if protocol == "temporal":
+        cutoffs = federation_cutoffs(merchants)
+        return {m.name: temporal_periods(m, cutoffs) for m in merchants}
+    return {m.name: basket_completion_periods(m) for m in merchants}
 
 
 def gains(period: Period, scores: np.ndarray, seed: int) -> Gains:

@@ -61,6 +61,7 @@ from next_basket import (
     MerchantPeriods,
     Period,
     Tuned,
+    federation_periods,
     gains,
     tuned,
     tuned_central,
@@ -235,7 +236,7 @@ def targets(rows: dict[str, Row], gains_: dict[str, tuple[float, float]], judged
             served_runs: list[float], central_rows: tuple[str, ...]) -> list[tuple[str, bool, str]]:
     """The issue's targets on the primary table, each with its figures."""
     ndcg = {row: macro(per)["ndcg"] for row, per in rows.items()}
-    served, alone = ndcg[SERVED_DP_ROW], ndcg[BEST_ALONE_ROW]
+    served, alone = ndcg[SERVED_DP_ROW], max(ndcg[BEST_ALONE_ROW], 1e-12)
     runs = (f" (mean of {len(served_runs)} runs, {min(served_runs):.4f}-{max(served_runs):.4f})"
             if len(served_runs) > 1 else "")
     central = max(ndcg[row] for row in central_rows)
@@ -248,6 +249,7 @@ def targets(rows: dict[str, Row], gains_: dict[str, tuple[float, float]], judged
         (f"served not below its best alone, every merchant with >= {MIN_JUDGED} judged customers",
          bool(judged_gains) and all(gain >= 0 for gain, _ in judged_gains.values()),
          ", ".join(f"{m}: {gain:+.4f} ± {half:.4f}{' (inside noise)' if abs(gain) <= half else ''}"
+                   f"{'' if judged[m] >= MIN_JUDGED else f' (not judged: {judged[m]} customers)'}"
                    for m, (gain, half) in gains_.items())),
         ("served (DP + HE) >= 0.95 x served in the clear", served >= 0.95 * ndcg[SERVED_CLEAR_ROW],
          f"{served:.4f} vs {ndcg[SERVED_CLEAR_ROW]:.4f} (x{served / ndcg[SERVED_CLEAR_ROW]:.2f}; federated shared "
@@ -269,7 +271,7 @@ def learning_dirs(periods: dict[str, MerchantPeriods], dirs: list[Path], out: Pa
 def main() -> None:
     started = time.perf_counter()
     parser = benchmark_parser(__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="temporal")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="temporal")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each DP row (fresh noise); the mean is shown")
     parser.add_argument("--epsilons", default=f"{TARGET_EPSILON:g}", help="comma-separated ε of the DP rows")
     args = parser.parse_args()
@@ -282,7 +284,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedshop-quality-") as tmp:
         workdir = Path(tmp)
         dirs = merchant_dirs(args, workdir)
-        periods = {d.name: PROTOCOLS[args.protocol](load_merchant(d)) for d in dirs}
+        periods = federation_periods(args.protocol, [load_merchant(d) for d in dirs])
         if short := unscorable(periods):
             parser.error(f"too few customers to judge in a validation or test period (need {MIN_JUDGED_TO_SCORE}): "
                          f"{', '.join(short)}; give those merchants more orders or split into fewer merchants")

@@ -62,11 +62,11 @@ def test_next_basket_counts_every_right_item_and_breaks_ties_at_random(federatio
     """The evaluator can fail: a list with the right items first scores 1, one without them 0, and a list
     that ties the whole catalogue scores what chance gives (it is not ranked first among its ties)."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from next_basket import gains, temporal_periods
+    from next_basket import federation_periods, gains
 
     from fedshop.client.data.schema import load_merchant
 
-    period = temporal_periods(load_merchant(federation_dirs[0])).test["new"]
+    period = federation_periods("temporal", [load_merchant(d) for d in federation_dirs])["merchant_0"].test["new"]
     items = len(period.context.features.item_ids)
     right = np.zeros((len(period.judged), items))
     for row, relevant in enumerate(period.relevant):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fedshop.client.data.interactions import build_histories
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.client.data.temporal import cutoff_at, split_at, temporal_splits
+from fedshop.client.data.temporal import cutoff_at, federation_cutoffs, split_at, temporal_splits
 
 CATALOG = "item_id,title\nA,MUG\nB,BOWL\nC,JUG\nD,TRAY\nE,LAMP\n"
 HEADER = "customer_id,item_id,timestamp,quantity,unit_price,order_id\n"
@@ -20,6 +20,11 @@ def _merchant(tmp_path: Path, lines: str, header: str = HEADER) -> MerchantData:
     (tmp_path / "catalog.csv").write_text(CATALOG)
     (tmp_path / "orders.csv").write_text(header + lines)
     return load_merchant(tmp_path)
+
+
+def _started(data: MerchantData) -> pd.Series:
+    """When each order of ``data`` started."""
+    return data.orders.groupby(["customer_id", "order_id"])["timestamp"].min()
 
 
 def test_first_basket_after_the_cutoff_with_its_new_items_and_nothing_after_it_learnt(tmp_path: Path) -> None:
@@ -48,12 +53,35 @@ def test_a_basket_is_a_day_where_the_export_has_no_order_ids(tmp_path: Path) -> 
 
 def test_validation_period_sits_inside_the_learning_period(federation_dirs: list[Path]) -> None:
     data = load_merchant(federation_dirs[0])
-    validation, test = temporal_splits(data)
+    validation, test = temporal_splits(data, federation_cutoffs([data]))
     assert validation.cutoff < test.cutoff
-    assert validation.before.orders["timestamp"].max() < validation.cutoff
+    assert _started(validation.before).max() < validation.cutoff
     assert len(validation.baskets) > 30 and len(test.baskets) > 30
     after = data.orders[(data.orders["timestamp"] >= test.cutoff) & (data.orders["quantity"] > 0)]
     assert len(after) / (data.orders["quantity"] > 0).sum() == pytest.approx(0.15, abs=0.02)
+
+
+def test_one_cutoff_for_the_whole_federation(federation_dirs: list[Path]) -> None:
+    """Per-merchant cutoffs let a model trained on every merchant learn from one merchant's purchases
+    inside another's test period (on UCI by country the cutoffs were 12 days apart)."""
+    merchants = [load_merchant(d) for d in federation_dirs]
+    late = merchants[0]
+    early = MerchantData(merchants[1].name, merchants[1].orders[merchants[1].orders["timestamp"]
+                                                                  < pd.Timestamp("2025-10-01", tz="UTC")],
+                         merchants[1].catalog)
+    cutoffs = federation_cutoffs([late, early])
+    splits = [temporal_splits(m, cutoffs)[1] for m in (late, early)]
+    assert splits[0].cutoff == splits[1].cutoff == cutoffs[1]
+    assert all(_started(s.before).max() < cutoffs[1] for s in splits)
+    assert temporal_splits(early, federation_cutoffs([early]))[1].cutoff < cutoffs[1]
+
+
+def test_an_order_falls_whole_on_the_side_where_it_started(tmp_path: Path) -> None:
+    data = _merchant(tmp_path, "c1,A,2025-01-01,1,2,o1\nc1,B,2025-01-14 23:00,1,2,o2\nc1,C,2025-01-15 01:00,1,2,o2\n"
+                               "c1,D,2025-01-20,1,2,o3\n")
+    split = split_at(data, pd.Timestamp("2025-01-15", tz="UTC"))
+    assert sorted(split.before.orders["item_id"]) == ["A", "B", "C"]
+    assert split.baskets["c1"].new == ("D",)
 
 
 def test_a_cutoff_needs_two_purchase_lines_and_a_share_between_zero_and_one(tmp_path: Path) -> None:

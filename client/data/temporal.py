@@ -1,15 +1,19 @@
 """A merchant's orders split in time: what may be learnt from, and the next visits it is judged on.
 
-The evaluation a merchant can trust asks what a model knows today about tomorrow: one cutoff per
-merchant (the same instant for all its customers), everything strictly before it to learn from,
-and each customer's first basket after it to be judged on. Nothing after the cutoff is visible to
-any statistic (popularity, price bands, co-purchases, demand panels), because the learning period is
-handed on as a merchant data set of its own. The validation period is carved from the learning
-period the same way, so settings are chosen before the test period is ever read.
+The evaluation a merchant can trust asks what a model knows today about tomorrow: one cutoff for
+the whole federation (the same instant for every merchant and customer, or a model trained on every
+merchant would learn from one merchant's purchases inside another's test period), everything
+before it to learn from, and each customer's first basket after it to be judged on. Nothing after
+the cutoff is visible to any statistic (popularity, price bands, co-purchases, demand panels),
+because the learning period is handed on as a merchant data set of its own. The validation period
+is carved from the learning period the same way, so settings are chosen before the test period is
+ever read.
 
-A basket is one order (``order_id``), or one calendar day for lines without an order id. Its
-*new* items are those the customer had not bought (net of returns) before the cutoff; its items
-in full include repeats (a "buy again" list).
+A basket is one order (``order_id``), or one calendar day for lines without an order id; a basket
+falls on the side of the cutoff where it started, whole (an order's lines may carry different
+times). Its *new* items are those the customer had not bought (net of returns) before the cutoff;
+its items in full include repeats (a "buy again" list). The catalogue is kept whole: an item first
+sold after the cutoff is still a candidate.
 """
 
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ import pandas as pd
 from fedshop.client.data.interactions import purchase_sequences
 from fedshop.client.data.schema import MerchantData
 
-TEST_SHARE = 0.15  # the share of a merchant's purchase lines that fall after its cutoff
+TEST_SHARE = 0.15  # the share of the federation's purchase lines that fall after the cutoff
 VALIDATION_SHARE = 0.15  # the same share of the learning period's lines, carved off to choose settings
 
 
@@ -60,14 +64,15 @@ def _basket_key(orders: pd.DataFrame) -> pd.Series:
 
 
 def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:
-    """``data`` before ``cutoff``, and each customer's first basket at or after it."""
-    orders = data.orders
-    before = orders[orders["timestamp"] < cutoff].reset_index(drop=True)
-    after = orders[(orders["timestamp"] >= cutoff) & (orders["quantity"] > 0)]
+    """``data``'s baskets started before ``cutoff``, and each customer's first basket started at or after it."""
+    orders = data.orders.assign(_basket=_basket_key(data.orders))
+    started = orders.groupby(["customer_id", "_basket"])["timestamp"].transform("min")
+    before = data.orders[(started < cutoff).to_numpy()].reset_index(drop=True)
+    after = orders[((started >= cutoff) & (orders["quantity"] > 0)).to_numpy()].assign(timestamp=started)
     bought = purchase_sequences(before) if len(before) else pd.Series(dtype=object)
     baskets: dict[str, NextBasket] = {}
     if len(after):
-        keyed = after.assign(_basket=_basket_key(after)).sort_values(["timestamp", "_basket"], kind="stable")
+        keyed = after.sort_values(["timestamp", "_basket"], kind="stable")
         first = keyed.groupby("customer_id", sort=True)["_basket"].first()
         lines = keyed[keyed["_basket"].to_numpy() == first.reindex(keyed["customer_id"]).to_numpy()]
         for customer, items in lines.groupby("customer_id", sort=True)["item_id"]:
@@ -77,12 +82,22 @@ def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:
     return TemporalSplit(cutoff, MerchantData(data.name, before, data.catalog), baskets)
 
 
-def temporal_splits(data: MerchantData, test_share: float = TEST_SHARE,
-                    validation_share: float = VALIDATION_SHARE) -> tuple[TemporalSplit, TemporalSplit]:
-    """The validation split (inside the learning period) and the test split of one merchant."""
-    test = split_at(data, cutoff_at(data.orders, test_share))
-    validation = split_at(test.before, cutoff_at(test.before.orders, validation_share))
+def federation_cutoffs(merchants: list[MerchantData], test_share: float = TEST_SHARE,
+                       validation_share: float = VALIDATION_SHARE) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The validation and test cutoffs of a federation: ``test_share`` of all its merchants' purchase
+    lines after the test cutoff, ``validation_share`` of those before it after the validation cutoff."""
+    pooled = pd.concat([m.orders[["timestamp", "quantity"]] for m in merchants], ignore_index=True)
+    test = cutoff_at(pooled, test_share)
+    return cutoff_at(pooled[pooled["timestamp"] < test], validation_share), test
+
+
+def temporal_splits(data: MerchantData, cutoffs: tuple[pd.Timestamp, pd.Timestamp]
+                    ) -> tuple[TemporalSplit, TemporalSplit]:
+    """One merchant's validation split (inside its learning period) and test split at the federation's
+    ``cutoffs`` (:func:`federation_cutoffs`)."""
+    test = split_at(data, cutoffs[1])
+    validation = split_at(test.before, cutoffs[0])
     if validation.before.orders.empty:
-        raise ValueError(f"{data.name}: its orders are too few or too close in time to split into learning, "
-                         "validation and test periods")
+        raise ValueError(f"{data.name}: no order before the federation's validation cutoff ({cutoffs[0]:%Y-%m-%d}): "
+                         "it cannot be judged in time")
     return validation, test
