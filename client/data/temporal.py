@@ -41,7 +41,7 @@ class TemporalSplit:
     """One merchant's orders before a cutoff, and each customer's first basket after it."""
 
     cutoff: pd.Timestamp
-    before: MerchantData  # orders strictly before the cutoff, the whole catalogue
+    before: MerchantData  # the orders of baskets started before the cutoff, the whole catalogue
     baskets: dict[str, NextBasket]  # customers with a purchase after the cutoff
 
 
