@@ -35,6 +35,7 @@ from fedshop.client.data.interactions import Interactions, build_histories, buil
 from fedshop.client.data.schema import MerchantData
 from fedshop.client.data.temporal import federation_cutoffs, temporal_splits
 from fedshop.client.training.recommender import TOP_K
+from fedshop.models.local_part import bought_matrix
 
 GRID = 3  # settings each method may try on validation
 MIN_BUYERS = 2
@@ -143,12 +144,7 @@ def gains(period: Period, scores: np.ndarray, seed: int) -> Gains:
 
 def history_matrix(context: Interactions) -> sparse.csr_matrix:
     """Customers x catalogue, 1 where the customer bought the item."""
-    rows = np.concatenate([np.full(len(h), c) for c, h in enumerate(context.histories)] or [np.zeros(0, int)])
-    cols = np.concatenate(context.histories or [np.zeros(0, int)])
-    matrix = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)),
-                               shape=(len(context.customers), len(context.features.item_ids)))
-    matrix.data[:] = 1.0
-    return matrix
+    return bought_matrix(context.histories, len(context.features.item_ids))
 
 
 def _recent(lines: pd.DataFrame, share: float) -> pd.DataFrame:

@@ -116,9 +116,8 @@ SHORT = {"popularity (recent)": "pop", "item-kNN": "kNN", "personal frequency": 
 
 def unscorable(periods: dict[str, MerchantPeriods]) -> list[str]:
     """Merchants with too few judged customers in a validation or test period, each with how many it has."""
-    return [f"{m} ({min(len(p.judged) for p in (*ps.validation.values(), *ps.test.values()))})"
-            for m, ps in periods.items()
-            if min(len(p.judged) for p in (*ps.validation.values(), *ps.test.values())) < MIN_JUDGED_TO_SCORE]
+    fewest = {m: min(len(p.judged) for p in (*ps.validation.values(), *ps.test.values())) for m, ps in periods.items()}
+    return [f"{m} ({n})" for m, n in fewest.items() if n < MIN_JUDGED_TO_SCORE]
 
 
 def model_gains(model: Recommender, period: Period, history_length: int) -> Gains:

@@ -55,10 +55,7 @@ class CoPurchases:
     positive weights kept (row ``h``: what buying ``h`` says of every other bucket)."""
 
     def __init__(self, baskets: Sequence[np.ndarray], buckets: int) -> None:
-        rows = np.concatenate([np.full(len(b), c) for c, b in enumerate(baskets)] or [np.zeros(0, int)])
-        cols = np.concatenate(list(baskets) or [np.zeros(0, int)])
-        bought = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(baskets), buckets))
-        bought.data[:] = 1.0
+        bought = bought_matrix(baskets, buckets)
         buyers = np.asarray(bought.sum(axis=0)).ravel()
         covered = np.flatnonzero(buyers)
         covered = covered[np.argsort(-buyers[covered], kind="stable")][:MAX_CO_PURCHASE_ITEMS]
@@ -103,6 +100,15 @@ class CoPurchases:
         entries = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)]
                                  or [np.zeros(0, np.int64)])
         return positions, matrix.indices[entries], matrix.data[entries]
+
+
+def bought_matrix(baskets: Sequence[np.ndarray], columns: int) -> sparse.csr_matrix:
+    """Baskets x ``columns``, 1 where a basket holds the column (however many times it is written)."""
+    rows = np.concatenate([np.full(len(b), c) for c, b in enumerate(baskets)] or [np.zeros(0, int)])
+    cols = np.concatenate(list(baskets) or [np.zeros(0, int)])
+    bought = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(baskets), columns))
+    bought.data[:] = 1.0
+    return bought
 
 
 def _strongest_positive(weights: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
