@@ -1,6 +1,6 @@
-"""Everything the federation trains together: the recommender and the demand model, as one module.
+"""Everything the federation learns together: the recommender, the demand model and the member tiers.
 
-Its state dict (``recommender.*`` then ``demand.*``) is what merchants flatten, encrypt and decrypt
+Its state dict (``recommender.*``, ``demand.*``, then ``tiers.*``) is what merchants flatten, encrypt and decrypt
 (``fedshop.models.parameters``) and what the run stores, so one round carries both models.
 """
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from fedshop.models.demand import DemandModel
 from fedshop.models.recommender import Recommender, build_recommender
+from fedshop.models.tiers import TierCentroids
 
 
 class SharedModels(nn.Module):
@@ -17,6 +18,7 @@ class SharedModels(nn.Module):
         super().__init__()
         self.recommender = Recommender()
         self.demand = DemandModel()
+        self.tiers = TierCentroids()
 
 
 def build_shared_models(seed: int) -> SharedModels:

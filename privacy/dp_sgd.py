@@ -46,11 +46,16 @@ class TrainingShape:
 
 @dataclass(frozen=True)
 class Release:
-    """What one model's local DP-SGD will do this round."""
+    """What one model's local DP-SGD (or another mechanism) will release in a round."""
 
     model: str
     max_grad_norm: float
     mechanism: Mechanism
+    first_rounds: int = 0  # made only in the run's first rounds (0: in every round)
+
+    def rounds_made(self, rounds: int) -> int:
+        """In how many of a run's first ``rounds`` rounds this release is made."""
+        return min(rounds, self.first_rounds) if self.first_rounds else rounds
 
 
 @dataclass(frozen=True)
@@ -60,35 +65,53 @@ class DpPlan:
     noise_multiplier: float
     releases: tuple[Release, ...]
 
-    @property
-    def mechanisms(self) -> list[Mechanism]:
-        return [release.mechanism for release in self.releases]
+    def mechanisms_in(self, round_: int) -> list[Mechanism]:
+        """What round ``round_`` of the run releases."""
+        return [r.mechanism for r in self.releases if r.rounds_made(round_) == round_]
+
+    def mechanisms_through(self, rounds: int) -> list[Mechanism]:
+        """What the run's first ``rounds`` rounds release, composed."""
+        return [replace(r.mechanism, steps=r.mechanism.steps * r.rounds_made(rounds)) for r in self.releases
+                if r.rounds_made(rounds)]
 
     def release(self, model: str) -> Release:
         return next(release for release in self.releases if release.model == model)
 
 
-def _run_epsilon(shapes: Sequence[TrainingShape], rounds: int, noise_multiplier: float, delta: float) -> float:
-    return composed_epsilon([replace(m, steps=m.steps * rounds)
-                             for m in (shape.mechanism(noise_multiplier) for shape in shapes)], delta)
+class PlanError(ValueError):
+    """No noise multiplier keeps the run within its target: the fixed releases alone spend it."""
+
+
+def _plan(shapes: Sequence[TrainingShape], noise_multiplier: float, fixed: Sequence[Release]) -> DpPlan:
+    trained = tuple(Release(s.model, s.max_grad_norm, s.mechanism(float(noise_multiplier))) for s in shapes)
+    return DpPlan(float(noise_multiplier), trained + tuple(fixed))
+
+
+def _run_epsilon(shapes: Sequence[TrainingShape], rounds: int, noise_multiplier: float, delta: float,
+                 fixed: Sequence[Release]) -> float:
+    return composed_epsilon(_plan(shapes, noise_multiplier, fixed).mechanisms_through(rounds), delta)
 
 
 def plan_round(shapes: Sequence[TrainingShape], rounds: int, target_epsilon: float, noise_multiplier: float,
-               delta: float) -> DpPlan:
-    """The round's releases. With ``target_epsilon`` > 0 the noise multiplier is the smallest (to
-    1e-3) at which ``rounds`` such rounds of every model together spend at most ``target_epsilon``
-    at ``delta``: the models compose, so a second model costs the first some accuracy."""
+               delta: float, fixed: Sequence[Release] = ()) -> DpPlan:
+    """The round's releases: DP-SGD of every model in ``shapes`` and the ``fixed`` releases (their own
+    noise, some only in the run's first rounds). With ``target_epsilon`` > 0 the noise multiplier of
+    DP-SGD is the smallest (to 1e-3) at which ``rounds`` rounds of every release together spend at most
+    ``target_epsilon`` at ``delta``: they compose, so a second model costs the first some accuracy."""
     if target_epsilon > 0:
+        alone = composed_epsilon(_plan([], 0.0, fixed).mechanisms_through(rounds), delta)
+        if alone >= target_epsilon:
+            raise PlanError(f"the run's {', '.join(r.model for r in fixed)} releases alone spend ε = {alone:.2f}, "
+                            f"not less than the run's target ε = {target_epsilon:g}; raise their noise")
         low, high = 0.05, 1.0
-        while _run_epsilon(shapes, rounds, high, delta) > target_epsilon:
+        while _run_epsilon(shapes, rounds, high, delta, fixed) > target_epsilon:
             low, high = high, high * 2
         while high - low > 1e-3:
             middle = (low + high) / 2
-            too_little_noise = _run_epsilon(shapes, rounds, middle, delta) > target_epsilon
+            too_little_noise = _run_epsilon(shapes, rounds, middle, delta, fixed) > target_epsilon
             low, high = (middle, high) if too_little_noise else (low, middle)
         noise_multiplier = high
-    releases = tuple(Release(s.model, s.max_grad_norm, s.mechanism(float(noise_multiplier))) for s in shapes)
-    return DpPlan(float(noise_multiplier), releases)
+    return _plan(shapes, noise_multiplier, fixed)
 
 
 def _entropy_generator() -> torch.Generator:

@@ -91,7 +91,7 @@ def test_noise_is_derived_from_the_run_target_epsilon_for_every_model_together()
     both = plan_round([recommender, demand], rounds=5, target_epsilon=3.0, noise_multiplier=0.0, delta=1e-4)
     assert both.noise_multiplier > alone.noise_multiplier  # the second model is paid for with noise
     assert both.release("demand").max_grad_norm == 20.0
-    accountant.history = [(both.noise_multiplier, m.sample_rate, m.steps * 5) for m in both.mechanisms]
+    accountant.history = [(both.noise_multiplier, m.sample_rate, m.steps * 5) for m in both.mechanisms_in(1)]
     assert accountant.get_epsilon(1e-4) == pytest.approx(3.0, abs=0.01)
     fixed = plan_round([recommender], 5, target_epsilon=0.0, noise_multiplier=1.3, delta=1e-4)
     assert fixed.noise_multiplier == 1.3

@@ -67,6 +67,15 @@ def typical_prices(orders: pd.DataFrame) -> pd.Series:
     return orders[orders["quantity"] > 0].groupby("item_id")["unit_price"].median()
 
 
+def basket_keys(orders: pd.DataFrame) -> pd.Series:
+    """Each line's basket: its order id, or its calendar day where the line has none."""
+    day = orders["timestamp"].dt.strftime("%Y-%m-%d")
+    if "order_id" not in orders:
+        return day
+    order = orders["order_id"].fillna("").astype(str)
+    return order.where(order != "", "day " + day)
+
+
 def purchase_sequences(orders: pd.DataFrame) -> pd.Series:
     """Distinct items each customer bought (net of returns), in order of first purchase."""
     net = orders.groupby(["customer_id", "item_id"], sort=False).agg(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.interactions import purchase_sequences
+from fedshop.client.data.interactions import basket_keys, purchase_sequences
 from fedshop.client.data.schema import MerchantData
 
 TEST_SHARE = 0.15  # the share of the federation's purchase lines that fall after the cutoff
@@ -55,17 +55,9 @@ def cutoff_at(orders: pd.DataFrame, share: float) -> pd.Timestamp:
     return times.iloc[min(len(times) - 1, int(np.ceil(len(times) * (1.0 - share))))]
 
 
-def _basket_key(orders: pd.DataFrame) -> pd.Series:
-    day = orders["timestamp"].dt.strftime("%Y-%m-%d")
-    if "order_id" not in orders:
-        return day
-    order = orders["order_id"].fillna("").astype(str)
-    return order.where(order != "", "day " + day)
-
-
 def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:
     """``data``'s baskets started before ``cutoff``, and each customer's first basket started at or after it."""
-    orders = data.orders.assign(_basket=_basket_key(data.orders))
+    orders = data.orders.assign(_basket=basket_keys(data.orders))
     started = orders.groupby(["customer_id", "_basket"])["timestamp"].transform("min")
     before = data.orders[(started < cutoff).to_numpy()].reset_index(drop=True)
     after = orders[((started >= cutoff) & (orders["quantity"] > 0)).to_numpy()].assign(timestamp=started)

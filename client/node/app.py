@@ -1,7 +1,9 @@
 """The merchant's Flower ClientApp: decrypt the global models, train them with DP-SGD, encrypt them back.
 
-The global model is the recommender and the demand model together (``fedshop.models.shared``); a round
-trains both on this merchant's customers, under one privacy plan (they compose in the ledger).
+The global model is the recommender, the demand model and the member tiers together (``fedshop.models.shared``);
+a round trains both models on this merchant's customers and, in the run's first rounds, releases its
+customers' noisy tier statistics (``fedshop.client.training.tiers``), under one privacy plan (they compose
+in the ledger).
 A training message carries the round's settings (``config``) and the global model (``arrays``):
 in the clear, or, with encrypted aggregation, as the CKKS sum of the merchants' weighted models
 of the last round on the round's fixed-point grid (``fedshop.privacy.fixed_point``), which this node
@@ -46,6 +48,7 @@ from fedshop.client.node.model_copy import (
 from fedshop.client.node.options import (
     NodeOptions,
     audit_salt,
+    load_customer_profiles,
     load_demand_panel,
     load_interactions,
     node_options,
@@ -61,6 +64,7 @@ from fedshop.client.training.recommender import (
     train_recommender_private,
 )
 from fedshop.client.training.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
+from fedshop.client.training.tiers import release_tier_statistics, releases_tiers
 from fedshop.core.protocol import (
     AGGREGATE_RANGE,
     AGGREGATE_REFUSED,
@@ -221,15 +225,24 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
         raise TaskRefused(f"merchant {options.merchant} refused the {task} of round {round_}: {problem}")
 
 
+def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
+    """The tier features of the merchant's customers, the audit holdout left out (it never trains)."""
+    interactions = load_interactions(options.data_dir)
+    held_out = np.array(interactions.customers)[audit_holdout(interactions, config, audit_salt(options.state_dir))]
+    profiles = load_customer_profiles(options.data_dir)
+    return profiles.features[~profiles.table.index.isin(held_out)]
+
+
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
                    run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
-    """DP-SGD on every model, planned (``fedshop.client.training.round_plan``) and authorised together; the losses and
-    the privacy metrics."""
+    """DP-SGD on every model and, in the run's first rounds, the tiers' noisy statistics, planned
+    (``fedshop.client.training.round_plan``) and authorised together; the losses and the privacy metrics."""
     epochs = int(config["local-epochs"])
     budget = options.budget(len(load_interactions(options.data_dir).customers))
     recipes, plan = dp_round({name: len(data) for name, data in datasets.items()}, config, budget.delta)
     ledger = PrivacyLedger(options.ledger_path)
-    ledger.authorize(options.merchant, plan.mechanisms, budget, run, round_, options.policy.max_run_epsilon)
+    ledger.authorize(options.merchant, plan.mechanisms_in(round_), budget, run, round_,
+                     options.policy.max_run_epsilon)
     losses = {}
     losses["recommender"], spent = train_recommender_private(models.recommender, datasets["recommender"],
                                                              plan.release("recommender"), *recipes["recommender"],
@@ -239,6 +252,10 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
         losses["demand"], demand_spent = train_demand_private(
             models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
+    if releases_tiers(config, round_):
+        tiers_spent = release_tier_statistics(models.tiers, _tier_features(options, config),
+                                              len(datasets["recommender"]), plan.release("tiers"))
+        epsilon = ledger.record(run, round_, "tiers", tiers_spent, budget.delta)
     return losses, {EPSILON: epsilon, DELTA: budget.delta, NOISE_MULTIPLIER: plan.noise_multiplier,
                     SAMPLE_RATE: spent.sample_rate, STEPS: spent.steps,
                     MAX_GRAD_NORM: plan.release("recommender").max_grad_norm, EPSILON_BUDGET: budget.epsilon}
@@ -289,6 +306,9 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
         if "demand" in datasets:
             losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
                                             float(config["demand-learning-rate"]), epochs, seed)
+        if releases_tiers(config, round_):
+            ledger.record_clear(run, round_, "tiers")
+            release_tier_statistics(models.tiers, _tier_features(options, config), len(datasets["recommender"]), None)
     examples = len(datasets["recommender"])
     arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
     reply = {"metrics": {EXAMPLES: examples, TRAIN_LOSS: coarse(losses["recommender"]),

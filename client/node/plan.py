@@ -6,7 +6,7 @@ trains on, the noise multiplier, and the ε its ledger will hold after every rou
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from fedshop.client.node.options import NodeOptions, audit_salt, load_demand_panel, load_interactions
@@ -51,8 +51,7 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
         return MerchantPlan(options.merchant, len(interactions.customers), examples, False, 0.0, budget.delta,
                             before, [], budget.epsilon, None, compute)
     _, plan = dp_round(examples, config, budget.delta)
-    after = [ledger.epsilon(budget.delta, [replace(m, steps=m.steps * r) for m in plan.mechanisms])
-             for r in range(1, rounds + 1)]
+    after = [ledger.epsilon(budget.delta, plan.mechanisms_through(r)) for r in range(1, rounds + 1)]
     refused = next((r for r, epsilon in enumerate(after, start=1) if epsilon > budget.epsilon), None)
     return MerchantPlan(options.merchant, len(interactions.customers), examples, True, plan.noise_multiplier,
                         budget.delta, before, after, budget.epsilon, refused, compute)

@@ -18,6 +18,7 @@ from fedshop.client.data.demand import CustomerDemand, DemandPanel
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.training.local_fit import validation_customers
 from fedshop.client.training.recommender import NextItemExamples, private_recipe
+from fedshop.client.training.tiers import tier_release
 from fedshop.models.parameters import parameter_count
 from fedshop.privacy.ckks import ciphertext_count, encrypted_bytes
 from fedshop.privacy.dp_sgd import DpPlan, TrainingShape, plan_round
@@ -74,8 +75,9 @@ def training_datasets(interactions: Interactions, demand_panel: Callable[[], Dem
 
 def dp_round(examples: Mapping[str, int], config: Mapping[str, Any],
              delta: float) -> tuple[dict[str, tuple[int, float]], DpPlan]:
-    """Each model's DP-SGD batch and learning rate for its ``examples``, and the round's plan: one noise
-    multiplier for every model, sized so that the run's rounds spend the run's target ε."""
+    """Each model's DP-SGD batch and learning rate for its ``examples``, and the round's plan: the member
+    tiers' release (its own noise, ``fedshop.client.training.tiers``) and one noise multiplier for every
+    model's DP-SGD, sized so that the run's rounds, tiers included, spend the run's target ε."""
     epochs = int(config["local-epochs"])
     clip = {"recommender": float(config["max-grad-norm"]), "demand": float(config["demand-max-grad-norm"])}
     full = {"recommender": (int(config["dp-batch-size"]), float(config["dp-learning-rate"])),
@@ -83,8 +85,9 @@ def dp_round(examples: Mapping[str, int], config: Mapping[str, Any],
     max_rate = float(config["dp-max-sample-rate"])
     recipes = {name: private_recipe(count, full[name][0], max_rate, full[name][1]) for name, count in examples.items()}
     shapes = [TrainingShape(name, count, recipes[name][0], epochs, clip[name]) for name, count in examples.items()]
+    tiers = tier_release(config)
     plan = plan_round(shapes, int(config["num-server-rounds"]), float(config["target-epsilon"]),
-                      float(config["noise-multiplier"]), delta)
+                      float(config["noise-multiplier"]), delta, fixed=[tiers] if tiers else [])
     return recipes, plan
 
 

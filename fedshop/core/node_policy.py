@@ -32,6 +32,8 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "dp-max-sample-rate": (0.001, 1.0),
     "max-grad-norm": (1e-4, 100.0),
     "demand-max-grad-norm": (1e-4, 1000.0),
+    "tier-rounds": (0, 100),
+    "tier-noise-multiplier": (2.0, 1e4),  # below 2, a few rounds of tier statistics would spend most of a run's ε
 }
 # ... and their product: the items one batch scores, batch × predictions × (history + negatives), each a
 # vector of the model's width; the defaults make 344,064 (about 33 MB of scores), this about 24 times that.
