@@ -10,9 +10,10 @@ new version beside the old one and swaps the reference, so requests in flight fi
 they started with and none fails during a swap. With ``--workers N`` uvicorn runs N processes, each
 loading its own copy (:func:`worker_service`). A bearer token guards every route but ``/health``;
 without a token the service listens on this machine only. ``/`` is a small page for the shop's staff
-(server-rendered, no script): a customer's recommendations with their reasons and a diversity
-slider, and the price recommendations with their reasons and bounds; with a token, the page asks for
-it once and keeps it in an HTTP-only cookie.
+(server-rendered, no script): a customer's recommendations with their reasons, tier and a diversity
+slider, the price recommendations with their reasons and bounds, and the member tiers; with a token,
+the page asks for it once and keeps it in an HTTP-only cookie. A customer's member tier
+(``/customers/{id}/tier``) comes with its reason; no route sets a price by it.
 """
 
 import gc
@@ -30,12 +31,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
+import pandas as pd
 import torch
 from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, ORJSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import load_merchant
@@ -44,10 +47,13 @@ from fedshop.client.node.options import node_options, saved_policy
 from fedshop.client.pricing.prices import OBJECTIVES, recommend_prices
 from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.local_fit import serving_model, shop_co_purchases
+from fedshop.client.training.tiers import customer_tiers
 from fedshop.explain.price_reasons import price_record
 from fedshop.explain.recommendation_reasons import explain_recommendation
+from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, tier_summary
 from fedshop.models.demand import DemandModel
 from fedshop.models.local_part import CoPurchases
+from fedshop.models.tiers import tier_names
 from fedshop.privacy.ledger import PrivacyLedger
 
 WATCH_S = 1.0
@@ -71,14 +77,15 @@ class Shop:
     customers: frozenset[str]
     panel: DemandPanel
     co_purchases: CoPurchases
+    profiles: CustomerProfiles
 
 
 def load_shop(data_dir: Path) -> Shop:
-    """Load the merchant's data and count its co-purchases."""
+    """Load the merchant's data, count its co-purchases and profile its customers."""
     merchant = load_merchant(data_dir)
     interactions = build_interactions(merchant)
     return Shop(data_dir, interactions, frozenset(interactions.customers), build_demand_panel(merchant),
-                shop_co_purchases(interactions))
+                shop_co_purchases(interactions), customer_profiles(merchant))
 
 
 @dataclass
@@ -89,6 +96,8 @@ class Prepared:
     shop: Shop
     ranker: Ranker
     demand: DemandModel
+    tiers: pd.Series  # customer → tier name, from this version's centroids
+    tier_summary: list[dict]
     round: int | None
     loaded_at: float
     prices: dict[tuple[str, float, int | None], list[dict]] = field(default_factory=dict)
@@ -116,7 +125,10 @@ def prepare(shop: Shop, model_dir: Path, secret_context: Path | None) -> Prepare
     interactions = shop.interactions
     served = serving_model(loaded.models.recommender, loaded.local, interactions, shop.co_purchases)
     ranker = Ranker(served, interactions, loaded.history_length, shared=loaded.models.recommender)
-    return Prepared(version, shop, ranker, loaded.models.demand, model_round(model_dir), time.time())
+    tiers, centroids = customer_tiers(loaded.models.tiers, shop.profiles), loaded.models.tiers.centroids()
+    return Prepared(version, shop, ranker, loaded.models.demand, tiers,
+                    tier_summary(tiers, shop.profiles, centroids, tier_names(centroids)), model_round(model_dir),
+                    time.time())
 
 
 class ModelWatcher:
@@ -207,6 +219,13 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
                 "fallback": None if customer in current.shop.customers else FALLBACK,
                 "items": [explain_recommendation(item).record() for item in items]}
 
+    def tier_of(customer: str) -> dict[str, Any] | None:
+        current = watcher.current
+        if customer not in current.tiers.index:
+            return None
+        return {"model_round": current.round, **explain_tier(customer, current.tiers[customer],
+                                                             current.shop.profiles).record()}
+
     @service.get("/", response_class=HTMLResponse)
     def staff_page(customer: str = "", diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0, view: str = "",
                    fedshop_token: Annotated[str | None, Cookie()] = None) -> str:
@@ -216,7 +235,10 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
             return STAFF_PAGE.render(**page, view="login")
         if view == "prices":
             return STAFF_PAGE.render(**page, view=view, prices=current.price_records("revenue", 0.2))
-        return STAFF_PAGE.render({**page, "view": view, **(ranked(customer, 10, diversity) if customer else {})})
+        if view == "tiers":
+            return STAFF_PAGE.render(**page, view=view, tiers=current.tier_summary, pricing=NOT_PRICED_BY_TIER)
+        return STAFF_PAGE.render({**page, "view": view, "tier": tier_of(customer) if customer else None,
+                                  **(ranked(customer, 10, diversity) if customer else {})})
 
     @service.post("/login", response_class=HTMLResponse)
     async def login(request: Request) -> Response:
@@ -244,6 +266,20 @@ def build_service(watcher: ModelWatcher, token: str | None, epsilon_spent: Calla
                               diversity: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0) -> ORJSONResponse:
         """Computed on the event loop (a few ms, no thread hand-off); the JSON is built once, by orjson."""
         return ORJSONResponse(ranked(customer, k, diversity))
+
+    @service.get("/customers/{customer}/tier", dependencies=guarded)
+    def tier(customer: str) -> dict[str, Any]:
+        """The customer's member tier, with the reason in words; tiers never set a price."""
+        if (found := tier_of(customer)) is None:
+            raise HTTPException(404, f"customer {customer!r} has no purchases in this merchant's orders")
+        return found
+
+    @service.get("/tiers", dependencies=guarded)
+    def tiers() -> dict[str, Any]:
+        """The shop's customers per member tier, with their median profile and the tier's centroid."""
+        current = watcher.current
+        return {"model_round": current.round, "as_of": str(current.shop.profiles.as_of),
+                "tiers": current.tier_summary, "pricing": NOT_PRICED_BY_TIER}
 
     @service.get("/prices", dependencies=guarded)
     def prices(objective: Objective = "revenue", max_change: MaxChange = 0.2, weeks: Weeks = None) -> dict[str, Any]:

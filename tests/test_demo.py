@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fedshop.rundir.store import RunStore
@@ -62,6 +63,19 @@ def test_quick_demo_with_dp_and_he_writes_run_directory_that_recommend_and_price
                                "--objective", "clearance", "--weeks", "6"], capture_output=True, text=True,
                               timeout=120)
     assert clearing.returncode == 0 and "revenue/week" in clearing.stdout, clearing.stdout + clearing.stderr
+
+    crm = out / "tiers.csv"
+    tiers = subprocess.run([sys.executable, "-m", "fedshop.cli", "tiers", "--data", str(out / "data" / "merchant_1"),
+                            "--model", str(out / "run"), "--secret-context", str(out / "keys" / "secret.ctx"),
+                            "--csv", str(crm), "--json"], capture_output=True, text=True, timeout=120)
+    assert tiers.returncode == 0, tiers.stdout + tiers.stderr
+    summary = json.loads(tiers.stdout)
+    customers = pd.read_csv(out / "data" / "merchant_1" / "orders.csv").query("quantity > 0")["customer_id"].nunique()
+    assert [t["tier"] for t in summary["tiers"]] == ["regular", "potential", "loyal"]
+    assert sum(t["customers"] for t in summary["tiers"]) == summary["customers"] == customers
+    exported = pd.read_csv(crm)
+    assert len(exported) == customers and set(exported["tier"]) <= {"regular", "potential", "loyal"}
+    assert all(reason.endswith(f": {tier}") for reason, tier in zip(exported["reason"], exported["tier"], strict=True))
 
     audit = subprocess.run([sys.executable, "-m", "fedshop.cli", "report", str(out / "run"), "--data",
                             str(out / "data" / "merchant_1"), "--model", str(out / "nodes" / "merchant_1")],

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from fedshop.client.node.model_copy import load_models, save_model_copy
 from fedshop.core.settings import RunSettings
+from fedshop.models.tiers import TIER_NAMES
 from fedshop.service import MAX_K, load_shop, start_service, watch_models
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
@@ -47,6 +48,15 @@ def test_without_a_token_the_service_answers_on_this_machine(node_dir: Path, fed
         no_weeks = client.get("/prices", params={"objective": "clearance"})
         assert no_weeks.status_code == 422 and no_weeks.json()["detail"][0]["loc"] == ["query", "weeks"]
         assert "Prices" in client.get("/", params={"view": "prices"}).text
+        customers = load_shop(federation_dirs[0]).customers
+        tiers = client.get("/tiers").json()
+        assert sum(t["customers"] for t in tiers["tiers"]) == len(customers)
+        assert "never sets a price" in tiers["pricing"]
+        customer = sorted(customers)[0]
+        tier = client.get(f"/customers/{customer}/tier").json()
+        assert tier["tier"] in TIER_NAMES and tier["sentence"].endswith(f": {tier['tier']}")
+        assert client.get("/customers/never-seen/tier").status_code == 404
+        assert 'id="tiers"' in client.get("/", params={"view": "tiers"}).text
         rebound = client.get("/customers/x/recommendations", headers={"Host": "attacker.example:8080"})
         assert rebound.status_code == 400, "a page whose name was rebound to 127.0.0.1 read the shop's answers"
 
@@ -167,6 +177,11 @@ def test_the_staff_page_shows_reasons_and_the_fallback_in_a_real_browser(node_di
         driver.get(f"http://127.0.0.1:{port}/?customer=never-seen&diversity=0.5")
         assert driver.find_element(By.ID, "fallback").text.startswith("popular at this shop")
         assert driver.find_element(By.ID, "diversity").get_attribute("value") == "0.5"
+        driver.get(f"http://127.0.0.1:{port}/?customer={customer}")
+        assert driver.find_element(By.ID, "tier").text.startswith("Member tier: ")
+        driver.find_element(By.ID, "to-tiers").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "tiers"))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#tiers tr")) == 1 + len(TIER_NAMES)
         driver.find_element(By.ID, "to-prices").click()
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "prices"))
         rows = driver.find_elements(By.CSS_SELECTOR, "#prices tr")

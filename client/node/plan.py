@@ -2,16 +2,18 @@
 
 The node's training takes its datasets and its round's DP plan from ``fedshop.client.training.round_plan``;
 this is the same plan seen from the node, with its own data, ledger and budget: the examples each model
-trains on, the noise multiplier, and the ε its ledger will hold after every round.
+trains on, the noise multiplier, the member tiers' release (what it spends alone; the ledger composes it
+with the models') and the ε its ledger will hold after every round.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedshop.client.node.options import NodeOptions, audit_salt, load_demand_panel, load_interactions
 from fedshop.client.training.round_plan import dp_round, round_compute_s, training_datasets
-from fedshop.privacy.ledger import PrivacyLedger
+from fedshop.client.training.tiers import tier_release
+from fedshop.privacy.ledger import PrivacyLedger, composed_epsilon
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class MerchantPlan:
     epsilon_budget: float
     refused_from_round: int | None  # the first round the node refuses to train (its budget), if any
     compute_s: float  # a round's training, local-part fit and encryption on the reference machine
+    tier_rounds: int = 0  # the rounds that release member tiers' noisy k-means statistics
+    tier_epsilon: float = 0.0  # what those releases would spend alone (the ledger composes them with DP-SGD)
 
     @property
     def epsilon_per_round(self) -> float:
@@ -53,5 +57,8 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
     _, plan = dp_round(examples, config, budget.delta)
     after = [ledger.epsilon(budget.delta, plan.mechanisms_through(r)) for r in range(1, rounds + 1)]
     refused = next((r for r, epsilon in enumerate(after, start=1) if epsilon > budget.epsilon), None)
+    tiers = tier_release(config)
+    tier_rounds = tiers.rounds_made(rounds) if tiers else 0
+    tier_epsilon = composed_epsilon([replace(tiers.mechanism, steps=tier_rounds)], budget.delta) if tiers else 0.0
     return MerchantPlan(options.merchant, len(interactions.customers), examples, True, plan.noise_multiplier,
-                        budget.delta, before, after, budget.epsilon, refused, compute)
+                        budget.delta, before, after, budget.epsilon, refused, compute, tier_rounds, tier_epsilon)

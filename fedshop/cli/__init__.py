@@ -13,12 +13,13 @@ run        submit a training run to a SuperLink and watch it
 watch      follow a run directory round by round
 recommend  a merchant's top-k items for one of its customers, with the reasons for each
 price      a merchant's recommended prices, with the reasons for each
+tiers      a merchant's customers in the federation's member tiers, and a CSV for its CRM
 serve      a merchant's recommendations and prices over HTTP, for the shop's own systems
 report     the auditors' privacy and explanation report of a run (HTML with plots, and JSON)
 app        the Flower app a run submits and nodes pin: `app build --out DIR` for `flwr run`, `app digest`
 
 One module per command group, as in Flower's ``flwr/cli``: ``demo``, ``keys`` (keys, certs, register),
-``server``, ``node``, ``run`` (run, plan, watch), ``merchant`` (partition, recommend, price, serve),
+``server``, ``node``, ``run`` (run, plan, watch), ``merchant`` (partition, recommend, price, tiers, serve),
 ``report`` and ``app_bundle``; the options several commands share are defined once in ``options``. Commands only wire:
 they parse options, call the code that does the work (``fedshop.operations`` and the federation's
 packages), print and exit. They import that code inside the command, so that start-up and ``--help``
@@ -52,6 +53,7 @@ app.command("plan")(run.plan)
 app.command("watch")(run.watch)
 app.command("recommend")(merchant.recommend)
 app.command("price")(merchant.price)
+app.command("tiers")(merchant.tiers)
 app.command("serve")(merchant.serve)
 app.command("report")(report.report)
 app.add_typer(keys.keys_app, name="keys")

@@ -1,5 +1,5 @@
 """What a merchant runs on its own data: ``fedshop partition`` (one directory per merchant from a shared
-export), ``fedshop recommend``, ``fedshop price`` and ``fedshop serve`` (both over HTTP)."""
+export), ``fedshop recommend``, ``fedshop price``, ``fedshop tiers`` and ``fedshop serve`` (all three over HTTP)."""
 
 import json
 from pathlib import Path
@@ -149,6 +149,54 @@ def price(
         console.print("\n".join(f"- {reason}" for reason in records[0]["reasons"]))
     elif len(records) > limit:
         console.print(f"{len(records) - limit} more items: --limit N; --item ID for the reasons; --json for all")
+
+
+def tiers(
+    data: MerchantData,
+    model: Model,
+    csv: Annotated[Path | None, typer.Option(help="Write each customer's tier, profile and reason to a CSV.")] = None,
+    secret_context: SecretContext = None,
+    as_json: AsJson = False,
+) -> None:
+    """The shop's customers in the federation's member tiers (regular, potential, loyal): counts, profiles,
+    centroids, and a CSV of customer → tier for the shop's CRM. Tiers never set a price."""
+    from fedshop.client.data.customer_profile import customer_profiles
+    from fedshop.client.data.schema import SchemaError, load_merchant
+    from fedshop.client.node.model_copy import load_models
+    from fedshop.client.training.tiers import customer_tiers
+    from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, tier_summary
+    from fedshop.models.tiers import tier_names
+    from fedshop.privacy.ckks import ContextError
+
+    try:
+        profiles = customer_profiles(load_merchant(data))
+        shared = load_models(model, secret_context).models
+    except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
+        fail(str(exc))
+    members = customer_tiers(shared.tiers, profiles)
+    centroids = shared.tiers.centroids()
+    summary = tier_summary(members, profiles, centroids, tier_names(centroids))
+    if csv is not None:
+        import pandas as pd
+
+        rows = [explain_tier(customer, tier, profiles).record() for customer, tier in members.items()]
+        pd.DataFrame(rows).drop(columns="meaning").rename(columns={"customer": "customer_id", "sentence": "reason"}
+                                                          ).to_csv(csv, index=False)
+    if as_json:
+        typer.echo(json.dumps({"as_of": str(profiles.as_of), "customers": len(members), "tiers": summary,
+                               "csv": str(csv) if csv else None, "pricing": NOT_PRICED_BY_TIER}, indent=2))
+        return
+    table = Table("tier", "customers", "share", "baskets (6 months)", "basket value", "days since last",
+                  title=f"member tiers of {len(members)} customers, as of {profiles.as_of:%Y-%m-%d} (medians)")
+    for tier in summary:
+        table.add_row(tier["tier"], str(tier["customers"]), f"{tier['share']:.0%}",
+                      *(f"{tier[key]:.1f}" if tier[key] is not None else "-" for key in
+                        ("median_baskets_half_year", "median_basket_value", "median_days_since_last")))
+    console.print(table)
+    console.print("\n".join(f"{tier['tier']}: {tier['meaning']}" for tier in summary))
+    console.print(NOT_PRICED_BY_TIER)
+    if csv is not None:
+        console.print(f"customer → tier written to {csv}")
 
 
 def serve(

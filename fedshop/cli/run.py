@@ -165,6 +165,11 @@ def plan(
                       f"{p.epsilon_per_round:.2f}", f"{last:.2f}", f"{p.epsilon_budget:g}",
                       str(p.refused_from_round or "–"), f"{p.compute_s:.1f}")
     console.print(table)
+    if tiered := [p for p in plans if p.tier_rounds]:
+        console.print(f"Member tiers: rounds 1–{tiered[0].tier_rounds} also release noisy k-means statistics of each "
+                      f"merchant's customers (Gaussian, noise multiplier {settings.tier_noise_multiplier:g}); alone "
+                      f"they would spend ε = {max(p.tier_epsilon for p in tiered):.2f}, and the table's ε includes "
+                      "them (composed with DP-SGD).")
 
 
 def watch(run_dir: RunDir) -> None:
