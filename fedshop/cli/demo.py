@@ -74,3 +74,5 @@ def demo(
     console.print(final_table(run_dir))
     console.print(f"run directory: [bold]{run_dir}[/]  (wall time {time.perf_counter() - started:.0f} s)")
     console.print(f"auditors' report: fedshop report {run_dir} --data {data_dirs[0]} --model {nodes[0]['state-dir']}")
+    console.print(f"a merchant's member tiers: fedshop tiers --data {data_dirs[0]} --model {nodes[0]['state-dir']} "
+                  "--csv tiers.csv")
