@@ -53,6 +53,23 @@ def test_a_profile_counts_baskets_spend_and_recency_from_purchases_up_to_its_ins
     by = dict(zip(profiles.customers, profiles.features, strict=True))
     assert by["late"][0] > by["often"][0] > by["once"][0], "recency: the most recent ranks highest"
     assert by["often"][1] > by["late"][1], "frequency: more baskets rank higher"
+    assert customer_profiles(data).as_of == pd.Timestamp("2025-08-04", tz="UTC"), "the end of the last order's week"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 200), st.integers(1, 9)), min_size=1, max_size=6))
+def test_a_customers_features_do_not_depend_on_any_other_customer(purchases) -> None:
+    """The tiers' release bounds one customer's own share of the sums (its sensitivity): that holds only if
+    adding a customer changes nobody else's features."""
+    rows = [("one", "a", "2025-01-01", 2, 10.0, "o1"), ("one", "b", "2025-03-01", 1, 5.0, "o2"),
+            ("two", "c", "2025-02-01", 1, 30.0, "o3")]
+    newcomer = [("new", item, str(pd.Timestamp("2025-01-01") + pd.Timedelta(days=day))[:10], units,
+                 {"a": 10.0, "b": 5.0, "c": 30.0}[item], f"n{day}") for item, day, units in purchases]
+    as_of = pd.Timestamp("2025-08-01", tz="UTC")
+    before = customer_profiles(_orders(rows), as_of)
+    after = customer_profiles(_orders(rows + newcomer), as_of)
+    kept = after.table.index.isin(before.customers)
+    assert np.array_equal(after.features[kept], before.features)
 
 
 @settings(max_examples=60, deadline=None)

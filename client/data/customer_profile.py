@@ -2,11 +2,21 @@
 
 Per customer (those who bought something, net of returns, as the recommender's customers): days since
 their last basket, baskets in the last half year, the mean value of a basket, and the share of their
-spend in their top category. A basket is one order, or one day where lines carry no order id. Tiers
-compare these in one space across shops of any size: recency, frequency and value as ranks within
-the shop (centred: in [-0.5, 0.5], the highest rank the most recent, most frequent, most valuable),
-and the top category's share as it is (centred). Only purchase lines count; the profile is taken as of
-the merchant's last order (or an instant given, e.g. a temporal split's cutoff).
+spend in their top category. A basket is one order, or one day where lines carry no order id. Only
+purchase lines count.
+
+The tier features put every shop's customers in one space, each feature in [-0.5, 0.5], and each
+customer's from their own purchases alone, through fixed transforms: recency falls linearly over a
+year, frequency is the log of baskets in the last six months against a weekly shopper's 26, value is
+the log of the mean basket in units of the shop's price level (the median of its items' prices: a
+wholesaler's basket of 300 items and a corner shop's of 10 are then far apart, a pricier shop's is
+not), and the top category's share as it is. No customer's features depend on another customer's
+purchases: ranks within the shop would (adding one customer shifts everyone's rank and can move many
+across a tier's border), and the DP release of the tiers' sums bounds one customer's own share only
+(``fedshop.privacy.cluster_sums``). Two facts of the shop enter as public: its price level (the prices
+it publishes; read from the orders, as the catalogue has no price column) and the instant of the
+profile, by default the end of the week of its last order (the export's date; a benchmark passes its
+cutoff).
 """
 
 from dataclasses import dataclass
@@ -14,11 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.interactions import basket_keys, purchase_sequences
+from fedshop.client.data.interactions import basket_keys, purchase_sequences, typical_prices
 from fedshop.client.data.schema import MerchantData
-from fedshop.models.tiers import TIER_FEATURES
+from fedshop.models.tiers import FEATURE_BOUND, TIER_FEATURES
 
 FREQUENCY_WINDOW_DAYS = 182  # "baskets in the last six months"
+RECENCY_SPAN_DAYS = 365.0  # a last basket this long ago or longer is the least recent
+WEEKLY_BASKETS = 26  # baskets in six months of a weekly shopper: the most frequent
+VALUE_SPAN = 1000.0  # a mean basket worth this many items at the shop's price level is the most valuable
 NO_CATEGORY = "(no category)"
 
 
@@ -29,23 +42,36 @@ class CustomerProfiles:
     table: pd.DataFrame  # days_since_last, baskets_half_year, baskets, basket_value, top_category, top_share
     features: np.ndarray  # per customer (the table's order), TIER_FEATURES, each in [-0.5, 0.5]
     as_of: pd.Timestamp
+    price_level: float  # the median of the shop's items' prices, the unit of basket value
 
     @property
     def customers(self) -> list[str]:
         return self.table.index.tolist()
 
 
-def _centred_rank(values: pd.Series) -> np.ndarray:
-    ranks = values.rank(method="average").to_numpy()
-    return (ranks - 0.5) / len(values) - 0.5
+def end_of_week(instant: pd.Timestamp) -> pd.Timestamp:
+    """The end of ``instant``'s ISO week (Sunday, midnight): the profile's default instant."""
+    day = instant.normalize()
+    return day + pd.Timedelta(days=7 - day.day_of_week)
+
+
+def tier_features(table: pd.DataFrame, price_level: float) -> np.ndarray:
+    """The tier features of profiles (``table`` as :class:`CustomerProfiles` holds it), each row from
+    that customer's own figures and the shop's ``price_level``."""
+    unit = np.clip(np.asarray([
+        1.0 - table["days_since_last"].to_numpy(dtype=float) / RECENCY_SPAN_DAYS,
+        np.log1p(table["baskets_half_year"].to_numpy(dtype=float)) / np.log1p(WEEKLY_BASKETS),
+        np.log(np.maximum(table["basket_value"].to_numpy(dtype=float) / price_level, 1.0)) / np.log(VALUE_SPAN),
+        table["top_share"].to_numpy(dtype=float),
+    ]).T.reshape(-1, len(TIER_FEATURES)), 0.0, 1.0)
+    return unit - FEATURE_BOUND
 
 
 def customer_profiles(data: MerchantData, as_of: pd.Timestamp | None = None) -> CustomerProfiles:
-    """The profiles of ``data``'s customers from their purchases up to ``as_of`` (default: the last order)."""
-    orders = data.orders
-    if as_of is not None:
-        orders = orders[orders["timestamp"] <= as_of]
-    as_of = orders["timestamp"].max() if as_of is None else as_of
+    """The profiles of ``data``'s customers from their purchases before ``as_of`` (default: the end of the
+    week of the last order)."""
+    as_of = end_of_week(data.orders["timestamp"].max()) if as_of is None else as_of
+    orders = data.orders[data.orders["timestamp"] < as_of]
     customers = purchase_sequences(orders).index
     lines = orders[(orders["quantity"] > 0) & orders["customer_id"].isin(customers)]
     category = data.catalog.set_index("item_id")["category"] if "category" in data.catalog else pd.Series(dtype=str)
@@ -65,10 +91,6 @@ def customer_profiles(data: MerchantData, as_of: pd.Timestamp | None = None) -> 
         "top_category": top,
         "top_share": (spend.groupby(level="customer_id").max() / total.where(total > 0)).fillna(1.0),
     }).reindex(customers)
-    features = np.column_stack([
-        _centred_rank(-table["days_since_last"]),
-        _centred_rank(table["baskets_half_year"] + table["baskets"] / (table["baskets"].max() + 1.0)),
-        _centred_rank(table["basket_value"]),
-        table["top_share"].to_numpy() - 0.5,
-    ]) if len(table) else np.zeros((0, len(TIER_FEATURES)))
-    return CustomerProfiles(table, features, pd.Timestamp(as_of))
+    prices = typical_prices(orders)
+    price_level = float(prices[prices > 0].median()) if (prices > 0).any() else 1.0
+    return CustomerProfiles(table, tier_features(table, price_level), pd.Timestamp(as_of), price_level)
