@@ -27,6 +27,8 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--products", type=int, help="generated data: the product universe's size")
     parser.add_argument("--shop-sizes", help="generated data: comma-separated customers of each merchant")
+    parser.add_argument("--rate-spread", type=float, default=0.0,
+                        help="generated data: customers' order rates vary by this coefficient of variation")
     return parser
 
 
@@ -45,6 +47,8 @@ def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
             spec = replace(spec, products=args.products)
         if args.shop_sizes:
             spec = replace(spec, customers=tuple(int(n) for n in args.shop_sizes.split(",")))
+        if args.rate_spread:
+            spec = replace(spec, rate_spread=args.rate_spread)
         return write_federation(workdir / "data", spec)
     if args.data.is_file():
         partition_export(args.data, args.merchants, args.by, workdir / "data")

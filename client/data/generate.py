@@ -37,8 +37,10 @@ ADJECTIVES = ("vintage", "red", "blue", "pink", "retro", "floral", "spotty", "he
 # True price elasticity per category (log units per log price), known so pricing can be checked:
 # units a customer buys of a product they chose are Poisson(UNITS_AT_REFERENCE * (p / p_ref) ** elasticity).
 UNITS_AT_REFERENCE = 3.0
+ORDERS_A_YEAR = 4.0  # a customer's orders are 1 + Poisson(this × the customer's rate) over the year
 STOCK_SHARE = 0.3  # the share of a generated shop's items with units on hand in the catalogue
 STOCK_STREAM = 77
+RATE_STREAM = 78
 ELASTICITY = dict(zip(CATEGORIES, np.linspace(-2.4, -0.6, len(CATEGORIES)).round(2), strict=True))
 
 
@@ -50,6 +52,7 @@ class FederationSpec:
     products: int = 900
     days: int = 364
     seed: int = 0
+    rate_spread: float = 0.0  # customers' order rates vary by this coefficient of variation (0: all buy at one rate)
 
     @classmethod
     def quick(cls) -> "FederationSpec":
@@ -105,11 +108,12 @@ def _merchant(index: int, n_customers: int, spec: FederationSpec, uni: _Universe
 
     rows: list[tuple] = []
     order_no = 0
+    rates = _order_rates(n_customers, spec.rate_spread, np.random.default_rng([spec.seed, index, RATE_STREAM]))
     for c in range(n_customers):
         customer = f"M{index}-C{c:05d}"
         taste = rng.dirichlet(np.full(len(names), 0.25))
         bought: list[int] = []
-        for day in np.sort(rng.integers(0, spec.days, 1 + rng.poisson(4))):
+        for day in np.sort(rng.integers(0, spec.days, 1 + rng.poisson(ORDERS_A_YEAR * rates[c]))):
             order_no += 1
             for _ in range(1 + rng.poisson(1.5)):
                 product = -1
@@ -143,6 +147,15 @@ def _merchant(index: int, n_customers: int, spec: FederationSpec, uni: _Universe
     })
     catalog["stock"] = _stock(orders, catalog["item_id"], np.random.default_rng([spec.seed, index, STOCK_STREAM]))
     return MerchantData(name=f"merchant_{index}", orders=orders, catalog=catalog)
+
+
+def _order_rates(customers: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """Each customer's order rate relative to the mean: 1 for everyone without ``spread``, else Gamma with
+    mean 1 and coefficient of variation ``spread`` (a few customers buy far more often than most), from a
+    stream of its own, so that ``spread`` 0 leaves every order what it was."""
+    if spread <= 0:
+        return np.ones(customers)
+    return rng.gamma(1.0 / spread**2, spread**2, customers)
 
 
 def _stock(orders: pd.DataFrame, item_ids: pd.Series, rng: np.random.Generator) -> np.ndarray:
