@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, Record
 
 from fedshop.client.node.aggregate_check import GROWTH_LIMIT, aggregate_problem
 from fedshop.client.node.app import TaskRefused, count_examples, evaluate_locally, train_locally
-from fedshop.client.node.model_copy import decrypt_global_model
+from fedshop.client.node.model_copy import decrypt_global_model, load_models
 from fedshop.client.node.options import node_options
 from fedshop.core.protocol import AGGREGATE_REFUSED, EXAMPLES, MERCHANT_RECORD, RUN_KEY, VALUE_RANGE, WEIGHT_SCALE
 from fedshop.core.settings import RunSettings
@@ -177,3 +177,35 @@ def test_a_node_evaluates_and_serves_only_what_it_adopted_whatever_run_key_the_o
     with pytest.raises(TaskRefused, match="refused round 3 of run fresh-key: it holds no model of this run"):
         train_locally(_clear_message("train", "fresh-key", 3, far), options)
     assert (tmp_path / "state" / "model.npz").read_bytes() == copy, "the served copy changed"
+
+
+def test_once_the_runs_tiers_are_learnt_no_later_aggregate_moves_them(federation_dirs, tmp_path: Path) -> None:
+    """A merchant could push the tiers' sums and counts in a later round, far below what the whole model's
+    check notices, and every node would adopt them for good (a hostile review): now a node keeps the tiers of
+    round tier-rounds' aggregate."""
+    settings = replace(SETTINGS, he=False, tier_rounds=1)
+    options = node_options({"data-dir": str(federation_dirs[2]), "state-dir": str(tmp_path / "state"),
+                            "epsilon-budget": 1e9, "allow-clear": True})
+
+    def message(kind: str, round_: int, arrays: dict) -> Message:
+        record = ArrayRecord({name: Array(np.asarray(value)) for name, value in arrays.items()})
+        return Message(content=RecordDict({"arrays": record, "config": ConfigRecord(
+            {**settings.training_config(), RUN_KEY: "tiers-run", "server-round": round_})}), metadata=Metadata(
+            run_id=9, message_id=f"{kind}-{round_}", src_node_id=1, dst_node_id=2, reply_to_message_id="",
+            group_id=str(round_), created_at=time.time(), ttl=600.0, message_type=kind))
+
+    def arrays(reply: Message) -> dict:
+        return {name: array.numpy() for name, array in reply.content.array_records["arrays"].items()}
+
+    initial = {name: value.numpy() for name, value in build_shared_models(settings.seed).state_dict().items()}
+    learnt = arrays(train_locally(message("train", 1, initial), options))
+    evaluate_locally(message("evaluate", 1, learnt), options)
+    second = arrays(train_locally(message("train", 2, learnt), options))
+    assert np.array_equal(second["tiers.sums"], learnt["tiers.sums"]), "round 2 released nothing new"
+    pushed = {**second, "tiers.counts": second["tiers.counts"] * np.array([1.0, 1.0, 0.0], np.float32),
+              "tiers.sums": second["tiers.sums"] + 0.2}
+    reply = evaluate_locally(message("evaluate", 2, pushed), options)
+    assert reply.content.metric_records["metrics"][AGGREGATE_REFUSED] == 0, "the push is too small to refuse"
+    kept = load_models(tmp_path / "state").models.tiers.state_dict()
+    assert np.array_equal(kept["sums"].numpy(), learnt["tiers.sums"])
+    assert np.array_equal(kept["counts"].numpy(), learnt["tiers.counts"])

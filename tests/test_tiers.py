@@ -15,7 +15,13 @@ from hypothesis.extra.numpy import arrays
 from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.schema import MerchantData
 from fedshop.client.training.round_plan import dp_round
-from fedshop.client.training.tiers import TIER_CLIP, customer_tiers, release_tier_statistics, tier_release
+from fedshop.client.training.tiers import (
+    TIER_CLIP,
+    customer_tiers,
+    release_tier_statistics,
+    tier_as_of,
+    tier_release,
+)
 from fedshop.core.settings import RunSettings
 from fedshop.models.tiers import FEATURE_BOUND, INITIAL_CENTROIDS, TIERS, TierCentroids, nearest_tier, tier_names
 from fedshop.privacy.cluster_sums import clipped_cluster_sums, noisy_cluster_sums
@@ -48,7 +54,8 @@ def test_a_profile_counts_baskets_spend_and_recency_from_purchases_up_to_its_ins
     assert table.loc["often", "top_category"] == "x" and table.loc["often", "top_share"] == pytest.approx(30 / 60)
     assert table.loc["late", "baskets"] == 1, "a basket after the profile's instant does not count"
     assert table.loc["late", "days_since_last"] == pytest.approx(1.0)
-    assert table.loc["once", "basket_value"] == pytest.approx(100.0), "a return is not a purchase line"
+    assert table.loc["once", "basket_value"] == pytest.approx(10.0), "a return takes back what it returns"
+    assert table.loc["once", "top_category"] == "x" and table.loc["often", "basket_units"] == pytest.approx(5 / 3)
     assert profiles.features.shape == (3, 4) and np.abs(profiles.features).max() <= FEATURE_BOUND
     by = dict(zip(profiles.customers, profiles.features, strict=True))
     assert by["late"][0] > by["often"][0] > by["once"][0], "recency: the most recent ranks highest"
@@ -57,15 +64,17 @@ def test_a_profile_counts_baskets_spend_and_recency_from_purchases_up_to_its_ins
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 200), st.integers(1, 9)), min_size=1, max_size=6))
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 400), st.integers(-3, 9).filter(bool),
+                          st.floats(0.0, 1e4)), min_size=1, max_size=6))
 def test_a_customers_features_do_not_depend_on_any_other_customer(purchases) -> None:
     """The tiers' release bounds one customer's own share of the sums (its sensitivity): that holds only if
-    adding a customer changes nobody else's features."""
+    adding a customer (buying anything, at any price, at any time: after everyone else, too) changes nobody
+    else's features, at the run's instant."""
     rows = [("one", "a", "2025-01-01", 2, 10.0, "o1"), ("one", "b", "2025-03-01", 1, 5.0, "o2"),
             ("two", "c", "2025-02-01", 1, 30.0, "o3")]
-    newcomer = [("new", item, str(pd.Timestamp("2025-01-01") + pd.Timedelta(days=day))[:10], units,
-                 {"a": 10.0, "b": 5.0, "c": 30.0}[item], f"n{day}") for item, day, units in purchases]
-    as_of = pd.Timestamp("2025-08-01", tz="UTC")
+    newcomer = [("new", item, str(pd.Timestamp("2025-01-01") + pd.Timedelta(days=day))[:10], units, price,
+                 f"n{day}") for item, day, units, price in purchases]
+    as_of = tier_as_of({"tier-as-of": "2025-08-01"})
     before = customer_profiles(_orders(rows), as_of)
     after = customer_profiles(_orders(rows + newcomer), as_of)
     kept = after.table.index.isin(before.customers)
@@ -173,3 +182,10 @@ def test_tier_noise_too_small_for_the_runs_target_is_refused_with_the_reason() -
         plan_round([shape], 5, 8.0, 0.0, 1e-4, fixed=[noisy])
     assert tier_release({**CONFIG, "tier-rounds": 0}) is None
     assert replace(noisy, first_rounds=2).rounds_made(5) == 2
+
+
+def test_the_runs_instant_is_a_given_date_or_the_day_the_round_runs() -> None:
+    assert tier_as_of({"tier-as-of": "2025-03-04"}) == pd.Timestamp("2025-03-04", tz="UTC")
+    assert tier_as_of({"tier-as-of": ""}) == pd.Timestamp.now(tz="UTC").normalize()
+    with pytest.raises(ValueError, match="setting 'tier-as-of' is 'soon', not an ISO date"):
+        tier_as_of({"tier-as-of": "soon"})

@@ -6,17 +6,17 @@ spend in their top category. A basket is one order, or one day where lines carry
 purchase lines count.
 
 The tier features put every shop's customers in one space, each feature in [-0.5, 0.5], and each
-customer's from their own purchases alone, through fixed transforms: recency falls linearly over a
-year, frequency is the log of baskets in the last six months against a weekly shopper's 26, value is
-the log of the mean basket in units of the shop's price level (the median of its items' prices: a
-wholesaler's basket of 300 items and a corner shop's of 10 are then far apart, a pricier shop's is
-not), and the top category's share as it is. No customer's features depend on another customer's
-purchases: ranks within the shop would (adding one customer shifts everyone's rank and can move many
-across a tier's border), and the DP release of the tiers' sums bounds one customer's own share only
-(``fedshop.privacy.cluster_sums``). Two facts of the shop enter as public: its price level (the prices
-it publishes; read from the orders, as the catalogue has no price column) and the instant of the
-profile, by default the end of the week of its last order (the export's date; a benchmark passes its
-cutoff).
+customer's from their own purchases alone, through fixed scales: recency falls linearly over a year,
+frequency is the log of baskets in the last six months against a weekly shopper's 26, size is the log
+of the units in a mean basket (up to 1,000: a wholesaler's customers sit higher than a corner shop's,
+whatever the currency), and the top category's share as it is. No customer's features depend on
+another customer's purchases, nor on any statistic of the shop: ranks within the shop would (adding
+one customer shifts everyone's rank and can move many across a tier's border), and so would a price
+level or an instant read from the orders; the DP release of the tiers' sums bounds one customer's own
+share only (``fedshop.privacy.cluster_sums``). The instant of a profile is therefore given: a run's
+``tier-as-of`` (``fedshop.client.training.tiers``), or, for what the merchant sees alone, the end of the
+week of its last order. Returns are taken back from the purchases they return, as for demand: a
+customer's purchase lines of an item are scaled by ``net / bought`` of that customer and item.
 """
 
 from dataclasses import dataclass
@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.interactions import basket_keys, purchase_sequences, typical_prices
+from fedshop.client.data.interactions import basket_keys, purchase_sequences
 from fedshop.client.data.schema import MerchantData
 from fedshop.models.tiers import FEATURE_BOUND, TIER_FEATURES
 
 FREQUENCY_WINDOW_DAYS = 182  # "baskets in the last six months"
 RECENCY_SPAN_DAYS = 365.0  # a last basket this long ago or longer is the least recent
 WEEKLY_BASKETS = 26  # baskets in six months of a weekly shopper: the most frequent
-VALUE_SPAN = 1000.0  # a mean basket worth this many items at the shop's price level is the most valuable
+SIZE_SPAN = 1000.0  # a mean basket of this many units or more is the largest
 NO_CATEGORY = "(no category)"
 
 
@@ -39,10 +39,10 @@ NO_CATEGORY = "(no category)"
 class CustomerProfiles:
     """A merchant's customers' profiles (``table``, indexed by customer id) and their tier features."""
 
-    table: pd.DataFrame  # days_since_last, baskets_half_year, baskets, basket_value, top_category, top_share
+    table: pd.DataFrame  # days_since_last, baskets_half_year, baskets, basket_units, basket_value, top_category,
+    #                      top_share
     features: np.ndarray  # per customer (the table's order), TIER_FEATURES, each in [-0.5, 0.5]
     as_of: pd.Timestamp
-    price_level: float  # the median of the shop's items' prices, the unit of basket value
 
     @property
     def customers(self) -> list[str]:
@@ -55,29 +55,42 @@ def end_of_week(instant: pd.Timestamp) -> pd.Timestamp:
     return day + pd.Timedelta(days=7 - day.day_of_week)
 
 
-def tier_features(table: pd.DataFrame, price_level: float) -> np.ndarray:
+def tier_features(table: pd.DataFrame) -> np.ndarray:
     """The tier features of profiles (``table`` as :class:`CustomerProfiles` holds it), each row from
-    that customer's own figures and the shop's ``price_level``."""
+    that customer's own figures alone."""
     unit = np.clip(np.asarray([
         1.0 - table["days_since_last"].to_numpy(dtype=float) / RECENCY_SPAN_DAYS,
         np.log1p(table["baskets_half_year"].to_numpy(dtype=float)) / np.log1p(WEEKLY_BASKETS),
-        np.log(np.maximum(table["basket_value"].to_numpy(dtype=float) / price_level, 1.0)) / np.log(VALUE_SPAN),
+        np.log(np.maximum(table["basket_units"].to_numpy(dtype=float), 1.0)) / np.log(SIZE_SPAN),
         table["top_share"].to_numpy(dtype=float),
     ]).T.reshape(-1, len(TIER_FEATURES)), 0.0, 1.0)
     return unit - FEATURE_BOUND
 
 
+def _kept_purchases(orders: pd.DataFrame) -> pd.DataFrame:
+    """Purchase lines with returns taken back: each scaled by ``net / bought`` of its customer and item."""
+    pair = [orders["customer_id"], orders["item_id"]]
+    net = orders["quantity"].groupby(pair).transform("sum").clip(lower=0)
+    bought = orders["quantity"].clip(lower=0).groupby(pair).transform("sum")
+    kept = orders.assign(quantity=orders["quantity"] * (net / bought.where(bought > 0)).fillna(0.0))
+    return kept[(orders["quantity"] > 0) & (kept["quantity"] > 0)]
+
+
 def customer_profiles(data: MerchantData, as_of: pd.Timestamp | None = None) -> CustomerProfiles:
     """The profiles of ``data``'s customers from their purchases before ``as_of`` (default: the end of the
-    week of the last order)."""
-    as_of = end_of_week(data.orders["timestamp"].max()) if as_of is None else as_of
+    week of the last order; a date without a time zone is UTC)."""
+    if as_of is None:
+        as_of = end_of_week(data.orders["timestamp"].max())
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
     orders = data.orders[data.orders["timestamp"] < as_of]
     customers = purchase_sequences(orders).index
-    lines = orders[(orders["quantity"] > 0) & orders["customer_id"].isin(customers)]
+    lines = _kept_purchases(orders[orders["customer_id"].isin(customers)])
     category = data.catalog.set_index("item_id")["category"] if "category" in data.catalog else pd.Series(dtype=str)
     lines = lines.assign(basket=basket_keys(lines), spend=lines["quantity"] * lines["unit_price"],
                          category=lines["item_id"].map(category).fillna(NO_CATEGORY).replace("", NO_CATEGORY))
-    baskets = lines.groupby(["customer_id", "basket"]).agg(started=("timestamp", "min"), value=("spend", "sum"))
+    baskets = lines.groupby(["customer_id", "basket"]).agg(started=("timestamp", "min"), value=("spend", "sum"),
+                                                           units=("quantity", "sum"))
     per_customer = baskets.groupby(level="customer_id")
     recent = baskets["started"] > as_of - pd.Timedelta(days=FREQUENCY_WINDOW_DAYS)
     spend = lines.groupby(["customer_id", "category"])["spend"].sum()
@@ -87,10 +100,9 @@ def customer_profiles(data: MerchantData, as_of: pd.Timestamp | None = None) -> 
         "days_since_last": (as_of - per_customer["started"].max()).dt.total_seconds() / 86400.0,
         "baskets_half_year": recent.groupby(level="customer_id").sum().astype(int),
         "baskets": per_customer.size(),
+        "basket_units": per_customer["units"].mean(),
         "basket_value": per_customer["value"].mean(),
         "top_category": top,
         "top_share": (spend.groupby(level="customer_id").max() / total.where(total > 0)).fillna(1.0),
     }).reindex(customers)
-    prices = typical_prices(orders)
-    price_level = float(prices[prices > 0].median()) if (prices > 0).any() else 1.0
-    return CustomerProfiles(table, tier_features(table, price_level), pd.Timestamp(as_of), price_level)
+    return CustomerProfiles(table, tier_features(table), as_of)

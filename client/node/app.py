@@ -35,6 +35,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 from torch.utils.data import Dataset
 
+from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from fedshop.client.node.aggregate_check import aggregate_problem
 from fedshop.client.node.model_copy import (
@@ -48,9 +49,9 @@ from fedshop.client.node.model_copy import (
 from fedshop.client.node.options import (
     NodeOptions,
     audit_salt,
-    load_customer_profiles,
     load_demand_panel,
     load_interactions,
+    load_merchant_data,
     node_options,
     save_policy,
 )
@@ -64,7 +65,7 @@ from fedshop.client.training.recommender import (
     train_recommender_private,
 )
 from fedshop.client.training.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
-from fedshop.client.training.tiers import release_tier_statistics, releases_tiers
+from fedshop.client.training.tiers import frozen_tiers, release_tier_statistics, releases_tiers, tier_as_of
 from fedshop.core.protocol import (
     AGGREGATE_RANGE,
     AGGREGATE_REFUSED,
@@ -184,6 +185,8 @@ def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOption
     if joining:
         initial = build_shared_models(int(config["seed"]))
         previous = Adoption(initial, [], 0, float(np.linalg.norm(flatten(initial.state_dict()))))
+    if frozen_tiers(config, round_ if evaluating else round_ - 1):  # the run's tiers are learnt: keep them
+        models.tiers.load_state_dict(previous.models.tiers.state_dict())
     problem, change = aggregate_problem(flatten(models.state_dict()), flatten(previous.models.state_dict()),
                                         previous.changes, previous.anchor)
     if problem:
@@ -226,10 +229,11 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
 
 
 def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
-    """The tier features of the merchant's customers, the audit holdout left out (it never trains)."""
+    """The tier features of the merchant's customers as of the run's ``tier-as-of``, the audit holdout left
+    out (it never trains)."""
     interactions = load_interactions(options.data_dir)
     held_out = np.array(interactions.customers)[audit_holdout(interactions, config, audit_salt(options.state_dir))]
-    profiles = load_customer_profiles(options.data_dir)
+    profiles = customer_profiles(load_merchant_data(options.data_dir), tier_as_of(config))
     return profiles.features[~profiles.table.index.isin(held_out)]
 
 

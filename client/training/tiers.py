@@ -1,16 +1,20 @@
 """A merchant's part in learning the federation's member tiers, and its customers' tiers.
 
-In each of a run's first ``tier-rounds`` rounds, the node assigns its customers (the audit holdout
-left out) to the centroids of the model it adopted and releases, per tier, their clipped feature sum
-and count with Gaussian noise (``fedshop.privacy.cluster_sums``; in the clear in a clear test
-federation), divided by its weight in the round's average (``fedshop.models.tiers`` says why). Later
-rounds release nothing new: the node sends the centroids it adopted, which the average keeps. The
-release is planned, authorised and recorded with the round's DP-SGD (``fedshop.client.training.round_plan``),
-so the ledger composes it with the models' ε. A customer's tier is then computed on the node, from
-the adopted centroids, and never sent.
+In each of a run's first ``tier-rounds`` rounds, the node profiles its customers (the audit
+holdout left out) as of the run's ``tier-as-of`` (a public instant, the same for every customer
+whatever their data; by default the day the round runs), assigns them to the centroids of the model
+it adopted and releases, per tier, their clipped feature sum and count with Gaussian noise
+(``fedshop.privacy.cluster_sums``; in the clear in a clear test federation), divided by its weight in
+the round's average (``fedshop.models.tiers`` says why). The aggregate of the last such round is the
+run's tiers: from the round after it the node keeps the tiers it adopted then, whatever later
+aggregates hold (:func:`frozen_tiers`), so a merchant cannot move them once they are learnt, and
+sends them unchanged. The release is planned, authorised and recorded with the round's DP-SGD
+(``fedshop.client.training.round_plan``), so the ledger composes it with the models' ε. A customer's
+tier is then computed on the node, from the adopted centroids, and never sent.
 """
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -33,9 +37,28 @@ def tier_release(config: Mapping[str, Any]) -> Release | None:
     return Release("tiers", TIER_CLIP, Mechanism(float(config["tier-noise-multiplier"]), 1.0, 1), first_rounds=rounds)
 
 
+def tier_as_of(config: Mapping[str, Any]) -> pd.Timestamp:
+    """The instant a run's tier statistics profile customers at: its ``tier-as-of`` (an ISO date or
+    instant), or the start of the day (UTC) the round runs."""
+    given = str(config.get("tier-as-of", "") or "")
+    if not given:
+        return pd.Timestamp(datetime.now(UTC).date(), tz="UTC")
+    try:
+        instant = pd.Timestamp(given)
+    except ValueError as exc:
+        raise ValueError(f"setting 'tier-as-of' is {given!r}, not an ISO date (YYYY-MM-DD)") from exc
+    return instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
+
+
 def releases_tiers(config: Mapping[str, Any], round_: int) -> bool:
     """Whether round ``round_`` of the run releases tier statistics."""
     return round_ <= int(config["tier-rounds"])
+
+
+def frozen_tiers(config: Mapping[str, Any], aggregate_round: int) -> bool:
+    """Whether an aggregate of round ``aggregate_round``'s updates must carry the tiers the node adopted
+    before: the run's tiers are those of round ``tier-rounds``' aggregate, and nothing may change them after."""
+    return aggregate_round > int(config["tier-rounds"])
 
 
 def release_tier_statistics(tiers: TierCentroids, features: np.ndarray, weight: float,

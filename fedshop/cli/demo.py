@@ -4,6 +4,7 @@ import logging
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ def demo(
     """Run a whole federation in-process on generated merchants (or on the merchant directories under
     --data); writes OUT/data (generated merchants), OUT/keys, OUT/nodes (each merchant's privacy
     ledger and model copy) and OUT/run (the operator's run directory)."""
+    from fedshop.client.data.customer_profile import end_of_week
     from fedshop.client.data.generate import FederationSpec, write_federation
     from fedshop.client.data.schema import SchemaError, load_merchant, merchant_directories
     from fedshop.operations.progress import watch_run
@@ -53,7 +55,10 @@ def demo(
             sizes = ", ".join(str(load_merchant(d).orders["customer_id"].nunique()) for d in data_dirs)
         except SchemaError as exc:
             fail(str(exc))
-    # The demo's merchants are the person typing: its flags are their policy too (--no-dp, --epsilon).
+    # The demo's merchants are the person typing: its flags are their policy too (--no-dp, --epsilon), and the
+    # instant their customers' tiers are profiled at is the end of the week of their last order (the data's date).
+    latest = max(load_merchant(d).orders["timestamp"].max() for d in data_dirs)
+    settings = replace(settings, tier_as_of=end_of_week(latest).date().isoformat())
     nodes = [{"data-dir": str(d), "merchant": d.name, "secret-context": str(out / "keys" / SECRET_FILE),
               "state-dir": str(out / "nodes" / d.name), "allow-clear": not (dp and he), "max-run-epsilon": epsilon}
              for d in data_dirs]

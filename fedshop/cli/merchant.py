@@ -164,7 +164,7 @@ def tiers(
     from fedshop.client.data.schema import SchemaError, load_merchant
     from fedshop.client.node.model_copy import load_models
     from fedshop.client.training.tiers import customer_tiers
-    from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, tier_summary
+    from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, inert_in_spreadsheets, tier_summary
     from fedshop.models.tiers import tier_names
     from fedshop.privacy.ckks import ContextError
 
@@ -180,8 +180,11 @@ def tiers(
         import pandas as pd
 
         rows = [explain_tier(customer, tier, profiles).record() for customer, tier in members.items()]
-        pd.DataFrame(rows).drop(columns="meaning").rename(columns={"customer": "customer_id", "sentence": "reason"}
-                                                          ).to_csv(csv, index=False)
+        table = pd.DataFrame(rows).drop(columns="meaning").rename(columns={"customer": "customer_id",
+                                                                            "sentence": "reason"})
+        text = table.select_dtypes(include="object").columns
+        table[text] = table[text].apply(lambda column: column.map(inert_in_spreadsheets))
+        table.to_csv(csv, index=False)
     if as_json:
         typer.echo(json.dumps({"as_of": str(profiles.as_of), "customers": len(members), "tiers": summary,
                                "csv": str(csv) if csv else None, "pricing": NOT_PRICED_BY_TIER}, indent=2))

@@ -33,12 +33,15 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "max-grad-norm": (1e-4, 100.0),
     "demand-max-grad-norm": (1e-4, 1000.0),
     "tier-rounds": (0, 100),
-    "tier-noise-multiplier": (2.0, 1e4),  # below 2, a few rounds of tier statistics would spend most of a run's ε
+    "tier-noise-multiplier": (2.0, 1e4),
 }
 # ... and their product: the items one batch scores, batch × predictions × (history + negatives), each a
 # vector of the model's width; the defaults make 344,064 (about 33 MB of scores), this about 24 times that.
 MAX_BATCH_ITEMS = 2**23
 MIN_AUDIT_CUSTOMERS = 20  # on each side of the membership audit, or the node sends no audit figures
+# The tiers' Gaussian releases cost zCDP ρ = rounds / (2 z²): at most 0.05 (ε ≈ 1.7 at δ = 10⁻⁶ on their own),
+# however the operator trades the rounds against the noise; the defaults (3 rounds at z = 6) make 0.042.
+MAX_TIER_ROUNDS_PER_NOISE_SQUARED = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ class NodePolicy:
             if value is None or not low <= value <= high:
                 return (f"setting '{name}' is {config.get(name)!r}, outside this node's policy range "
                         f"[{low:g}, {high:g}]")
+        tier_cost = float(config["tier-rounds"]) / float(config["tier-noise-multiplier"]) ** 2
+        if tier_cost > MAX_TIER_ROUNDS_PER_NOISE_SQUARED:
+            return (f"settings tier-rounds {config['tier-rounds']} / tier-noise-multiplier "
+                    f"{config['tier-noise-multiplier']}² make {tier_cost:.3g}, over this node's policy of "
+                    f"{MAX_TIER_ROUNDS_PER_NOISE_SQUARED:g}: the member tiers would take too much of the run's ε")
         holdout = config.get("audit-holdout")
         if isinstance(holdout, bool) or holdout not in (0, self.audit_holdout):
             return (f"setting 'audit-holdout' is {config.get('audit-holdout')!r}, but this node keeps "
