@@ -23,6 +23,7 @@ from fedshop.client.training.tiers import (
     tier_release,
 )
 from fedshop.core.settings import RunSettings
+from fedshop.explain.tier_reasons import inert_in_spreadsheets
 from fedshop.models.tiers import FEATURE_BOUND, INITIAL_CENTROIDS, TIERS, TierCentroids, nearest_tier, tier_names
 from fedshop.privacy.cluster_sums import clipped_cluster_sums, noisy_cluster_sums
 from fedshop.privacy.dp_sgd import PlanError, TrainingShape, plan_round
@@ -189,3 +190,9 @@ def test_the_runs_instant_is_a_given_date_or_the_day_the_round_runs() -> None:
     assert tier_as_of({"tier-as-of": ""}) == pd.Timestamp.now(tz="UTC").normalize()
     with pytest.raises(ValueError, match="setting 'tier-as-of' is 'soon', not an ISO date"):
         tier_as_of({"tier-as-of": "soon"})
+
+
+@pytest.mark.parametrize(("cell", "shown"), [("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"), ("+1", "'+1"),
+                                             ("@SUM(A1)", "'@SUM(A1)"), ("M1-C00003", "M1-C00003"), ("", "")])
+def test_a_csv_cell_a_spreadsheet_would_run_is_made_inert(cell: str, shown: str) -> None:
+    assert inert_in_spreadsheets(cell) == shown
