@@ -18,7 +18,8 @@ training paid for with the customers' ε. An evaluation message
 carries the new aggregate; the node fits its merchant-local part of the recommender on top of it
 (``fedshop.client.training.local_fit``: never sent, never used by the next round's training), evaluates the served
 model (shared + local) and the shared one on its held-out items, and keeps a decrypted copy of both
-in its state directory; after the last round it adds its audit summaries (``fedshop.explain.audit``). A share
+in its state directory; after the last round it adds its audit summaries (``fedshop.explain.audit``), its
+fairness audit per member tier among them. A share
 of the merchant's customers (``audit-holdout``) never trains, so that the audit can test
 membership inference. The merchant's orders never leave this process.
 """
@@ -355,7 +356,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
-        audit = audit_metrics(models, served, interactions,
+        audit = audit_metrics(models, served, interactions, load_customer_profiles(options.data_dir),
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, audit_holdout(interactions, config, audit_salt(options.state_dir)),
                               int(config["seed"]),
