@@ -42,7 +42,8 @@ def tier_price_check(demand: DemandModel, panel: DemandPanel, tier_items: dict[s
                      max_change: float) -> PriceCheck:
     """Every tier's shown items (``tier_items``, by tier) priced apart, against the catalogue-wide list."""
     row_of = {item: row for row, item in enumerate(panel.item_ids)}
-    asked = {tier: rows for tier, items in tier_items.items() if (rows := sorted(row_of[i] for i in items if i in row_of))}
+    asked = {tier: rows for tier, items in tier_items.items()
+             if (rows := sorted(row_of[item] for item in items if item in row_of))}
     uniform = True
     for objective in OBJECTIVES:
         everyone = _records(demand, panel, list(range(len(panel.item_ids))), objective, max_change)
