@@ -8,21 +8,28 @@ In the last round's evaluation each merchant measures, on its own data, what the
 * its served top-10 lists' beyond-accuracy measures, plain and with the diversity setting
   (``fedshop.explain.beyond_accuracy``);
 * the deletion check of its explanations (``fedshop.explain.fidelity``) on a sample of customers;
-* a summary of its price recommendations and their reasons (which bound held, the elasticities).
+* a summary of its price recommendations and their reasons (which bound held, the elasticities);
+* its fairness audit per group of customers, all and each member tier (``fedshop.explain.fairness``), with the
+  check that its prices are the same whatever the tier (``fedshop.explain.price_uniformity``).
 
 Every key starts with ``AUDIT_PREFIX``; :func:`parse_audit` reads them back on the report's side.
 """
 
 from collections import Counter
+from dataclasses import asdict
 
 import numpy as np
 
+from fedshop.client.data.customer_profile import CustomerProfiles
 from fedshop.client.data.demand import DemandPanel
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.pricing.prices import recommend_prices
+from fedshop.client.training.tiers import customer_tiers
 from fedshop.explain.beyond_accuracy import ListMeasures, list_measures
+from fedshop.explain.fairness import GROUPS, GroupFigures, fairness_audit
 from fedshop.explain.fidelity import FidelityCheck, deletion_check
 from fedshop.explain.membership import MembershipAttack, attack_scores, membership_attack
+from fedshop.explain.price_uniformity import PriceCheck, tier_price_check
 from fedshop.models.recommender import Recommender
 from fedshop.models.shared import SharedModels
 
@@ -31,6 +38,8 @@ DIVERSITY_SETTING = 0.3  # the MMR setting whose effect the report shows
 FIDELITY_CUSTOMERS = 200
 PRICE_MAX_CHANGE = 0.2
 BINDINGS = {"max change": "max-change", "price range seen": "price-range", "unit cost": "unit-cost", "": "none"}
+FAIRNESS = "fair"  # the fairness figures' part of the keys: audit-fair-GROUP-FIELD, audit-fair-prices-FIELD
+PRICE_CHECK = "prices"
 
 
 def _flat(prefix: str, record: dict) -> dict[str, float]:
@@ -49,13 +58,31 @@ def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
             "item-own": float(np.mean([r.has_own_elasticity for r in recs]))}
 
 
-def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, panel: DemandPanel | None,
-                  history_length: int, held_out: np.ndarray, seed: int, min_audit_customers: int) -> dict[str, float]:
+def fairness_metrics(models: SharedModels, served: Recommender, data: Interactions, profiles: CustomerProfiles,
+                     panel: DemandPanel | None, history_length: int, min_audit_customers: int) -> dict[str, float]:
+    """The fairness audit, flat: each group's figures (a group under ``min_audit_customers`` sends none), the
+    threshold applied and, when the run prices, the tiers' price check."""
+    audit = fairness_audit(served, models.recommender, data, customer_tiers(models.tiers, profiles), history_length,
+                           min_audit_customers)
+    metrics = {f"{AUDIT_PREFIX}{FAIRNESS}-min-customers": float(min_audit_customers)}
+    for group, figures in audit.groups.items():
+        metrics |= _flat(f"{FAIRNESS}-{group}", figures.record())
+    if panel is not None:
+        check = tier_price_check(models.demand, panel, audit.tier_items, PRICE_MAX_CHANGE)
+        metrics |= _flat(f"{FAIRNESS}-{PRICE_CHECK}", asdict(check))
+    return metrics
+
+
+def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, profiles: CustomerProfiles,
+                  panel: DemandPanel | None, history_length: int, held_out: np.ndarray, seed: int,
+                  min_audit_customers: int) -> dict[str, float]:
     """Every audit summary of this merchant, flat, for a MetricRecord. The membership attack targets
     the shared recommender (what the federation released, which the (ε, δ) guarantee covers), and is
     sent only when both of its groups hold at least ``min_audit_customers`` scored customers (the
     node's policy: over fewer, its figures would say too much about one customer); the deletion
-    check and the list measures the ``served`` one (shared + local, what customers see)."""
+    check, the list measures and the fairness audit measure the ``served`` one (shared + local, what
+    customers see), the fairness audit over groups of at least as many customers only. ``profiles``
+    are the customers' tier features (``fedshop.client.data.customer_profile``)."""
     scores = attack_scores(models.recommender, data, history_length)
     members, non_members = scores[~held_out], scores[held_out]
     rng = np.random.default_rng(seed)
@@ -67,7 +94,7 @@ def audit_metrics(models: SharedModels, served: Recommender, data: Interactions,
         metrics |= _flat(label, list_measures(served, data, history_length, diversity).record())
     if panel is not None:
         metrics |= {f"{AUDIT_PREFIX}price-{key}": value for key, value in price_summary(models, panel).items()}
-    return metrics
+    return metrics | fairness_metrics(models, served, data, profiles, panel, history_length, min_audit_customers)
 
 
 def parse_audit(metrics: dict[str, float]) -> dict:
@@ -80,6 +107,10 @@ def parse_audit(metrics: dict[str, float]) -> dict:
         return {name.replace("-", "_"): metrics[key] for name, key in zip(names, keys, strict=True)}
     price_keys = {k.removeprefix(f"{AUDIT_PREFIX}price-"): v for k, v in metrics.items()
                   if k.startswith(f"{AUDIT_PREFIX}price-")}
+    groups = {group: part(f"{FAIRNESS}-{group}", GroupFigures) for group in GROUPS}
     return {"membership": part("mia", MembershipAttack), "fidelity": part("fidelity", FidelityCheck),
             "lists": {"plain": part("plain", ListMeasures), "diverse": part("diverse", ListMeasures)},
-            "prices": price_keys or None}
+            "prices": price_keys or None,
+            "fairness": {"min_customers": metrics.get(f"{AUDIT_PREFIX}{FAIRNESS}-min-customers"),
+                         "groups": {group: record for group, record in groups.items() if record},
+                         "prices": part(f"{FAIRNESS}-{PRICE_CHECK}", PriceCheck)}}

@@ -37,6 +37,7 @@ from fedshop.explain.audit import PRICE_MAX_CHANGE, parse_audit
 from fedshop.explain.membership import LOW_FPR, MembershipAttack, pooled
 from fedshop.explain.price_reasons import PRICING_POLICY, price_record
 from fedshop.explain.recommendation_reasons import explain_recommendation
+from fedshop.explain.report_fairness import fairness_section
 from fedshop.models.local_part import LocalPart
 from fedshop.models.parameters import parameter_shapes
 from fedshop.models.shared import SharedModels
@@ -204,6 +205,7 @@ def report_content(records: RunRecords, samples: dict | None = None) -> dict:
         "pricing": {"policy": PRICING_POLICY,
                     "merchants": {name: audit["prices"] for name, audit in audits.items() if audit["prices"]},
                     "samples": (samples or {}).get("prices", [])},
+        "fairness": fairness_section(audits),
         "audited_round": last["round"] if any(a["membership"] or a["fidelity"] for a in audits.values()) else None,
         "integrity": {"refused_global_model": [
             {"round": record["round"], "merchant": name, "reason": reason}

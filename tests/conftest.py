@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fedshop.client.data.customer_profile import end_of_week
 from fedshop.client.data.generate import FederationSpec, write_federation
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import load_merchant
@@ -51,6 +52,12 @@ def train_small_recommender(data_dir: Path, epochs: int) -> tuple[Recommender, I
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     train_epochs(model, shuffled_loader(NextItemExamples(data, 20, 16, seed=0), 32, seed=0), optimizer, epochs)
     return model.eval(), data
+
+
+def data_as_of(data_dirs: list[Path]) -> str:
+    """The end of the week of the merchants' last order, as a run's ``tier-as-of``: their customers' tiers
+    profiled at the data's date, not today's (generated orders end in January 2026)."""
+    return end_of_week(max(load_merchant(d).orders["timestamp"].max() for d in data_dirs)).date().isoformat()
 
 
 def fixed_audit_salt(state_dir: Path) -> str:

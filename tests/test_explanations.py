@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
 from fedshop.client.ranking.diversity import best_rows, mmr_order
@@ -125,11 +126,13 @@ def test_a_customer_who_bought_the_whole_catalogue_gets_an_empty_list_and_the_au
                            "timestamp": [pd.Timestamp("2024-01-01") + pd.Timedelta(days=d) for _, _, d in lines],
                            "quantity": 1, "unit_price": 2.5})
     catalog = pd.DataFrame({"item_id": items, "title": [f"blue mug {n}" for n in range(6)], "category": "kitchen"})
-    data = build_interactions(load_merchant(write_merchant(MerchantData("tiny", orders, catalog), tmp_path)))
+    merchant = load_merchant(write_merchant(MerchantData("tiny", orders, catalog), tmp_path))
+    data = build_interactions(merchant)
     models = build_shared_models(seed=1).eval()
     assert recommend(models.recommender, data, "all", 5, 20) == []
     nobody_held_out = np.zeros(len(data.customers), dtype=bool)
-    audit = parse_audit(audit_metrics(models, models.recommender, data, None, 20, nobody_held_out, seed=0,
-                                      min_audit_customers=0))
+    audit = parse_audit(audit_metrics(models, models.recommender, data, customer_profiles(merchant), None, 20,
+                                      nobody_held_out, seed=0, min_audit_customers=0))
     assert audit["fidelity"]["customers"] == 3  # every customer but the one with nothing left to recommend
     assert audit["lists"]["plain"]["hit_rate"] >= 0
+    assert audit["fairness"]["groups"]["all"]["customers"] == 4 and audit["fairness"]["prices"] is None

@@ -9,12 +9,14 @@ import jsonschema
 import pytest
 
 from fedshop.core.settings import RunSettings
+from fedshop.explain.fairness import GROUP_ALL, GROUPS
 from fedshop.explain.report import IN_PROCESS, SCHEMA_PATH, ReportError
 from fedshop.explain.report_html import write_report
+from fedshop.models.tiers import TIER_NAMES
 from fedshop.operations.audit_report import build_report, merchant_samples
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
-from tests.conftest import fixed_audit_salt
+from tests.conftest import data_as_of, fixed_audit_salt
 
 AUDIT = RunSettings(num_server_rounds=5, local_epochs=3, he=False, pricing=True, audit_holdout=0.5)
 
@@ -24,7 +26,8 @@ def _run(federation_dirs: list[Path], out: Path, settings: RunSettings) -> Path:
               "allow-clear": True,
               "audit-holdout": settings.audit_holdout}
              for d in federation_dirs]
-    return run_simulated_federation(nodes, replace(settings, run_dir=str(out / "run")))
+    return run_simulated_federation(nodes, replace(settings, run_dir=str(out / "run"),
+                                                   tier_as_of=data_as_of(federation_dirs)))
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,68 @@ def test_report_json_follows_its_schema_and_holds_the_audit(audited_runs, federa
     assert sorted(report["pricing"]["merchants"]) == names
 
 
+@pytest.mark.slow
+def test_report_has_a_fairness_section_per_merchant_and_tier(audited_runs) -> None:
+    """Every merchant's node sent its figures per group of customers (all, each tier large enough), the served
+    model's quality next to the shop alone, exposure, and its check that prices do not depend on the tier."""
+    report = build_report(audited_runs["dp"])
+    validate(report)
+    fairness, quality = report["fairness"], report["quality"]["merchants"]
+    assert sorted(fairness["merchants"]) == sorted(quality)
+    for name, merchant in fairness["merchants"].items():
+        groups = merchant["groups"]
+        assert sorted([*groups, *merchant["withheld_groups"]]) == sorted(GROUPS)
+        assert GROUP_ALL in groups and merchant["min_customers"] == 20
+        everyone = groups[GROUP_ALL]
+        # the served figures are the evaluation's (evaluate_ranking), over the same customers
+        assert everyone["served_ndcg10"] == pytest.approx(quality[name]["ndcg10"])
+        assert everyone["served_hr10"] == pytest.approx(quality[name]["hr10"])
+        for group in groups.values():
+            assert 20 <= group["customers"] <= everyone["customers"] * 1.05  # counts to 2 significant digits
+            assert group["served_worse_than_alone"] == (group["served_ndcg10"] < group["alone_ndcg10"])
+            assert 0 <= group["ndcg10_gain_half_width"] < 0.5 and group["worse_beyond_noise"] == (
+                group["ndcg10_gain_over_alone"] + group["ndcg10_gain_half_width"] < 0)
+            assert min(group["alone_ndcg10"], group["coverage"], group["head_slots"]) > 0
+            assert 0 < group["federation_share"] <= 1  # 1 where the node serves the shared model alone
+        # each merchant has at least 60 customers, so its largest of three tiers holds at least 20 (however noisy
+        # the run's centroids, which DP-noised tier statistics of three small shops move from run to run)
+        assert any(tier in groups for tier in TIER_NAMES)
+        assert merchant["prices"]["uniform"] and merchant["prices"]["tiers"] >= 1
+    assert fairness["served_worse_than_alone"] == [
+        {"merchant": name, "group": group, "served_ndcg10": g["served_ndcg10"], "alone_ndcg10": g["alone_ndcg10"],
+         "beyond_noise": g["worse_beyond_noise"]}
+        for name, m in fairness["merchants"].items() for group, g in m["groups"].items()
+        if g["served_worse_than_alone"]]
+    assert fairness["prices_uniform_across_tiers"] is True
+    assert "never uses them to set a price" in fairness["price_statement"]
+
+
+@pytest.mark.slow
+def test_report_flags_a_group_served_worse_than_alone_and_says_which_tiers_were_withheld(audited_runs,
+                                                                                         tmp_path) -> None:
+    name = sorted(json.loads((audited_runs["plain"] / "metrics.json").read_text())["rounds"][-1]["evaluate"])[0]
+
+    def small_loyal_tier_and_a_worse_shop(metrics: dict) -> None:
+        sent = metrics["rounds"][-1]["evaluate"][name]
+        for key in [key for key in sent if key.startswith("audit-fair-loyal-")]:
+            del sent[key]  # as a node whose loyal tier holds fewer customers than its policy's minimum
+        sent["audit-fair-all-served-ndcg10"], sent["audit-fair-all-alone-ndcg10"] = 0.1, 0.3
+        sent["audit-fair-all-ndcg10-gain-half-width"] = 0.05
+
+    run, _ = _edited(audited_runs["plain"], tmp_path, small_loyal_tier_and_a_worse_shop)
+    report = build_report(run)
+    validate(report)
+    merchant = report["fairness"]["merchants"][name]
+    assert "loyal" in merchant["withheld_groups"] and "loyal" not in merchant["groups"]
+    assert merchant["served_worse_than_alone"] is True
+    assert merchant["groups"][GROUP_ALL]["ndcg10_gain_over_alone"] == -0.2
+    assert {"merchant": name, "group": GROUP_ALL, "served_ndcg10": 0.1, "alone_ndcg10": 0.3, "beyond_noise": True} in (
+        report["fairness"]["served_worse_than_alone"])
+    html = write_report(report, tmp_path / "out")[1].read_text()
+    assert f'<tr class="worse"><td>{name}</td><td>{GROUP_ALL}</td>' in html
+    assert "Served worse than the shop alone:</strong>" in html and "withheld: fewer than" in html
+
+
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path) -> None:
     with pytest.raises(ReportError, match="not a run directory"):
         build_report(tmp_path)
@@ -102,7 +167,7 @@ def test_report_html_renders_with_its_plots_in_a_real_browser(audited_runs, tmp_
     assert {"figure-epsilon", "figure-membership", "figure-quality", "figure-diversity", "figure-exposure",
             "figure-fidelity", "figure-prices"} <= set(figures)
     assert len(sizes) == len(figures) and all(width > 200 for width in sizes)
-    assert sections == ["privacy", "quality", "explanations", "pricing"]
+    assert sections == ["privacy", "quality", "explanations", "pricing", "fairness"]
     assert not errors, errors
 
 

@@ -10,12 +10,17 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from fedshop.client.data.customer_profile import customer_profiles
+from fedshop.client.data.schema import load_merchant
 from fedshop.client.node.model_copy import load_models, save_model_copy
+from fedshop.client.pricing.prices import OBJECTIVES
+from fedshop.client.training.tiers import customer_tiers
 from fedshop.core.settings import RunSettings
 from fedshop.models.tiers import TIER_NAMES
 from fedshop.service import MAX_K, load_shop, start_service, watch_models
 from fedshop.simulation import run_simulated_federation
 from tests.browser import browser
+from tests.conftest import data_as_of
 from tests.processes import free_port, wait_for_port
 
 TOKEN = "s3cret-shop-token"
@@ -28,7 +33,7 @@ def node_dir(federation_dirs, tmp_path_factory) -> Path:
     nodes = [{"data-dir": str(d), "merchant": d.name, "state-dir": str(out / d.name), "allow-clear": True}
              for d in federation_dirs]
     run_simulated_federation(nodes, RunSettings(num_server_rounds=1, local_epochs=1, he=False,
-                                                run_dir=str(out / "run")))
+                                                run_dir=str(out / "run"), tier_as_of=data_as_of(federation_dirs)))
     return out / federation_dirs[0].name
 
 
@@ -59,6 +64,33 @@ def test_without_a_token_the_service_answers_on_this_machine(node_dir: Path, fed
         assert 'id="tiers"' in client.get("/", params={"view": "tiers"}).text
         rebound = client.get("/customers/x/recommendations", headers={"Host": "attacker.example:8080"})
         assert rebound.status_code == 400, "a page whose name was rebound to 127.0.0.1 read the shop's answers"
+
+
+def test_prices_are_the_same_whatever_the_customers_tier(node_dir: Path, federation_dirs) -> None:
+    """No personalised prices: the price routes take nothing that names a customer or a tier, and a customer of
+    every tier, asking for the prices of what they are recommended (named as a shop's site would name them), gets
+    the answers everyone gets."""
+    profiles = customer_profiles(load_merchant(federation_dirs[0]))
+    tiers = customer_tiers(load_models(node_dir, None).models.tiers, profiles)
+    one_per_tier = tiers.groupby(tiers).head(1)
+    assert len(one_per_tier) >= 2, tiers.value_counts()
+    with _client(node_dir, federation_dirs[0], None) as client:
+        price_routes = [route for route in client.app.routes if "price" in getattr(route, "path", "")]
+        inputs = {param.name for route in price_routes
+                  for param in route.dependant.query_params + route.dependant.path_params}
+        assert len(price_routes) == 2 and not {name for name in inputs if "customer" in name or "tier" in name}
+        asked = [{"objective": objective, **({"weeks": 6} if objective == "clearance" else {})}
+                 for objective in OBJECTIVES]
+        everyone = [client.get("/prices", params=params).json() for params in asked]
+        for customer in one_per_tier.index:
+            assert [client.get("/prices", params={**params, "customer": customer}).json()
+                    for params in asked] == everyone
+            shown = [item["item_id"] for item in client.get(f"/customers/{customer}/recommendations").json()["items"]]
+            for params, answer in zip(asked, everyone, strict=True):
+                listed = {record["item_id"]: record for record in answer["prices"]}
+                for item in shown:
+                    record = client.get(f"/items/{item}/price", params={**params, "customer": customer}).json()
+                    assert record == {"model_round": answer["model_round"], **listed[item]}
 
 
 def test_a_token_of_any_characters_is_refused_cleanly_and_k_is_bounded(node_dir: Path, federation_dirs) -> None:

@@ -18,7 +18,8 @@ training paid for with the customers' ε. An evaluation message
 carries the new aggregate; the node fits its merchant-local part of the recommender on top of it
 (``fedshop.client.training.local_fit``: never sent, never used by the next round's training), evaluates the served
 model (shared + local) and the shared one on its held-out items, and keeps a decrypted copy of both
-in its state directory; after the last round it adds its audit summaries (``fedshop.explain.audit``). A share
+in its state directory; after the last round it adds its audit summaries (``fedshop.explain.audit``), its
+fairness audit per member tier among them. A share
 of the merchant's customers (``audit-holdout``) never trains, so that the audit can test
 membership inference. The merchant's orders never leave this process.
 """
@@ -35,7 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 from torch.utils.data import Dataset
 
-from fedshop.client.data.customer_profile import customer_profiles
+from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from fedshop.client.node.aggregate_check import aggregate_problem
 from fedshop.client.node.model_copy import (
@@ -228,12 +229,17 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
         raise TaskRefused(f"merchant {options.merchant} refused the {task} of round {round_}: {problem}")
 
 
+def _profiles(options: NodeOptions, config: ConfigRecord) -> CustomerProfiles:
+    """The merchant's customers' profiles as of the run's ``tier-as-of``."""
+    return customer_profiles(load_merchant_data(options.data_dir), tier_as_of(config))
+
+
 def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
     """The tier features of the merchant's customers as of the run's ``tier-as-of``, the audit holdout left
     out (it never trains)."""
     interactions = load_interactions(options.data_dir)
     held_out = np.array(interactions.customers)[audit_holdout(interactions, config, audit_salt(options.state_dir))]
-    profiles = customer_profiles(load_merchant_data(options.data_dir), tier_as_of(config))
+    profiles = _profiles(options, config)
     return profiles.features[~profiles.table.index.isin(held_out)]
 
 
@@ -359,7 +365,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
-        audit = audit_metrics(models, served, interactions,
+        audit = audit_metrics(models, served, interactions, _profiles(options, config),
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, audit_holdout(interactions, config, audit_salt(options.state_dir)),
                               int(config["seed"]),
