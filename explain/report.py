@@ -49,6 +49,9 @@ SCHEMA = "fedshop-report/1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")  # the JSON Schema report.json follows
 PRIVACY_UNIT = "customer"
 MECHANISM = "DP-SGD (Opacus, per-customer clipping, Poisson sampling, Gaussian noise)"
+TIER_MECHANISM = ("the Gaussian mechanism on each merchant's per-tier sums and counts of its customers' tier features "
+                  "(each customer's from their own purchases, norm at most 1: sensitivity √2), composed with DP-SGD in "
+                  "each merchant's ledger; the run's tiers are fixed after its last tier round")
 SAMPLE_CUSTOMERS, SAMPLE_ITEMS, SAMPLE_PRICES = 3, 5, 5
 LOCAL_PART_WHAT = ("each merchant's local part of the recommender: an offset to every recommender parameter "
                    "(a fine-tune of the released model) and the weight of its shop's co-purchases (an item-item "
@@ -117,6 +120,10 @@ def _privacy(rounds: list[dict], settings: dict, records: RunRecords) -> dict:
         "dp": settings["dp"], "unit": PRIVACY_UNIT, "mechanism": MECHANISM if settings["dp"] else "none",
         "accountant": ACCOUNTANT, "target_epsilon": settings["target_epsilon"] if settings["dp"] else None,
         "parameters": parameter_split(settings),
+        "tiers": {"rounds": settings.get("tier_rounds", 0), "noise_multiplier": settings.get("tier_noise_multiplier"),
+                  "as_of": settings.get("tier_as_of") or "the day each round ran",
+                  "mechanism": (TIER_MECHANISM if settings["dp"] else "none: released in the clear")
+                  if settings.get("tier_rounds", 0) else "none: the run learnt no tiers"},
         "merchants": dict(merchants),
         "encryption": {"enabled": settings["he"], "scheme": "CKKS (SEAL through TenSEAL), symmetric, seeded",
                        **asdict(CKKS), "fraction_bits": FRACTION_BITS, "encoding": ENCODING,
