@@ -17,6 +17,10 @@ import numpy as np
 from fedshop.privacy.ledger import Mechanism
 
 
+def _entropy_rng() -> np.random.Generator:
+    return np.random.default_rng(secrets.randbits(128))
+
+
 def clipped_cluster_sums(vectors: np.ndarray, labels: np.ndarray, clusters: int,
                          clip: float) -> tuple[np.ndarray, np.ndarray]:
     """Per cluster, the sum of its members' vectors clipped to norm ``clip``, and their count."""
@@ -36,6 +40,6 @@ def noisy_cluster_sums(vectors: np.ndarray, labels: np.ndarray, clusters: int, c
         raise ValueError(f"the Gaussian mechanism needs a noise multiplier above 0, not {noise_multiplier}")
     sums, counts = clipped_cluster_sums(vectors, labels, clusters, clip)
     scale = noise_multiplier * math.sqrt(clip**2 + 1.0)
-    rng = np.random.default_rng(secrets.randbits(128))
+    rng = _entropy_rng()
     return (sums + rng.normal(0.0, scale, sums.shape), counts + rng.normal(0.0, scale, counts.shape),
             Mechanism(float(noise_multiplier), 1.0, 1))

@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
 
 import fedshop.client.pricing.prices as prices_module
 import fedshop.models.local_part as local_part
+import fedshop.privacy.cluster_sums as cluster_sums
 import fedshop.privacy.dp_sgd as dp_sgd
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import load_merchant
@@ -153,6 +154,7 @@ def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation
     never on the local part it fitted without noise. The noise is seeded here so that two runs can be
     compared bit for bit; the local part on disk differs between them."""
     monkeypatch.setattr(dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    monkeypatch.setattr(cluster_sums, "_entropy_rng", lambda: np.random.default_rng(11))
     shapes = {name: tuple(t.shape) for name, t in build_recommender(1).state_dict().items()}
     replies = []
     for fill in (None, 0.0, 1e3):
@@ -180,6 +182,7 @@ def test_shared_demand_update_is_bit_identical_whatever_the_item_elasticities_ho
     fits them (its price audit after the run's last round) before it trains again, and the test counts
     that it did: a check on a path where they are never fitted would pass whatever they hold."""
     monkeypatch.setattr(dp_sgd, "_entropy_generator", lambda: torch.Generator().manual_seed(11))
+    monkeypatch.setattr(cluster_sums, "_entropy_rng", lambda: np.random.default_rng(11))
     settings = replace(SETTINGS, pricing=True, local_part_epochs=0, num_server_rounds=1)
     true_fit = prices_module.fit_item_elasticities
     replies, fitted = [], []

@@ -42,6 +42,7 @@ def test_the_default_run_settings_lie_inside_the_default_policy() -> None:
     ({"predictions-per-customer": 64, "history-length": 200, "negatives": 1024}, "items a batch, over this node's"),
     ({"tier-noise-multiplier": 1.0}, "setting 'tier-noise-multiplier' is 1.0"),
     ({"tier-rounds": 4, "tier-noise-multiplier": 6.0}, "the member tiers would take too much of the run's ε"),
+    ({"tier-as-of": "next week"}, "setting 'tier-as-of' is 'next week', not an ISO date"),
 ])
 def test_a_setting_outside_the_policy_is_named_with_its_value_and_bound(change: dict, named: str) -> None:
     assert named in NodePolicy().refusal({**RunSettings().training_config(), **change})

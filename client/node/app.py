@@ -243,8 +243,9 @@ def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
     return profiles.features[~profiles.table.index.isin(held_out)]
 
 
-def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: ConfigRecord, options: NodeOptions,
-                   run: str, round_: int) -> tuple[dict[str, float], dict[str, float]]:
+def _train_private(models: SharedModels, datasets: dict[str, Dataset], tier_features: np.ndarray | None,
+                   config: ConfigRecord, options: NodeOptions, run: str, round_: int
+                   ) -> tuple[dict[str, float], dict[str, float]]:
     """DP-SGD on every model and, in the run's first rounds, the tiers' noisy statistics, planned
     (``fedshop.client.training.round_plan``) and authorised together; the losses and the privacy metrics."""
     epochs = int(config["local-epochs"])
@@ -262,9 +263,9 @@ def _train_private(models: SharedModels, datasets: dict[str, Dataset], config: C
         losses["demand"], demand_spent = train_demand_private(
             models.demand, datasets["demand"], plan.release("demand"), *recipes["demand"], epochs)
         epsilon = ledger.record(run, round_, "demand", demand_spent, budget.delta)
-    if releases_tiers(config, round_):
-        tiers_spent = release_tier_statistics(models.tiers, _tier_features(options, config),
-                                              len(datasets["recommender"]), plan.release("tiers"))
+    if tier_features is not None:
+        tiers_spent = release_tier_statistics(models.tiers, tier_features, len(datasets["recommender"]),
+                                              plan.release("tiers"))
         epsilon = ledger.record(run, round_, "tiers", tiers_spent, budget.delta)
     return losses, {EPSILON: epsilon, DELTA: budget.delta, NOISE_MULTIPLIER: plan.noise_multiplier,
                     SAMPLE_RATE: spent.sample_rate, STEPS: spent.steps,
@@ -301,11 +302,12 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
+    tier_features = _tier_features(options, config) if releases_tiers(config, round_) else None
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {EPSILON: 0.0, DELTA: 0.0, NOISE_MULTIPLIER: 0.0, SAMPLE_RATE: 0.0, STEPS: 0,
                MAX_GRAD_NORM: 0.0, EPSILON_BUDGET: 0.0}
     if config["dp"]:
-        losses, privacy = _train_private(models, datasets, config, options, run, round_)
+        losses, privacy = _train_private(models, datasets, tier_features, config, options, run, round_)
     else:  # the merchant allowed clear runs (its policy): its ledger says no guarantee is left
         ledger = PrivacyLedger(options.ledger_path)
         for model in datasets:
@@ -316,9 +318,9 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
         if "demand" in datasets:
             losses["demand"] = train_demand(models.demand, datasets["demand"], batch_size,
                                             float(config["demand-learning-rate"]), epochs, seed)
-        if releases_tiers(config, round_):
+        if tier_features is not None:
             ledger.record_clear(run, round_, "tiers")
-            release_tier_statistics(models.tiers, _tier_features(options, config), len(datasets["recommender"]), None)
+            release_tier_statistics(models.tiers, tier_features, len(datasets["recommender"]), None)
     examples = len(datasets["recommender"])
     arrays, written_on = _reply_arrays(models, examples, adopted, config, options)
     reply = {"metrics": {EXAMPLES: examples, TRAIN_LOSS: coarse(losses["recommender"]),

@@ -13,6 +13,7 @@ explicit choice (``--allow-clear`` for a test federation without DP or encryptio
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from fedshop.core.settings import RunSettings
@@ -90,6 +91,9 @@ class NodePolicy:
             return (f"settings tier-rounds {config['tier-rounds']} / tier-noise-multiplier "
                     f"{config['tier-noise-multiplier']}² make {tier_cost:.3g}, over this node's policy of "
                     f"{MAX_TIER_ROUNDS_PER_NOISE_SQUARED:g}: the member tiers would take too much of the run's ε")
+        as_of = config.get("tier-as-of", "")
+        if not isinstance(as_of, str) or (as_of and not _iso_instant(as_of)):
+            return f"setting 'tier-as-of' is {as_of!r}, not an ISO date (YYYY-MM-DD) nor empty (the day a round runs)"
         holdout = config.get("audit-holdout")
         if isinstance(holdout, bool) or holdout not in (0, self.audit_holdout):
             return (f"setting 'audit-holdout' is {config.get('audit-holdout')!r}, but this node keeps "
@@ -131,3 +135,12 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _iso_instant(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 date or instant."""
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
