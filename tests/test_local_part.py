@@ -120,6 +120,24 @@ def test_co_purchases_are_the_positive_ease_weights_of_the_shop_baskets() -> Non
     assert similarity[1, 2] > 0 and similarity[1, 1] == 0 and similarity[4].sum() == 0
 
 
+def test_items_sharing_an_id_bucket_stay_apart_in_the_regression_and_share_only_their_score() -> None:
+    """Keyed by id bucket, two items of one bucket were one column of the regression (about one in ten of a
+    3,600-item shop's): now it is fitted over the shop's items and read by bucket, each pair of buckets
+    getting the mean weight of its items' pairs."""
+    baskets = [np.array([0, 2]), np.array([0, 2]), np.array([1, 3]), np.array([1, 3]), np.array([0, 2, 4])]
+    by_item = CoPurchases(baskets, 5).similarity.toarray()
+    buckets_of = np.array([7, 7, 8, 9, 10])  # items 0 and 1 share bucket 7
+    by_bucket = CoPurchases(baskets, 5, buckets_of, 12).similarity.toarray()
+    assert by_bucket[7, 8] == pytest.approx((by_item[0, 2] + by_item[1, 2]) / 2)
+    assert by_bucket[7, 9] == pytest.approx((by_item[0, 3] + by_item[1, 3]) / 2)
+    assert by_bucket[9, 7] == pytest.approx((by_item[3, 0] + by_item[3, 1]) / 2)
+    assert by_bucket[8, 9] == pytest.approx(by_item[2, 3])
+    merged = CoPurchases([np.array([buckets_of[i] for i in basket]) for basket in baskets], 12).similarity.toarray()
+    assert not np.allclose(merged, by_bucket), "reading by bucket after the fit is not fitting on merged columns"
+    same = CoPurchases(baskets, 5, np.arange(5), 5).similarity.toarray()
+    np.testing.assert_allclose(same, by_item, rtol=1e-12)
+
+
 def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(monkeypatch) -> None:
     baskets = [np.array([1, 2, 3, 4]), np.array([1, 2, 3]), np.array([1, 2]), np.array([1, 4])]
     monkeypatch.setattr(local_part, "MAX_CO_PURCHASE_ITEMS", 3)  # 1, 2 and 3 are the most bought; 4 is left out

@@ -60,9 +60,10 @@ def validation_customers(customers: list[str], excluded: np.ndarray) -> np.ndarr
 
 
 def shop_co_purchases(data: Interactions, left_out: np.ndarray | None = None) -> CoPurchases:
-    """The shop's co-purchases over its customers' training histories (but those ``left_out``)."""
+    """The shop's co-purchases over its customers' training histories (but those ``left_out``): fitted
+    over its catalogue's items, read by the id buckets the recommender scores with."""
     histories = [h for c, h in enumerate(data.histories) if left_out is None or not left_out[c]]
-    return CoPurchases([data.features.id_index[h] for h in histories], LAYOUT.id_buckets)
+    return CoPurchases(histories, len(data.features.item_ids), data.features.id_index, LAYOUT.id_buckets)
 
 
 def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions,
