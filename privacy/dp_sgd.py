@@ -57,6 +57,14 @@ class Release:
         """In how many of a run's first ``rounds`` rounds this release is made."""
         return min(rounds, self.first_rounds) if self.first_rounds else rounds
 
+    def made_in(self, round_: int) -> bool:
+        """Whether round ``round_`` of the run makes this release."""
+        return not self.first_rounds or round_ <= self.first_rounds
+
+    def through(self, rounds: int) -> Mechanism:
+        """This release over a run's first ``rounds`` rounds, composed (no step where it is never made)."""
+        return replace(self.mechanism, steps=self.mechanism.steps * self.rounds_made(rounds))
+
 
 @dataclass(frozen=True)
 class DpPlan:
@@ -67,12 +75,11 @@ class DpPlan:
 
     def mechanisms_in(self, round_: int) -> list[Mechanism]:
         """What round ``round_`` of the run releases."""
-        return [r.mechanism for r in self.releases if r.rounds_made(round_) == round_]
+        return [r.mechanism for r in self.releases if r.made_in(round_)]
 
     def mechanisms_through(self, rounds: int) -> list[Mechanism]:
         """What the run's first ``rounds`` rounds release, composed."""
-        return [replace(r.mechanism, steps=r.mechanism.steps * r.rounds_made(rounds)) for r in self.releases
-                if r.rounds_made(rounds)]
+        return [r.through(rounds) for r in self.releases if r.rounds_made(rounds)]
 
     def release(self, model: str) -> Release:
         return next(release for release in self.releases if release.model == model)

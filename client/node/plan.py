@@ -7,7 +7,7 @@ with the models') and the ε its ledger will hold after every round.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from fedshop.client.node.options import NodeOptions, audit_salt, load_demand_panel, load_interactions
@@ -59,6 +59,6 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
     refused = next((r for r, epsilon in enumerate(after, start=1) if epsilon > budget.epsilon), None)
     tiers = tier_release(config)
     tier_rounds = tiers.rounds_made(rounds) if tiers else 0
-    tier_epsilon = composed_epsilon([replace(tiers.mechanism, steps=tier_rounds)], budget.delta) if tiers else 0.0
+    tier_epsilon = composed_epsilon([tiers.through(rounds)], budget.delta) if tiers else 0.0
     return MerchantPlan(options.merchant, len(interactions.customers), examples, True, plan.noise_multiplier,
                         budget.delta, before, after, budget.epsilon, refused, compute, tier_rounds, tier_epsilon)

@@ -52,7 +52,8 @@ def tier_as_of(config: Mapping[str, Any]) -> pd.Timestamp:
 
 def releases_tiers(config: Mapping[str, Any], round_: int) -> bool:
     """Whether round ``round_`` of the run releases tier statistics."""
-    return round_ <= int(config["tier-rounds"])
+    release = tier_release(config)
+    return release is not None and release.made_in(round_)
 
 
 def frozen_tiers(config: Mapping[str, Any], aggregate_round: int) -> bool:
