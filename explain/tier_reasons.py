@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedshop.client.data.customer_profile import FREQUENCY_WINDOW_DAYS, CustomerProfiles
-from fedshop.models.tiers import TIER_FEATURES, TIER_NAMES
+from fedshop.models.tiers import TIER_FEATURES, TIER_NAMES, tier_names
 
 TIER_MEANINGS = {
     "loyal": "the tier whose customers buy most often and most a basket (the largest frequency + basket size)",
@@ -67,10 +67,10 @@ def inert_in_spreadsheets(text: str) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def tier_summary(tiers: pd.Series, profiles: CustomerProfiles, centroids: np.ndarray,
-                 names: list[str]) -> list[dict]:
+def tier_summary(tiers: pd.Series, profiles: CustomerProfiles, centroids: np.ndarray) -> list[dict]:
     """Per tier (in the order regular, potential, loyal): its customers, their share, their median
     profile and the tier's centroid in the shared feature space."""
+    names = tier_names(centroids)
     summary = []
     for name in TIER_NAMES:
         members = profiles.table[(tiers == name).to_numpy()]

@@ -53,7 +53,6 @@ from fedshop.explain.recommendation_reasons import explain_recommendation
 from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, tier_summary
 from fedshop.models.demand import DemandModel
 from fedshop.models.local_part import CoPurchases
-from fedshop.models.tiers import tier_names
 from fedshop.privacy.ledger import PrivacyLedger
 
 WATCH_S = 1.0
@@ -125,9 +124,9 @@ def prepare(shop: Shop, model_dir: Path, secret_context: Path | None) -> Prepare
     interactions = shop.interactions
     served = serving_model(loaded.models.recommender, loaded.local, interactions, shop.co_purchases)
     ranker = Ranker(served, interactions, loaded.history_length, shared=loaded.models.recommender)
-    tiers, centroids = customer_tiers(loaded.models.tiers, shop.profiles), loaded.models.tiers.centroids()
+    tiers = customer_tiers(loaded.models.tiers, shop.profiles)
     return Prepared(version, shop, ranker, loaded.models.demand, tiers,
-                    tier_summary(tiers, shop.profiles, centroids, tier_names(centroids)), model_round(model_dir),
+                    tier_summary(tiers, shop.profiles, loaded.models.tiers.centroids()), model_round(model_dir),
                     time.time())
 
 

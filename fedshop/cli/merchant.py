@@ -165,7 +165,6 @@ def tiers(
     from fedshop.client.node.model_copy import load_models
     from fedshop.client.training.tiers import customer_tiers
     from fedshop.explain.tier_reasons import NOT_PRICED_BY_TIER, explain_tier, inert_in_spreadsheets, tier_summary
-    from fedshop.models.tiers import tier_names
     from fedshop.privacy.ckks import ContextError
 
     try:
@@ -174,8 +173,7 @@ def tiers(
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         fail(str(exc))
     members = customer_tiers(shared.tiers, profiles)
-    centroids = shared.tiers.centroids()
-    summary = tier_summary(members, profiles, centroids, tier_names(centroids))
+    summary = tier_summary(members, profiles, shared.tiers.centroids())
     if csv is not None:
         import pandas as pd
 
