@@ -49,6 +49,12 @@ class CustomerProfiles:
         return self.table.index.tolist()
 
 
+def as_utc(instant: pd.Timestamp | str) -> pd.Timestamp:
+    """``instant`` in UTC (one without a time zone is taken as UTC)."""
+    instant = pd.Timestamp(instant)
+    return instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
+
+
 def end_of_week(instant: pd.Timestamp) -> pd.Timestamp:
     """The end of ``instant``'s ISO week (Sunday, midnight): the profile's default instant."""
     day = instant.normalize()
@@ -79,10 +85,7 @@ def _kept_purchases(orders: pd.DataFrame) -> pd.DataFrame:
 def customer_profiles(data: MerchantData, as_of: pd.Timestamp | None = None) -> CustomerProfiles:
     """The profiles of ``data``'s customers from their purchases before ``as_of`` (default: the end of the
     week of the last order; a date without a time zone is UTC)."""
-    if as_of is None:
-        as_of = end_of_week(data.orders["timestamp"].max())
-    as_of = pd.Timestamp(as_of)
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    as_of = as_utc(end_of_week(data.orders["timestamp"].max()) if as_of is None else as_of)
     orders = data.orders[data.orders["timestamp"] < as_of]
     customers = purchase_sequences(orders).index
     lines = _kept_purchases(orders[orders["customer_id"].isin(customers)])

@@ -36,7 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.common import log
 from torch.utils.data import Dataset
 
-from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
+from fedshop.client.data.customer_profile import CustomerProfiles
 from fedshop.client.data.interactions import TRAINING_EXAMPLE_RULE, Interactions
 from fedshop.client.node.aggregate_check import aggregate_problem
 from fedshop.client.node.model_copy import (
@@ -50,9 +50,9 @@ from fedshop.client.node.model_copy import (
 from fedshop.client.node.options import (
     NodeOptions,
     audit_salt,
+    load_customer_profiles,
     load_demand_panel,
     load_interactions,
-    load_merchant_data,
     node_options,
     save_policy,
 )
@@ -231,7 +231,7 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
 
 def _profiles(options: NodeOptions, config: ConfigRecord) -> CustomerProfiles:
     """The merchant's customers' profiles as of the run's ``tier-as-of``."""
-    return customer_profiles(load_merchant_data(options.data_dir), tier_as_of(config))
+    return load_customer_profiles(options.data_dir, tier_as_of(config))
 
 
 def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import pandas as pd
+
+from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
@@ -95,7 +98,7 @@ def saved_policy(state_dir: Path) -> dict | None:
 
 
 @lru_cache(maxsize=8)
-def load_merchant_data(data_dir: Path) -> MerchantData:
+def _merchant_data(data_dir: Path) -> MerchantData:
     """The merchant's tables, read and validated once per process for both models."""
     return load_merchant(data_dir)
 
@@ -103,10 +106,17 @@ def load_merchant_data(data_dir: Path) -> MerchantData:
 @lru_cache(maxsize=8)
 def load_interactions(data_dir: Path) -> Interactions:
     """Validated data of the merchant in ``data_dir``, turned into training interactions."""
-    return build_interactions(load_merchant_data(data_dir))
+    return build_interactions(_merchant_data(data_dir))
+
+
+@lru_cache(maxsize=8)
+def load_customer_profiles(data_dir: Path, as_of: pd.Timestamp) -> CustomerProfiles:
+    """Validated data of the merchant in ``data_dir``, turned into its customers' profiles as of ``as_of``
+    (each tier round and the last round's audit ask for the same)."""
+    return customer_profiles(_merchant_data(data_dir), as_of)
 
 
 @lru_cache(maxsize=8)
 def load_demand_panel(data_dir: Path) -> DemandPanel:
     """Validated data of the merchant in ``data_dir``, turned into weekly demand."""
-    return build_demand_panel(load_merchant_data(data_dir))
+    return build_demand_panel(_merchant_data(data_dir))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.customer_profile import CustomerProfiles
+from fedshop.client.data.customer_profile import CustomerProfiles, as_utc
 from fedshop.models.tiers import TIERS, TierCentroids, nearest_tier, tier_names
 from fedshop.privacy.cluster_sums import clipped_cluster_sums, noisy_cluster_sums
 from fedshop.privacy.dp_sgd import Release
@@ -44,10 +44,9 @@ def tier_as_of(config: Mapping[str, Any]) -> pd.Timestamp:
     if not given:
         return pd.Timestamp(datetime.now(UTC).date(), tz="UTC")
     try:
-        instant = pd.Timestamp(given)
+        return as_utc(given)
     except ValueError as exc:
         raise ValueError(f"setting 'tier-as-of' is {given!r}, not an ISO date (YYYY-MM-DD)") from exc
-    return instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
 
 
 def releases_tiers(config: Mapping[str, Any], round_: int) -> bool:
