@@ -82,6 +82,7 @@ from fedshop.client.training.recommender import (
 )
 from fedshop.client.training.round_plan import recommender_examples
 from fedshop.core.settings import RunSettings
+from fedshop.explain.fairness import half_width
 from fedshop.models.local_part import CoPurchases
 from fedshop.models.recommender import Recommender, build_recommender
 from fedshop.privacy.ckks import create_keys
@@ -218,8 +219,8 @@ def mean_over_runs(runs: list[Row]) -> Row:
 def paired_gain(method: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Mean per-customer gain of a method over a reference, and its 95% half-width (normal)."""
     difference = method - reference
-    half = float(1.96 * difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
-    return float(difference.mean()), half
+    half = half_width(difference)
+    return float(difference.mean()), half if len(difference) > 1 else float("inf")
 
 
 def summary(g: Gains) -> dict[str, float]:
