@@ -73,9 +73,8 @@ from rich.table import Table
 from scipy.stats import rankdata
 
 from fedshop.client.data.customer_profile import customer_profiles
-from fedshop.client.data.interactions import basket_keys
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.client.data.temporal import TemporalSplit, federation_cutoffs, temporal_splits
+from fedshop.client.data.temporal import TemporalSplit, basket_started, federation_cutoffs, temporal_splits
 from fedshop.client.training.tiers import release_tier_statistics, tier_release
 from fedshop.core.protocol import EXAMPLES
 from fedshop.core.settings import RunSettings
@@ -114,8 +113,7 @@ Tiering = dict[str, np.ndarray]  # per merchant, each customer's tier as its ind
 
 def spend_after(orders: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
     """Each customer's spend on purchase lines of baskets started at or after ``cutoff`` (``split_at``'s rule)."""
-    started = orders.groupby([orders["customer_id"], basket_keys(orders)])["timestamp"].transform("min")
-    after = orders[(started >= cutoff) & (orders["quantity"] > 0)]
+    after = orders[(basket_started(orders) >= cutoff) & (orders["quantity"] > 0)]
     return (after["quantity"] * after["unit_price"]).groupby(after["customer_id"]).sum()
 
 

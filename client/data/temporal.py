@@ -55,10 +55,16 @@ def cutoff_at(orders: pd.DataFrame, share: float) -> pd.Timestamp:
     return times.iloc[min(len(times) - 1, int(np.ceil(len(times) * (1.0 - share))))]
 
 
+def basket_started(orders: pd.DataFrame) -> pd.Series:
+    """Each line's basket's start: the first time of its customer's basket (``basket_keys``), the side of a
+    cutoff the whole basket falls on."""
+    return orders.groupby([orders["customer_id"], basket_keys(orders)])["timestamp"].transform("min")
+
+
 def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:
     """``data``'s baskets started before ``cutoff``, and each customer's first basket started at or after it."""
     orders = data.orders.assign(_basket=basket_keys(data.orders))
-    started = orders.groupby(["customer_id", "_basket"])["timestamp"].transform("min")
+    started = basket_started(data.orders)
     before = data.orders[(started < cutoff).to_numpy()].reset_index(drop=True)
     after = orders[((started >= cutoff) & (orders["quantity"] > 0)).to_numpy()].assign(timestamp=started)
     bought = purchase_sequences(before) if len(before) else pd.Series(dtype=object)
