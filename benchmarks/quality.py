@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -197,16 +197,15 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
 
 
 def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods], target: str,
-                   co_purchases: Callable[[str], CoPurchases]) -> tuple[Row, Row]:
+                   co_purchases: Callable[[str, float], CoPurchases]) -> tuple[Row, Row]:
     """The shared and the served model's test gains per merchant (``co_purchases``: a merchant's shop
     co-purchases over its learning histories, counted once however many runs are scored)."""
     shared, served = {}, {}
     for name, (loaded, local, history_length) in models.items():
         period = periods[name].test[target]
         shared[name] = model_gains(loaded.recommender, period, history_length)
-        counted = co_purchases(name) if local is not None and local.co_purchase_weight else None
-        served[name] = model_gains(serving_model(loaded.recommender, local, period.context, counted), period,
-                                   history_length)
+        served[name] = model_gains(serving_model(loaded.recommender, local, period.context,
+                                                 partial(co_purchases, name)), period, history_length)
     return shared, served
 
 
@@ -325,7 +324,7 @@ def main() -> None:
                          for _ in range(args.repeats)]
         phases["pooled DP reference"] = time.perf_counter() - started
         runs: dict[str, dict[str, list[Row]]] = {t: {} for t in target_names}
-        co_purchases = cache(lambda name: shop_co_purchases(periods[name].test["new"].context))
+        co_purchases = cache(lambda name, ridge: shop_co_purchases(periods[name].test["new"].context, ridge))
         for target in target_names:
             clear = federated_rows(plain, periods, target, co_purchases)
             tables[target][CLEAR_ROW], tables[target][SERVED_CLEAR_ROW] = clear

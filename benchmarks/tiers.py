@@ -73,8 +73,9 @@ from rich.table import Table
 from scipy.stats import rankdata
 
 from fedshop.client.data.customer_profile import customer_profiles
+from fedshop.client.data.interactions import basket_started
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.client.data.temporal import TemporalSplit, basket_started, federation_cutoffs, temporal_splits
+from fedshop.client.data.temporal import TemporalSplit, federation_cutoffs, temporal_splits
 from fedshop.client.training.tiers import release_tier_statistics, tier_release
 from fedshop.core.protocol import EXAMPLES
 from fedshop.core.settings import RunSettings

@@ -95,8 +95,7 @@ def federation_shares(served: Recommender, shared: Recommender, data: Interactio
     for row, (customer, items) in enumerate(zip(customers, lists, strict=True)):
         if not len(items):
             continue
-        history = features.id_index[data.histories[customer][-history_length:]]
-        co_purchase = served.extra_parts(history, features.id_index[items]).sum(axis=(1, 2))
+        co_purchase = served.extra_parts(data.histories[customer][-history_length:], items).sum(axis=(1, 2))
         shared_match = shared_scores[row, items] - shared_bias[items]
         shop_match = served_scores[row, items] - served_bias[items] - shared_match - co_purchase
         federation = np.abs(shared_match) + np.abs(shared_bias[items])

@@ -18,7 +18,7 @@ import torch
 
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.ranking.recommend import recommend
-from fedshop.client.training.recommender import padded_history
+from fedshop.client.training.recommender import padded_rows
 from fedshop.models.recommender import Recommender
 
 
@@ -42,14 +42,13 @@ class FidelityCheck:
 @torch.no_grad()
 def deletion_drops(model: Recommender, data: Interactions, history: np.ndarray, candidate: int,
                    history_length: int) -> np.ndarray:
-    """The model's score of ``candidate`` minus its score with each history item deleted in turn."""
+    """The model's score of ``candidate`` minus its score with each history item deleted in turn (scored
+    by the model's batched catalogue scoring, not by the split the reasons come from)."""
     features = data.features
     variants = [history] + [np.delete(history, i) for i in range(len(history))]
-    padded = [padded_history(v, features, history_length) for v in variants]
-    ids, tokens, mask = (torch.from_numpy(np.stack(p)) for p in zip(*padded, strict=True))
-    cand_ids = torch.full((len(variants), 1), int(features.id_index[candidate]))
-    cand_tokens = torch.from_numpy(features.token_index[candidate]).expand(len(variants), 1, -1)
-    scores = model(ids, tokens, mask, cand_ids, cand_tokens)[:, 0].double().numpy()
+    rows, mask = padded_rows(variants, history_length)
+    side = model.catalogue_side(features.id_index, features.token_index)
+    scores = model.catalogue_scores(side, rows, mask)[:, candidate].astype(np.float64)
     return scores[0] - scores[1:]
 
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cache, partial
 from logging import WARNING, getLogger
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -75,16 +76,17 @@ class Shop:
     interactions: Interactions
     customers: frozenset[str]
     panel: DemandPanel
-    co_purchases: CoPurchases
+    co_purchases: Callable[[float], CoPurchases]  # at a λ, counted once
     profiles: CustomerProfiles
 
 
 def load_shop(data_dir: Path) -> Shop:
-    """Load the merchant's data, count its co-purchases and profile its customers."""
+    """Load the merchant's data and profile its customers (its co-purchases are counted at the first λ a
+    model copy asks for)."""
     merchant = load_merchant(data_dir)
     interactions = build_interactions(merchant)
     return Shop(data_dir, interactions, frozenset(interactions.customers), build_demand_panel(merchant),
-                shop_co_purchases(interactions), customer_profiles(merchant))
+                cache(partial(shop_co_purchases, interactions)), customer_profiles(merchant))
 
 
 @dataclass

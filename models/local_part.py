@@ -9,11 +9,13 @@ pieces, both learnt from the merchant's own customers without noise:
   customers (the served item tower is shared + offsets);
 * **co-purchases**: how strongly buying one item predicts buying another at this shop, learnt from
   its customers' baskets in closed form (EASE, Steck 2019: the ridge regression of every item's
-  buyers on the other items' buyers, ``CO_PURCHASE_RIDGE``), keeping each item's ``NEIGHBOURS``
-  strongest positive weights; added to the score with a weight and pooled over the history like the
-  item tower: each of the ``|H|`` history items ``h`` adds ``weight * similarity(h, i) / |H|`` to
-  candidate ``i``. Unlike a plain co-occurrence count, the regression discounts an item bought
-  together with everything (a best-seller) and two items that are only bought with a third.
+  buyers on the other items' buyers; its λ, in buyers, is chosen from ``CO_PURCHASE_RIDGES``: an item
+  bought by far fewer customers says little of others), keyed by the shop's own catalogue rows,
+  keeping each item's ``NEIGHBOURS`` strongest positive weights; added to the score with a weight and
+  pooled over the history like the item tower: each of the ``|H|`` history items ``h`` adds
+  ``weight * similarity(h, i) / |H|`` to candidate ``i``. Unlike a plain co-occurrence count, the
+  regression discounts an item bought together with everything (a best-seller) and two items that are
+  only bought with a third.
 
 The served score is therefore still the mean over the history of one part per history item and
 candidate feature (:func:`fedshop.models.recommender.score_parts`, with the co-purchase column as an extra
@@ -35,7 +37,7 @@ from scipy import sparse
 from fedshop.models.recommender import CatalogueSide, Recommender
 
 NEIGHBOURS = 100  # co-purchase neighbours kept per item
-CO_PURCHASE_RIDGE = 50.0  # EASE's λ, in buyers: an item bought by far fewer customers says little of others
+CO_PURCHASE_RIDGES = (50.0, 250.0, 2500.0)  # EASE's λ in buyers the node chooses from; the first is the default
 MAX_CO_PURCHASE_ITEMS = 4096  # the shop's most bought items the regression covers (a dense square of them)
 CO_PURCHASE_FEATURE = "co-purchases at this shop"
 
@@ -46,28 +48,25 @@ class LocalPart:
 
     offsets: dict[str, np.ndarray] | None  # per state-dict name, float32; None: the shared weights as released
     co_purchase_weight: float = 0.0
+    co_purchase_ridge: float = CO_PURCHASE_RIDGES[0]  # the λ its co-purchases are fitted with
 
 
 class CoPurchases:
     """Co-purchase weights between the columns of a shop's baskets (each customer's distinct items, as
-    catalogue rows or id buckets): EASE's item-item weights ``B = -P / diag(P)``, ``P = (X^T X + λ I)^-1``
-    over the shop's ``MAX_CO_PURCHASE_ITEMS`` most bought columns, zero diagonal, each column's
-    ``NEIGHBOURS`` strongest positive weights kept (row ``h``: what buying ``h`` says of every other).
+    catalogue rows): EASE's item-item weights ``B = -P / diag(P)``, ``P = (X^T X + λ I)^-1`` over the
+    shop's ``MAX_CO_PURCHASE_ITEMS`` most bought columns (``ridge``: λ, in buyers), zero diagonal, each
+    column's ``NEIGHBOURS`` strongest positive weights kept (row ``h``: what buying ``h`` says of every
+    other). Keyed by the shop's own catalogue rows, not the shared model's hashed id buckets: the local
+    part never leaves the node, so two items that share a bucket stay apart here."""
 
-    With ``buckets_of`` (each column's id bucket, out of ``buckets``), the regression is fitted over the
-    columns, the shop's own items, and then read by bucket, as the served recommender scores: each pair of
-    buckets gets the mean weight of its pairs of items. Two items that share a bucket (about one in ten of
-    a 3,600-item shop's, 16,384 buckets) then stay apart in the regression and share only their score."""
-
-    def __init__(self, baskets: Sequence[np.ndarray], columns: int, buckets_of: np.ndarray | None = None,
-                 buckets: int = 0) -> None:
+    def __init__(self, baskets: Sequence[np.ndarray], columns: int, ridge: float = CO_PURCHASE_RIDGES[0]) -> None:
         bought = bought_matrix(baskets, columns)
         buyers = np.asarray(bought.sum(axis=0)).ravel()
         covered = np.flatnonzero(buyers)
         covered = covered[np.argsort(-buyers[covered], kind="stable")][:MAX_CO_PURCHASE_ITEMS]
         kept = bought[:, covered]
         gram = (kept.T @ kept).toarray()
-        gram[np.diag_indices_from(gram)] += CO_PURCHASE_RIDGE
+        gram[np.diag_indices_from(gram)] += ridge
         weights = np.linalg.inv(gram)
         del gram  # frees its 8·n² bytes before the pruning allocates its own
         weights /= -np.diag(weights).copy()
@@ -75,47 +74,37 @@ class CoPurchases:
         rows, cols = _strongest_positive(weights, NEIGHBOURS)
         self.similarity = sparse.csr_matrix((weights[rows, cols], (covered[rows], covered[cols])),
                                             shape=(columns, columns))  # read by history item (row)
-        if buckets_of is not None:
-            self.similarity = _by_bucket(self.similarity, np.asarray(buckets_of), buckets)
 
-    def scores(self, hist_ids: np.ndarray, mask: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
-        """Mean over each history of ``similarity(h, c)``, for histories ``[B, L]`` (``mask`` 1 for real
-        items) and one candidate set ``[C]``."""
-        rows = np.repeat(np.arange(hist_ids.shape[0]), hist_ids.shape[1])
+    def scores(self, hist_rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean over each history of ``similarity(h, c)`` for every column ``c``, for histories ``[B, L]``
+        (``mask`` 1 for real items)."""
+        rows = np.repeat(np.arange(hist_rows.shape[0]), hist_rows.shape[1])
         weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        history = sparse.csr_matrix((weights.ravel().astype(np.float64), (rows, hist_ids.ravel())),
-                                    shape=(hist_ids.shape[0], self.similarity.shape[0]))
-        return (history @ self.similarity)[:, cand_ids].toarray()
+        history = sparse.csr_matrix((weights.ravel().astype(np.float64), (rows, hist_rows.ravel())),
+                                    shape=(hist_rows.shape[0], self.similarity.shape[0]))
+        return (history @ self.similarity).toarray()
 
-    def history_scores(self, hist_ids: np.ndarray) -> np.ndarray:
-        """Mean over one history (no padding) of ``similarity(h, b)``, for every id bucket ``b``."""
-        _, columns, values = self._rows(hist_ids)
-        return np.bincount(columns, weights=values, minlength=self.similarity.shape[1]) / max(len(hist_ids), 1)
+    def history_scores(self, hist_rows: np.ndarray) -> np.ndarray:
+        """Mean over one history (no padding) of ``similarity(h, c)``, for every column ``c``."""
+        _, columns, values = self._rows(hist_rows)
+        return np.bincount(columns, weights=values, minlength=self.similarity.shape[1]) / max(len(hist_rows), 1)
 
-    def pairs(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
+    def pairs(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
         """``similarity(h, c) / |H|`` ``[H, K]`` for each item ``h`` of one history (no padding) and
         each candidate ``c``."""
-        positions, columns, values = self._rows(hist_ids)
-        rows = np.zeros((len(hist_ids), self.similarity.shape[1]))
+        positions, columns, values = self._rows(hist_rows)
+        rows = np.zeros((len(hist_rows), self.similarity.shape[1]))
         rows[positions, columns] = values
-        return rows[:, cand_ids] / max(len(hist_ids), 1)
+        return rows[:, cand_rows] / max(len(hist_rows), 1)
 
-    def _rows(self, hist_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The stored entries of the history items' rows: each one's position in ``hist_ids``, column, value."""
+    def _rows(self, hist_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored entries of the history items' rows: each one's position in ``hist_rows``, column, value."""
         matrix = self.similarity
-        starts, ends = matrix.indptr[hist_ids], matrix.indptr[np.asarray(hist_ids) + 1]
-        positions = np.repeat(np.arange(len(hist_ids)), ends - starts)
+        starts, ends = matrix.indptr[hist_rows], matrix.indptr[np.asarray(hist_rows) + 1]
+        positions = np.repeat(np.arange(len(hist_rows)), ends - starts)
         entries = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)]
                                  or [np.zeros(0, np.int64)])
         return positions, matrix.indices[entries], matrix.data[entries]
-
-
-def _by_bucket(similarity: sparse.csr_matrix, buckets_of: np.ndarray, buckets: int) -> sparse.csr_matrix:
-    """``similarity`` between columns read by bucket: the mean weight of each pair of buckets' columns."""
-    sharing = np.bincount(buckets_of, minlength=buckets).astype(np.float64)
-    columns = np.arange(len(buckets_of))
-    mean = sparse.csr_matrix((1.0 / sharing[buckets_of], (columns, buckets_of)), shape=(len(buckets_of), buckets))
-    return (mean.T @ similarity @ mean).tocsr()
 
 
 def bought_matrix(baskets: Sequence[np.ndarray], columns: int) -> sparse.csr_matrix:
@@ -155,37 +144,22 @@ class ServedRecommender(Recommender):
         self.extra_features = (CO_PURCHASE_FEATURE,) if self.co_purchase_weight else ()
         self.eval()
 
-    def _co_purchase(self, hist_ids: torch.Tensor, mask: torch.Tensor, cand_ids: np.ndarray) -> torch.Tensor:
+    def catalogue_scores(self, side: CatalogueSide, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        scores = super().catalogue_scores(side, rows, mask)
         if self.co_purchase_weight == 0.0:
-            return torch.zeros(hist_ids.shape[0], len(cand_ids))
-        scores = self.co_purchases.scores(hist_ids.numpy(), mask.numpy(), cand_ids)
-        return torch.from_numpy(self.co_purchase_weight * scores).float()
-
-    def candidate_scores(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
-                         cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
-        scores = super().candidate_scores(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
-        return scores + self._co_purchase(hist_ids, hist_mask, cand_ids.numpy())
+            return scores
+        return scores + (self.co_purchase_weight * self.co_purchases.scores(rows, mask)).astype(np.float32)
 
     def history_scores(self, side: CatalogueSide, rows: np.ndarray) -> np.ndarray:
         scores = super().history_scores(side, rows)
         if self.co_purchase_weight == 0.0:
             return scores
-        co_purchases = self.co_purchases.history_scores(side.ids[rows])[side.ids]
-        return scores + (self.co_purchase_weight * co_purchases).astype(np.float32)
+        return scores + (self.co_purchase_weight * self.co_purchases.history_scores(rows)).astype(np.float32)
 
-    def forward(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
-                cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
-        """Scores of per-row candidates ``[B, C]`` for a history mask ``[B, H]`` (as the shared model's
-        forward, plus the co-purchase part; the windowed training form is the shared model's alone)."""
-        scores = super().forward(hist_ids, hist_tokens, hist_mask, cand_ids, cand_tokens)
-        extra = torch.stack([self._co_purchase(hist_ids[row:row + 1], hist_mask[row:row + 1], cand_ids[row].numpy())[0]
-                             for row in range(len(hist_ids))])
-        return scores + extra
-
-    def extra_parts(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
+    def extra_parts(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
         if not self.extra_features:
-            return super().extra_parts(hist_ids, cand_ids)
-        pairs = self.co_purchases.pairs(hist_ids, cand_ids)
+            return super().extra_parts(hist_rows, cand_rows)
+        pairs = self.co_purchases.pairs(hist_rows, cand_rows)
         return (self.co_purchase_weight * pairs).T.astype(np.float32)[:, :, None]
 
 

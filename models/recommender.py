@@ -56,17 +56,10 @@ class Recommender(nn.Module):
         """The customer vector of a history given as ``[B, L]`` ids, ``[B, L, T]`` tokens, ``[B, L]`` mask."""
         return self.pooled_query(self.item_vectors(ids, tokens), mask.unsqueeze(1)).squeeze(1)
 
-    def candidate_scores(self, hist_ids: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
-                         cand_ids: torch.Tensor, cand_tokens: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B, C]`` of one candidate set (``[C]`` ids, ``[C, T]`` tokens, e.g. a whole catalogue)
-        for ``B`` histories given as :meth:`user_query` takes them."""
-        vectors = self.item_vectors(cand_ids, cand_tokens)
-        return self.user_query(hist_ids, hist_tokens, hist_mask) @ vectors.T + self.item_bias(cand_ids, cand_tokens)
-
-    def extra_parts(self, hist_ids: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
-        """Score cells ``[K, H, E]`` beyond the item tower's, per candidate and history item (none here:
-        ``E = 0``)."""
-        return np.zeros((len(cand_ids), len(hist_ids), 0), dtype=np.float32)
+    def extra_parts(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
+        """Score cells ``[K, H, E]`` beyond the item tower's, per candidate and history item, both given as
+        catalogue rows (none here: ``E = 0``)."""
+        return np.zeros((len(cand_rows), len(hist_rows), 0), dtype=np.float32)
 
     extra_features: tuple[str, ...] = ()
     """Labels of the columns :meth:`extra_parts` adds to :func:`score_parts`."""
@@ -76,12 +69,19 @@ class Recommender(nn.Module):
         """Everything of a catalogue (id buckets ``[N]``, token buckets ``[N, T]``) that scoring any
         history against it needs, computed once per model."""
         vectors = self.item_vectors(torch.from_numpy(ids), torch.from_numpy(tokens))
-        return CatalogueSide(ids, vectors.numpy(), self.interaction(vectors).numpy(),
+        return CatalogueSide(ids, tokens, vectors.numpy(), self.interaction(vectors).numpy(),
                              self.item_bias(torch.from_numpy(ids), torch.from_numpy(tokens)).numpy())
 
+    def catalogue_scores(self, side: "CatalogueSide", rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The scores ``[B, N]`` of every catalogue item for ``B`` histories given as catalogue rows ``[B, L]``
+        (``mask`` ``[B, L]``: 1 for real items, 0 for padding)."""
+        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+        query = np.einsum("bl,bld->bd", weights.astype(np.float32), side.projected[rows])
+        return query @ side.vectors.T + side.bias
+
     def history_scores(self, side: "CatalogueSide", rows: np.ndarray) -> np.ndarray:
-        """The scores of every catalogue item for one history given as catalogue rows: what
-        :meth:`candidate_scores` gives for the whole catalogue, from its precomputed side."""
+        """The scores of every catalogue item for one history given as catalogue rows (no padding): one row
+        of :meth:`catalogue_scores`."""
         query = side.projected[rows].mean(axis=0) if len(rows) else np.zeros(side.projected.shape[1], np.float32)
         return side.vectors @ query + side.bias
 
@@ -118,9 +118,10 @@ def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:
 
 @dataclass(frozen=True)
 class CatalogueSide:
-    """A catalogue under one model: the rows' id buckets, ``e_i``, ``W e_i`` and ``b_i``."""
+    """A catalogue under one model: the rows' id and token buckets, ``e_i``, ``W e_i`` and ``b_i``."""
 
     ids: np.ndarray  # [N] id bucket per catalogue row
+    tokens: np.ndarray  # [N, T] token buckets per catalogue row
     vectors: np.ndarray  # [N, d] e_i
     projected: np.ndarray  # [N, d] W e_i: what a history item adds to a customer's query
     bias: np.ndarray  # [N] b_i
@@ -156,18 +157,14 @@ def _table(embedding: nn.Embedding) -> np.ndarray:
     return embedding.weight.detach().numpy()
 
 
-@torch.no_grad()
-def score_parts(model: Recommender, hist_ids: np.ndarray, hist_tokens: np.ndarray, cand_ids: np.ndarray,
-                cand_tokens: np.ndarray, queries: np.ndarray | None = None) -> list[ScoreParts]:
-    """Split the scores of candidates (id buckets ``[K]``, token buckets ``[K, T]``) for one history (no
-    padding rows) into their parts, one :class:`ScoreParts` per candidate; ``queries`` are the history
-    items' ``W e_h`` when already computed (a :class:`CatalogueSide`'s ``projected``)."""
-    if queries is None:
-        history = model.item_vectors(torch.as_tensor(hist_ids), torch.as_tensor(hist_tokens))
-        queries = model.interaction(history).numpy()
+def score_parts(model: Recommender, side: CatalogueSide, hist_rows: np.ndarray, cand_rows: np.ndarray
+                ) -> list[ScoreParts]:
+    """Split the scores of candidates for one history (no padding), both given as catalogue rows of
+    ``side`` (the catalogue under ``model``), into their parts, one :class:`ScoreParts` per candidate."""
+    queries, cand_ids, cand_tokens = side.projected[hist_rows], side.ids[cand_rows], side.tokens[cand_rows]
     ids, tokens = _table(model.item_id)[cand_ids][:, None], _table(model.item_token)[cand_tokens]
-    cells = (np.concatenate([ids, tokens], axis=1) @ queries.T).transpose(0, 2, 1) / max(len(hist_ids), 1)
-    cells = np.concatenate([cells, model.extra_parts(hist_ids, cand_ids)], axis=2).astype(np.float64)  # [K, H, F]
+    cells = (np.concatenate([ids, tokens], axis=1) @ queries.T).transpose(0, 2, 1) / max(len(hist_rows), 1)
+    cells = np.concatenate([cells, model.extra_parts(hist_rows, cand_rows)], axis=2).astype(np.float64)  # [K, H, F]
     no_bias = np.zeros((len(cand_ids), len(model.extra_features)), np.float32)
     biases = np.concatenate([_table(model.id_bias)[cand_ids], _table(model.token_bias)[cand_tokens, 0], no_bias],
                             axis=1).astype(np.float64)

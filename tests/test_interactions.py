@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from fedshop.client.data.interactions import build_interactions
+import numpy as np
+
+from fedshop.client.data.interactions import build_histories, build_interactions
 from fedshop.client.data.schema import load_merchant
 
 CATALOG = "item_id,title\nA,MUG\nB,BOWL\nC,JUG\nD,TRAY\n"
@@ -37,3 +39,26 @@ def test_price_bands_come_from_training_lines_only(tmp_path: Path) -> None:
     assert [t for t in tokens["B"] if t.startswith("price band")] == ["price band:3"]
     assert not [t for t in tokens["D"] if t.startswith("price band")], "D was bought only as c1's held-out item"
     assert not [t for t in tokens["C"] if t.startswith("price band")], "C was bought only as c2's held-out item"
+
+
+def test_the_last_visit_is_the_new_items_of_the_last_basket_however_its_lines_are_timed(tmp_path: Path) -> None:
+    """The local part is chosen on each validation customer's last visit: the items first bought in their
+    last basket (by order id, started at its first line), even where a line of an earlier order came later."""
+    (tmp_path / "catalog.csv").write_text(CATALOG + "E,LAMP\nF,VASE\n")
+    (tmp_path / "orders.csv").write_text(
+        "customer_id,item_id,timestamp,quantity,unit_price,order_id\n"
+        "c1,A,2025-01-01 09:00,1,2,o1\nc1,B,2025-01-01 09:05,1,2,o1\n"
+        "c1,C,2025-01-03 10:00,1,2,o2\nc1,A,2025-01-03 10:00,1,2,o2\nc1,F,2025-01-04 08:00,1,2,o1\n"
+        "c1,D,2025-01-03 10:01,1,2,o2\nc1,E,2025-01-05 11:00,1,2,o3\n"
+        "c2,A,2025-01-01,1,2,o4\nc2,B,2025-01-01,1,2,o4\n")
+    data = build_histories(load_merchant(tmp_path))
+    ids = data.features.item_ids
+    c1, c2 = data.customers.index("c1"), data.customers.index("c2")
+    visits = data.last_visit()
+    assert [ids[r] for r in data.histories[c1][visits[c1]]] == ["E"]
+    assert not visits[c2].any(), "c2's one basket is its whole history: nothing to predict it from"
+    view = data.without_last_visit(np.array([True, True]))
+    assert [ids[r] for r in view.histories[c1]] == ["A", "B", "C", "D", "F"] and len(view.histories[c2]) == 2
+    held = build_interactions(load_merchant(tmp_path))  # E is c1's held-out item: its last visit is o2's new items,
+    assert [held.features.item_ids[r] for r in held.histories[c1]] == ["A", "B", "C", "D", "F"]  # not o1's late F
+    assert [held.features.item_ids[r] for r in held.histories[c1][held.last_visit()[c1]]] == ["C", "D"]

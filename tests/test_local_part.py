@@ -20,13 +20,20 @@ from fedshop.client.node.model_copy import LOCAL_PART, load_local_part, load_mod
 from fedshop.client.node.options import NodeOptions, node_options
 from fedshop.client.ranking.recommend import Ranker, recommend
 from fedshop.client.training.local_fit import fit_local_part, serving_model, shop_co_purchases, validation_customers
-from fedshop.client.training.recommender import NextItemExamples, catalogue_scores, padded_history
+from fedshop.client.training.recommender import NextItemExamples, catalogue_scores, padded_rows
 from fedshop.client.training.round_plan import recommender_examples
 from fedshop.core.protocol import RUN_KEY
 from fedshop.core.settings import RunSettings
 from fedshop.explain.fidelity import deletion_check, deletion_drops
 from fedshop.explain.recommendation_reasons import explain_recommendation, largest_gap
-from fedshop.models.local_part import CO_PURCHASE_FEATURE, CoPurchases, LocalPart, ServedRecommender, offsets
+from fedshop.models.local_part import (
+    CO_PURCHASE_FEATURE,
+    CO_PURCHASE_RIDGES,
+    CoPurchases,
+    LocalPart,
+    ServedRecommender,
+    offsets,
+)
 from fedshop.models.recommender import build_recommender, score_parts
 from fedshop.models.shared import build_shared_models
 from tests.conftest import fixed_audit_salt, train_small_recommender
@@ -64,17 +71,16 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
     served = serving_model(shared, LocalPart(None, co_purchase_weight=3.0), data)
     customers = data.evaluable[:20]
     plain = catalogue_scores(shared, data, customers, 20)
-    co_purchase = shop_co_purchases(data)
+    co_purchase = shop_co_purchases(data, CO_PURCHASE_RIDGES[0])
     for row, customer in enumerate(customers):
-        ids, _, mask = padded_history(data.histories[customer], data.features, 20)
-        expected = plain[row] + 3.0 * co_purchase.scores(ids[None], mask[None], data.features.id_index)[0]
+        rows, mask = padded_rows([data.histories[customer]], 20)
+        expected = plain[row] + 3.0 * co_purchase.scores(rows, mask)[0]
         np.testing.assert_allclose(catalogue_scores(served, data, [customer], 20)[0], expected, rtol=1e-5, atol=1e-5)
     history = data.full_history(data.customers[0])[-20:]
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=shared):
         assert rec.parts.score == pytest.approx(rec.score, abs=1e-4) and rec.features[-1] == CO_PURCHASE_FEATURE
-        candidate = int(data.features.id_index[data.features.position[rec.item_id]])
-        column = co_purchase.similarity[:, candidate].toarray().ravel()
-        pooled = 3.0 * column[data.features.id_index[history]] / len(history)  # mean-pooled like the item tower
+        column = co_purchase.similarity[:, data.features.position[rec.item_id]].toarray().ravel()
+        pooled = 3.0 * column[history] / len(history)  # mean-pooled like the item tower
         np.testing.assert_allclose(rec.parts.matrix[:, -1], pooled, rtol=1e-5, atol=1e-7)
 
 
@@ -95,12 +101,11 @@ def test_the_rankers_precomputed_catalogue_scores_are_the_models_own(federation_
             np.testing.assert_allclose(got, expected[row], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(model.history_scores(side, np.zeros(0, dtype=np.int64)), side.bias, atol=1e-6)
     features = data.features
+    shared_side = shared.catalogue_side(features.id_index, features.token_index)
     for customer in customers[:5]:
         history = data.full_history(data.customers[customer])[-20:]
         for rec in Ranker(model, data, 20, shared=shared).recommend(data.customers[customer], 5):
-            row = [features.position[rec.item_id]]
-            own, = score_parts(shared, features.id_index[history], features.token_index[history],
-                               features.id_index[row], features.token_index[row])
+            own, = score_parts(shared, shared_side, history, np.array([features.position[rec.item_id]]))
             assert rec.shared.match == pytest.approx(own.matrix.sum(), abs=1e-5)  # the federation's reasons
             assert rec.shared.popularity == pytest.approx(own.bias.sum(), abs=1e-6)
 
@@ -111,7 +116,7 @@ def test_co_purchases_are_the_positive_ease_weights_of_the_shop_baskets() -> Non
     for customer, basket in enumerate(baskets):
         bought[customer, basket] = 1.0
     used = [1, 2, 3]
-    precision = np.linalg.inv(bought[:, used].T @ bought[:, used] + local_part.CO_PURCHASE_RIDGE * np.eye(3))
+    precision = np.linalg.inv(bought[:, used].T @ bought[:, used] + CO_PURCHASE_RIDGES[0] * np.eye(3))
     expected = np.zeros((5, 5))
     expected[np.ix_(used, used)] = np.maximum(-precision / np.diag(precision), 0.0)
     np.fill_diagonal(expected, 0.0)
@@ -120,22 +125,22 @@ def test_co_purchases_are_the_positive_ease_weights_of_the_shop_baskets() -> Non
     assert similarity[1, 2] > 0 and similarity[1, 1] == 0 and similarity[4].sum() == 0
 
 
-def test_items_sharing_an_id_bucket_stay_apart_in_the_regression_and_share_only_their_score() -> None:
-    """Keyed by id bucket, two items of one bucket were one column of the regression (about one in ten of a
-    3,600-item shop's): now it is fitted over the shop's items and read by bucket, each pair of buckets
-    getting the mean weight of its items' pairs."""
+def test_items_sharing_an_id_bucket_keep_their_own_co_purchase_scores() -> None:
+    """The shared model hashes items into id buckets (about one in ten of a 3,600-item shop's share one);
+    the shop's co-purchases are keyed by its catalogue rows, fitted and read: two items of one bucket get
+    the same shared score and each its own co-purchase score (they shared one when read by bucket)."""
     baskets = [np.array([0, 2]), np.array([0, 2]), np.array([1, 3]), np.array([1, 3]), np.array([0, 2, 4])]
-    by_item = CoPurchases(baskets, 5).similarity.toarray()
-    buckets_of = np.array([7, 7, 8, 9, 10])  # items 0 and 1 share bucket 7
-    by_bucket = CoPurchases(baskets, 5, buckets_of, 12).similarity.toarray()
-    assert by_bucket[7, 8] == pytest.approx((by_item[0, 2] + by_item[1, 2]) / 2)
-    assert by_bucket[7, 9] == pytest.approx((by_item[0, 3] + by_item[1, 3]) / 2)
-    assert by_bucket[9, 7] == pytest.approx((by_item[3, 0] + by_item[3, 1]) / 2)
-    assert by_bucket[8, 9] == pytest.approx(by_item[2, 3])
-    merged = CoPurchases([np.array([buckets_of[i] for i in basket]) for basket in baskets], 12).similarity.toarray()
-    assert not np.allclose(merged, by_bucket), "reading by bucket after the fit is not fitting on merged columns"
-    same = CoPurchases(baskets, 5, np.arange(5), 5).similarity.toarray()
-    np.testing.assert_allclose(same, by_item, rtol=1e-12)
+    co_purchases = CoPurchases(baskets, 5)
+    shared = build_recommender(0)
+    side = shared.catalogue_side(np.array([7, 7, 8, 9, 10]), np.zeros((5, 2), np.int64))  # rows 0 and 1: bucket 7
+    served = ServedRecommender(shared, LocalPart(None, co_purchase_weight=2.0), co_purchases)
+    rows, mask = np.array([[2, 0]]), np.array([[1.0, 0.0]])  # a customer who bought row 2
+    plain, scores = shared.catalogue_scores(side, rows, mask)[0], served.catalogue_scores(side, rows, mask)[0]
+    assert plain[0] == plain[1] and co_purchases.similarity[2, 0] > 0 == co_purchases.similarity[2, 1]
+    np.testing.assert_allclose(scores - plain, 2.0 * co_purchases.similarity[2].toarray().ravel(), rtol=1e-6)
+    np.testing.assert_allclose(served.history_scores(side, np.array([2])), scores, rtol=1e-6)
+    parts = score_parts(served, side, np.array([2]), np.array([0, 1]))
+    assert [p.score for p in parts] == pytest.approx(scores[:2].tolist(), abs=1e-5) and parts[0].score > parts[1].score
 
 
 def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(monkeypatch) -> None:
@@ -148,23 +153,27 @@ def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(
     assert CoPurchases([], 5).similarity.nnz == 0
 
 
-def test_the_shared_training_never_predicts_a_validation_customers_last_item(federation_dirs) -> None:
-    """The local part is chosen on each validation customer's last training item; a shared model trained
-    to predict it would have learnt the answer and look better on validation than it is."""
+def test_the_shared_training_never_reads_a_validation_customers_last_visit(federation_dirs) -> None:
+    """The local part is chosen on each validation customer's last visit's new items; a shared model
+    trained on them would have learnt the answer and look better on validation than it is."""
     data = build_interactions(load_merchant(federation_dirs[0]))
     nobody = np.zeros(len(data.customers), dtype=bool)
     validation = validation_customers(data.customers, nobody)
+    visits = data.last_visit()
     examples = recommender_examples(data, SETTINGS.training_config(), 0, nobody)
-    predicted: dict[int, set[int]] = {}
+    seen: dict[int, set[int]] = {}
     for _ in range(30):
         for index, customer in enumerate(examples.customers):
-            targets = examples[index][3][:SETTINGS.predictions_per_customer]
-            predicted.setdefault(customer, set()).update(targets.tolist())
+            history_ids, _, _, targets, _ = examples[index]
+            seen.setdefault(customer, set()).update(history_ids.tolist() + targets[:SETTINGS.predictions_per_customer]
+                                                    .tolist())
     ids = data.features.id_index
-    checked = [c for c in predicted if validation[c] and ids[data.histories[c][-1]] not in ids[data.histories[c][1:-1]]]
-    assert checked and all(ids[data.histories[c][-1]] not in predicted[c] for c in checked)
-    others = [c for c in predicted if not validation[c]]
-    assert sum(ids[data.histories[c][-1]] in predicted[c] for c in others) > 0.9 * len(others)
+    last_visit = {c: set(ids[data.histories[c][visits[c]]].tolist()) - set(ids[data.histories[c][~visits[c]]].tolist())
+                  for c in seen}
+    checked = [c for c in seen if validation[c] and last_visit[c]]
+    assert checked and all(not last_visit[c] & seen[c] for c in checked)
+    others = [c for c in seen if not validation[c] and last_visit[c]]
+    assert sum(bool(last_visit[c] & seen[c]) for c in others) > 0.9 * len(others)
 
 
 def test_shared_update_is_bit_identical_whatever_the_local_part_holds(federation_dirs, tmp_path, monkeypatch) -> None:
@@ -225,13 +234,14 @@ def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(fede
     options = _node(federation_dirs[0], tmp_path / "state")
     reply = evaluate_locally(_message("evaluate", replace(SETTINGS, local_part_epochs=3)), options)
     metrics = reply.content.metric_records["metrics"]
-    assert metrics["local-part-served"] == 1 and metrics["local-part-epochs"] >= 1
+    assert metrics["local-part-served"] == 1 and 0 <= metrics["local-part-epochs"] <= 3
     assert metrics["local-part-validation-ndcg10"] > metrics["shared-validation-ndcg10"]
     assert metrics["ndcg10"] != metrics["shared-ndcg10"]
     models, local, _ = load_models(tmp_path / "state")
     data = build_interactions(load_merchant(federation_dirs[0]))
     served = serving_model(models.recommender, local, data)
     assert local is not None and metrics["local-part-co-purchase-weight"] == local.co_purchase_weight
+    assert metrics["local-part-co-purchase-ridge"] == local.co_purchase_ridge in CO_PURCHASE_RIDGES
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=models.recommender):
         explanation = explain_recommendation(rec)
         assert largest_gap(explanation) < 1e-4
@@ -252,7 +262,7 @@ def test_local_fit_serves_the_shared_model_when_the_local_part_only_hurts_on_val
                          20, 32, 0.01, 0, seed=0)
     assert fit.part is None and fit.served_validation_ndcg == fit.shared_validation_ndcg > 0
     chosen = validation_customers(data.customers, nobody)
-    assert fit.validation_customers == int(chosen[data.one_step_back().evaluable].sum()) > 0
+    assert fit.validation_customers == sum(chosen[c] and visit.any() for c, visit in enumerate(data.last_visit())) > 0
 
 
 def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_dirs) -> None:
@@ -274,8 +284,8 @@ def test_a_model_copy_interrupted_while_written_leaves_the_last_one_readable(tmp
     """The merchant's service reads the node's copy while the node writes the next one; a write that
     dies half-way (a full disk, a killed node) must leave the previous copy whole."""
     first = build_shared_models(seed=1)
-    save_model_copy(tmp_path, first, LocalPart(None, co_purchase_weight=2.0), {"round": 1, "run": RUN,
-                                                                                "history_length": 20})
+    save_model_copy(tmp_path, first, LocalPart(None, co_purchase_weight=2.0, co_purchase_ridge=250.0),
+                    {"round": 1, "run": RUN, "history_length": 20})
     real_savez = np.savez
 
     def dies_half_way(file, **arrays) -> None:
@@ -289,4 +299,4 @@ def test_a_model_copy_interrupted_while_written_leaves_the_last_one_readable(tmp
     loaded = load_models(tmp_path)
     for name, value in first.state_dict().items():
         torch.testing.assert_close(loaded.models.state_dict()[name], value)
-    assert loaded.local.co_purchase_weight == 2.0
+    assert loaded.local.co_purchase_weight == 2.0 and loaded.local.co_purchase_ridge == 250.0

@@ -28,8 +28,8 @@ def test_parts_sum_to_the_model_score_for_random_customers(trained) -> None:
         cand_tokens = torch.from_numpy(features.token_index[candidate])[None, None]
         with torch.no_grad():
             score = float(model(ids, tokens, mask, cand_ids, cand_tokens)[0, 0])
-        parts, = score_parts(model, features.id_index[history], features.token_index[history],
-                             features.id_index[[candidate]], features.token_index[[candidate]])
+        parts, = score_parts(model, model.catalogue_side(features.id_index, features.token_index), history,
+                             np.array([candidate]))
         assert parts.score == pytest.approx(score, abs=1e-5)
         assert parts.per_history_item.sum() + parts.bias.sum() == pytest.approx(score, abs=1e-5)
         assert parts.matrix.shape == (len(history), 1 + int((features.token_index[candidate] > 0).sum()))

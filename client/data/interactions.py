@@ -31,6 +31,7 @@ class Interactions:
     customers: list[str]
     histories: list[np.ndarray]  # per customer: catalogue rows, oldest first (held-out item removed)
     held_out: np.ndarray  # per customer: catalogue row of the held-out item, -1 if none
+    first_baskets: list[np.ndarray] | None = None  # per history item: the rank of the basket it was first bought in
 
     @cached_property
     def customer_rows(self) -> dict[str, int]:
@@ -48,8 +49,29 @@ class Interactions:
         """The same customers with each history's last item held out instead (customers with one history
         item are not evaluable): a validation split that never touches the held-out items."""
         held_out = np.array([h[-1] if len(h) >= 2 else -1 for h in self.histories], dtype=np.int64)
+        baskets = None if self.first_baskets is None else [b[:-1] if len(b) >= 2 else b for b in self.first_baskets]
         return Interactions(self.features, self.customers, [h[:-1] if len(h) >= 2 else h for h in self.histories],
-                            held_out)
+                            held_out, baskets)
+
+    def last_visit(self) -> list[np.ndarray]:
+        """Per customer, a mask over its history of the items first bought in its last basket (its last
+        visit's new items); none where that basket holds its whole history (nothing to predict them from)."""
+        if self.first_baskets is None:
+            raise ValueError("these interactions were built without their baskets")
+        masks = []
+        for baskets, history in zip(self.first_baskets, self.histories, strict=True):
+            last = baskets == baskets.max() if len(baskets) else np.zeros(0, dtype=bool)
+            masks.append(last if last.sum() < len(history) else np.zeros(len(history), dtype=bool))
+        return masks
+
+    def without_last_visit(self, customers: np.ndarray) -> "Interactions":
+        """The same interactions with the last visit's new items (:meth:`last_visit`) of ``customers`` (a
+        mask) taken out of their histories: a validation split like the temporal evaluation's next basket
+        that never touches the held-out items."""
+        kept = [~visit if customers[c] else np.ones(len(visit), dtype=bool)
+                for c, visit in enumerate(self.last_visit())]
+        return Interactions(self.features, self.customers, [h[k] for h, k in zip(self.histories, kept, strict=True)],
+                            self.held_out, [b[k] for b, k in zip(self.first_baskets, kept, strict=True)])
 
     @property
     def trainable(self) -> list[int]:
@@ -76,12 +98,31 @@ def basket_keys(orders: pd.DataFrame) -> pd.Series:
     return order.where(order != "", "day " + day)
 
 
+def basket_started(orders: pd.DataFrame) -> pd.Series:
+    """Each line's basket's start: the first time of its customer's basket (``basket_keys``), the side of a
+    cutoff the whole basket falls on."""
+    return orders.groupby([orders["customer_id"], basket_keys(orders)])["timestamp"].transform("min")
+
+
+def _first_purchases(orders: pd.DataFrame) -> pd.DataFrame:
+    """One row per item a customer bought (net of returns), in order of first purchase, with the start of
+    the first basket it was bought in."""
+    net = orders.assign(basket=basket_started(orders)).groupby(["customer_id", "item_id"], sort=False).agg(
+        net=("quantity", "sum"), first=("timestamp", "min"), basket=("basket", "min"))
+    return net[net["net"] > 0].reset_index().sort_values(["customer_id", "first", "item_id"])
+
+
 def purchase_sequences(orders: pd.DataFrame) -> pd.Series:
     """Distinct items each customer bought (net of returns), in order of first purchase."""
-    net = orders.groupby(["customer_id", "item_id"], sort=False).agg(
-        net=("quantity", "sum"), first=("timestamp", "min"))
-    bought = net[net["net"] > 0].reset_index().sort_values(["customer_id", "first", "item_id"])
-    return bought.groupby("customer_id", sort=True)["item_id"].agg(list)
+    return _first_purchases(orders).groupby("customer_id", sort=True)["item_id"].agg(list)
+
+
+def _sequences_and_baskets(orders: pd.DataFrame) -> tuple[pd.Series, list[np.ndarray]]:
+    """``purchase_sequences`` and, per item of each, the rank of the basket it was first bought in."""
+    bought = _first_purchases(orders)
+    bought = bought.assign(rank=bought.groupby("customer_id")["basket"].rank(method="dense"))
+    grouped = bought.groupby("customer_id", sort=True)
+    return grouped["item_id"].agg(list), [np.array(ranks, dtype=np.int64) for ranks in grouped["rank"].agg(list)]
 
 
 def without_lines(orders: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -93,27 +134,25 @@ def without_lines(orders: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.Data
 def build_histories(data: MerchantData) -> Interactions:
     """Every customer's whole history and no held-out item, price bands from every line: what a model
     knows of a merchant at the end of its orders (the temporal evaluation's view of a learning period)."""
-    sequences = purchase_sequences(data.orders)
+    sequences, baskets = _sequences_and_baskets(data.orders)
     features = encode_catalog(data.catalog, typical_prices(data.orders))
     return Interactions(features, sequences.index.tolist(), [features.rows(items) for items in sequences],
-                        np.full(len(sequences), -1, dtype=np.int64))
+                        np.full(len(sequences), -1, dtype=np.int64), baskets)
 
 
 def build_interactions(data: MerchantData) -> Interactions:
     """Histories and held-out items for every customer of a merchant. The price bands come from the
     training lines only: an item bought only as some customer's held-out item has none (it got one
     from the very purchase it is judged on, a label leak)."""
-    sequences = purchase_sequences(data.orders)
+    sequences, baskets = _sequences_and_baskets(data.orders)
     held_out_lines = [(customer, items[-1]) for customer, items in sequences.items() if len(items) >= 2]
     features = encode_catalog(data.catalog, typical_prices(without_lines(data.orders, held_out_lines)))
-    histories, held_out = [], []
-    for items in sequences:
+    histories, held_out, first_baskets = [], [], []
+    for items, basket in zip(sequences, baskets, strict=True):
         rows = features.rows(items)
-        if len(rows) >= 2:
-            histories.append(rows[:-1])
-            held_out.append(rows[-1])
-        else:
-            histories.append(rows)
-            held_out.append(-1)
+        kept = len(rows) - 1 if len(rows) >= 2 else len(rows)
+        histories.append(rows[:kept])
+        first_baskets.append(basket[:kept])
+        held_out.append(rows[-1] if len(rows) >= 2 else -1)
     return Interactions(features, sequences.index.tolist(), histories,
-                        np.array(held_out, dtype=np.int64))
+                        np.array(held_out, dtype=np.int64), first_baskets)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.interactions import basket_keys, purchase_sequences
+from fedshop.client.data.interactions import basket_keys, basket_started, purchase_sequences
 from fedshop.client.data.schema import MerchantData
 
 TEST_SHARE = 0.15  # the share of the federation's purchase lines that fall after the cutoff
@@ -53,12 +53,6 @@ def cutoff_at(orders: pd.DataFrame, share: float) -> pd.Timestamp:
     if len(times) < 2:
         raise ValueError(f"a cutoff needs at least two purchase lines, the orders hold {len(times)}")
     return times.iloc[min(len(times) - 1, int(np.ceil(len(times) * (1.0 - share))))]
-
-
-def basket_started(orders: pd.DataFrame) -> pd.Series:
-    """Each line's basket's start: the first time of its customer's basket (``basket_keys``), the side of a
-    cutoff the whole basket falls on."""
-    return orders.groupby([orders["customer_id"], basket_keys(orders)])["timestamp"].transform("min")
 
 
 def split_at(data: MerchantData, cutoff: pd.Timestamp) -> TemporalSplit:

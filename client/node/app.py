@@ -24,7 +24,7 @@ of the merchant's customers (``audit-holdout``) never trains, so that the audit 
 membership inference. The merchant's orders never leave this process.
 """
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,6 +50,7 @@ from fedshop.client.node.model_copy import (
 from fedshop.client.node.options import (
     NodeOptions,
     audit_salt,
+    load_co_purchases,
     load_customer_profiles,
     load_demand_panel,
     load_interactions,
@@ -344,9 +345,10 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                          audit_holdout(interactions, config, audit_salt(options.state_dir)),
                          lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
-                         epochs, seed)
+                         epochs, seed, partial(load_co_purchases, options.data_dir))
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
                       "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
+                      "local-part-co-purchase-ridge": fit.part.co_purchase_ridge if fit.part else 0.0,
                       "local-part-validation-ndcg10": coarse_rate(fit.served_validation_ndcg),
                       "shared-validation-ndcg10": coarse_rate(fit.shared_validation_ndcg),
                       "local-part-validation-customers": fit.validation_customers}
@@ -362,7 +364,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     models = adopted.models
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
     part, fit_metrics = _local_part(models, interactions, config, options, run)
-    served = serving_model(models.recommender, part, interactions)
+    served = serving_model(models.recommender, part, interactions, partial(load_co_purchases, options.data_dir))
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedshop.core.files import write_json, write_npz
-from fedshop.models.local_part import LocalPart
+from fedshop.models.local_part import CO_PURCHASE_RIDGES, LocalPart
 from fedshop.models.parameters import parameter_count, unflatten
 from fedshop.models.shared import SharedModels
 from fedshop.privacy.ckks import ContextError, KeyContext, decrypt, load_secret_context
@@ -77,6 +77,7 @@ def save_model_copy(state_dir: Path, models: SharedModels, local: LocalPart | No
         (state_dir / LOCAL_PART).unlink(missing_ok=True)
     else:
         write_npz(state_dir / LOCAL_PART, {"co_purchase_weight": np.float64(local.co_purchase_weight),
+                                           "co_purchase_ridge": np.float64(local.co_purchase_ridge),
                                            **{_OFFSET + name: value for name, value in (local.offsets or {}).items()}})
     write_json(state_dir / MODEL_COPY_INFO, {**info, "local_part": local is not None})
 
@@ -139,7 +140,8 @@ def load_local_part(model_dir: Path, run: str | None = None) -> LocalPart | None
         return None
     with np.load(kept[0]) as saved:
         offsets = {name.removeprefix(_OFFSET): saved[name] for name in saved.files if name.startswith(_OFFSET)}
-        return LocalPart(offsets or None, float(saved["co_purchase_weight"]))
+        ridge = float(saved["co_purchase_ridge"]) if "co_purchase_ridge" in saved.files else CO_PURCHASE_RIDGES[0]
+        return LocalPart(offsets or None, float(saved["co_purchase_weight"]), ridge)
 
 
 def model_files(model_dir: Path) -> list[Path]:

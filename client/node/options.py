@@ -22,15 +22,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
+from fedshop.client.training.local_fit import shop_co_purchases
 from fedshop.core.files import read_json, write_json, write_secret
 from fedshop.core.node_policy import NodePolicy
 from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
+from fedshop.models.local_part import CoPurchases
 from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
 
 POLICY_FILE, AUDIT_SALT_FILE = "policy.json", "audit.salt"
@@ -114,6 +117,20 @@ def load_customer_profiles(data_dir: Path, as_of: pd.Timestamp) -> CustomerProfi
     """Validated data of the merchant in ``data_dir``, turned into its customers' profiles as of ``as_of``
     (each tier round and the last round's audit ask for the same)."""
     return customer_profiles(_merchant_data(data_dir), as_of)
+
+
+def load_co_purchases(data_dir: Path, ridge: float, left_out: np.ndarray | None = None) -> CoPurchases:
+    """The shop's co-purchases at λ = ``ridge`` over its customers' training histories but those ``left_out``
+    (a mask), counted once per process: every round's local fit and evaluation ask for the same."""
+    return _co_purchases(data_dir, ridge, () if left_out is None else tuple(np.flatnonzero(left_out).tolist()))
+
+
+@lru_cache(maxsize=16)
+def _co_purchases(data_dir: Path, ridge: float, left_out: tuple[int, ...]) -> CoPurchases:
+    interactions = load_interactions(data_dir)
+    mask = np.zeros(len(interactions.customers), dtype=bool)
+    mask[list(left_out)] = True
+    return shop_co_purchases(interactions, ridge, mask)
 
 
 @lru_cache(maxsize=8)

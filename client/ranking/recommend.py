@@ -59,9 +59,7 @@ class Ranker:
         scores = self.model.history_scores(self.side, history)
         scores[bought] = -np.inf
         rows = mmr_order(scores, self.side.vectors, k, diversity)
-        hist_ids, hist_tokens = features.id_index[history], features.token_index[history]
-        served = score_parts(self.model, hist_ids, hist_tokens, features.id_index[rows], features.token_index[rows],
-                             queries=self.side.projected[history])
+        served = score_parts(self.model, self.side, history, rows)
         shared = [None] * len(rows) if self.shared is None else self._shared_scores(history, rows)
         history_titles = [features.titles[h] for h in history]
         return [Recommendation(

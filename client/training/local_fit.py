@@ -3,22 +3,25 @@
 After every release of the shared recommender the node fits its local part on its own training
 customers, without noise (nothing fitted here leaves the node): offsets to the shared weights, by
 fine-tuning the released model (Adam), starting from the new shared model plus the previous round's
-offsets of the same run, and the weight of its shop's co-purchases.
+offsets of the same run, and the weight and λ of its shop's co-purchases.
 
 How much of the merchant's own data to trust is chosen on the merchant's own data: a share of its
 customers (``VALIDATION_SHARE``, by a stable hash) is left out of the fit, and every candidate (the
 shared weights alone, the previous offsets, the offsets after each epoch, each with every
-co-purchase weight of ``CO_PURCHASE_WEIGHTS``, co-purchases learnt from the other customers) is
-scored on predicting their last history item from the items before it. The best candidate is
-served; the shared model alone wins where the merchant's data would only make it overfit. None of
-it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any of
-it: a round's training starts from the decrypted aggregate alone. Nor does the shared model train on
-the validation items (``fedshop.client.training.round_plan.recommender_examples``): it would have learnt them, look
-better on validation than it is, and be served alone where the merchant's data would have helped.
+co-purchase weight of ``CO_PURCHASE_WEIGHTS`` and λ of ``CO_PURCHASE_RIDGES``, co-purchases learnt
+from the other customers) is scored on predicting their last visit's new items (those first bought in
+their last basket) from the items before it, as a merchant's next visit is what the served model is
+for (``benchmarks/quality.py`` judges it so). The best candidate is served; the shared model alone
+wins where the merchant's data would only make it overfit. None of it touches the held-out items the
+evaluation ranks, and the shared model's DP-SGD never sees any of it: a round's training starts from
+the decrypted aggregate alone. Nor does the shared model train on the validation items
+(``fedshop.client.training.round_plan.recommender_examples``): it would have learnt them, look better
+on validation than it is, and be served alone where the merchant's data would have helped.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,13 +30,13 @@ from torch.utils.data import Dataset
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.training.recommender import (
     catalogue_scores,
-    customer_gains,
-    padded_history,
+    padded_rows,
     shuffled_loader,
     train_epochs,
+    visit_ndcg,
 )
-from fedshop.models.layout import LAYOUT, stable_bucket
-from fedshop.models.local_part import CoPurchases, LocalPart, ServedRecommender, offsets
+from fedshop.models.layout import stable_bucket
+from fedshop.models.local_part import CO_PURCHASE_RIDGES, CoPurchases, LocalPart, ServedRecommender, offsets
 from fedshop.models.recommender import Recommender
 
 VALIDATION_SHARE = 0.1
@@ -59,58 +62,62 @@ def validation_customers(customers: list[str], excluded: np.ndarray) -> np.ndarr
     return chosen & ~excluded
 
 
-def shop_co_purchases(data: Interactions, left_out: np.ndarray | None = None) -> CoPurchases:
-    """The shop's co-purchases over its customers' training histories (but those ``left_out``): fitted
-    over its catalogue's items, read by the id buckets the recommender scores with."""
+def shop_co_purchases(data: Interactions, ridge: float, left_out: np.ndarray | None = None) -> CoPurchases:
+    """The shop's co-purchases at λ = ``ridge`` over its customers' training histories (but those
+    ``left_out``), keyed by its catalogue rows."""
     histories = [h for c, h in enumerate(data.histories) if left_out is None or not left_out[c]]
-    return CoPurchases(histories, len(data.features.item_ids), data.features.id_index, LAYOUT.id_buckets)
+    return CoPurchases(histories, len(data.features.item_ids), ridge)
 
 
 def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions,
-                  co_purchases: CoPurchases | None = None) -> Recommender:
+                  counted: Callable[[float], CoPurchases] | None = None) -> Recommender:
     """The recommender the merchant serves: ``shared`` alone, or with its local part and the shop's
-    co-purchases over all its customers' training histories (``co_purchases``, when already counted)."""
+    co-purchases over all its customers' training histories at the part's λ (``counted`` gives them
+    at a λ when the caller keeps them counted)."""
     if local is None:
         return shared
     if not local.co_purchase_weight:
         return ServedRecommender(shared, local, None)
-    return ServedRecommender(shared, local, shop_co_purchases(data) if co_purchases is None else co_purchases)
+    ridge = local.co_purchase_ridge
+    return ServedRecommender(shared, local, shop_co_purchases(data, ridge) if counted is None else counted(ridge))
 
 
 def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,
                    examples: Callable[[np.ndarray], Dataset], history_length: int, batch_size: int,
-                   learning_rate: float, epochs: int, seed: int) -> LocalFit:
+                   learning_rate: float, epochs: int, seed: int,
+                   counted: Callable[[float, np.ndarray], CoPurchases] | None = None) -> LocalFit:
     """The local part that scores best on the merchant's validation customers after up to ``epochs``
     passes over its other training customers (``excluded`` ones never train: the audit holdout);
-    ``examples`` makes the training examples of every customer but those a mask leaves out."""
+    ``examples`` makes the training examples of every customer but those a mask leaves out, ``counted``
+    the shop's co-purchases at a λ without a mask's customers when the caller keeps them counted."""
     validation = validation_customers(data.customers, excluded)
-    view = data.one_step_back()
-    scored = [c for c in view.evaluable if validation[c]]
+    visits = data.last_visit()
+    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
     dataset = examples(excluded | validation)
     if not scored or len(dataset) == 0:
         return LocalFit(None, 0, float("nan"), float("nan"), len(scored))
-    features = data.features
-    padded = [padded_history(view.histories[c], features, history_length) for c in scored]
-    ids, _, mask = (np.stack(parts) for parts in zip(*padded, strict=True))
-    co_purchase = shop_co_purchases(data, excluded | validation).scores(ids, mask, features.id_index)
+    view = data.without_last_visit(validation)
+    targets = [data.histories[c][visits[c]] for c in scored]
+    rows, mask = padded_rows([view.histories[c] for c in scored], history_length)
+    count = partial(shop_co_purchases, data) if counted is None else counted
+    co_purchase = {ridge: count(ridge, excluded | validation).scores(rows, mask) for ridge in CO_PURCHASE_RIDGES}
 
-    def best_weight(model: Recommender) -> tuple[float, float]:
-        """The best co-purchase weight on top of ``model``, and its validation NDCG@10."""
+    def best_weight(model: Recommender) -> tuple[float, float, float]:
+        """The best co-purchase weight and λ on top of ``model``, and their validation NDCG@10."""
         model_scores = catalogue_scores(model, view, scored, history_length)
-        quality = [(customer_gains(view, scored, model_scores + weight * co_purchase).ndcg.mean(), weight)
-                   for weight in CO_PURCHASE_WEIGHTS]
-        ndcg, weight = max(quality, key=lambda pair: pair[0])
-        return float(ndcg), weight
+        quality = [(visit_ndcg(model_scores + weight * co_purchase[ridge], targets).mean(), weight, ridge)
+                   for ridge in CO_PURCHASE_RIDGES for weight in CO_PURCHASE_WEIGHTS]
+        ndcg, weight, ridge = max(quality, key=lambda entry: entry[0])
+        return float(ndcg), weight, ridge
 
-    shared_quality = float(customer_gains(view, scored, catalogue_scores(shared, view, scored, history_length))
-                           .ndcg.mean())
+    shared_quality = float(visit_ndcg(catalogue_scores(shared, view, scored, history_length), targets).mean())
     best = LocalFit(None, 0, shared_quality, shared_quality, len(scored))
 
     def consider(model: Recommender, part_offsets: dict[str, np.ndarray] | None, epoch: int) -> None:
         nonlocal best
-        ndcg, weight = best_weight(model)
+        ndcg, weight, ridge = best_weight(model)
         if ndcg > best.served_validation_ndcg:
-            best = LocalFit(LocalPart(part_offsets, weight), epoch, shared_quality, ndcg, len(scored))
+            best = LocalFit(LocalPart(part_offsets, weight, ridge), epoch, shared_quality, ndcg, len(scored))
 
     start = ServedRecommender(shared, previous or LocalPart(None), None)
     tuned = Recommender(shared.layout)

@@ -42,9 +42,6 @@ def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tup
 class NextItemExamples(Dataset):
     """One training example per trainable customer (but those ``held_out`` of training, when given).
 
-    Customers in ``withheld_last`` keep their last history item out of their predictions (another
-    task validates on it), and train only if two items remain.
-
     An example makes ``predictions`` next-item predictions at positions of the customer's history
     drawn afresh on every access. It holds, side by side, the ``history_length`` items before each
     target (``[predictions * history_length]`` ids, ``[..., T]`` tokens), one window per prediction
@@ -53,16 +50,12 @@ class NextItemExamples(Dataset):
     ranks its target against."""
 
     def __init__(self, data: Interactions, history_length: int, negatives: int, seed: int,
-                 held_out: np.ndarray | None = None, predictions: int = 1,
-                 withheld_last: np.ndarray | None = None) -> None:
+                 held_out: np.ndarray | None = None, predictions: int = 1) -> None:
         if predictions < 1:
             raise ValueError(f"predictions per customer must be at least 1, got {predictions}")
         self.data = data
-        ends = np.array([len(h) for h in data.histories], dtype=np.int64)
-        if withheld_last is not None:
-            ends -= withheld_last.astype(np.int64)
-        self.customers = [c for c in data.trainable if ends[c] >= 2 and (held_out is None or not held_out[c])]
-        self._ends = ends[self.customers]  # targets are drawn from history positions [1, end)
+        self.customers = [c for c in data.trainable if held_out is None or not held_out[c]]
+        self._ends = np.array([len(data.histories[c]) for c in self.customers], dtype=np.int64)  # targets: [1, end)
         self.history_length = history_length
         self.negatives = negatives
         self.predictions = predictions
@@ -153,17 +146,26 @@ def train_recommender_private(model: Recommender, dataset: Dataset, release: Rel
     return train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
 
 
+def padded_rows(histories: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``length`` catalogue rows of each history ``[B, L]`` (padding: row 0) and their mask ``[B, L]``."""
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    mask = np.zeros((len(histories), length), dtype=np.float32)
+    for index, history in enumerate(histories):
+        recent = history[-length:]
+        rows[index, :len(recent)] = recent
+        mask[index, :len(recent)] = 1.0
+    return rows, mask
+
+
 @torch.no_grad()
 def catalogue_scores(model: Recommender, data: Interactions, customers: list[int],
                      history_length: int) -> np.ndarray:
     """Scores ``[customers, catalogue]`` with each customer's own history items masked out."""
     features = data.features
     model.eval()
-    padded = [padded_history(data.histories[c], features, history_length) for c in customers]
-    ids, tokens, mask = (torch.from_numpy(np.stack(parts)) for parts in zip(*padded, strict=True))
-    scores = model.candidate_scores(ids, tokens, mask, torch.from_numpy(features.id_index),
-                                    torch.from_numpy(features.token_index))
-    return mask_history(data, customers, scores.numpy())
+    side = model.catalogue_side(features.id_index, features.token_index)
+    rows, mask = padded_rows([data.histories[c] for c in customers], history_length)
+    return mask_history(data, customers, model.catalogue_scores(side, rows, mask))
 
 
 def mask_history(data: Interactions, customers: list[int], scores: np.ndarray) -> np.ndarray:
@@ -206,6 +208,20 @@ def customer_gains(data: Interactions, customers: list[int], scores: np.ndarray)
     ndcg = np.where(shown, (_GAINS[last] - _GAINS[first]) / (tied + 1), 0.0)
     hit = np.where(shown, (last - first) / (tied + 1), 0.0)
     return CustomerGains(ndcg, hit)
+
+
+def visit_ndcg(scores: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
+    """NDCG@10 of each row's target items (every one counted: a visit's new items) in history-masked
+    ``scores``; a target scored ``-inf`` (not shown) gains nothing."""
+    top = np.argpartition(-scores, TOP_K, axis=1)[:, :TOP_K] if scores.shape[1] > TOP_K else \
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+    discount = 1.0 / np.log2(np.arange(TOP_K) + 2.0)
+    ndcg = np.zeros(len(targets))
+    for row, wanted in enumerate(targets):
+        shown = top[row][np.isfinite(scores[row, top[row]])]
+        ndcg[row] = (discount[:len(shown)] * np.isin(shown, wanted)).sum() / discount[:min(len(wanted), TOP_K)].sum()
+    return ndcg
 
 
 def summarise_ranking(gains: CustomerGains, scores: np.ndarray) -> RankingMetrics:

@@ -54,12 +54,12 @@ def recommender_examples(interactions: Interactions, config: Mapping[str, Any], 
                          left_out: np.ndarray) -> NextItemExamples:
     """Recommender examples of the merchant's customers but those ``left_out`` (the audit holdout, at least).
 
-    The local fit's validation customers keep their last training item out: the local part is chosen
-    on predicting it, and a shared model trained on it would have learnt it (in the clear above all)
-    and look better on validation than it is, so the node would serve it alone too often."""
-    return NextItemExamples(interactions, int(config["history-length"]), int(config["negatives"]), seed, left_out,
-                            int(config["predictions-per-customer"]),
-                            withheld_last=validation_customers(interactions.customers, left_out))
+    The local fit's validation customers keep their last visit's new items out: the local part is
+    chosen on predicting them, and a shared model trained on them would have learnt them (in the clear
+    above all) and look better on validation than it is, so the node would serve it alone too often."""
+    validation = validation_customers(interactions.customers, left_out)
+    return NextItemExamples(interactions.without_last_visit(validation), int(config["history-length"]),
+                            int(config["negatives"]), seed, left_out, int(config["predictions-per-customer"]))
 
 
 def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],
