@@ -68,10 +68,15 @@ class Interactions:
         """The same interactions with the last visit's new items (:meth:`last_visit`) of ``customers`` (a
         mask) taken out of their histories: a validation split like the temporal evaluation's next basket
         that never touches the held-out items."""
-        kept = [~visit if customers[c] else np.ones(len(visit), dtype=bool)
-                for c, visit in enumerate(self.last_visit())]
+        return self.without([visit if customers[c] else np.zeros(len(visit), dtype=bool)
+                             for c, visit in enumerate(self.last_visit())])
+
+    def without(self, removed: list[np.ndarray]) -> "Interactions":
+        """The same interactions with the history items ``removed`` marks (a mask per customer) taken out."""
+        kept = [~mask for mask in removed]
+        baskets = None if self.first_baskets is None else [b[k] for b, k in zip(self.first_baskets, kept, strict=True)]
         return Interactions(self.features, self.customers, [h[k] for h, k in zip(self.histories, kept, strict=True)],
-                            self.held_out, [b[k] for b, k in zip(self.first_baskets, kept, strict=True)])
+                            self.held_out, baskets)
 
     @property
     def trainable(self) -> list[int]:
