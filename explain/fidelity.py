@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from fedshop.client.data.interactions import Interactions
-from fedshop.client.ranking.recommend import recommend
+from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.recommender import padded_rows
-from fedshop.models.recommender import Recommender
+from fedshop.models.recommender import CatalogueSide, Recommender
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,13 @@ class FidelityCheck:
 
 
 @torch.no_grad()
-def deletion_drops(model: Recommender, data: Interactions, history: np.ndarray, candidate: int,
+def deletion_drops(model: Recommender, side: CatalogueSide, history: np.ndarray, candidate: int,
                    history_length: int) -> np.ndarray:
     """The model's score of ``candidate`` minus its score with each history item deleted in turn (scored
-    by the model's batched catalogue scoring, not by the split the reasons come from)."""
-    features = data.features
+    by the model's batched catalogue scoring over ``side``, the catalogue under it, not by the split the
+    reasons come from)."""
     variants = [history] + [np.delete(history, i) for i in range(len(history))]
     rows, mask = padded_rows(variants, history_length)
-    side = model.catalogue_side(features.id_index, features.token_index)
     scores = model.catalogue_scores(side, rows, mask)[:, candidate].astype(np.float64)
     return scores[0] - scores[1:]
 
@@ -57,16 +56,17 @@ def deletion_check(model: Recommender, data: Interactions, history_length: int, 
     """Run the check on the top recommendation of each of ``customers`` with two or more history items
     (a customer who has bought the whole catalogue has no recommendation to check)."""
     model.eval()
+    ranker = Ranker(model, data, history_length)
     parts, drops, top_agrees, top_parts, top_drops, sum_gaps = [], [], [], [], [], []
     for customer in customers:
         name = data.customers[customer]
         history = data.full_history(name)[-history_length:]
-        listed = recommend(model, data, name, 1, history_length)
+        listed = ranker.recommend(name, 1)
         if len(history) < 2 or not listed:  # nothing to delete, or nothing left to recommend
             continue
         top = listed[0]
         attributed = top.parts.per_history_item
-        drop = deletion_drops(model, data, history, data.features.position[top.item_id], history_length)
+        drop = deletion_drops(model, ranker.side, history, data.features.position[top.item_id], history_length)
         parts.append(attributed)
         drops.append(drop)
         best = int(np.argmax(attributed))

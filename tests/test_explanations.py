@@ -12,7 +12,7 @@ from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
 from fedshop.client.ranking.diversity import best_rows, mmr_order
-from fedshop.client.ranking.recommend import recommend
+from fedshop.client.ranking.recommend import Ranker, recommend
 from fedshop.explain.audit import audit_metrics, parse_audit
 from fedshop.explain.fidelity import deletion_check, deletion_drops
 from fedshop.explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
@@ -76,7 +76,7 @@ def test_deletion_drop_matches_the_model_rescored_without_the_item(trained) -> N
     customer = next(c for c in data.customers if len(data.full_history(c)) >= 3)
     history = data.full_history(customer)[-20:]
     top = recommend(model, data, customer, 1, 20)[0]
-    drops = deletion_drops(model, data, history, data.features.position[top.item_id], 20)
+    drops = deletion_drops(model, Ranker(model, data, 20).side, history, data.features.position[top.item_id], 20)
     parts, n = top.parts.per_history_item, len(history)
     np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
 

@@ -272,11 +272,12 @@ def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_
     served = serving_model(shared, LocalPart(None, co_purchase_weight=8.0), data)
     check = deletion_check(served, data, 20, list(range(60)))
     assert check.customers > 30 and check.top_reason_is_largest_drop == 1.0 and check.largest_sum_gap < 1e-4
+    side = Ranker(served, data, 20).side
     for customer in data.customers[:20]:
         history = data.full_history(customer)[-20:]
         for rec in recommend(served, data, customer, 3, 20):
             parts, n = rec.parts.per_history_item, len(history)
-            drops = deletion_drops(served, data, history, data.features.position[rec.item_id], 20)
+            drops = deletion_drops(served, side, history, data.features.position[rec.item_id], 20)
             np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
 
 

@@ -119,8 +119,9 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
               _visit_check(data, scored, [_last_of(visits[c]) for c in scored])]
     count = partial(shop_co_purchases, data) if counted is None else counted
     co_purchases = {ridge: count(ridge, excluded | validation) for ridge in CO_PURCHASE_RIDGES}
-    co_purchase = [{ridge: regression.scores(*padded_rows([view.histories[c] for c in scored], history_length))
-                    for ridge, regression in co_purchases.items()} for view, _ in checks]
+    padded = [padded_rows([view.histories[c] for c in scored], history_length) for view, _ in checks]
+    co_purchase = [{ridge: regression.scores(rows, mask) for ridge, regression in co_purchases.items()}
+                   for rows, mask in padded]
 
     def best_weight(model: Recommender) -> tuple[float, float, float]:
         """The best co-purchase weight and λ on top of ``model``, and their validation NDCG@10 (the mean of

@@ -55,7 +55,6 @@ class NextItemExamples(Dataset):
             raise ValueError(f"predictions per customer must be at least 1, got {predictions}")
         self.data = data
         self.customers = [c for c in data.trainable if held_out is None or not held_out[c]]
-        self._ends = np.array([len(data.histories[c]) for c in self.customers], dtype=np.int64)  # targets: [1, end)
         self.history_length = history_length
         self.negatives = negatives
         self.predictions = predictions
@@ -68,7 +67,7 @@ class NextItemExamples(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         features = self.data.features
         history = self.data.histories[self.customers[index]]
-        targets = self.rng.integers(1, self._ends[index], self.predictions)
+        targets = self.rng.integers(1, len(history), self.predictions)  # positions that have items before them
         ids, tokens, masks = zip(*(padded_history(history[:t], features, self.history_length) for t in targets),
                                  strict=True)
         windows = self._blocks * np.concatenate(masks)
