@@ -88,10 +88,13 @@ def test_pricing_benchmark_quick_mode_compares_every_method(tmp_path: Path) -> N
                                                 "fedshop federated + DP ε=8"}
     for (per_merchant,) in figures["elasticity_error"].values():
         assert len(per_merchant) == 3 and all(0 <= e < 5 for e in per_merchant.values())
-    assert all(-1 <= share <= 1 for (share,) in figures["revenue_uplift_share_of_oracle"].values())
+    for (per_merchant,) in figures["revenue"].values():
+        assert len(per_merchant) == 3
+        assert all(r["today"] > 0 and r["recommended"] <= r["oracle"] * (1 + 1e-3) for r in per_merchant.values())
     assert {"flat mean weekly units", "seasonal naive", "no-price model (pooled, clear)", "local-only",
             "fedshop federated + DP ε=8"} <= set(figures["holdout_wape"])
     assert len(figures["holdout_wape"]) == 7 and len(figures["targets"]) == 8
+    assert [t["met"] for t in figures["targets"][:2]] == [None, None]  # generated shops are not a store panel
     assert "held-out demand error" in printed and "noise ceiling" in printed and "PASS" in printed + "FAIL"
     assert 0 < figures["noise_ceiling_wape"]["true_curve"] < 5
 
@@ -109,7 +112,7 @@ def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, mon
     its revenue (issue 34). A model that believes demand is inelastic, on a market whose true elasticity
     is -4, must fall short of the oracle, which lowers every price to its bound."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from pricing import revenue_uplift
+    from pricing import revenue_gain, revenue_gap, revenue_under_truth
 
     from fedshop.client.data.demand import build_demand_panel
     from fedshop.client.data.schema import load_merchant
@@ -118,8 +121,11 @@ def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, mon
     panel = build_demand_panel(load_merchant(federation_dirs[0]))
     wrong = DemandModel()
     wrong.set_base_elasticity(-0.1)
-    gained, best = revenue_uplift(wrong, panel, dict.fromkeys(panel.item_ids, -4.0))
-    assert best > 0 and gained < 0.5 * best, (gained, best)
+    truth, units = dict.fromkeys(panel.item_ids, -4.0), dict.fromkeys(panel.item_ids, 10.0)
+    revenue = revenue_under_truth(wrong, panel, truth, units)
+    oracle_gain = revenue_gain([revenue], "oracle")
+    assert oracle_gain > 0 and revenue_gain([revenue]) < 0.5 * oracle_gain, revenue
+    assert revenue_gap([revenue]) > 0.5 * oracle_gain
 
 
 @pytest.mark.slow
