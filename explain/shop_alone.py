@@ -1,38 +1,61 @@
 """What a shop recommends alone, without the federation: the reference the fairness audit compares with.
 
-"Alone" is the shop's own co-purchase regression (EASE, ``fedshop.models.local_part.CoPurchases``: λ = 50,
-each item's 100 strongest neighbours, over its most bought items) fitted on every one of its customers'
-training histories and keyed by the shop's own catalogue rows (not the shared model's hashed id buckets,
-which merge some items: docs/benchmarks.md), scoring each item by the mean of its weights from the
-customer's whole training history, with the shop's popularity (its training purchases of the item)
-breaking the ties, so an item the regression says nothing about for this customer is ranked by how
-much the shop sells it. Nothing of the federation enters it. EASE is the strongest method a merchant
-runs alone in ``benchmarks/quality.py`` on generated and on UCI data (docs/benchmarks.md), so it is the
-honest bar: a weaker one would make the federation look better than it is. It is scored exactly as the
-served model is: the customer's held-out item against the whole catalogue, their own history masked,
-ties broken at random (``fedshop.client.training.recommender.customer_gains``).
+"Alone" is the shop's own co-purchase regression (EASE, ``fedshop.models.local_part.CoPurchases``: each
+item's 100 strongest neighbours, over its most bought items) keyed by the shop's own catalogue rows (not
+the shared model's hashed id buckets, which merge some items: docs/benchmarks.md), scoring each item by
+the mean of its weights from the customer's whole training history, with the shop's popularity (its
+training purchases of the item) breaking the ties, so an item the regression says nothing about for this
+customer is ranked by how much the shop sells it. Nothing of the federation enters it.
+
+Its λ is tuned as the served model's local part is (``fedshop.client.training.local_fit``): of
+``CO_PURCHASE_RIDGES``, the one whose regression, learnt without the node's validation customers, best
+predicts their last visit (the mean NDCG@10 of the local fit's two checks); the regression is then fitted
+on every customer's training history at that λ. A reference left at one λ would be a weaker bar than the
+served model, which chooses its own, and flatter the federation. EASE is the strongest method a merchant
+runs alone in ``benchmarks/quality.py`` on generated and on UCI data (docs/benchmarks.md). It is scored
+exactly as the served model is: the customer's held-out item against the whole catalogue, their own
+history masked, ties broken at random (``fedshop.client.training.recommender.customer_gains``).
 """
 
 import numpy as np
 
 from fedshop.client.data.interactions import Interactions
-from fedshop.client.training.recommender import mask_history
-from fedshop.models.local_part import CoPurchases
+from fedshop.client.training.local_fit import shop_co_purchases, validation_checks
+from fedshop.client.training.recommender import mask_history, visit_ndcg
+from fedshop.models.local_part import CO_PURCHASE_RIDGES, CoPurchases
 
 ALONE = ("the shop's own co-purchase regression (EASE) over its customers' training histories, keyed by its own "
-         "catalogue, its popularity breaking ties: the strongest method a merchant runs alone in "
-         "benchmarks/quality.py; nothing of the federation enters it, and it is scored on the same held-out items "
-         "as the served model")  # what the report says "alone" is
+         "catalogue, its λ chosen on the node's validation customers as the served model's is, its popularity "
+         "breaking ties: the strongest method a merchant runs alone in benchmarks/quality.py; nothing of the "
+         "federation enters it, and it is scored on the same held-out items as the served model")
 TIE_BREAK = 1e-9  # popularity's weight: below any difference of the regression's scores, so it only breaks ties
+
+
+def _history_scores(co_purchases: CoPurchases, data: Interactions, customers: list[int]) -> np.ndarray:
+    """The regression's scores ``[customers, catalogue]`` from each customer's whole history, history masked."""
+    scores = np.stack([co_purchases.history_scores(data.histories[c]) for c in customers]) if customers else \
+        np.zeros((0, len(data.features.item_ids)))
+    return mask_history(data, customers, scores)
+
+
+def alone_ridge(data: Interactions) -> float:
+    """The λ of ``CO_PURCHASE_RIDGES`` whose regression best predicts the validation customers' last visit
+    (the first when the shop has no validation customer with one)."""
+    split = validation_checks(data, np.zeros(len(data.customers), dtype=bool))
+    if not split.scored:
+        return CO_PURCHASE_RIDGES[0]
+    quality = {}
+    for ridge in CO_PURCHASE_RIDGES:
+        regression = shop_co_purchases(data, ridge, split.validation)
+        quality[ridge] = np.mean([visit_ndcg(_history_scores(regression, view, split.scored), targets).mean()
+                                  for view, targets in split.checks])
+    return max(CO_PURCHASE_RIDGES, key=quality.__getitem__)
 
 
 def alone_scores(data: Interactions, customers: list[int]) -> np.ndarray:
     """Scores ``[customers, catalogue]`` of the shop's own ranking, each customer's history masked out."""
     items = len(data.features.item_ids)
-    co_purchases = CoPurchases(data.histories, items)
+    co_purchases = shop_co_purchases(data, alone_ridge(data))
     sold = np.bincount(np.concatenate([*data.histories, np.zeros(0, np.int64)]), minlength=items)
     popularity = TIE_BREAK * sold / max(int(sold.max(initial=0)), 1)
-    scores = np.zeros((len(customers), items))
-    for row, customer in enumerate(customers):
-        scores[row] = co_purchases.history_scores(data.histories[customer]) + popularity
-    return mask_history(data, customers, scores)
+    return _history_scores(co_purchases, data, customers) + popularity

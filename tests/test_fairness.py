@@ -8,14 +8,15 @@ import pytest
 
 from fedshop.client.data.demand import build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
-from fedshop.client.data.schema import load_merchant
+from fedshop.client.data.schema import MerchantData, load_merchant
 from fedshop.client.ranking.diversity import best_rows
 from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.local_fit import shop_co_purchases
-from fedshop.client.training.recommender import catalogue_scores
+from fedshop.client.training.recommender import catalogue_scores, mask_history
 from fedshop.explain import price_uniformity
 from fedshop.explain.fairness import GROUP_ALL, fairness_audit, federation_shares
 from fedshop.explain.recommendation_reasons import explain_recommendation
+from fedshop.explain.shop_alone import alone_ridge, alone_scores
 from fedshop.models.local_part import LocalPart, ServedRecommender
 from fedshop.models.shared import build_shared_models
 from fedshop.models.tiers import TIER_NAMES
@@ -81,3 +82,29 @@ def test_the_price_check_fails_when_a_tiers_items_are_priced_apart(shop, monkeyp
 
     monkeypatch.setattr(price_uniformity, "recommend_prices", by_who_asks)
     assert not price_uniformity.tier_price_check(models.demand, panel, tier_items, 0.2).uniform
+
+
+def test_the_shop_alone_reference_tunes_its_regression_as_the_served_part_does() -> None:
+    """The reference was fixed at λ = 50 while the served part chooses its λ: a weaker bar than the served
+    model, which flattered the federation. On a shop whose baskets are popularity alone (no co-purchase
+    structure), the validation customers' last visits ask for more shrinkage than 50."""
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, 61) ** 1.5
+    start = pd.Timestamp("2025-01-06", tz="UTC")
+    rows = [(f"C{c:04d}", f"I{item:03d}", start + pd.Timedelta(days=30 * visit + int(rng.integers(0, 20))), 1, 2.0,
+             f"O{c}-{visit}")
+            for c in range(200) for visit in range(3)
+            for item in rng.choice(60, 3, replace=False, p=popularity / popularity.sum())]
+    orders = pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp", "quantity", "unit_price", "order_id"])
+    catalog = pd.DataFrame({"item_id": [f"I{i:03d}" for i in range(60)], "title": [f"item {i}" for i in range(60)],
+                            "category": ["cards"] * 60})
+    data = build_interactions(MerchantData("popularity-shop", orders, catalog))
+    ridge = alone_ridge(data)
+    assert ridge > 50.0  # more shrinkage than the old fixed λ, as popularity alone asks
+    customers = data.evaluable[:20]
+    regression = shop_co_purchases(data, ridge)
+    expected = mask_history(data, customers, np.stack([regression.history_scores(data.histories[c])
+                                                       for c in customers]))
+    chosen = alone_scores(data, customers)
+    shown = np.isfinite(expected)
+    assert np.array_equal(shown, np.isfinite(chosen)) and np.allclose(chosen[shown], expected[shown], atol=1e-8)

@@ -101,6 +101,28 @@ def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray
     return data.without(removed), [data.histories[c][mask] for c, mask in zip(scored, targets, strict=True)]
 
 
+@dataclass(frozen=True)
+class ValidationChecks:
+    """The validation customers (a mask) and those of them scored (with a last visit), and the two checks
+    every candidate is scored on: each ``(view, targets)``, the view lacking the scored customers' targets."""
+
+    validation: np.ndarray
+    scored: list[int]
+    checks: list[tuple[Interactions, list[np.ndarray]]]
+
+
+def validation_checks(data: Interactions, excluded: np.ndarray) -> ValidationChecks:
+    """The two checks of the module docstring on the validation customers (never ``excluded`` ones): their
+    last visit's new items from the visits before it, and its last item from everything else."""
+    validation = validation_customers(data.customers, excluded)
+    visits = data.last_visit()
+    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
+    if not scored:
+        return ValidationChecks(validation, [], [])
+    return ValidationChecks(validation, scored, [_visit_check(data, scored, [visits[c] for c in scored]),
+                                                 _visit_check(data, scored, [_last_of(visits[c]) for c in scored])])
+
+
 def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,
                    examples: Callable[[np.ndarray], Dataset], history_length: int, batch_size: int,
                    learning_rate: float, epochs: int, seed: int,
@@ -109,14 +131,11 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
     passes over its other training customers (``excluded`` ones never train: the audit holdout);
     ``examples`` makes the training examples of every customer but those a mask leaves out, ``counted``
     the shop's co-purchases at a λ without a mask's customers when the caller keeps them counted."""
-    validation = validation_customers(data.customers, excluded)
-    visits = data.last_visit()
-    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
+    split = validation_checks(data, excluded)
+    validation, scored, checks = split.validation, split.scored, split.checks
     dataset = examples(excluded | validation)
     if not scored or len(dataset) == 0:
         return LocalFit(None, 0, float("nan"), float("nan"), len(scored))
-    checks = [_visit_check(data, scored, [visits[c] for c in scored]),
-              _visit_check(data, scored, [_last_of(visits[c]) for c in scored])]
     count = partial(shop_co_purchases, data) if counted is None else counted
     co_purchases = {ridge: count(ridge, excluded | validation) for ridge in CO_PURCHASE_RIDGES}
     padded = [padded_rows([view.histories[c] for c in scored], history_length) for view, _ in checks]
