@@ -24,8 +24,9 @@ deviation. Federated rows are FedAvg of the node's own demand training, in one p
    Revenue: under the true curve, each item weighed by its true mean weekly units, the recommended
    prices' revenue against today's prices and how far it falls short of the oracle's (the true
    elasticity, same bounds), both as a share of revenue at today's prices. (A share of the oracle's
-   gain is ill-conditioned: where the true elasticity is near -1, as on the cheese twin, the oracle
-   gains almost nothing and the share swings by hundreds of percent.)
+   gain is ill-conditioned: where the true elasticity is near -1, as on the cheese twin, what the
+   oracle gains varies from run to run by as much as its mean, and the share swings by hundreds of
+   percent.)
 2. **Real data**: the last ``HOLDOUT_WEEKS`` weeks of each merchant are held out; demand error
    (WAPE, mean over merchants) of held-out weekly units for a forecaster's baselines (flat mean,
    seasonal naive, the no-price model: ``benchmarks/demand_forecast.py``), local-only, federated (in
@@ -196,17 +197,17 @@ class Revenue(NamedTuple):
 
 
 def revenue_under_truth(model: DemandModel, panel: DemandPanel, truth: dict[str, float],
-                        units_today: dict[str, float]) -> Revenue:
-    """Sum over items of the true weekly revenue, each item weighed by its true expected units at today's
-    price (``units_today``) and priced by ``truth`` (its elasticity). (The oracle once priced with the
-    tested model's own item elasticities, so every method reached 100% of it.)"""
+                        weekly_units: dict[str, float]) -> Revenue:
+    """Sum over items of the true weekly revenue, each item weighed by ``weekly_units`` (on the twin, its true
+    mean weekly units over its weeks on sale) and priced by ``truth`` (its elasticity). (The oracle once
+    priced with the tested model's own item elasticities, so every method reached 100% of it.)"""
     local = local_demand(model, panel)
     today = recommended = oracle = 0.0
     for row, item in enumerate(panel.item_ids):
         rec = recommend_price(model, panel, local, row, "revenue", MAX_CHANGE)
 
         def true_revenue(price: float | np.ndarray, now: float = rec.current_price, b: float = truth[item],
-                         units: float = units_today[item]) -> float | np.ndarray:
+                         units: float = weekly_units[item]) -> float | np.ndarray:
             return units * price * (price / now) ** b
         allowed = np.linspace(rec.lower_bound, rec.upper_bound, ORACLE_GRID) if rec.feasible else \
             np.array([rec.current_price])
@@ -221,9 +222,10 @@ def revenue_gap(revenues: list[Revenue]) -> float:
     return sum(r.oracle - r.recommended for r in revenues) / max(sum(r.today for r in revenues), 1e-12)
 
 
-def revenue_gain(revenues: list[Revenue], attained: str = "recommended") -> float:
-    """The revenue gained over today's prices (by the recommended or the oracle's), as a share of today's."""
-    return sum(getattr(r, attained) - r.today for r in revenues) / max(sum(r.today for r in revenues), 1e-12)
+def revenue_gain(revenues: list[Revenue], oracle: bool = False) -> float:
+    """The revenue gained over today's prices by the recommended ones (or the oracle's), as a share of today's."""
+    gained = sum((r.oracle if oracle else r.recommended) - r.today for r in revenues)
+    return gained / max(sum(r.today for r in revenues), 1e-12)
 
 
 def held_out_error(predicted: np.ndarray, panel: DemandPanel, train_weeks: int) -> float:
@@ -251,8 +253,8 @@ def twin_run(real_dirs: list[Path], settings: RunSettings, workdir: Path) -> dic
                   for label, models in fitted.items()}
     errors = {method: {m: elasticity_error(panels[m], truths[m], est[m]) for m in merchants}
               for method, est in estimates.items()}
-    units_today = {s.data_dir.name: s.expected.where(s.expected > 0).mean(axis=1).to_dict() for s in synthetic}
-    revenue = {method: {m: revenue_under_truth(models[m], panels[m], truths[m], units_today[m])._asdict()
+    weekly_units = {s.data_dir.name: s.expected.where(s.expected > 0).mean(axis=1).to_dict() for s in synthetic}
+    revenue = {method: {m: revenue_under_truth(models[m], panels[m], truths[m], weekly_units[m])._asdict()
                         for m in merchants} for method, models in fitted.items()}
     ceiling = {s.data_dir.name: noise_ceiling(panels[s.data_dir.name], s.expected) for s in synthetic}
     return {"elasticity_error": errors, "revenue": revenue, "noise_ceiling": ceiling,
@@ -326,8 +328,8 @@ def is_store_panel(panels: dict[str, DemandPanel]) -> bool:
 
 def targets(twins: list[dict], reals: list[dict], promotion: bool, store_panel: bool
             ) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets on the means over runs, each with whether it is met (None: the issue does not
-    ask it of these data) and the figures behind it."""
+    """The issue's targets and, last, this benchmark's revenue check, on the means over runs, each with
+    whether it is met (None: the issue does not ask it of these data) and the figures behind it."""
     def wape(method: str) -> float:
         return spread([merchant_mean(r["wape"][method]) for r in reals])[0]
 
@@ -338,6 +340,7 @@ def targets(twins: list[dict], reals: list[dict], promotion: bool, store_panel: 
         return spread([revenue_gap([Revenue(**r) for r in t["revenue"][method].values()]) for t in twins])[0]
 
     def on_panels(met: bool) -> bool | None:
+        """A store-panel target's result; None (n/a) on other data."""
         return met if store_panel else None
     smallest = min(twins[0]["customers"], key=twins[0]["customers"].__getitem__)
     own = spread([t["elasticity_error"][OLS][smallest] for t in twins])[0]
@@ -359,7 +362,8 @@ def targets(twins: list[dict], reals: list[dict], promotion: bool, store_panel: 
          f"{error(FEDERATED_DP):.3f} vs {error(FEDERATED):.3f}"),
         (f"twin: smallest merchant ({smallest}, own data {'thin' if own > THIN else 'rich'}): federated < half "
          "its own OLS error", small < 0.5 * own, f"{small:.3f} vs OLS {own:.3f}"),
-        ("twin revenue: federated + DP prices fall short of the oracle's by no more than local-only's",
+        ("twin revenue (this benchmark's check): federated + DP prices fall short of the oracle's by no more "
+         "than local-only's",
          gap(FEDERATED_DP) <= gap(ELASTIC_NET),
          f"{100 * gap(FEDERATED_DP):.2f}% vs {100 * gap(ELASTIC_NET):.2f}% of today's revenue"),
     ]
@@ -411,7 +415,7 @@ def main() -> None:
         table.add_row(method, shown(values),
                       shown([revenue_gain(r) for r in runs_revenue], percent=True) if runs_revenue else "-",
                       shown([revenue_gap(r) for r in runs_revenue], percent=True) if runs_revenue else "-")
-    oracle = [revenue_gain(r, "oracle") for r in revenue[POOLED]]
+    oracle = [revenue_gain(r, oracle=True) for r in revenue[POOLED]]  # the same for every method: same bounds
     table.add_row("oracle (the true elasticity, same bounds)", "0", shown(oracle, percent=True), "0")
     console.print(table)
     wapes = {method: [merchant_mean(r["wape"][method]) for r in reals] for method in reals[0]["wape"]}

@@ -1,7 +1,8 @@
 """Empirical privacy evidence: a membership-inference attack on the trained recommender.
 
-Each merchant keeps a share of its customers out of training (the audit holdout, chosen by a
-stable hash of the customer id, so the same customers every round and every run). After the run,
+Each merchant keeps a share of its customers out of training (the audit holdout, ranked by a
+salted hash of the customer id and cut once per run, so the same customers every round of a run:
+``fedshop.client.data.audit_holdout``). After the run,
 the node attacks the final model: a customer's attack score is the mean log-probability the model
 gives to each next item of their history, over the whole catalogue (a loss-threshold attack: a
 model that memorised its training customers gives their sequences higher probability). The AUC of

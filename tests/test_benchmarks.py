@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -123,9 +124,32 @@ def test_the_pricing_oracle_prices_with_the_true_elasticity(federation_dirs, mon
     wrong.set_base_elasticity(-0.1)
     truth, units = dict.fromkeys(panel.item_ids, -4.0), dict.fromkeys(panel.item_ids, 10.0)
     revenue = revenue_under_truth(wrong, panel, truth, units)
-    oracle_gain = revenue_gain([revenue], "oracle")
+    oracle_gain = revenue_gain([revenue], oracle=True)
     assert oracle_gain > 0 and revenue_gain([revenue]) < 0.5 * oracle_gain, revenue
     assert revenue_gap([revenue]) > 0.5 * oracle_gain
+
+
+def test_the_store_panel_targets_apply_to_store_weeks_only(federation_dirs, monkeypatch) -> None:
+    """The issue asks its WAPE-against-baselines targets of store panels (a store's week of sales as one
+    "customer"): a panel must be told apart from a shop whose customers come back."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from pricing import is_store_panel
+
+    from fedshop.client.data.demand import build_demand_panel
+    from fedshop.client.data.schema import MerchantData, load_merchant
+
+    start = pd.Timestamp("2025-01-06", tz="UTC")
+    weeks = [start + pd.Timedelta(weeks=w) for w in range(10)]
+    orders = pd.DataFrame({"customer_id": [f"store-1 | W{w:02d}" for w in range(10)], "item_id": "cheese",
+                           "timestamp": weeks, "quantity": [40 + 3 * w for w in range(10)],
+                           "unit_price": [2.0 - 0.05 * w for w in range(10)],
+                           "order_id": [f"store-1 | W{w:02d}" for w in range(10)], "promotion": 0.0,
+                           "display": 0.0})
+    catalog = pd.DataFrame({"item_id": ["cheese"], "title": ["sliced cheese"], "category": ["cheese"]})
+    panel = build_demand_panel(MerchantData("store-1", orders, catalog))
+    assert is_store_panel({"store-1": panel})
+    shop = build_demand_panel(load_merchant(federation_dirs[0]))
+    assert not is_store_panel({"shop": shop}) and not is_store_panel({"store-1": panel, "shop": shop})
 
 
 @pytest.mark.slow

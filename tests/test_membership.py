@@ -5,10 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedshop.client.data.audit_holdout import held_out_of_training
+from fedshop.client.data.audit_holdout import held_out_of_training, holdout_cut
 from fedshop.client.data.demand import CustomerDemand, build_demand_panel
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import load_merchant
+from fedshop.client.node.options import audit_cut
 from fedshop.client.training.recommender import NextItemExamples
 from fedshop.explain.membership import LOW_FPR, membership_attack, pooled
 
@@ -31,8 +32,20 @@ def test_every_salt_holds_out_the_same_number_of_customers(salt: bytes) -> None:
     ids = [f"M0-C{i:05d}" for i in range(300)]
     held = held_out_of_training(ids, 0.1, salt)
     assert held.sum() == 30
-    more = held_out_of_training([*ids, *(f"M0-C{i:05d}" for i in range(300, 330))], 0.1, salt)
-    assert more.sum() == 33 and (more[:300] & held).sum() >= 20  # most stay held out as the shop grows
+    grown = held_out_of_training([*ids, *(f"M0-C{i:05d}" for i in range(300, 330))], 0.1, salt,
+                                 holdout_cut(ids, 0.1, salt))
+    assert np.array_equal(grown[:300], held)  # at the run's cut nobody changes side as the shop grows
+
+
+def test_a_node_keeps_its_runs_cut_so_no_customer_changes_side_within_the_run(tmp_path) -> None:
+    """A node restarted mid-run on an export with more customers: at a cut taken afresh, some who trained
+    would count as never seen (the audit would look safer than it is); the run's kept cut holds."""
+    ids = [f"C{i:05d}" for i in range(300)]
+    grown = [*ids, *(f"C{i:05d}" for i in range(300, 400))]
+    cut = audit_cut(tmp_path, "run-a", ids, 0.1)
+    assert audit_cut(tmp_path, "run-a", grown, 0.1) == cut
+    assert audit_cut(tmp_path, "run-b", grown, 0.1) == holdout_cut(grown, 0.1, (tmp_path / "audit.salt").read_bytes())
+    assert audit_cut(tmp_path, "run-b", grown, 0.0) is None
 
 
 def test_held_out_customers_never_train_either_model(federation_dirs) -> None:

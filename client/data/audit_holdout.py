@@ -1,32 +1,47 @@
 """Which of a merchant's customers never train: the audit holdout of the membership-inference check.
 
-A stable hash of each customer id, salted with a secret only the merchant's node holds, ranks the
-merchant's customers; the ``share`` ranked first (exactly ``round(share * customers)`` of them) are held
-out, the same customers every round of a run, so that the audit after the last round
+A keyed hash of each customer id, under a secret only the merchant's node holds (its salt), ranks the
+merchant's customers; those ranked first are held out, so that the audit after the last round
 (``fedshop.explain.membership``) can compare customers the model trained on with customers it never saw.
-Without the salt anyone could compute which ids are held out.
+Without the salt nobody can tell who they are.
 
-An exact count, not a hash threshold: a threshold holds each customer out with probability ``share``,
-so the count varies from one salt to the next, and a shop just large enough for the audit (the node
-sends it only over ``min_audit_customers`` on each side) lost it with some salts (2% of fresh nodes on
-the quick demo's largest shop: 300 customers, 20 needed). A later run on more customers keeps held
-out those whose hash still ranks in the share.
+How many: exactly ``round(share * customers)`` when a run starts. Their hashes end at a **cut**, which
+the node keeps for the run (``fedshop.client.node.options.audit_cut``): every later round holds out the
+customers whose hash lies at or below it, so a customer's side never changes within a run, even when
+the node restarts on an export with more customers (a newcomer's side is its own hash against the same
+cut). Not each customer with probability ``share`` (a threshold on the hash alone): the count then
+varied from one salt to the next, and a shop just large enough for the audit (the node sends it only
+over ``min_audit_customers`` on each side) lost it with some salts (2% of fresh nodes on the quick
+demo's largest shop: 300 customers, 20 needed).
 """
 
 import hashlib
 
 import numpy as np
 
-
-def _rank_key(customer_id: str, salt: bytes) -> bytes:
-    return hashlib.blake2b(f"audit:{customer_id}".encode(), key=salt[:64], digest_size=16).digest()
+SALT_BYTES = 64  # BLAKE2b's longest key; a node's salt is 16 bytes
 
 
-def held_out_of_training(customer_ids: list[str], share: float, salt: bytes = b"") -> np.ndarray:
-    """True for the ``round(share * len(customer_ids))`` customers of the audit holdout, as the node's
-    ``salt`` ranks them."""
-    count = round(share * len(customer_ids))
-    order = sorted(range(len(customer_ids)), key=lambda i: (_rank_key(customer_ids[i], salt), customer_ids[i]))
-    held = np.zeros(len(customer_ids), dtype=bool)
-    held[order[:count]] = True
-    return held
+def _keys(customer_ids: list[str], salt: bytes) -> list[bytes]:
+    """Each customer's rank key: BLAKE2b of its id keyed by the node's salt."""
+    if len(salt) > SALT_BYTES:
+        raise ValueError(f"an audit salt holds at most {SALT_BYTES} bytes, not {len(salt)}")
+    return [hashlib.blake2b(f"audit:{c}".encode(), key=salt, digest_size=16).digest() for c in customer_ids]
+
+
+def holdout_cut(customer_ids: list[str], share: float, salt: bytes = b"") -> bytes | None:
+    """The hash at which the holdout of ``round(share * len(customer_ids))`` customers ends (None: nobody)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the audit holdout is a share of the customers, from 0 to 1, not {share}")
+    count = round(share * len(set(customer_ids)))
+    return sorted(set(_keys(customer_ids, salt)))[count - 1] if count else None
+
+
+def held_out_of_training(customer_ids: list[str], share: float, salt: bytes = b"",
+                         cut: bytes | None = None) -> np.ndarray:
+    """True for the customers of the audit holdout: those whose hash lies at or below ``cut`` (by default
+    the cut of ``share`` of these customers, :func:`holdout_cut`)."""
+    cut = holdout_cut(customer_ids, share, salt) if cut is None else cut
+    if cut is None:
+        return np.zeros(len(customer_ids), dtype=bool)
+    return np.array([key <= cut for key in _keys(customer_ids, salt)], dtype=bool)

@@ -49,6 +49,7 @@ from fedshop.client.node.model_copy import (
 )
 from fedshop.client.node.options import (
     NodeOptions,
+    audit_cut,
     audit_salt,
     load_co_purchases,
     load_customer_profiles,
@@ -230,6 +231,12 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
         raise TaskRefused(f"merchant {options.merchant} refused the {task} of round {round_}: {problem}")
 
 
+def _held_out(options: NodeOptions, interactions: Interactions, config: ConfigRecord) -> np.ndarray:
+    """The run's audit holdout: the customers at or below the cut the node keeps for the run, by its salt."""
+    cut = audit_cut(options.state_dir, str(config[RUN_KEY]), interactions.customers, float(config["audit-holdout"]))
+    return audit_holdout(interactions, config, audit_salt(options.state_dir), cut)
+
+
 def _profiles(options: NodeOptions, config: ConfigRecord) -> CustomerProfiles:
     """The merchant's customers' profiles as of the run's ``tier-as-of``."""
     return load_customer_profiles(options.data_dir, tier_as_of(config))
@@ -239,7 +246,7 @@ def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
     """The tier features of the merchant's customers as of the run's ``tier-as-of``, the audit holdout left
     out (it never trains)."""
     interactions = load_interactions(options.data_dir)
-    held_out = np.array(interactions.customers)[audit_holdout(interactions, config, audit_salt(options.state_dir))]
+    held_out = np.array(interactions.customers)[_held_out(options, interactions, config)]
     profiles = _profiles(options, config)
     return profiles.features[~profiles.table.index.isin(held_out)]
 
@@ -298,8 +305,9 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     adopted = adopted_global_model(msg, config, options, run, evaluating=False)
     models = adopted.models
     seed = _round_seed(config)
-    datasets = training_datasets(load_interactions(options.data_dir), lambda: load_demand_panel(options.data_dir),
-                                 config, seed, audit_salt(options.state_dir))
+    interactions = load_interactions(options.data_dir)
+    datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config, seed,
+                                 _held_out(options, interactions, config))
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
@@ -342,7 +350,7 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
     if not epochs:
         return None, {}
     fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
-                         audit_holdout(interactions, config, audit_salt(options.state_dir)),
+                         _held_out(options, interactions, config),
                          lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
                          epochs, seed, partial(load_co_purchases, options.data_dir))
@@ -371,7 +379,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions, _profiles(options, config),
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, audit_holdout(interactions, config, audit_salt(options.state_dir)),
+                              history_length, _held_out(options, interactions, config),
                               int(config["seed"]),
                               options.policy.min_audit_customers)
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
@@ -393,7 +401,7 @@ def count_examples(msg: Message, options: NodeOptions) -> Message:
     within_policy(config, options, "count query")
     interactions = load_interactions(options.data_dir)
     examples = recommender_examples(interactions, config, _round_seed(config),
-                                    audit_holdout(interactions, config, audit_salt(options.state_dir)))
+                                    _held_out(options, interactions, config))
     return Message(content=RecordDict({METRICS: MetricRecord({EXAMPLES: len(examples)}),
                                        MERCHANT_RECORD: ConfigRecord({MERCHANT_NAME: options.merchant})}), reply_to=msg)
 

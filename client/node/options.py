@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedshop.client.data.audit_holdout import holdout_cut
 from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
@@ -36,7 +37,7 @@ from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
 from fedshop.models.local_part import CoPurchases
 from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
 
-POLICY_FILE, AUDIT_SALT_FILE = "policy.json", "audit.salt"
+POLICY_FILE, AUDIT_SALT_FILE, AUDIT_CUT_FILE = "policy.json", "audit.salt", "audit-cut.json"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,19 @@ def audit_salt(state_dir: Path) -> bytes:
         state_dir.mkdir(parents=True, exist_ok=True)
         write_secret(path, secrets.token_bytes(16))
     return path.read_bytes()
+
+
+def audit_cut(state_dir: Path, run: str, customer_ids: list[str], share: float) -> bytes | None:
+    """The run's audit holdout cut (``fedshop.client.data.audit_holdout``): taken over ``customer_ids`` the
+    first time the run asks, and kept in the state directory for the rest of the run, so that no customer
+    changes side within it (a restart on a refreshed export included)."""
+    path = state_dir / AUDIT_CUT_FILE
+    kept = read_json(path)
+    if kept is not None and kept.get("run") == run and kept.get("share") == share:
+        return bytes.fromhex(kept["cut"]) if kept["cut"] else None
+    cut = holdout_cut(customer_ids, share, audit_salt(state_dir))
+    write_json(path, {"run": run, "share": share, "cut": cut.hex() if cut is not None else ""})
+    return cut
 
 
 def save_policy(state_dir: Path, policy: NodePolicy) -> None:

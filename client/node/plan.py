@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedshop.client.node.options import NodeOptions, audit_salt, load_demand_panel, load_interactions
-from fedshop.client.training.round_plan import dp_round, round_compute_s, training_datasets
+from fedshop.client.training.round_plan import audit_holdout, dp_round, round_compute_s, training_datasets
 from fedshop.client.training.tiers import tier_release
 from fedshop.privacy.ledger import PrivacyLedger, composed_epsilon
 
@@ -44,8 +44,9 @@ def merchant_plan(options: NodeOptions, config: Mapping[str, Any]) -> MerchantPl
     """The run of ``config`` (a run's training config) on the merchant's node: its examples, noise
     multiplier and ε after every round, as its training and ledger will have them."""
     interactions = load_interactions(options.data_dir)
+    held_out = audit_holdout(interactions, config, audit_salt(options.state_dir))
     datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config,
-                                 int(config["seed"]), audit_salt(options.state_dir))
+                                 int(config["seed"]), held_out)
     examples = {name: len(data) for name, data in datasets.items()}
     budget = options.budget(len(interactions.customers))
     ledger = PrivacyLedger(options.ledger_path)

@@ -44,10 +44,12 @@ class ReferenceMachine:
 REFERENCE = ReferenceMachine()
 
 
-def audit_holdout(interactions: Interactions, config: Mapping[str, Any], salt: bytes = b"") -> np.ndarray:
-    """Which of the merchant's customers the run keeps out of training for the audit (the same every round),
-    picked with the node's secret ``salt``."""
-    return held_out_of_training(interactions.customers, float(config["audit-holdout"]), salt)
+def audit_holdout(interactions: Interactions, config: Mapping[str, Any], salt: bytes = b"",
+                  cut: bytes | None = None) -> np.ndarray:
+    """Which of the merchant's customers the run keeps out of training for the audit, picked with the node's
+    secret ``salt``: those at or below the run's ``cut`` (``fedshop.client.data.audit_holdout``; by default
+    the cut of the run's share of these customers)."""
+    return held_out_of_training(interactions.customers, float(config["audit-holdout"]), salt, cut)
 
 
 def recommender_examples(interactions: Interactions, config: Mapping[str, Any], seed: int,
@@ -63,9 +65,11 @@ def recommender_examples(interactions: Interactions, config: Mapping[str, Any], 
 
 
 def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],
-                      config: Mapping[str, Any], seed: int, salt: bytes = b"") -> dict[str, Dataset]:
-    """One example per customer for each model the run trains, the audit holdout left out."""
-    held_out = audit_holdout(interactions, config, salt)
+                      config: Mapping[str, Any], seed: int, held_out: np.ndarray | None = None
+                      ) -> dict[str, Dataset]:
+    """One example per customer for each model the run trains, the audit holdout (``held_out``, by default
+    :func:`audit_holdout` without a salt) left out."""
+    held_out = audit_holdout(interactions, config) if held_out is None else held_out
     datasets: dict[str, Dataset] = {"recommender": recommender_examples(interactions, config, seed, held_out)}
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(demand_panel(), seed,

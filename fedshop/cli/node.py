@@ -42,8 +42,9 @@ def node(
     max_run_epsilon: Annotated[float, typer.Option(
         min=0.0, help="The most ε one run may target; a run asking for more is refused.")] = RunSettings.target_epsilon,
     audit_holdout: Annotated[float, typer.Option(
-        min=0.0, max=0.5, help="Share of customers kept out of training for the membership audit, for good "
-                               "(runs asking for another share are refused; 0 turns the audit off).")
+        min=0.0, max=0.5, help="Share of customers kept out of training for the membership audit, the same "
+                               "customers throughout a run (runs asking for another share are refused; 0 turns "
+                               "the audit off).")
     ] = RunSettings.audit_holdout,
 ) -> None:
     """Check a merchant's data and keys, then start its SuperNode connected to the SuperLink, and start it

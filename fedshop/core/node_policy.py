@@ -52,7 +52,7 @@ class NodePolicy:
     require_dp: bool = True
     require_he: bool = True
     max_run_epsilon: float = RunSettings.target_epsilon
-    audit_holdout: float = RunSettings.audit_holdout  # the share of customers the audit keeps out, for good
+    audit_holdout: float = RunSettings.audit_holdout  # the share of customers the audit keeps out of a run's training
     bounds: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(SETTING_BOUNDS))
     min_audit_customers: int = MIN_AUDIT_CUSTOMERS
 
