@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedshop.client.data.audit_holdout import held_out_of_training, holdout_cut
+from fedshop.client.data.audit_holdout import NOBODY, held_out_of_training, holdout_cut
 from fedshop.client.data.demand import CustomerDemand, build_demand_panel
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import load_merchant
-from fedshop.client.node.options import audit_cut
+from fedshop.client.node.options import AuditCutError, audit_cut
 from fedshop.client.training.recommender import NextItemExamples
 from fedshop.explain.membership import LOW_FPR, membership_attack, pooled
 
@@ -45,7 +45,22 @@ def test_a_node_keeps_its_runs_cut_so_no_customer_changes_side_within_the_run(tm
     cut = audit_cut(tmp_path, "run-a", ids, 0.1)
     assert audit_cut(tmp_path, "run-a", grown, 0.1) == cut
     assert audit_cut(tmp_path, "run-b", grown, 0.1) == holdout_cut(grown, 0.1, (tmp_path / "audit.salt").read_bytes())
-    assert audit_cut(tmp_path, "run-b", grown, 0.0) is None
+    assert audit_cut(tmp_path, "run-a", grown, 0.1) == cut  # another run in between keeps run-a's
+    few = audit_cut(tmp_path, "run-c", ids[:4], 0.1)  # 0.4 of a customer rounds to nobody, and stays nobody
+    assert few == NOBODY and not held_out_of_training(grown, 0.1, b"salt", few).any()
+    assert audit_cut(tmp_path, "run-c", grown, 0.1) == NOBODY
+
+
+def test_a_run_cannot_change_its_audit_holdout_midway(tmp_path) -> None:
+    """At 0 for one round every held-out customer would train, and the last round's audit would count them
+    as never seen: an operator could make the attack look weaker than it is."""
+    ids = [f"C{i:05d}" for i in range(300)]
+    audit_cut(tmp_path, "run-a", ids, 0.1)
+    with pytest.raises(AuditCutError, match="started with an audit holdout of 0.1"):
+        audit_cut(tmp_path, "run-a", ids, 0.0)
+    (tmp_path / "audit-cut.json").write_text('{"run-a": {"share": 0.1, "cut": "zz"}}')
+    with pytest.raises(AuditCutError, match="audit-cut.json"):
+        audit_cut(tmp_path, "run-a", ids, 0.1)
 
 
 def test_held_out_customers_never_train_either_model(federation_dirs) -> None:

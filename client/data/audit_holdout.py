@@ -20,28 +20,28 @@ import hashlib
 import numpy as np
 
 SALT_BYTES = 64  # BLAKE2b's longest key; a node's salt is 16 bytes
+KEY_BYTES = 16  # each customer's rank key, and so a cut
+NOBODY = b""  # the cut of a holdout of nobody: every key lies above it
 
 
 def _keys(customer_ids: list[str], salt: bytes) -> list[bytes]:
     """Each customer's rank key: BLAKE2b of its id keyed by the node's salt."""
     if len(salt) > SALT_BYTES:
         raise ValueError(f"an audit salt holds at most {SALT_BYTES} bytes, not {len(salt)}")
-    return [hashlib.blake2b(f"audit:{c}".encode(), key=salt, digest_size=16).digest() for c in customer_ids]
+    return [hashlib.blake2b(f"audit:{c}".encode(), key=salt, digest_size=KEY_BYTES).digest() for c in customer_ids]
 
 
-def holdout_cut(customer_ids: list[str], share: float, salt: bytes = b"") -> bytes | None:
-    """The hash at which the holdout of ``round(share * len(customer_ids))`` customers ends (None: nobody)."""
+def holdout_cut(customer_ids: list[str], share: float, salt: bytes = b"") -> bytes:
+    """The hash at which the holdout of ``round(share * customers)`` customers ends (``NOBODY`` for none)."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"the audit holdout is a share of the customers, from 0 to 1, not {share}")
     count = round(share * len(set(customer_ids)))
-    return sorted(set(_keys(customer_ids, salt)))[count - 1] if count else None
+    return sorted(set(_keys(customer_ids, salt)))[count - 1] if count else NOBODY
 
 
 def held_out_of_training(customer_ids: list[str], share: float, salt: bytes = b"",
                          cut: bytes | None = None) -> np.ndarray:
     """True for the customers of the audit holdout: those whose hash lies at or below ``cut`` (by default
-    the cut of ``share`` of these customers, :func:`holdout_cut`)."""
+    the cut of ``share`` of these customers, :func:`holdout_cut`; ``NOBODY`` holds nobody out)."""
     cut = holdout_cut(customer_ids, share, salt) if cut is None else cut
-    if cut is None:
-        return np.zeros(len(customer_ids), dtype=bool)
     return np.array([key <= cut for key in _keys(customer_ids, salt)], dtype=bool)

@@ -48,6 +48,7 @@ from fedshop.client.node.model_copy import (
     save_model_copy,
 )
 from fedshop.client.node.options import (
+    AuditCutError,
     NodeOptions,
     audit_cut,
     audit_salt,
@@ -233,7 +234,12 @@ def within_policy(config: ConfigRecord, options: NodeOptions, task: str) -> None
 
 def _held_out(options: NodeOptions, interactions: Interactions, config: ConfigRecord) -> np.ndarray:
     """The run's audit holdout: the customers at or below the cut the node keeps for the run, by its salt."""
-    cut = audit_cut(options.state_dir, str(config[RUN_KEY]), interactions.customers, float(config["audit-holdout"]))
+    run = str(config[RUN_KEY])
+    try:
+        cut = audit_cut(options.state_dir, run, interactions.customers, float(config["audit-holdout"]))
+    except AuditCutError as exc:
+        raise TaskRefused(f"merchant {options.merchant} refused round {config.get(SERVER_ROUND, '?')} of run "
+                          f"{run}: {exc}") from exc
     return audit_holdout(interactions, config, audit_salt(options.state_dir), cut)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedshop.client.data.audit_holdout import holdout_cut
+from fedshop.client.data.audit_holdout import KEY_BYTES, holdout_cut
 from fedshop.client.data.customer_profile import CustomerProfiles, customer_profiles
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
@@ -88,16 +88,34 @@ def audit_salt(state_dir: Path) -> bytes:
     return path.read_bytes()
 
 
-def audit_cut(state_dir: Path, run: str, customer_ids: list[str], share: float) -> bytes | None:
+class AuditCutError(ValueError):
+    """The node's kept audit cuts cannot be read, or a run asks for another holdout than it started with."""
+
+
+def audit_cut(state_dir: Path, run: str, customer_ids: list[str], share: float) -> bytes:
     """The run's audit holdout cut (``fedshop.client.data.audit_holdout``): taken over ``customer_ids`` the
-    first time the run asks, and kept in the state directory for the rest of the run, so that no customer
-    changes side within it (a restart on a refreshed export included)."""
+    first time the run asks, and kept in the state directory (one per run key) for the rest of the run,
+    so that no customer changes side within it (a restart on a refreshed export included). A run that
+    asks for another share than it started with is refused: at 0 for a round, every held-out customer
+    would train, and the last round's audit would count them as never seen."""
     path = state_dir / AUDIT_CUT_FILE
-    kept = read_json(path)
-    if kept is not None and kept.get("run") == run and kept.get("share") == share:
-        return bytes.fromhex(kept["cut"]) if kept["cut"] else None
+    try:
+        kept = read_json(path, {})
+        runs = {key: (float(entry["share"]), bytes.fromhex(entry["cut"])) for key, entry in kept.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditCutError(f"{path}: the node's kept audit holdout cuts cannot be read ({exc}); restore it "
+                            "from a backup, or delete it only between runs (a run in progress would hold "
+                            "out other customers)") from exc
+    if any(len(cut) not in (0, KEY_BYTES) for _, cut in runs.values()):
+        raise AuditCutError(f"{path}: an audit holdout cut is not {KEY_BYTES} bytes (or empty: nobody)")
+    if run in runs:
+        started, cut = runs[run]
+        if started != share:
+            raise AuditCutError(f"run {run} started with an audit holdout of {started:g} and now asks for "
+                                f"{share:g}: refused, so that no held-out customer trains within the run")
+        return cut
     cut = holdout_cut(customer_ids, share, audit_salt(state_dir))
-    write_json(path, {"run": run, "share": share, "cut": cut.hex() if cut is not None else ""})
+    write_json(path, {**kept, run: {"share": share, "cut": cut.hex()}})
     return cut
 
 
