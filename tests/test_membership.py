@@ -9,7 +9,7 @@ from fedshop.client.data.audit_holdout import NOBODY, held_out_of_training, hold
 from fedshop.client.data.demand import CustomerDemand, build_demand_panel
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import load_merchant
-from fedshop.client.node.options import AuditCutError, audit_cut
+from fedshop.client.node.options import AuditCutError, audit_cut, audit_salt
 from fedshop.client.training.recommender import NextItemExamples
 from fedshop.explain.membership import LOW_FPR, membership_attack, pooled
 
@@ -97,3 +97,10 @@ def test_pooled_attack_weights_merchants_by_their_pairs() -> None:
     combined = pooled([big, small])
     assert combined.auc == pytest.approx((1.0 * 100 * 100 + 0.0 * 4) / (100 * 100 + 4))
     assert (combined.members, combined.non_members) == (102, 102)
+
+
+def test_an_emptied_audit_salt_is_refused(tmp_path) -> None:
+    """Keyed with nothing, the holdout's hash is anyone's to compute: who is held out would be public."""
+    (tmp_path / "audit.salt").write_bytes(b"")
+    with pytest.raises(AuditCutError, match="audit.salt"):
+        audit_salt(tmp_path)

@@ -236,11 +236,12 @@ def _held_out(options: NodeOptions, interactions: Interactions, config: ConfigRe
     """The run's audit holdout: the customers at or below the cut the node keeps for the run, by its salt."""
     run = str(config[RUN_KEY])
     try:
+        salt = audit_salt(options.state_dir)
         cut = audit_cut(options.state_dir, run, interactions.customers, float(config["audit-holdout"]))
     except AuditCutError as exc:
         raise TaskRefused(f"merchant {options.merchant} refused round {config.get(SERVER_ROUND, '?')} of run "
                           f"{run}: {exc}") from exc
-    return audit_holdout(interactions, config, audit_salt(options.state_dir), cut)
+    return audit_holdout(interactions, config, salt, cut)
 
 
 def _profiles(options: NodeOptions, config: ConfigRecord) -> CustomerProfiles:

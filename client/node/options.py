@@ -79,17 +79,27 @@ def node_options(node_config: dict, simulation_nodes: tuple[dict, ...] = ()) -> 
     )
 
 
-def audit_salt(state_dir: Path) -> bytes:
-    """The node's secret that picks its audit holdout (created once, owner-only, kept in its state directory)."""
-    path = state_dir / AUDIT_SALT_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_secret(path, secrets.token_bytes(16))
-    return path.read_bytes()
+AUDIT_SALT_BYTES = 16
 
 
 class AuditCutError(ValueError):
-    """The node's kept audit cuts cannot be read, or a run asks for another holdout than it started with."""
+    """The node's audit salt or kept audit cuts cannot be used, or a run asks for another holdout than it
+    started with."""
+
+
+def audit_salt(state_dir: Path) -> bytes:
+    """The node's secret that picks its audit holdout (created once, owner-only, kept in its state directory).
+    A shorter one is refused: an emptied file would key the holdout's hash with nothing, and anyone could
+    compute who is held out."""
+    path = state_dir / AUDIT_SALT_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_secret(path, secrets.token_bytes(AUDIT_SALT_BYTES))
+    salt = path.read_bytes()
+    if len(salt) < AUDIT_SALT_BYTES:
+        raise AuditCutError(f"{path}: the node's audit salt is {len(salt)} bytes, not {AUDIT_SALT_BYTES}: restore it "
+                            "from a backup, or delete it only between runs (a new one holds out other customers)")
+    return salt
 
 
 def audit_cut(state_dir: Path, run: str, customer_ids: list[str], share: float) -> bytes:
