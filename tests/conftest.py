@@ -61,12 +61,12 @@ def data_as_of(data_dirs: list[Path]) -> str:
 
 
 def fixed_audit_salt(state_dir: Path) -> str:
-    """``state_dir`` as a node's state directory holding an empty audit salt (a node makes a random one: the
-    empty one picks the customers the unsalted hash picks), so that nodes in different directories hold out
-    the same customers: runs meant to match must train on the same."""
+    """``state_dir`` as a node's state directory holding one fixed audit salt (a node makes a random one), so
+    that nodes in different directories hold out the same customers: runs meant to match must train on the
+    same."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if not (state_dir / AUDIT_SALT_FILE).exists():
-        write_secret(state_dir / AUDIT_SALT_FILE, b"")
+        write_secret(state_dir / AUDIT_SALT_FILE, b"fedshop-tests-16")
     return str(state_dir)
 
 
