@@ -254,7 +254,7 @@ def twin_run(real_dirs: list[Path], settings: RunSettings, workdir: Path) -> dic
     errors = {method: {m: elasticity_error(panels[m], truths[m], est[m]) for m in merchants}
               for method, est in estimates.items()}
     weekly_units = {s.data_dir.name: s.expected.where(s.expected > 0).mean(axis=1).to_dict() for s in synthetic}
-    revenue = {method: {m: revenue_under_truth(models[m], panels[m], truths[m], weekly_units[m])._asdict()
+    revenue = {method: {m: revenue_under_truth(models[m], panels[m], truths[m], weekly_units[m])
                         for m in merchants} for method, models in fitted.items()}
     ceiling = {s.data_dir.name: noise_ceiling(panels[s.data_dir.name], s.expected) for s in synthetic}
     return {"elasticity_error": errors, "revenue": revenue, "noise_ceiling": ceiling,
@@ -337,7 +337,7 @@ def targets(twins: list[dict], reals: list[dict], promotion: bool, store_panel: 
         return spread([merchant_mean(t["elasticity_error"][method]) for t in twins])[0]
 
     def gap(method: str) -> float:
-        return spread([revenue_gap([Revenue(**r) for r in t["revenue"][method].values()]) for t in twins])[0]
+        return spread([revenue_gap(list(t["revenue"][method].values())) for t in twins])[0]
 
     def on_panels(met: bool) -> bool | None:
         """A store-panel target's result; None (n/a) on other data."""
@@ -405,7 +405,7 @@ def main() -> None:
     merchants = list(panels)
     errors = {method: [merchant_mean(t["elasticity_error"][method]) for t in twins]
               for method in twins[0]["elasticity_error"]}
-    revenue = {method: [[Revenue(**r) for r in t["revenue"][method].values()] for t in twins]
+    revenue = {method: [list(t["revenue"][method].values()) for t in twins]
                for method in twins[0]["revenue"]}
     table = Table("method", "mean elasticity error", "revenue against today's prices", "short of the oracle",
                   title=f"the semi-synthetic twin (true curve known), {len(merchants)} merchants, {runs} run(s): "
@@ -442,7 +442,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "quick": args.quick, "data": str(args.data or "generated"), "runs": runs, "promotion_flags": promotion,
             "elasticity_error": {m: [t["elasticity_error"][m] for t in twins] for m in errors},
-            "revenue": {m: [t["revenue"][m] for t in twins] for m in revenue},
+            "revenue": {m: [{name: r._asdict() for name, r in t["revenue"][m].items()} for t in twins]
+                        for m in revenue},
             "holdout_wape": {m: [r["wape"][m] for r in reals] for m in wapes},
             "holdout_wape_mean": {m: spread(v) for m, v in wapes.items()},
             "elasticity_largest_category": elasticity, "fixed_effects_reference": reference,

@@ -65,11 +65,9 @@ def recommender_examples(interactions: Interactions, config: Mapping[str, Any], 
 
 
 def training_datasets(interactions: Interactions, demand_panel: Callable[[], DemandPanel],
-                      config: Mapping[str, Any], seed: int, held_out: np.ndarray | None = None
-                      ) -> dict[str, Dataset]:
-    """One example per customer for each model the run trains, the audit holdout (``held_out``, by default
-    :func:`audit_holdout` without a salt) left out."""
-    held_out = audit_holdout(interactions, config) if held_out is None else held_out
+                      config: Mapping[str, Any], seed: int, held_out: np.ndarray) -> dict[str, Dataset]:
+    """One example per customer for each model the run trains, the audit holdout (``held_out``, a mask from
+    :func:`audit_holdout` with the node's salt) left out."""
     datasets: dict[str, Dataset] = {"recommender": recommender_examples(interactions, config, seed, held_out)}
     if config["pricing"]:
         datasets["demand"] = CustomerDemand(demand_panel(), seed,
