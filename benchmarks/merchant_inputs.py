@@ -39,10 +39,11 @@ def benchmark_settings(args: argparse.Namespace) -> RunSettings:
     return replace(settings, num_server_rounds=2, local_epochs=1) if args.quick else settings
 
 
-def merchant_dirs(args: argparse.Namespace, workdir: Path) -> list[Path]:
-    """Generated merchants, the merchants ``--data`` names, or ``--data``'s export partitioned."""
+def merchant_dirs(args: argparse.Namespace, workdir: Path, seed: int = 0) -> list[Path]:
+    """Generated merchants (drawn with ``seed``), the merchants ``--data`` names, or ``--data``'s export
+    partitioned."""
     if args.data is None:
-        spec = FederationSpec.quick() if args.quick else FederationSpec()
+        spec = replace(FederationSpec.quick() if args.quick else FederationSpec(), seed=seed)
         if args.products:
             spec = replace(spec, products=args.products)
         if args.shop_sizes:
