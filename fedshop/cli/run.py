@@ -166,7 +166,9 @@ def plan(
                       str(p.refused_from_round or "–"), f"{p.compute_s:.1f}")
     console.print(table)
     if tiered := [p for p in plans if p.tier_rounds]:
-        console.print(f"Member tiers: rounds 1–{tiered[0].tier_rounds} also release noisy k-means statistics of each "
+        tier_rounds = tiered[0].tier_rounds
+        rounds = "round 1 also releases" if tier_rounds == 1 else f"rounds 1–{tier_rounds} also release"
+        console.print(f"Member tiers: {rounds} noisy k-means statistics of each "
                       f"merchant's customers (Gaussian, noise multiplier {settings.tier_noise_multiplier:g}); alone "
                       f"they would spend ε = {max(p.tier_epsilon for p in tiered):.2f}, and the table's ε includes "
                       "them (composed with DP-SGD).")

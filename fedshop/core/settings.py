@@ -43,7 +43,7 @@ class RunSettings:
     demand_dp_batch_size: int = 256  # the demand model's expected DP-SGD batch (capped by dp_max_sample_rate)
     demand_dp_learning_rate: float = 0.0075  # Adam at demand_dp_batch_size, scaled with a smaller batch
     demand_max_grad_norm: float = 20.0  # per-customer clipping bound of the demand model
-    tier_rounds: int = 3  # member tiers: the first rounds in which merchants release k-means statistics (0: none)
+    tier_rounds: int = 1  # member tiers: the first rounds in which merchants release k-means statistics (0: none)
     tier_noise_multiplier: float = 6.0  # their Gaussian noise, in the same run ε as the models' DP-SGD
     tier_as_of: str = ""  # the instant (ISO date) customers are profiled at for them; empty: the day a round runs
     audit_holdout: float = 0.1  # share of each merchant's customers kept out of training for the privacy audit
