@@ -1,7 +1,7 @@
 """Do tiers mean something? Member tiers judged on who buys again after the federation's cutoff.
 
     python benchmarks/tiers.py [--data generated|DIR|FILE] [--merchants N] [--by COLUMN] [--repeats N]
-                               [--federations N] [--quick] [--json OUT]
+                               [--tier-rounds N] [--federations N] [--quick] [--json OUT]
 
 One cutoff for the whole federation (``federation_cutoffs``: 15% of its purchase lines after it).
 Every customer who bought before it is profiled from the learning period alone
@@ -49,9 +49,14 @@ place of the DP tiers: it fails wherever the tiers it is compared with mean some
 
 One federation is one draw of customers, and on a shop of a few dozen the AUC difference moves by
 several hundredths from one draw to the next. ``--federations N`` (generated data only) draws N
-federations (``FederationSpec.seed`` 0 to N - 1), prints the first one's table, and judges the targets on
-the mean over the federations: the loyal over regular ratio's mean, and per merchant judged in any of
-them the mean AUC difference with a 95% interval from the federations' standard error.
+federations (``FederationSpec.seed`` 0 to N - 1), prints the first one's table (and writes its figures
+to ``--json``), and judges the targets on the mean over the federations: the loyal over regular
+ratio's mean, and per merchant judged in at least half of them (and two or more) the mean AUC
+difference with a 95% interval (Student's t over the federations' standard error).
+
+``tier-rounds`` is chosen on the validation period: the benchmark prints the macro AUC of federated
+tiers in the clear learnt from the customers' features as of the validation cutoff and judged on who
+bought before the test cutoff; ``--tier-rounds N`` sets the rounds (default: the run settings').
 
 Data: generated merchants (``FederationSpec()``, or ``--quick``'s) by default or with ``--data
 generated``; ``--data DIR`` takes merchant directories; ``--data FILE`` (e.g.
@@ -60,6 +65,7 @@ generated``; ``--data DIR`` takes merchant directories; ``--data FILE`` (e.g.
 """
 
 import copy
+import dataclasses
 import json
 import math
 import tempfile
@@ -76,7 +82,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from merchant_inputs import benchmark_parser, merchant_dirs
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import rankdata
+from scipy.stats import rankdata, t
 
 from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import basket_started
@@ -198,9 +204,14 @@ def kmeans_restarts(features: np.ndarray, rng: np.random.Generator) -> np.ndarra
 Recipe = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # features -> TIERS centroids
 
 
+def counted(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless it is one."""
+    return f"{number} {noun}{'s' if number != 1 else ''}"
+
+
 def recipes(rounds: int) -> dict[str, Recipe]:
     """The k-means a merchant alone (or the pooled reference) may run, first the federation's own steps."""
-    return {f"{rounds} Lloyd steps from INITIAL_CENTROIDS": lambda f, _: lloyd(f, INITIAL_CENTROIDS, rounds),
+    return {f"{counted(rounds, 'Lloyd step')} from INITIAL_CENTROIDS": lambda f, _: lloyd(f, INITIAL_CENTROIDS, rounds),
             "Lloyd from INITIAL_CENTROIDS to convergence": lambda f, _: lloyd(f, INITIAL_CENTROIDS),
             f"best of {RESTARTS} k-means++ starts": kmeans_restarts}
 
@@ -408,6 +419,16 @@ class Federation:
     runs: list[dict[str, Any]]  # each DP run's figures
     methods: dict[str, dict[str, Any]]  # every method's figures, the DP runs' mean
     spread: dict[str, Any]  # the DP runs' standard deviation
+    validation_auc: float  # federated tiers in the clear, learnt and judged on the validation period (macro)
+
+
+def validation_auc(shops: list[Shop], rounds: int) -> float:
+    """The macro AUC, on the validation period, of federated tiers learnt in the clear from the customers'
+    features as of the validation cutoff: what ``tier-rounds`` is chosen on."""
+    before = [dataclasses.replace(s, features=s.validation_features, bought_again=s.validation_bought_again)
+              for s in shops]
+    centroids = federated_centroids(before, None, rounds)
+    return float(np.nanmean([order_auc(named_order(s.features, centroids), s.bought_again) for s in before]))
 
 
 def federation(args: Any, seed: int, rounds: int, release: Release, rng: np.random.Generator) -> Federation:
@@ -417,7 +438,8 @@ def federation(args: Any, seed: int, rounds: int, release: Release, rng: np.rand
     dp, others, centroids = tierings(shops, rounds, release, args.repeats, rng)
     runs = [figures(shops, tiering) for tiering in dp]
     methods = {DP_ROW: over_runs(runs, mean_of), **{name: figures(shops, t) for name, t in others.items()}}
-    return Federation(shops, cutoffs, dp, others, centroids, runs, methods, over_runs(runs, spread_of))
+    return Federation(shops, cutoffs, dp, others, centroids, runs, methods, over_runs(runs, spread_of),
+                      validation_auc(shops, rounds))
 
 
 def auc_gaps(fed: Federation, tiering: str) -> dict[str, float]:
@@ -430,18 +452,32 @@ def auc_gaps(fed: Federation, tiering: str) -> dict[str, float]:
     return gaps
 
 
-def federations_target(feds: list[Federation], tiering: str) -> tuple[bool, str]:
-    """The AUC target over federations: per merchant judged in any of them, the mean gap to shop alone and its
-    95% interval (normal, from the federations' standard error); met if every mean is at least 0."""
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and the half-width of its 95% interval (Student's t over their standard error)."""
+    standard_error = np.std(values, ddof=1) / math.sqrt(len(values))
+    return float(np.mean(values)), float(t.ppf(0.975, len(values) - 1) * standard_error)
+
+
+def federations_auc_target(feds: list[Federation], tiering: str) -> tuple[bool, str]:
+    """The AUC target over federations: each merchant judged (``judged``) in at least half of them and in two
+    or more is counted, with its mean gap to shop alone over those and a 95% interval; met if every counted
+    mean is at least 0. A merchant judged in fewer is listed and not counted: it was judged only in the
+    draws where enough of its customers came back, or did not."""
     gaps: dict[str, list[float]] = {}
     for fed in feds:
         for name, gap in auc_gaps(fed, tiering).items():
             gaps.setdefault(name, []).append(gap)
-    means = {name: (float(np.mean(v)), 1.96 * float(np.std(v, ddof=1)) / math.sqrt(len(v)) if len(v) > 1 else math.nan,
-                    len(v), float(np.mean(np.array(v) >= 0))) for name, v in gaps.items()}
-    detail = ", ".join(f"{name}: {mean:+.4f} (95% {mean - half:+.3f} to {mean + half:+.3f}; judged in {n}, "
-                       f"at or above 0 in {share:.0%})" for name, (mean, half, n, share) in means.items())
-    return bool(means) and all(mean >= 0 for mean, _, _, _ in means.values()), detail or "no merchant judged"
+    counted = {name: v for name, v in gaps.items() if len(v) >= max(2, len(feds) / 2)}
+    parts = []
+    for name, values in gaps.items():
+        if name not in counted:
+            parts.append(f"{name}: judged in {len(values)} of {len(feds)}, not counted")
+            continue
+        mean, half = mean_interval(values)
+        parts.append(f"{name}: {mean:+.4f} (95% {mean - half:+.3f} to {mean + half:+.3f}; judged in {len(values)} "
+                     f"of {len(feds)}, at or above 0 in {np.mean(np.array(values) >= 0):.0%})")
+    met = bool(counted) and all(np.mean(v) >= 0 for v in counted.values())
+    return met, ", ".join(parts) or "no merchant judged"
 
 
 def federations_repeat_target(feds: list[Federation], method: str) -> tuple[bool, str]:
@@ -455,6 +491,7 @@ def main() -> None:
     started = time.perf_counter()
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of the federated DP tiers (fresh noise)")
+    parser.add_argument("--tier-rounds", type=int, help="tier rounds (Lloyd steps) to learn: default the run settings'")
     parser.add_argument("--federations", type=int, default=1,
                         help="generated data: federations to draw (seeds 0, 1, ...); the targets on their mean")
     args = parser.parse_args()
@@ -462,9 +499,14 @@ def main() -> None:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.data == Path("generated"):
         args.data = None
-    if args.federations < 1 or (args.federations > 1 and args.data is not None):
-        parser.error("--federations draws generated federations (1 or more); --data names one data set")
-    config = RunSettings().training_config()
+    if args.federations < 1:
+        parser.error(f"--federations must be at least 1, got {args.federations}")
+    if args.federations > 1 and args.data is not None:
+        parser.error("--federations draws generated federations; --data names one data set")
+    if args.tier_rounds is not None and args.tier_rounds < 1:
+        parser.error(f"--tier-rounds must be at least 1, got {args.tier_rounds}")
+    settings = RunSettings() if args.tier_rounds is None else RunSettings(tier_rounds=args.tier_rounds)
+    config = settings.training_config()
     rounds, release = int(config["tier-rounds"]), tier_release(config)
     if release is None:
         parser.error("the run settings release no tier statistics (tier-rounds is 0)")
@@ -475,22 +517,24 @@ def main() -> None:
     shops, cutoffs, dp, others, centroids = first.shops, first.cutoffs, first.dp, first.others, first.centroids
     runs, methods, spread = first.runs, first.methods, first.spread
     data = str(args.data or "generated")
-    console.print(f"{data}: validation cutoff {cutoffs[0]:%Y-%m-%d %H:%M}, test cutoff {cutoffs[1]:%Y-%m-%d %H:%M}; "
+    first_of = f" (the first of {len(feds)} federations)" if len(feds) > 1 else ""
+    console.print(f"{data}{first_of}: validation cutoff {cutoffs[0]:%Y-%m-%d %H:%M}, "
+                  f"test cutoff {cutoffs[1]:%Y-%m-%d %H:%M}; "
                   "customers before it (who bought again after it): "
                   + ", ".join(f"{s.name} {len(s.features)} ({s.bought_again.mean():.0%})" for s in shops))
     print_tables(console, methods, spread,
-                 f"Tiers on the test period: federated + DP = {rounds} tier rounds at noise multiplier "
+                 f"Tiers on the test period: federated + DP = {counted(rounds, 'tier round')} at noise multiplier "
                  f"{release.mechanism.noise_multiplier:g}, mean ± sd of {args.repeats} runs; spend = mean per "
                  "customer of the tier (0 if no purchase); all merchants: customers pooled, AUC and silhouette macro"
-                 + (f"; the first of {len(feds)} federations" if len(feds) > 1 else ""))
-    console.print("k-means recipe chosen on validation: " + ", ".join(
+                 + first_of)
+    console.print(f"k-means recipe chosen on validation{first_of}: " + ", ".join(
         f"{name}: {recipe}" for name, recipe in centroids["recipe_chosen_on_validation"].items()))
     smallest = judged(shops)
-    dp_ratios = [run[ALL]["loyal_over_regular"] for run in runs]
     repeat_name = f"loyal repeat rate >= {TARGET_RATIO:g} x regular's, federated DP tiers (mean of runs)"
     auc_name = (f"federated DP tiers' AUC >= shop alone's on the {SMALLEST} smallest merchants with >= {MIN_EACH} "
                 "customers who bought again and who did not")
     if len(feds) == 1:
+        dp_ratios = [run[ALL]["loyal_over_regular"] for run in runs]
         checks = {repeat_name: repeat_target(methods[DP_ROW], dp_ratios),
                   f"{auc_name} (AUC difference, paired bootstrap)": auc_target(dp, others[ALONE_ROW], smallest, rng)}
         controls = {
@@ -501,11 +545,15 @@ def main() -> None:
     else:
         over = f", mean over {len(feds)} federations"
         checks = {repeat_name + over: federations_repeat_target(feds, DP_ROW),
-                  f"{auc_name} (each federation's AUC difference){over}": federations_target(feds, DP_ROW)}
+                  f"{auc_name} (each federation's AUC difference){over}": federations_auc_target(feds, DP_ROW)}
         controls = {f"control: random tiers, loyal repeat rate >= 2 x regular's{over}":
                     federations_repeat_target(feds, RANDOM_ROW),
                     f"control: random tiers' AUC >= shop alone's on the same merchants{over}":
-                    federations_target(feds, RANDOM_ROW)}
+                    federations_auc_target(feds, RANDOM_ROW)}
+    chosen_on = [fed.validation_auc for fed in feds]
+    console.print("federated tiers in the clear, learnt and judged on the validation period "
+                  f"({counted(rounds, 'tier round')}; tier-rounds is chosen on it): macro AUC {np.mean(chosen_on):.4f}"
+                  + (f" ± {np.std(chosen_on, ddof=1):.4f} (sd over {len(feds)} federations)" if len(feds) > 1 else ""))
     for name, (met, detail) in checks.items():
         console.print(f"{'PASS' if met else 'FAIL'}  {name}: {detail}")
     for name, (met, detail) in controls.items():
@@ -521,7 +569,8 @@ def main() -> None:
                           for s in shops},
             "methods": methods, "dp_runs": runs, "dp_spread": spread, "centroids": centroids,
             "auc_target_merchants": [s.name for s in smallest],
-            "federations": len(feds),
+            "federations": len(feds),  # with more than one, every key above is the first federation's
+            "federation_validation_auc": chosen_on,
             "federation_auc_gaps": [auc_gaps(fed, DP_ROW) for fed in feds],
             "federation_loyal_over_regular": [fed.methods[DP_ROW][ALL]["loyal_over_regular"] for fed in feds],
             "targets": [{"target": n, "met": met, "detail": d} for n, (met, d) in checks.items()],

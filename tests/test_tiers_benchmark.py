@@ -66,8 +66,8 @@ def test_federated_tier_rounds_in_the_clear_are_lloyd_steps_on_every_merchants_c
 def test_the_target_over_federations_averages_each_merchants_gap_and_can_fail(bench) -> None:
     rng = np.random.default_rng(5)
 
-    def federation(seed: int, federated_predicts: bool):
-        shops = [shop(bench, "big", 600, seed), shop(bench, "small", 80, seed + 1)]
+    def federation(seed: int, federated_predicts: bool, small: int = 80):
+        shops = [shop(bench, "big", 600, seed), shop(bench, "small", small, seed + 1)]
         by_frequency = {s.name: np.digitize(s.features[:, 1], [-1 / 6, 1 / 6]) for s in shops}
         random = {s.name: rng.integers(0, 3, len(s.features)) for s in shops}
         dp, alone = (by_frequency, random) if federated_predicts else (random, by_frequency)
@@ -75,10 +75,13 @@ def test_the_target_over_federations_averages_each_merchants_gap_and_can_fail(be
                                 [], {bench.DP_ROW: bench.figures(shops, dp)}, {})
 
     better = [federation(seed, True) for seed in (10, 20, 30)]
-    met, detail = bench.federations_target(better, bench.DP_ROW)
-    assert met and "small" in detail and "big" in detail and "judged in 3" in detail, detail
+    met, detail = bench.federations_auc_target(better, bench.DP_ROW)
+    assert met and "small" in detail and "big" in detail and "judged in 3 of 3" in detail, detail
     assert bench.federations_repeat_target(better, bench.DP_ROW)[0]
     worse = [federation(seed, False) for seed in (10, 20, 30)]
-    met, detail = bench.federations_target(worse, bench.DP_ROW)
+    met, detail = bench.federations_auc_target(worse, bench.DP_ROW)
     assert not met, detail
     assert not bench.federations_repeat_target(worse, bench.DP_ROW)[0]
+    seldom = [federation(10, False), federation(20, True, small=12), federation(30, True, small=12)]
+    met, detail = bench.federations_auc_target(seldom, bench.DP_ROW)
+    assert "small: judged in 1 of 3, not counted" in detail and met, detail  # big predicts in 2 of 3 draws
