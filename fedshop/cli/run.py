@@ -167,8 +167,8 @@ def plan(
     console.print(table)
     if tiered := [p for p in plans if p.tier_rounds]:
         tier_rounds = tiered[0].tier_rounds
-        rounds = "round 1 also releases" if tier_rounds == 1 else f"rounds 1–{tier_rounds} also release"
-        console.print(f"Member tiers: {rounds} noisy k-means statistics of each "
+        releasing = "round 1 also releases" if tier_rounds == 1 else f"rounds 1–{tier_rounds} also release"
+        console.print(f"Member tiers: {releasing} noisy k-means statistics of each "
                       f"merchant's customers (Gaussian, noise multiplier {settings.tier_noise_multiplier:g}); alone "
                       f"they would spend ε = {max(p.tier_epsilon for p in tiered):.2f}, and the table's ε includes "
                       "them (composed with DP-SGD).")
