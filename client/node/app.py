@@ -249,13 +249,12 @@ def _profiles(options: NodeOptions, config: ConfigRecord) -> CustomerProfiles:
     return load_customer_profiles(options.data_dir, tier_as_of(config))
 
 
-def _tier_features(options: NodeOptions, config: ConfigRecord) -> np.ndarray:
-    """The tier features of the merchant's customers as of the run's ``tier-as-of``, the audit holdout left
-    out (it never trains)."""
-    interactions = load_interactions(options.data_dir)
-    held_out = np.array(interactions.customers)[_held_out(options, interactions, config)]
+def _tier_features(options: NodeOptions, config: ConfigRecord, interactions: Interactions,
+                   held_out: np.ndarray) -> np.ndarray:
+    """The tier features of the merchant's customers as of the run's ``tier-as-of``, the audit holdout
+    (``held_out``, a mask over ``interactions``' customers) left out (it never trains)."""
     profiles = _profiles(options, config)
-    return profiles.features[~profiles.table.index.isin(held_out)]
+    return profiles.features[~profiles.table.index.isin(np.array(interactions.customers)[held_out])]
 
 
 def _train_private(models: SharedModels, datasets: dict[str, Dataset], tier_features: np.ndarray | None,
@@ -313,12 +312,12 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
     models = adopted.models
     seed = _round_seed(config)
     interactions = load_interactions(options.data_dir)
-    datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config, seed,
-                                 _held_out(options, interactions, config))
+    held_out = _held_out(options, interactions, config)
+    datasets = training_datasets(interactions, lambda: load_demand_panel(options.data_dir), config, seed, held_out)
     if empty := [name for name, data in datasets.items() if len(data) == 0]:
         why = f" ({TRAINING_EXAMPLE_RULE})" if "recommender" in empty else ""
         raise ValueError(f"merchant {options.merchant}: no training example for the {' and '.join(empty)} model{why}")
-    tier_features = _tier_features(options, config) if releases_tiers(config, round_) else None
+    tier_features = _tier_features(options, config, interactions, held_out) if releases_tiers(config, round_) else None
     batch_size, epochs = int(config["batch-size"]), int(config["local-epochs"])
     privacy = {EPSILON: 0.0, DELTA: 0.0, NOISE_MULTIPLIER: 0.0, SAMPLE_RATE: 0.0, STEPS: 0,
                MAX_GRAD_NORM: 0.0, EPSILON_BUDGET: 0.0}
