@@ -444,12 +444,8 @@ def federation(args: Any, seed: int, rounds: int, release: Release, rng: np.rand
 
 def auc_gaps(fed: Federation, tiering: str) -> dict[str, float]:
     """Per judged merchant of ``fed``, the AUC of ``tiering`` (the DP runs' mean for DP_ROW) minus shop alone's."""
-    gaps = {}
-    for shop in judged(fed.shops):
-        runs = [run[shop.name] for run in fed.dp] if tiering == DP_ROW else [fed.others[tiering][shop.name]]
-        gaps[shop.name] = (float(np.mean([order_auc(run, shop.bought_again) for run in runs]))
-                           - order_auc(fed.others[ALONE_ROW][shop.name], shop.bought_again))
-    return gaps
+    return {shop.name: fed.methods[tiering][shop.name]["auc"] - fed.methods[ALONE_ROW][shop.name]["auc"]
+            for shop in judged(fed.shops)}
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:

@@ -71,8 +71,9 @@ def test_the_target_over_federations_averages_each_merchants_gap_and_can_fail(be
         by_frequency = {s.name: np.digitize(s.features[:, 1], [-1 / 6, 1 / 6]) for s in shops}
         random = {s.name: rng.integers(0, 3, len(s.features)) for s in shops}
         dp, alone = (by_frequency, random) if federated_predicts else (random, by_frequency)
+        tierings = {bench.DP_ROW: dp, bench.ALONE_ROW: alone, bench.RANDOM_ROW: random}
         return bench.Federation(shops, (None, None), [dp], {bench.ALONE_ROW: alone, bench.RANDOM_ROW: random}, {},
-                                [], {bench.DP_ROW: bench.figures(shops, dp)}, {}, 0.5)
+                                [], {name: bench.figures(shops, t) for name, t in tierings.items()}, {}, 0.5)
 
     better = [federation(seed, True) for seed in (10, 20, 30)]
     met, detail = bench.federations_auc_target(better, bench.DP_ROW)
