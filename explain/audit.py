@@ -24,6 +24,7 @@ from fedshop.client.data.customer_profile import CustomerProfiles
 from fedshop.client.data.demand import DemandPanel
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.pricing.prices import recommend_prices
+from fedshop.client.training.local_fit import FoldCoPurchases
 from fedshop.client.training.tiers import customer_tiers
 from fedshop.explain.beyond_accuracy import ListMeasures, list_measures
 from fedshop.explain.fairness import GROUPS, GroupFigures, fairness_audit
@@ -59,11 +60,13 @@ def price_summary(models: SharedModels, panel: DemandPanel) -> dict[str, float]:
 
 
 def fairness_metrics(models: SharedModels, served: Recommender, data: Interactions, profiles: CustomerProfiles,
-                     panel: DemandPanel | None, history_length: int, min_audit_customers: int) -> dict[str, float]:
+                     panel: DemandPanel | None, history_length: int, min_audit_customers: int,
+                     held_out: np.ndarray | None = None, counted: FoldCoPurchases | None = None) -> dict[str, float]:
     """The fairness audit, flat: each group's figures (a group under ``min_audit_customers`` sends none), the
-    threshold applied and, when the run prices, the tiers' price check."""
+    threshold applied and, when the run prices, the tiers' price check (``held_out`` and ``counted`` as
+    :func:`fedshop.explain.fairness.fairness_audit` takes them)."""
     audit = fairness_audit(served, models.recommender, data, customer_tiers(models.tiers, profiles), history_length,
-                           min_audit_customers)
+                           min_audit_customers, held_out, counted)
     metrics = {f"{AUDIT_PREFIX}{FAIRNESS}-min-customers": float(min_audit_customers)}
     for group, figures in audit.groups.items():
         metrics |= _flat(f"{FAIRNESS}-{group}", figures.record())
@@ -75,14 +78,15 @@ def fairness_metrics(models: SharedModels, served: Recommender, data: Interactio
 
 def audit_metrics(models: SharedModels, served: Recommender, data: Interactions, profiles: CustomerProfiles,
                   panel: DemandPanel | None, history_length: int, held_out: np.ndarray, seed: int,
-                  min_audit_customers: int) -> dict[str, float]:
+                  min_audit_customers: int, counted: FoldCoPurchases | None = None) -> dict[str, float]:
     """Every audit summary of this merchant, flat, for a MetricRecord. The membership attack targets
     the shared recommender (what the federation released, which the (ε, δ) guarantee covers), and is
     sent only when both of its groups hold at least ``min_audit_customers`` scored customers (the
     node's policy: over fewer, its figures would say too much about one customer); the deletion
     check, the list measures and the fairness audit measure the ``served`` one (shared + local, what
     customers see), the fairness audit over groups of at least as many customers only. ``profiles``
-    are the customers' tier features (``fedshop.client.data.customer_profile``)."""
+    are the customers' tier features (``fedshop.client.data.customer_profile``); ``counted`` gives the shop's
+    regressions of the local fit's cross-validation when the node keeps them counted."""
     scores = attack_scores(models.recommender, data, history_length)
     members, non_members = scores[~held_out], scores[held_out]
     rng = np.random.default_rng(seed)
@@ -94,7 +98,8 @@ def audit_metrics(models: SharedModels, served: Recommender, data: Interactions,
         metrics |= _flat(label, list_measures(served, data, history_length, diversity).record())
     if panel is not None:
         metrics |= {f"{AUDIT_PREFIX}price-{key}": value for key, value in price_summary(models, panel).items()}
-    return metrics | fairness_metrics(models, served, data, profiles, panel, history_length, min_audit_customers)
+    return metrics | fairness_metrics(models, served, data, profiles, panel, history_length, min_audit_customers,
+                                      held_out, counted)
 
 
 def parse_audit(metrics: dict[str, float]) -> dict:

@@ -29,6 +29,7 @@ import torch
 
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.ranking.diversity import best_rows
+from fedshop.client.training.local_fit import FoldCoPurchases
 from fedshop.client.training.recommender import TOP_K, catalogue_scores, customer_gains
 from fedshop.core.protocol import coarse, coarse_rate
 from fedshop.explain.beyond_accuracy import gini
@@ -133,9 +134,12 @@ def _figures(members: np.ndarray, data: Interactions, customers: list[int], list
 
 
 def fairness_audit(served: Recommender, shared: Recommender, data: Interactions, tiers: pd.Series,
-                   history_length: int, min_customers: int) -> FairnessAudit:
+                   history_length: int, min_customers: int, excluded: np.ndarray | None = None,
+                   counted: FoldCoPurchases | None = None) -> FairnessAudit:
     """The figures of every group of at least ``min_customers`` customers (and at least one) with a held-out
-    item, ``tiers`` naming each customer's tier (by customer id), and every tier's shown items."""
+    item, ``tiers`` naming each customer's tier (by customer id), and every tier's shown items (the shop
+    alone's λ chosen without the ``excluded`` customers, ``counted`` giving its regressions when the node
+    keeps them counted)."""
     customers = data.evaluable
     if not customers:
         return FairnessAudit({}, {})
@@ -143,7 +147,7 @@ def fairness_audit(served: Recommender, shared: Recommender, data: Interactions,
     shared_scores = served_scores if shared is served else catalogue_scores(shared, data, customers, history_length)
     lists = [best_rows(row, min(TOP_K, int(np.isfinite(row).sum()))) for row in served_scores]
     served_gains = customer_gains(data, customers, served_scores)
-    alone_gains = customer_gains(data, customers, alone_scores(data, customers))
+    alone_gains = customer_gains(data, customers, alone_scores(data, customers, excluded, counted))
     quality = {"served_ndcg10": served_gains.ndcg, "served_hr10": served_gains.hit,
                "alone_ndcg10": alone_gains.ndcg, "alone_hr10": alone_gains.hit}
     shares = federation_shares(served, shared, data, customers, lists, served_scores, shared_scores, history_length)

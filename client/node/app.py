@@ -55,6 +55,7 @@ from fedshop.client.node.options import (
     load_co_purchases,
     load_customer_profiles,
     load_demand_panel,
+    load_fold_co_purchases,
     load_interactions,
     node_options,
     save_policy,
@@ -359,7 +360,7 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                          _held_out(options, interactions, config),
                          lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
-                         epochs, seed, partial(load_co_purchases, options.data_dir))
+                         epochs, seed, partial(load_fold_co_purchases, options.data_dir))
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
                       "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
                       "local-part-co-purchase-ridge": fit.part.co_purchase_ridge if fit.part else 0.0,
@@ -387,7 +388,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
                               history_length, _held_out(options, interactions, config),
                               int(config["seed"]),
-                              options.policy.min_audit_customers)
+                              options.policy.min_audit_customers, partial(load_fold_co_purchases, options.data_dir))
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,
                                                       "changes": adopted.changes, "anchor": adopted.anchor})

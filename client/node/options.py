@@ -30,11 +30,11 @@ from fedshop.client.data.customer_profile import CustomerProfiles, customer_prof
 from fedshop.client.data.demand import DemandPanel, build_demand_panel
 from fedshop.client.data.interactions import Interactions, build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant
-from fedshop.client.training.local_fit import shop_co_purchases
+from fedshop.client.training.local_fit import CO_PURCHASE_FOLDS, fold_co_purchases, shop_co_purchases
 from fedshop.core.files import read_json, write_json, write_secret
 from fedshop.core.node_policy import NodePolicy
 from fedshop.core.settings import DEFAULT_EPSILON_BUDGET
-from fedshop.models.local_part import CoPurchases
+from fedshop.models.local_part import CO_PURCHASE_RIDGES, CoPurchases
 from fedshop.privacy.ledger import LEDGER_FILE, Budget, default_delta
 
 POLICY_FILE, AUDIT_SALT_FILE, AUDIT_CUT_FILE = "policy.json", "audit.salt", "audit-cut.json"
@@ -161,18 +161,25 @@ def load_customer_profiles(data_dir: Path, as_of: pd.Timestamp) -> CustomerProfi
     return customer_profiles(_merchant_data(data_dir), as_of)
 
 
-def load_co_purchases(data_dir: Path, ridge: float, left_out: np.ndarray | None = None) -> CoPurchases:
-    """The shop's co-purchases at λ = ``ridge`` over its customers' training histories but those ``left_out``
-    (a mask), counted once per process: every round's local fit and evaluation ask for the same."""
-    return _co_purchases(data_dir, ridge, () if left_out is None else tuple(np.flatnonzero(left_out).tolist()))
+@lru_cache(maxsize=8)
+def load_co_purchases(data_dir: Path, ridge: float) -> CoPurchases:
+    """The shop's co-purchases at λ = ``ridge`` over all its customers' training histories, counted once per
+    process: every round's evaluation serves them."""
+    return shop_co_purchases(load_interactions(data_dir), ridge)
 
 
-@lru_cache(maxsize=16)
-def _co_purchases(data_dir: Path, ridge: float, left_out: tuple[int, ...]) -> CoPurchases:
+def load_fold_co_purchases(data_dir: Path, ridge: float, excluded: np.ndarray, fold: int) -> CoPurchases:
+    """The co-purchases the local fit chooses its weight and λ with (``fold_co_purchases``), counted once
+    per process: every round's fit asks for the same."""
+    return _fold_co_purchases(data_dir, ridge, tuple(np.flatnonzero(excluded).tolist()), fold)
+
+
+@lru_cache(maxsize=8 * CO_PURCHASE_FOLDS * len(CO_PURCHASE_RIDGES))  # every fold and λ of a few merchants
+def _fold_co_purchases(data_dir: Path, ridge: float, excluded: tuple[int, ...], fold: int) -> CoPurchases:
     interactions = load_interactions(data_dir)
     mask = np.zeros(len(interactions.customers), dtype=bool)
-    mask[list(left_out)] = True
-    return shop_co_purchases(interactions, ridge, mask)
+    mask[list(excluded)] = True
+    return fold_co_purchases(interactions, ridge, mask, fold)
 
 
 @lru_cache(maxsize=8)

@@ -1,24 +1,34 @@
 """The merchant-local part of the recommender (``fedshop.models.local_part``), fitted and served on the node.
 
 After every release of the shared recommender the node fits its local part on its own training
-customers, without noise (nothing fitted here leaves the node): offsets to the shared weights, by
-fine-tuning the released model (Adam), starting from the new shared model plus the previous round's
-offsets of the same run, and the weight and λ of its shop's co-purchases.
+customers, without noise (nothing fitted here leaves the node): the weight and λ of its shop's
+co-purchases, and offsets to the shared weights, by fine-tuning the released model (Adam), starting
+from the new shared model plus the previous round's offsets of the same run.
 
-How much of the merchant's own data to trust is chosen on the merchant's own data: a share of its
-customers (``VALIDATION_SHARE``, by a stable hash) is left out of the fit, and every candidate (the
-shared weights alone, the previous offsets, the offsets after each epoch, each with every co-purchase
-weight of ``CO_PURCHASE_WEIGHTS`` and λ of ``CO_PURCHASE_RIDGES``, co-purchases learnt from the other
-customers) is scored on their last visit (the items first bought in their last basket) by two checks,
-their NDCG@10 averaged: predicting all its new items from the visits before it, as a merchant's next
-visit is what the served model is for (``benchmarks/quality.py`` judges it so), and predicting its last
-item from everything else (the visit's other items included), which has more signal per customer. Either
-alone chose worse on one of the data sets measured (docs/benchmarks.md). The best candidate is served;
-the shared model alone wins where the merchant's data would only make it overfit. None of it touches the
-held-out items the evaluation ranks, and the shared model's DP-SGD never sees any of it: a round's
-training starts from the decrypted aggregate alone. Nor does the shared model train on the validation
-items (``fedshop.client.training.round_plan.recommender_examples``): it would have learnt them, look
-better on validation than it is, and be served alone where the merchant's data would have helped.
+How much of the merchant's own data to trust is chosen on the merchant's own data, on each customer's
+last visit (the items first bought in their last basket) by two checks, their NDCG@10 averaged:
+predicting all its new items from the visits before it, as a merchant's next visit is what the served
+model is for (``benchmarks/quality.py`` judges it so), and predicting its last item from everything else
+(the visit's other items included), which has more signal per customer. Either alone chose worse on one
+of the data sets measured (docs/benchmarks.md). In two steps:
+
+1. **The co-purchases' weight and λ** (of ``CO_PURCHASE_WEIGHTS`` and ``CO_PURCHASE_RIDGES``, on top of
+   the shared model) by cross-validation over the shop's customers (up to ``MAX_CHOICE_CUSTOMERS`` of
+   them): each customer is in one of ``CO_PURCHASE_FOLDS`` folds, and its last visit is scored with
+   co-purchases learnt from everything but its fold's last visits, so every customer validates and the
+   regression still knows the rest of its own history, as it does when serving. Chosen on a tenth of
+   the customers, as it was, a small shop chose among 36 settings on a handful of customers, mostly by
+   noise (docs/benchmarks.md).
+2. **The offsets** (the previous round's, or those after each epoch), with that weight and λ, against
+   the shared model with them, on the validation customers (a share ``VALIDATION_SHARE``, by a stable
+   hash) that the offsets never train on. The shared model alone is served where the co-purchases'
+   weight is 0 and no offsets win.
+
+None of it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any
+of it: a round's training starts from the decrypted aggregate alone. Nor does the shared model train on
+the validation customers' last visits (``fedshop.client.training.round_plan.recommender_examples``): it
+would have learnt them, look better on validation than it is, and be served without offsets where they
+would have helped.
 """
 
 from collections.abc import Callable
@@ -31,6 +41,7 @@ from torch.utils.data import Dataset
 
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.training.recommender import (
+    TOP_K,
     catalogue_scores,
     padded_rows,
     shuffled_loader,
@@ -43,6 +54,8 @@ from fedshop.models.recommender import Recommender
 
 VALIDATION_SHARE = 0.1
 CO_PURCHASE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0, 4096.0)  # up to: they decide
+CO_PURCHASE_FOLDS = 5
+MAX_CHOICE_CUSTOMERS = 1000  # customers the co-purchases are chosen on (a stable sample of larger shops)
 _BUCKETS = 10_000
 
 
@@ -91,81 +104,166 @@ def _last_of(mask: np.ndarray) -> np.ndarray:
     return last
 
 
-def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray]
-                 ) -> tuple[Interactions, list[np.ndarray]]:
-    """A validation check: ``data`` with each scored customer's ``targets`` (a mask over its history) taken
-    out, and those items."""
-    removed = [np.zeros(len(h), dtype=bool) for h in data.histories]
-    for customer, mask in zip(scored, targets, strict=True):
-        removed[customer] = mask
-    return data.without(removed), [data.histories[c][mask] for c, mask in zip(scored, targets, strict=True)]
+def co_purchase_folds(customers: list[str]) -> np.ndarray:
+    """Each customer's fold (``0`` to ``CO_PURCHASE_FOLDS - 1``) in the co-purchases' cross-validation."""
+    return np.array([stable_bucket(f"co-purchase-fold:{c}", CO_PURCHASE_FOLDS + 1) - 1 for c in customers],
+                    dtype=np.int64)
+
+
+def fold_co_purchases(data: Interactions, ridge: float, excluded: np.ndarray, fold: int) -> CoPurchases:
+    """The shop's co-purchases at λ = ``ridge`` without the ``excluded`` customers and without the last
+    visit of the customers in ``fold``: what scores that fold's last visits in the choice."""
+    folds = co_purchase_folds(data.customers)
+    removed = [visit & (folds[c] == fold) for c, visit in enumerate(data.last_visit())]
+    return shop_co_purchases(data.without(removed), ridge, excluded)
+
+
+FoldCoPurchases = Callable[[float, np.ndarray, int], CoPurchases]  # (λ, excluded, fold): fold_co_purchases's
 
 
 @dataclass(frozen=True)
-class ValidationChecks:
-    """The validation customers (a mask) and those of them scored (with a last visit), and the two checks
-    every candidate is scored on: each ``(view, targets)``, the view lacking the scored customers' targets."""
+class Check:
+    """One validation check on some customers: ``view`` lacks their ``targets``; ``columns`` holds, per
+    customer, every item the co-purchases score above 0 from the rest of its history (padded with -1), and
+    ``co_purchase`` their scores there at each λ, each customer's from its fold's co-purchases. Only those
+    items and the model's own top ten can be in the top ten of the model plus the co-purchases (they add
+    nothing below 0), so the checks rank those alone, not the whole catalogue for every setting."""
 
-    validation: np.ndarray
-    scored: list[int]
-    checks: list[tuple[Interactions, list[np.ndarray]]]
+    view: Interactions
+    customers: list[int]
+    targets: list[np.ndarray]
+    columns: np.ndarray
+    co_purchase: dict[float, np.ndarray]
 
 
-def validation_checks(data: Interactions, excluded: np.ndarray) -> ValidationChecks:
-    """The two checks of the module docstring on the validation customers (never ``excluded`` ones): their
-    last visit's new items from the visits before it, and its last item from everything else."""
-    validation = validation_customers(data.customers, excluded)
+def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray], history_length: int,
+                 excluded: np.ndarray, counted: FoldCoPurchases) -> Check:
+    """A validation check: ``data`` with each scored customer's ``targets`` (a mask over its history) taken
+    out, those items, and the co-purchases' scores from the rest of each history."""
+    removed = [np.zeros(len(h), dtype=bool) for h in data.histories]
+    for customer, mask in zip(scored, targets, strict=True):
+        removed[customer] = mask
+    view = data.without(removed)
+    folds = co_purchase_folds(data.customers)[scored]
+    rows, mask = padded_rows([view.histories[c] for c in scored], history_length)
+    columns: list[np.ndarray] = [np.zeros(0, np.int64)] * len(scored)
+    values: dict[float, list[np.ndarray]] = {ridge: [np.zeros(0)] * len(scored) for ridge in CO_PURCHASE_RIDGES}
+    for fold in np.unique(folds).tolist():
+        chosen = np.flatnonzero(folds == fold)
+        scores = {ridge: counted(ridge, excluded, fold).scores(rows[chosen], mask[chosen])
+                  for ridge in CO_PURCHASE_RIDGES}
+        for position, customer in enumerate(chosen.tolist()):
+            columns[customer] = np.flatnonzero(np.any([s[position] > 0 for s in scores.values()], axis=0))
+            for ridge, score in scores.items():
+                values[ridge][customer] = score[position, columns[customer]]
+    width = max(len(c) for c in columns)
+    padded = np.full((len(scored), width), -1, dtype=np.int64)
+    co_purchase = {ridge: np.zeros((len(scored), width), dtype=np.float32) for ridge in CO_PURCHASE_RIDGES}
+    for customer, items in enumerate(columns):
+        padded[customer, :len(items)] = items
+        for ridge in CO_PURCHASE_RIDGES:
+            co_purchase[ridge][customer, :len(items)] = values[ridge][customer]
+    return Check(view, scored, [data.histories[c][m] for c, m in zip(scored, targets, strict=True)], padded,
+                 co_purchase)
+
+
+def validation_checks(data: Interactions, customers: list[int], history_length: int, excluded: np.ndarray,
+                      counted: FoldCoPurchases | None = None) -> list[Check]:
+    """The two checks of the module docstring on ``customers`` (each with a last visit): their last visit's
+    new items from the visits before it, and its last item from everything else (``counted`` gives the
+    co-purchases of a fold when the caller keeps them counted)."""
+    if not customers:
+        return []
+    count = partial(fold_co_purchases, data) if counted is None else counted
     visits = data.last_visit()
-    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
-    if not scored:
-        return ValidationChecks(validation, [], [])
-    return ValidationChecks(validation, scored, [_visit_check(data, scored, [visits[c] for c in scored]),
-                                                 _visit_check(data, scored, [_last_of(visits[c]) for c in scored])])
+    return [_visit_check(data, customers, [visits[c] for c in customers], history_length, excluded, count),
+            _visit_check(data, customers, [_last_of(visits[c]) for c in customers], history_length, excluded, count)]
+
+
+@dataclass(frozen=True)
+class CheckScores:
+    """A model's scores on one check, restricted to the items that can reach a top ten (``Check``): its own
+    top ten (those the co-purchases do not score: they are in ``columns``' second part) and the check's."""
+
+    columns: np.ndarray
+    own: np.ndarray
+
+
+def check_scores(model_scores: np.ndarray, check: Check) -> CheckScores:
+    """``model_scores`` ``[customers, catalogue]`` (history masked) on the items of ``check`` that can reach a
+    top ten once co-purchases are added: the model's own top ten, then the check's ``columns``."""
+    items = model_scores.shape[1]
+    own_top = np.argpartition(-model_scores, TOP_K, axis=1)[:, :TOP_K] if items > TOP_K else \
+        np.tile(np.arange(items), (len(model_scores), 1))
+    first = np.take_along_axis(model_scores, own_top, axis=1)
+    first[(own_top[:, :, None] == check.columns[:, None, :]).any(axis=2)] = -np.inf  # scored in the second part
+    second = np.where(check.columns >= 0, np.take_along_axis(model_scores, np.maximum(check.columns, 0), axis=1),
+                      -np.inf)
+    return CheckScores(np.concatenate([own_top, check.columns], axis=1), np.concatenate([first, second], axis=1))
+
+
+def check_quality(candidates: list[CheckScores], checks: list[Check], weight: float, ridge: float) -> float:
+    """The mean over the checks of the NDCG@10 of the model's scores plus the co-purchases' at ``weight``."""
+    quality = []
+    for candidate, check in zip(candidates, checks, strict=True):
+        own_top = candidate.own.shape[1] - check.columns.shape[1]  # the model's own top ten come first
+        extra = np.concatenate([np.zeros((len(check.customers), own_top), np.float32), check.co_purchase[ridge]],
+                               axis=1)
+        quality.append(visit_ndcg(candidate.own + weight * extra, check.targets, candidate.columns).mean())
+    return float(np.mean(quality))
+
+
+def _model_scores(model: Recommender, checks: list[Check], history_length: int) -> list[CheckScores]:
+    return [check_scores(catalogue_scores(model, check.view, check.customers, history_length), check)
+            for check in checks]
+
+
+def choice_customers(data: Interactions, excluded: np.ndarray) -> list[int]:
+    """The customers the co-purchases are chosen on: those with a last visit, never ``excluded`` ones, at
+    most ``MAX_CHOICE_CUSTOMERS`` (a stable sample)."""
+    visits = data.last_visit()
+    scored = [c for c in range(len(data.customers)) if visits[c].any() and not excluded[c]]
+    if len(scored) <= MAX_CHOICE_CUSTOMERS:
+        return scored
+    rank = np.argsort([stable_bucket(f"co-purchase-choice:{data.customers[c]}", _BUCKETS + 1) for c in scored],
+                      kind="stable")
+    return sorted(np.asarray(scored)[rank[:MAX_CHOICE_CUSTOMERS]].tolist())
 
 
 def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Interactions, excluded: np.ndarray,
                    examples: Callable[[np.ndarray], Dataset], history_length: int, batch_size: int,
-                   learning_rate: float, epochs: int, seed: int,
-                   counted: Callable[[float, np.ndarray], CoPurchases] | None = None) -> LocalFit:
-    """The local part that scores best on the merchant's validation customers after up to ``epochs``
-    passes over its other training customers (``excluded`` ones never train: the audit holdout);
-    ``examples`` makes the training examples of every customer but those a mask leaves out, ``counted``
-    the shop's co-purchases at a λ without a mask's customers when the caller keeps them counted."""
-    split = validation_checks(data, excluded)
-    validation, scored, checks = split.validation, split.scored, split.checks
+                   learning_rate: float, epochs: int, seed: int, counted: FoldCoPurchases | None = None) -> LocalFit:
+    """The local part of the module docstring's two steps, offsets after up to ``epochs`` passes over the
+    merchant's training customers but the validation ones (``excluded`` ones never train: the audit
+    holdout); ``examples`` makes the training examples of every customer but those a mask leaves out,
+    ``counted`` the shop's co-purchases of a fold when the caller keeps them counted."""
+    validation = validation_customers(data.customers, excluded)
+    visits = data.last_visit()
+    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
     dataset = examples(excluded | validation)
-    if not scored or len(dataset) == 0:
+    choice = validation_checks(data, choice_customers(data, excluded), history_length, excluded, counted)
+    if not scored or not choice or len(dataset) == 0:
         return LocalFit(None, 0, float("nan"), float("nan"), len(scored))
-    count = partial(shop_co_purchases, data) if counted is None else counted
-    co_purchases = {ridge: count(ridge, excluded | validation) for ridge in CO_PURCHASE_RIDGES}
-    padded = [padded_rows([view.histories[c] for c in scored], history_length) for view, _ in checks]
-    co_purchase = [{ridge: regression.scores(rows, mask) for ridge, regression in co_purchases.items()}
-                   for rows, mask in padded]
-
-    def best_weight(model: Recommender) -> tuple[float, float, float]:
-        """The best co-purchase weight and λ on top of ``model``, and their validation NDCG@10 (the mean of
-        the two checks')."""
-        model_scores = [catalogue_scores(model, view, scored, history_length) for view, _ in checks]
-        quality = [(np.mean([visit_ndcg(own + weight * extra[ridge], targets).mean()
-                             for own, extra, (_, targets) in zip(model_scores, co_purchase, checks, strict=True)]),
-                    weight, ridge) for ridge in CO_PURCHASE_RIDGES for weight in CO_PURCHASE_WEIGHTS]
-        ndcg, weight, ridge = max(quality, key=lambda entry: entry[0])
-        return float(ndcg), weight, ridge
-
-    shared_quality = float(np.mean([visit_ndcg(catalogue_scores(shared, view, scored, history_length), targets).mean()
-                                    for view, targets in checks]))
-    best = LocalFit(None, 0, shared_quality, shared_quality, len(scored))
+    shared_scores = _model_scores(shared, choice, history_length)
+    weight, ridge = max(((weight, ridge) for ridge in CO_PURCHASE_RIDGES for weight in CO_PURCHASE_WEIGHTS),
+                        key=lambda setting: check_quality(shared_scores, choice, *setting))
+    checks = validation_checks(data, scored, history_length, excluded, counted)
+    shared_scores = _model_scores(shared, checks, history_length)
+    shared_quality = check_quality(shared_scores, checks, 0.0, ridge)
+    part = LocalPart(None, weight, ridge) if weight else None
+    best = LocalFit(part, 0, shared_quality, check_quality(shared_scores, checks, weight, ridge), len(scored))
 
     def consider(model: Recommender, part_offsets: dict[str, np.ndarray] | None, epoch: int) -> None:
         nonlocal best
-        ndcg, weight, ridge = best_weight(model)
+        ndcg = check_quality(_model_scores(model, checks, history_length), checks, weight, ridge)
         if ndcg > best.served_validation_ndcg:
             best = LocalFit(LocalPart(part_offsets, weight, ridge), epoch, shared_quality, ndcg, len(scored))
 
-    start = ServedRecommender(shared, previous or LocalPart(None), None)
+    start = ServedRecommender(shared, LocalPart(previous.offsets if previous else None), None)
     tuned = Recommender(shared.layout)
     tuned.load_state_dict(start.state_dict())
-    consider(tuned, previous.offsets if previous else None, 0)
+    if previous is not None and previous.offsets is not None:
+        consider(tuned, previous.offsets, 0)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=learning_rate)
     loader = shuffled_loader(dataset, batch_size, seed)
     for epoch in range(1, epochs + 1):

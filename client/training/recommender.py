@@ -209,9 +209,10 @@ def customer_gains(data: Interactions, customers: list[int], scores: np.ndarray)
     return CustomerGains(ndcg, hit)
 
 
-def visit_ndcg(scores: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
+def visit_ndcg(scores: np.ndarray, targets: list[np.ndarray], columns: np.ndarray | None = None) -> np.ndarray:
     """NDCG@10 of each row's target items (every one counted: a visit's new items) in history-masked
-    ``scores``; a target scored ``-inf`` (not shown) gains nothing."""
+    ``scores`` (of the catalogue, or of the items ``columns`` names per row); a target scored ``-inf``
+    (not shown) gains nothing."""
     top = np.argpartition(-scores, TOP_K, axis=1)[:, :TOP_K] if scores.shape[1] > TOP_K else \
         np.tile(np.arange(scores.shape[1]), (len(scores), 1))
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
@@ -219,6 +220,7 @@ def visit_ndcg(scores: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
     ndcg = np.zeros(len(targets))
     for row, wanted in enumerate(targets):
         shown = top[row][np.isfinite(scores[row, top[row]])]
+        shown = shown if columns is None else columns[row, shown]
         ndcg[row] = (discount[:len(shown)] * np.isin(shown, wanted)).sum() / discount[:min(len(wanted), TOP_K)].sum()
     return ndcg
 
