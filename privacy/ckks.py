@@ -96,20 +96,28 @@ def _encryption_parameters() -> seal.EncryptionParameters:
 
 
 class _Files:
-    """A scratch folder: the SEAL API saves and loads its objects only through files."""
+    """A scratch folder: the SEAL API saves and loads its objects only through files. Each file is removed
+    as soon as it is read: a node killed between two calls (its folder outlives it) must not leave a secret
+    key or an update's plaintext on disk."""
 
     def __init__(self) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="fedshop-seal-")
-        self._path = str(Path(self._folder.name) / "object")
+        self._path = Path(self._folder.name) / "object"
 
     def save(self, item) -> bytes:
-        item.save(self._path)
-        return Path(self._path).read_bytes()
+        try:
+            item.save(str(self._path))
+            return self._path.read_bytes()
+        finally:
+            self._path.unlink(missing_ok=True)
 
     def load(self, item, context: seal.SEALContext, data: bytes):
-        Path(self._path).write_bytes(data)
-        item.load(context, self._path)
-        return item
+        try:
+            self._path.write_bytes(data)
+            item.load(context, str(self._path))
+            return item
+        finally:
+            self._path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,6 +2,7 @@
 compact uploads, a server that cannot decrypt, refused ciphertexts and key files."""
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,22 @@ def test_the_largest_sum_stays_exact(keys) -> None:
     np.testing.assert_array_equal(decrypt(secret, total, values.size), CKKS.max_merchants * values)
     with pytest.raises(CiphertextError, match=f"one sum adds at most {CKKS.max_merchants}"):
         add_updates(public, [update] * (CKKS.max_merchants + 1))
+
+
+def test_no_secret_key_or_plaintext_is_left_in_the_scratch_folders(tmp_path: Path, monkeypatch) -> None:
+    """SEAL reads and writes its objects through files; a node killed between two calls leaves its scratch
+    folder behind (50 of them piled up in /tmp over a day of test runs), so no file may outlive its call:
+    not the secret key loaded, nor an update's plaintext encoded before it is encrypted."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    create_keys(tmp_path / "keys")
+    secret = load_secret_context(tmp_path / "keys" / "secret.ctx")
+    public = load_public_context(tmp_path / "keys" / "public.ctx")
+    update = encrypt(secret, np.arange(50))
+    np.testing.assert_array_equal(decrypt(secret, add_updates(public, [parse_update(public, update, 50)]), 50),
+                                  np.arange(50))
+    folders = list((tmp_path / "scratch").glob("fedshop-seal-*"))
+    assert folders and not [path for folder in folders for path in folder.iterdir()]
 
 
 @settings(max_examples=12, deadline=None)
