@@ -56,7 +56,8 @@ SAMPLE_CUSTOMERS, SAMPLE_ITEMS, SAMPLE_PRICES = 3, 5, 5
 LOCAL_PART_WHAT = ("each merchant's local part of the recommender: an offset to every recommender parameter "
                    "(a fine-tune of the released model) and the weight of its shop's co-purchases (an item-item "
                    "regression over its customers' baskets), fitted on the merchant's own customers without noise "
-                   "after each release and chosen on its own validation customers")
+                   "after each release and chosen on its own customers (the co-purchases by cross-validation over "
+                   "them, the offsets on a validation tenth they never train on)")
 LOCAL_PART_WHY = ("it never leaves the merchant's node (neither the server nor other merchants receive it) and the "
                   "shared model's training never reads it: it is post-processing of the released shared model, so "
                   "the guarantee of what the federation released holds; the merchant's recommendations use it, as "

@@ -9,13 +9,14 @@ customer is ranked by how much the shop sells it. Nothing of the federation ente
 
 Its λ is tuned as the served model's local part is (``fedshop.client.training.local_fit``): of
 ``CO_PURCHASE_RIDGES``, the one whose regression best predicts the shop's customers' last visits in the
-local fit's cross-validation (each fold's last visits scored by a regression learnt without them; the
-mean NDCG@10 of the local fit's two checks); the regression is then fitted on every customer's training
-history at that λ. A reference left at one λ would be a weaker bar than the
-served model, which chooses its own, and flatter the federation. EASE is the strongest method a merchant
-runs alone in ``benchmarks/quality.py`` on generated and on UCI data (docs/benchmarks.md). It is scored
-exactly as the served model is: the customer's held-out item against the whole catalogue, their own
-history masked, ties broken at random (``fedshop.client.training.recommender.customer_gains``).
+local fit's cross-validation (each fold's last visits scored by a regression learnt without them and
+without the audit holdout, popularity breaking ties as it does here; the mean NDCG@10 of the local
+fit's two checks); the regression is then fitted on every customer's training history at that λ. A
+reference left at one λ would be a weaker bar than the served model, which chooses its own, and flatter
+the federation. EASE is the strongest method a merchant runs alone in ``benchmarks/quality.py`` on
+generated and on UCI data (docs/benchmarks.md). It is scored exactly as the served model is: the
+customer's held-out item against the whole catalogue, their own history masked, ties broken at random
+(``fedshop.client.training.recommender.customer_gains``).
 """
 
 import numpy as np

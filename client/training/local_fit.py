@@ -13,16 +13,19 @@ model is for (``benchmarks/quality.py`` judges it so), and predicting its last i
 of the data sets measured (docs/benchmarks.md). In two steps:
 
 1. **The co-purchases' weight and λ** (of ``CO_PURCHASE_WEIGHTS`` and ``CO_PURCHASE_RIDGES``, on top of
-   the shared model) by cross-validation over the shop's customers (up to ``MAX_CHOICE_CUSTOMERS`` of
-   them): each customer is in one of ``CO_PURCHASE_FOLDS`` folds, and its last visit is scored with
-   co-purchases learnt from everything but its fold's last visits, so every customer validates and the
-   regression still knows the rest of its own history, as it does when serving. Chosen on a tenth of
+   the shared model) by cross-validation over the shop's customers with a last visit (but the audit
+   holdout; a stable sample of ``MAX_CHOICE_CUSTOMERS`` in a larger shop): each customer is in one of
+   ``CO_PURCHASE_FOLDS`` folds, and its last visit is scored with co-purchases learnt from everything but
+   its fold's last visits, so each of them validates and the regression still knows the rest of its own
+   history, as it does when serving (``CO_PURCHASE_FOLDS`` regressions per λ, counted once per node
+   process, rather than one). Chosen on a tenth of
    the customers, as it was, a small shop chose among 36 settings on a handful of customers, mostly by
    noise (docs/benchmarks.md).
 2. **The offsets** (the previous round's, or those after each epoch), with that weight and λ, against
    the shared model with them, on the validation customers (a share ``VALIDATION_SHARE``, by a stable
    hash) that the offsets never train on. The shared model alone is served where the co-purchases'
-   weight is 0 and no offsets win.
+   weight is 0 and no offsets win; a shop too small for a validation customer serves the co-purchases
+   alone with the shared model.
 
 None of it touches the held-out items the evaluation ranks, and the shared model's DP-SGD never sees any
 of it: a round's training starts from the decrypted aggregate alone. Nor does the shared model train on
@@ -33,7 +36,6 @@ would have helped.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -63,10 +65,11 @@ _BUCKETS = 10_000
 class LocalFit:
     """How one round's local fit went: what the node serves and why."""
 
-    part: LocalPart | None  # None: the shared model alone scored best on validation
+    part: LocalPart | None  # None: the co-purchases' weight is 0 and no offsets beat the shared model
     epochs: int  # epochs of this round behind the offsets (0: the shared weights or the previous offsets)
-    shared_validation_ndcg: float
-    served_validation_ndcg: float
+    shared_validation_ndcg: float  # the shared model alone on the validation tenth (nan: none to score)
+    served_validation_ndcg: float  # what is served, there (below the shared model's where the cross-validation
+    # over every customer gives the co-purchases a weight the tenth alone would not)
     validation_customers: int
 
 
@@ -121,13 +124,26 @@ def fold_co_purchases(data: Interactions, ridge: float, excluded: np.ndarray, fo
 FoldCoPurchases = Callable[[float, np.ndarray, int], CoPurchases]  # (λ, excluded, fold): fold_co_purchases's
 
 
+def fold_counter(data: Interactions) -> FoldCoPurchases:
+    """:func:`fold_co_purchases` of ``data``, each regression counted once however often it is asked for."""
+    kept: dict[tuple[float, int, bytes], CoPurchases] = {}
+
+    def counted(ridge: float, excluded: np.ndarray, fold: int) -> CoPurchases:
+        key = (ridge, fold, np.packbits(excluded).tobytes())
+        if key not in kept:
+            kept[key] = fold_co_purchases(data, ridge, excluded, fold)
+        return kept[key]
+    return counted
+
+
 @dataclass(frozen=True)
 class Check:
     """One validation check on some customers: ``view`` lacks their ``targets``; ``columns`` holds, per
     customer, every item the co-purchases score above 0 from the rest of its history (padded with -1), and
     ``co_purchase`` their scores there at each λ, each customer's from its fold's co-purchases. Only those
     items and the model's own top ten can be in the top ten of the model plus the co-purchases (they add
-    nothing below 0), so the checks rank those alone, not the whole catalogue for every setting."""
+    nothing below 0), so the checks rank those alone (the same top ten up to ties), not the whole
+    catalogue for every setting."""
 
     view: Interactions
     customers: list[int]
@@ -158,7 +174,7 @@ def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray
                 values[ridge][customer] = score[position, columns[customer]]
     width = max(len(c) for c in columns)
     padded = np.full((len(scored), width), -1, dtype=np.int64)
-    co_purchase = {ridge: np.zeros((len(scored), width), dtype=np.float32) for ridge in CO_PURCHASE_RIDGES}
+    co_purchase = {ridge: np.zeros((len(scored), width)) for ridge in CO_PURCHASE_RIDGES}
     for customer, items in enumerate(columns):
         padded[customer, :len(items)] = items
         for ridge in CO_PURCHASE_RIDGES:
@@ -174,7 +190,7 @@ def validation_checks(data: Interactions, customers: list[int], history_length: 
     co-purchases of a fold when the caller keeps them counted)."""
     if not customers:
         return []
-    count = partial(fold_co_purchases, data) if counted is None else counted
+    count = fold_counter(data) if counted is None else counted
     visits = data.last_visit()
     return [_visit_check(data, customers, [visits[c] for c in customers], history_length, excluded, count),
             _visit_check(data, customers, [_last_of(visits[c]) for c in customers], history_length, excluded, count)]
@@ -183,7 +199,8 @@ def validation_checks(data: Interactions, customers: list[int], history_length: 
 @dataclass(frozen=True)
 class CheckScores:
     """A model's scores on one check, restricted to the items that can reach a top ten (``Check``): its own
-    top ten (those the co-purchases do not score: they are in ``columns``' second part) and the check's."""
+    top ten, then the check's ``columns`` (an item in both is scored in the second part only: ``-inf`` in
+    the first)."""
 
     columns: np.ndarray
     own: np.ndarray
@@ -207,8 +224,7 @@ def check_quality(candidates: list[CheckScores], checks: list[Check], weight: fl
     quality = []
     for candidate, check in zip(candidates, checks, strict=True):
         own_top = candidate.own.shape[1] - check.columns.shape[1]  # the model's own top ten come first
-        extra = np.concatenate([np.zeros((len(check.customers), own_top), np.float32), check.co_purchase[ridge]],
-                               axis=1)
+        extra = np.concatenate([np.zeros((len(check.customers), own_top)), check.co_purchase[ridge]], axis=1)
         quality.append(visit_ndcg(candidate.own + weight * extra, check.targets, candidate.columns).mean())
     return float(np.mean(quality))
 
@@ -237,20 +253,23 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
     merchant's training customers but the validation ones (``excluded`` ones never train: the audit
     holdout); ``examples`` makes the training examples of every customer but those a mask leaves out,
     ``counted`` the shop's co-purchases of a fold when the caller keeps them counted."""
-    validation = validation_customers(data.customers, excluded)
-    visits = data.last_visit()
-    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
-    dataset = examples(excluded | validation)
+    counted = fold_counter(data) if counted is None else counted
     choice = validation_checks(data, choice_customers(data, excluded), history_length, excluded, counted)
-    if not scored or not choice or len(dataset) == 0:
-        return LocalFit(None, 0, float("nan"), float("nan"), len(scored))
+    if not choice:
+        return LocalFit(None, 0, float("nan"), float("nan"), 0)
     shared_scores = _model_scores(shared, choice, history_length)
     weight, ridge = max(((weight, ridge) for ridge in CO_PURCHASE_RIDGES for weight in CO_PURCHASE_WEIGHTS),
                         key=lambda setting: check_quality(shared_scores, choice, *setting))
+    part = LocalPart(None, weight, ridge) if weight else None
+    validation = validation_customers(data.customers, excluded)
+    visits = data.last_visit()
+    scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
+    dataset = examples(excluded | validation) if scored else []
+    if len(dataset) == 0:
+        return LocalFit(part, 0, float("nan"), float("nan"), len(scored))
     checks = validation_checks(data, scored, history_length, excluded, counted)
     shared_scores = _model_scores(shared, checks, history_length)
     shared_quality = check_quality(shared_scores, checks, 0.0, ridge)
-    part = LocalPart(None, weight, ridge) if weight else None
     best = LocalFit(part, 0, shared_quality, check_quality(shared_scores, checks, weight, ridge), len(scored))
 
     def consider(model: Recommender, part_offsets: dict[str, np.ndarray] | None, epoch: int) -> None:
