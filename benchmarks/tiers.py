@@ -82,7 +82,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from merchant_inputs import benchmark_parser, merchant_dirs
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import rankdata, t
+from scipy import stats
+from scipy.stats import rankdata
 
 from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import basket_started
@@ -451,7 +452,7 @@ def auc_gaps(fed: Federation, tiering: str) -> dict[str, float]:
 def mean_interval(values: list[float]) -> tuple[float, float]:
     """The mean of ``values`` and the half-width of its 95% interval (Student's t over their standard error)."""
     standard_error = np.std(values, ddof=1) / math.sqrt(len(values))
-    return float(np.mean(values)), float(t.ppf(0.975, len(values) - 1) * standard_error)
+    return float(np.mean(values)), float(stats.t.ppf(0.975, len(values) - 1) * standard_error)
 
 
 def federations_auc_target(feds: list[Federation], tiering: str) -> tuple[bool, str]:
@@ -463,16 +464,16 @@ def federations_auc_target(feds: list[Federation], tiering: str) -> tuple[bool, 
     for fed in feds:
         for name, gap in auc_gaps(fed, tiering).items():
             gaps.setdefault(name, []).append(gap)
-    counted = {name: v for name, v in gaps.items() if len(v) >= max(2, len(feds) / 2)}
+    judged_often = {name: v for name, v in gaps.items() if len(v) >= max(2, len(feds) / 2)}
     parts = []
     for name, values in gaps.items():
-        if name not in counted:
+        if name not in judged_often:
             parts.append(f"{name}: judged in {len(values)} of {len(feds)}, not counted")
             continue
         mean, half = mean_interval(values)
         parts.append(f"{name}: {mean:+.4f} (95% {mean - half:+.3f} to {mean + half:+.3f}; judged in {len(values)} "
                      f"of {len(feds)}, at or above 0 in {np.mean(np.array(values) >= 0):.0%})")
-    met = bool(counted) and all(np.mean(v) >= 0 for v in counted.values())
+    met = bool(judged_often) and all(np.mean(v) >= 0 for v in judged_often.values())
     return met, ", ".join(parts) or "no merchant judged"
 
 

@@ -24,7 +24,8 @@ of the merchant's customers (``audit-holdout``) never trains, so that the audit 
 membership inference. The merchant's orders never leave this process.
 """
 
-from functools import lru_cache, partial
+from collections.abc import Callable
+from functools import cache, lru_cache, partial
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -351,13 +352,13 @@ def train_locally(msg: Message, options: NodeOptions) -> Message:
 
 
 def _local_part(models: SharedModels, interactions: Interactions, config: ConfigRecord, options: NodeOptions,
-                run: str) -> tuple[LocalPart | None, dict[str, float]]:
-    """This round's local part of the recommender (None: serve the shared one) and what its fit reports."""
+                run: str, held_out: Callable[[], np.ndarray]) -> tuple[LocalPart | None, dict[str, float]]:
+    """This round's local part of the recommender (None: serve the shared one) and what its fit reports
+    (``held_out`` gives the run's audit holdout)."""
     epochs, seed = int(config["local-part-epochs"]), _round_seed(config)
     if not epochs:
         return None, {}
-    fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions,
-                         _held_out(options, interactions, config),
+    fit = fit_local_part(models.recommender, load_local_part(options.state_dir, run), interactions, held_out(),
                          lambda left_out: recommender_examples(interactions, config, seed, left_out),
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
                          epochs, seed, partial(load_fold_co_purchases, options.data_dir))
@@ -378,7 +379,8 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     adopted = adopted_global_model(msg, config, options, run, evaluating=True)
     models = adopted.models
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
-    part, fit_metrics = _local_part(models, interactions, config, options, run)
+    held_out = cache(partial(_held_out, options, interactions, config))  # read once, and only where asked
+    part, fit_metrics = _local_part(models, interactions, config, options, run, held_out)
     served = serving_model(models.recommender, part, interactions, partial(load_co_purchases, options.data_dir))
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
@@ -386,8 +388,7 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     if int(config[SERVER_ROUND]) == int(config["num-server-rounds"]):
         audit = audit_metrics(models, served, interactions, _profiles(options, config),
                               load_demand_panel(options.data_dir) if config["pricing"] else None,
-                              history_length, _held_out(options, interactions, config),
-                              int(config["seed"]),
+                              history_length, held_out(), int(config["seed"]),
                               options.policy.min_audit_customers, partial(load_fold_co_purchases, options.data_dir))
     save_model_copy(options.state_dir, models, part, {"round": int(config[SERVER_ROUND]), "run": run,
                                                       "history_length": history_length,

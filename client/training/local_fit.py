@@ -224,8 +224,9 @@ def check_quality(candidates: list[CheckScores], checks: list[Check], weight: fl
     quality = []
     for candidate, check in zip(candidates, checks, strict=True):
         own_top = candidate.own.shape[1] - check.columns.shape[1]  # the model's own top ten come first
-        extra = np.concatenate([np.zeros((len(check.customers), own_top)), check.co_purchase[ridge]], axis=1)
-        quality.append(visit_ndcg(candidate.own + weight * extra, check.targets, candidate.columns).mean())
+        scores = candidate.own.astype(np.float64)
+        scores[:, own_top:] += weight * check.co_purchase[ridge]
+        quality.append(visit_ndcg(scores, check.targets, candidate.columns).mean())
     return float(np.mean(quality))
 
 
