@@ -9,7 +9,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from fedshop.client.data.generate import FederationSpec, write_federation
+from fedshop.client.data.generate import RATE_SPREAD, FederationSpec, write_federation
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.data.partition import partition_export
 from fedshop.client.data.schema import merchant_directories
@@ -27,8 +27,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--products", type=int, help="generated data: the product universe's size")
     parser.add_argument("--shop-sizes", help="generated data: comma-separated customers of each merchant")
-    parser.add_argument("--rate-spread", type=float, default=0.0,
-                        help="generated data: customers' order rates vary by this coefficient of variation")
+    parser.add_argument("--rate-spread", type=float,
+                        help="generated data: customers' order rates' coefficient of variation "
+                             f"(default {RATE_SPREAD:g}; 0: every customer buys at one rate)")
     return parser
 
 
@@ -48,7 +49,7 @@ def merchant_dirs(args: argparse.Namespace, workdir: Path, seed: int = 0) -> lis
             spec = replace(spec, products=args.products)
         if args.shop_sizes:
             spec = replace(spec, customers=tuple(int(n) for n in args.shop_sizes.split(",")))
-        if args.rate_spread:
+        if args.rate_spread is not None:
             spec = replace(spec, rate_spread=args.rate_spread)
         return write_federation(workdir / "data", spec)
     if args.data.is_file():

@@ -48,9 +48,10 @@ customers, to show what is inside the noise). Each target is also tried with the
 place of the DP tiers: it fails wherever the tiers it is compared with mean something.
 
 One federation is one draw of customers, and on a shop of a few dozen the AUC difference moves by
-several hundredths from one draw to the next. ``--federations N`` (generated data only) draws N
-federations (``FederationSpec.seed`` 0 to N - 1), prints the first one's table (and writes its figures
-to ``--json``), and judges the targets on the mean over the federations: the loyal over regular
+several hundredths from one draw to the next. ``--federations N`` (generated data only; default
+``GENERATED_FEDERATIONS``, 1 with ``--quick``) draws N federations (``FederationSpec.seed`` 0 to N - 1),
+prints the first one's table (and writes its figures to ``--json``), and judges the targets on the mean
+over the federations: the loyal over regular
 ratio's mean, and per merchant judged in at least half of them (and two or more) the mean AUC
 difference with a 95% interval (Student's t over the federations' standard error).
 
@@ -103,6 +104,7 @@ MIN_EACH = 10  # customers who bought again, and who did not, a merchant needs f
 SMALLEST = 2  # the smallest judged merchants the AUC target looks at
 BOOTSTRAP = 1000  # paired bootstrap draws of an AUC difference
 TARGET_RATIO = 2.0
+GENERATED_FEDERATIONS = 5  # generated federations the targets are judged over by default: one is one draw
 ALL = "all merchants"
 DP_ROW, CLEAR_ROW = "federated + DP", "federated, clear"
 ALONE_ROW, CENTRAL_ROW = "shop alone (k-means)", "central k-means (pooled, reference)"
@@ -489,13 +491,16 @@ def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of the federated DP tiers (fresh noise)")
     parser.add_argument("--tier-rounds", type=int, help="tier rounds (Lloyd steps) to learn: default the run settings'")
-    parser.add_argument("--federations", type=int, default=1,
-                        help="generated data: federations to draw (seeds 0, 1, ...); the targets on their mean")
+    parser.add_argument("--federations", type=int,
+                        help="generated data: federations to draw (seeds 0, 1, ...); the targets on their mean "
+                             f"(default {GENERATED_FEDERATIONS}, 1 with --quick)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.data == Path("generated"):
         args.data = None
+    if args.federations is None:
+        args.federations = 1 if args.data is not None or args.quick else GENERATED_FEDERATIONS
     if args.federations < 1:
         parser.error(f"--federations must be at least 1, got {args.federations}")
     if args.federations > 1 and args.data is not None:
