@@ -17,6 +17,14 @@ from fedshop.client.training.recommender import NextItemExamples
 from fedshop.core.settings import RunSettings
 
 
+def _spread(text: str) -> float:
+    """A coefficient of variation from the command line: a number, 0 or more."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (0: one rate for all), got {text}")
+    return value
+
+
 def benchmark_parser(description: str) -> argparse.ArgumentParser:
     """``--data``, ``--merchants``, ``--by``, ``--quick`` and ``--json``; a benchmark may add its own."""
     parser = argparse.ArgumentParser(description=description)
@@ -27,7 +35,7 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--products", type=int, help="generated data: the product universe's size")
     parser.add_argument("--shop-sizes", help="generated data: comma-separated customers of each merchant")
-    parser.add_argument("--rate-spread", type=float,
+    parser.add_argument("--rate-spread", type=_spread,
                         help="generated data: customers' order rates' coefficient of variation "
                              f"(default {RATE_SPREAD:g}; 0: every customer buys at one rate)")
     return parser

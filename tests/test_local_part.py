@@ -359,6 +359,7 @@ def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_
     assert check.customers > 30 and check.top_reason_is_largest_drop == 1.0 and check.largest_sum_gap < 1e-4
     side = Ranker(served, data, 20).side
     several = [c for c in data.customers if len(data.full_history(c)) >= 2]  # one item: no mean is left without it
+    assert len(several) >= 20
     for customer in several[:20]:
         history = data.full_history(customer)[-20:]
         for rec in recommend(served, data, customer, 3, 20):
