@@ -54,11 +54,11 @@ def test_the_last_visit_is_the_new_items_of_the_last_basket_however_its_lines_ar
     data = build_histories(load_merchant(tmp_path))
     ids = data.features.item_ids
     c1, c2 = data.customers.index("c1"), data.customers.index("c2")
-    visits = data.last_visit()
+    visits = data.last_visit
     assert [ids[r] for r in data.histories[c1][visits[c1]]] == ["E"]
     assert not visits[c2].any(), "c2's one basket is its whole history: nothing to predict it from"
     view = data.without_last_visit(np.array([True, True]))
     assert [ids[r] for r in view.histories[c1]] == ["A", "B", "C", "D", "F"] and len(view.histories[c2]) == 2
     held = build_interactions(load_merchant(tmp_path))  # E is c1's held-out item: its last visit is o2's new items,
     assert [held.features.item_ids[r] for r in held.histories[c1]] == ["A", "B", "C", "D", "F"]  # not o1's late F
-    assert [held.features.item_ids[r] for r in held.histories[c1][held.last_visit()[c1]]] == ["C", "D"]
+    assert [held.features.item_ids[r] for r in held.histories[c1][held.last_visit[c1]]] == ["C", "D"]

@@ -174,7 +174,7 @@ def test_the_shared_training_never_reads_a_validation_customers_last_visit(feder
     data = build_interactions(load_merchant(federation_dirs[0]))
     nobody = np.zeros(len(data.customers), dtype=bool)
     validation = validation_customers(data.customers, nobody)
-    visits = data.last_visit()
+    visits = data.last_visit
     examples = recommender_examples(data, SETTINGS.training_config(), 0, nobody)
     seen: dict[int, set[int]] = {}
     for _ in range(30):
@@ -278,7 +278,7 @@ def test_local_fit_never_serves_offsets_that_only_hurt_on_validation(federation_
     assert fit.part is None or fit.part.offsets is None
     assert fit.shared_validation_ndcg > 0
     chosen = validation_customers(data.customers, nobody)
-    assert fit.validation_customers == sum(chosen[c] and visit.any() for c, visit in enumerate(data.last_visit())) > 0
+    assert fit.validation_customers == sum(chosen[c] and visit.any() for c, visit in enumerate(data.last_visit)) > 0
 
 
 def test_a_shop_without_a_validation_customer_still_serves_its_cross_validated_co_purchases(federation_dirs,
@@ -301,7 +301,7 @@ def test_every_customer_validates_the_co_purchases_against_a_regression_without_
     when the part is served."""
     data = build_interactions(load_merchant(federation_dirs[2]))
     nobody = np.zeros(len(data.customers), dtype=bool)
-    visits = data.last_visit()
+    visits = data.last_visit
     with_visit = [c for c, visit in enumerate(visits) if visit.any()]
     assert choice_customers(data, nobody) == with_visit
     assert validation_customers(data.customers, nobody)[with_visit].sum() < 0.2 * len(with_visit)  # the choice before

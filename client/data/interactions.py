@@ -53,23 +53,27 @@ class Interactions:
         return Interactions(self.features, self.customers, [h[:-1] if len(h) >= 2 else h for h in self.histories],
                             held_out, baskets)
 
-    def last_visit(self) -> list[np.ndarray]:
+    @cached_property
+    def last_visit(self) -> tuple[np.ndarray, ...]:
         """Per customer, a mask over its history of the items first bought in its last basket (its last
-        visit's new items); none where that basket holds its whole history (nothing to predict them from)."""
+        visit's new items); none where that basket holds its whole history (nothing to predict them from).
+        Worked out once per instance (the local fit's choice, folds and checks each read it), read-only."""
         if self.first_baskets is None:
             raise ValueError("these interactions were built without their baskets")
         masks = []
         for baskets, history in zip(self.first_baskets, self.histories, strict=True):
             last = baskets == baskets.max() if len(baskets) else np.zeros(0, dtype=bool)
-            masks.append(last if last.sum() < len(history) else np.zeros(len(history), dtype=bool))
-        return masks
+            mask = last if last.sum() < len(history) else np.zeros(len(history), dtype=bool)
+            mask.flags.writeable = False
+            masks.append(mask)
+        return tuple(masks)
 
     def without_last_visit(self, customers: np.ndarray) -> "Interactions":
-        """The same interactions with the last visit's new items (:meth:`last_visit`) of ``customers`` (a
+        """The same interactions with the last visit's new items (:attr:`last_visit`) of ``customers`` (a
         mask) taken out of their histories: a validation split like the temporal evaluation's next basket
         that never touches the held-out items."""
         return self.without([visit if customers[c] else np.zeros(len(visit), dtype=bool)
-                             for c, visit in enumerate(self.last_visit())])
+                             for c, visit in enumerate(self.last_visit)])
 
     def without(self, removed: list[np.ndarray]) -> "Interactions":
         """The same interactions with the history items ``removed`` marks (a mask per customer) taken out."""

@@ -117,7 +117,7 @@ def fold_co_purchases(data: Interactions, ridge: float, excluded: np.ndarray, fo
     """The shop's co-purchases at λ = ``ridge`` without the ``excluded`` customers and without the last
     visit of the customers in ``fold``: what scores that fold's last visits in the choice."""
     folds = co_purchase_folds(data.customers)
-    removed = [visit & (folds[c] == fold) for c, visit in enumerate(data.last_visit())]
+    removed = [visit & (folds[c] == fold) for c, visit in enumerate(data.last_visit)]
     return shop_co_purchases(data.without(removed), ridge, excluded)
 
 
@@ -191,7 +191,7 @@ def validation_checks(data: Interactions, customers: list[int], history_length: 
     if not customers:
         return []
     count = fold_counter(data) if counted is None else counted
-    visits = data.last_visit()
+    visits = data.last_visit
     return [_visit_check(data, customers, [visits[c] for c in customers], history_length, excluded, count),
             _visit_check(data, customers, [_last_of(visits[c]) for c in customers], history_length, excluded, count)]
 
@@ -238,7 +238,7 @@ def _model_scores(model: Recommender, checks: list[Check], history_length: int) 
 def choice_customers(data: Interactions, excluded: np.ndarray) -> list[int]:
     """The customers the co-purchases are chosen on: those with a last visit, never ``excluded`` ones, at
     most ``MAX_CHOICE_CUSTOMERS`` (a stable sample)."""
-    visits = data.last_visit()
+    visits = data.last_visit
     scored = [c for c in range(len(data.customers)) if visits[c].any() and not excluded[c]]
     if len(scored) <= MAX_CHOICE_CUSTOMERS:
         return scored
@@ -263,7 +263,7 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
                         key=lambda setting: check_quality(shared_scores, choice, *setting))
     part = LocalPart(None, weight, ridge) if weight else None
     validation = validation_customers(data.customers, excluded)
-    visits = data.last_visit()
+    visits = data.last_visit
     scored = [c for c in np.flatnonzero(validation).tolist() if visits[c].any()]
     dataset = examples(excluded | validation) if scored else []
     if len(dataset) == 0:
