@@ -204,7 +204,7 @@ def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods]
     for name, (loaded, local, history_length) in models.items():
         period = periods[name].test[target]
         shared[name] = model_gains(loaded.recommender, period, history_length)
-        served[name] = model_gains(serving_model(loaded.recommender, local, period.context,
+        served[name] = model_gains(serving_model(loaded.recommender, local, period.context, history_length,
                                                  partial(co_purchases, name)), period, history_length)
     return shared, served
 

@@ -35,7 +35,7 @@ from fedshop.core.protocol import coarse, coarse_rate
 from fedshop.explain.beyond_accuracy import gini
 from fedshop.explain.shop_alone import alone_scores
 from fedshop.models.item_features import ItemFeatures
-from fedshop.models.recommender import Recommender
+from fedshop.models.recommender import Recommender, read_history
 from fedshop.models.tiers import TIER_NAMES
 
 GROUP_ALL = "all"  # every customer with a held-out item; the other groups are the member tiers
@@ -96,7 +96,8 @@ def federation_shares(served: Recommender, shared: Recommender, data: Interactio
     for row, (customer, items) in enumerate(zip(customers, lists, strict=True)):
         if not len(items):
             continue
-        co_purchase = served.extra_parts(data.histories[customer][-history_length:], items).sum(axis=(1, 2))
+        history = read_history(served, data.histories[customer], history_length)
+        co_purchase = served.extra_parts(history, items).sum(axis=(1, 2))
         shared_match = shared_scores[row, items] - shared_bias[items]
         shop_match = served_scores[row, items] - served_bias[items] - shared_match - co_purchase
         federation = np.abs(shared_match) + np.abs(shared_bias[items])

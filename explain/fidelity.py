@@ -1,11 +1,14 @@
 """Is the explanation faithful? A deletion check of the "because you bought X" reasons.
 
-For a customer's top recommendation, each history item h is attributed a part ``R_h`` of the score
-(:mod:`fedshop.explain.recommendation_reasons`). Deleting h from the history and re-scoring with the
-model itself gives the real drop. With the model's mean pooling, the drop is
-``(n R_h - sum R) / (n - 1)``: equal to ``R_h`` minus the mean of the other parts, so the parts
-rank history items exactly as deletion does, while a single part over- or under-states its own
-drop by that mean. The check reports both: how often the top reason is the deletion that hurts
+For a customer's top recommendation, each history item h the model read is attributed a part ``R_h``
+of the score (:mod:`fedshop.explain.recommendation_reasons`). Deleting h from the history and re-scoring
+with the model itself gives the real drop. With one mean over the history (the shared model, or a
+history no longer than the item tower's window), the drop is ``(n R_h - sum R) / (n - 1)``: equal to
+``R_h`` minus the mean of the other parts, so the parts rank history items exactly as deletion does,
+while a single part over- or under-states its own drop by that mean. A served model whose co-purchases
+read a longer history than its item tower pools is two means: deleting an item of the tower's window
+lets an older item into it, so there the check measures how far the parts still rank the deletions,
+rather than confirming an identity. The check reports both: how often the top reason is the deletion that hurts
 the score most, the correlation of parts and drops (within each customer, and pooled over
 customers, where the mean of the other parts differs), and the mean gap between the top reason's
 part and its drop.
@@ -19,7 +22,9 @@ import torch
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.ranking.recommend import Ranker
 from fedshop.client.training.recommender import padded_rows
-from fedshop.models.recommender import CatalogueSide, Recommender
+from fedshop.models.recommender import CatalogueSide, Recommender, read_history, read_length
+
+BATCH = 64  # histories scored at once: a whole history runs to hundreds of items
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,15 @@ def deletion_drops(model: Recommender, side: CatalogueSide, history: np.ndarray,
     by the model's batched catalogue scoring over ``side``, the catalogue under it, not by the split the
     reasons come from)."""
     variants = [history] + [np.delete(history, i) for i in range(len(history))]
-    rows, mask = padded_rows(variants, history_length)
-    scores = model.catalogue_scores(side, rows, mask)[:, candidate].astype(np.float64)
+    scores = np.concatenate([_scores(model, side, variants[start:start + BATCH], history_length, candidate)
+                             for start in range(0, len(variants), BATCH)])
     return scores[0] - scores[1:]
+
+
+def _scores(model: Recommender, side: CatalogueSide, histories: list[np.ndarray], history_length: int,
+            candidate: int) -> np.ndarray:
+    rows, mask = padded_rows(histories, read_length(model, history_length))
+    return model.catalogue_scores(side, rows, mask)[:, candidate].astype(np.float64)
 
 
 def deletion_check(model: Recommender, data: Interactions, history_length: int, customers: list[int]
@@ -60,7 +71,7 @@ def deletion_check(model: Recommender, data: Interactions, history_length: int, 
     parts, drops, top_agrees, top_parts, top_drops, sum_gaps = [], [], [], [], [], []
     for customer in customers:
         name = data.customers[customer]
-        history = data.full_history(name)[-history_length:]
+        history = read_history(model, data.full_history(name), history_length)
         listed = ranker.recommend(name, 1)
         if len(history) < 2 or not listed:  # nothing to delete, or nothing left to recommend
             continue

@@ -231,7 +231,7 @@ def merchant_samples(data: MerchantData, models: SharedModels, local: LocalPart 
     """Explained recommendations for a few of one merchant's customers and explained prices for a few
     of its items, computed on that merchant's side (they name its customers' purchases)."""
     interactions = build_interactions(data)
-    served = serving_model(models.recommender, local, interactions)
+    served = serving_model(models.recommender, local, interactions, history_length)
     customers = [interactions.customers[c] for c in interactions.evaluable[:SAMPLE_CUSTOMERS]]
     recommendations = [{"merchant": data.name, "customer": customer,
                         "items": [explain_recommendation(r).record()

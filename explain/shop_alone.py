@@ -53,8 +53,7 @@ def alone_ridge(data: Interactions, excluded: np.ndarray | None = None,
     ``excluded`` ones) in the local fit's cross-validation (the first when no customer has one); ``counted``
     gives a fold's regression when the caller keeps them counted."""
     excluded = np.zeros(len(data.customers), dtype=bool) if excluded is None else excluded
-    whole = max((len(h) for h in data.histories), default=1)  # alone reads the whole history
-    checks = validation_checks(data, choice_customers(data, excluded), whole, excluded, counted)
+    checks = validation_checks(data, choice_customers(data, excluded), excluded, counted)
     if not checks:
         return CO_PURCHASE_RIDGES[0]
     ties = [check_scores(_popularity(check.view, check.customers), check) for check in checks]

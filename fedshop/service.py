@@ -124,7 +124,8 @@ def prepare(shop: Shop, model_dir: Path, secret_context: Path | None) -> Prepare
     version = model_version(model_dir)
     loaded = load_models(model_dir, secret_context)
     interactions = shop.interactions
-    served = serving_model(loaded.models.recommender, loaded.local, interactions, shop.co_purchases)
+    served = serving_model(loaded.models.recommender, loaded.local, interactions, loaded.history_length,
+                           shop.co_purchases)
     ranker = Ranker(served, interactions, loaded.history_length, shared=loaded.models.recommender)
     tiers = customer_tiers(loaded.models.tiers, shop.profiles)
     return Prepared(version, shop, ranker, loaded.models.demand, tiers,

@@ -12,15 +12,18 @@ pieces, both learnt from the merchant's own customers without noise:
   buyers on the other items' buyers; its λ, in buyers, is chosen from ``CO_PURCHASE_RIDGES``: an item
   bought by far fewer customers says little of others), keyed by the shop's own catalogue rows,
   keeping each item's ``NEIGHBOURS`` strongest positive weights; added to the score with a weight and
-  pooled over the history like the item tower: each of the ``|H|`` history items ``h`` adds
+  pooled over the customer's *whole* history: each of the ``|H|`` items ``h`` the customer bought adds
   ``weight * similarity(h, i) / |H|`` to candidate ``i``. Unlike a plain co-occurrence count, the
   regression discounts an item bought together with everything (a best-seller) and two items that are
-  only bought with a third.
+  only bought with a third. The item tower still pools the last ``history_length`` items only (what the
+  shared model is trained on); a regular's history runs to hundreds of items, and on UCI the
+  co-purchases over the last 20 alone fell short of the shop's own EASE (docs/benchmarks.md).
 
-The served score is therefore still the mean over the history of one part per history item and
-candidate feature (:func:`fedshop.models.recommender.score_parts`, with the co-purchase column as an extra
-feature), so the deletion check's identity (``fedshop.explain.fidelity``) holds for it too, and the shared
-model's own split of the same candidate says what the federation contributed.
+The served score is therefore still a sum of one part per history item and candidate feature
+(:func:`fedshop.models.recommender.score_parts`, with the co-purchase column as an extra feature, the
+tower's cells 0 for the items before its window), so every "because you bought X" reason covers the
+items the co-purchases read, older ones included, and the shared model's own split of the same
+candidate says what the federation contributed.
 
 The local part is post-processing of what was released: it is fitted after the shared model is
 released and never enters a shared parameter's per-customer gradient (the shared model trains as if
@@ -129,10 +132,14 @@ def _strongest_positive(weights: np.ndarray, keep: int) -> tuple[np.ndarray, np.
 
 class ServedRecommender(Recommender):
     """The recommender a merchant serves: the shared weights plus its offsets, and its shop's
-    co-purchases with their weight (an extra score column only when the weight is not 0)."""
+    co-purchases with their weight (an extra score column only when the weight is not 0). With
+    co-purchases it reads the customer's whole history, its item tower the last ``history_length``
+    items of it."""
 
-    def __init__(self, shared: Recommender, local: LocalPart, co_purchases: CoPurchases | None) -> None:
+    def __init__(self, shared: Recommender, local: LocalPart, co_purchases: CoPurchases | None,
+                 history_length: int) -> None:
         super().__init__(shared.layout)
+        self.history_length = history_length
         state = shared.state_dict()
         if local.offsets is not None:
             _check_offsets(local.offsets, state)
@@ -142,18 +149,26 @@ class ServedRecommender(Recommender):
         self.co_purchases = co_purchases
         self.co_purchase_weight = float(local.co_purchase_weight) if co_purchases is not None else 0.0
         self.extra_features = (CO_PURCHASE_FEATURE,) if self.co_purchase_weight else ()
+        self.reads_whole_history = bool(self.co_purchase_weight)
         self.eval()
 
+    def tower_weights(self, length: int) -> np.ndarray:
+        pooled = min(length, self.history_length)
+        weights = np.zeros(length)
+        weights[length - pooled:] = 1.0 / max(pooled, 1)
+        return weights
+
     def catalogue_scores(self, side: CatalogueSide, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        scores = super().catalogue_scores(side, rows, mask)
         if self.co_purchase_weight == 0.0:
-            return scores
+            return super().catalogue_scores(side, rows, mask)
+        latest = mask * ((mask.sum(axis=1, keepdims=True) - np.cumsum(mask, axis=1)) < self.history_length)
+        scores = super().catalogue_scores(side, rows, latest.astype(mask.dtype))
         return scores + (self.co_purchase_weight * self.co_purchases.scores(rows, mask)).astype(np.float32)
 
     def history_scores(self, side: CatalogueSide, rows: np.ndarray) -> np.ndarray:
-        scores = super().history_scores(side, rows)
         if self.co_purchase_weight == 0.0:
-            return scores
+            return super().history_scores(side, rows)
+        scores = super().history_scores(side, rows[-self.history_length:])
         return scores + (self.co_purchase_weight * self.co_purchases.history_scores(rows)).astype(np.float32)
 
     def extra_parts(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:

@@ -64,6 +64,15 @@ class Recommender(nn.Module):
     extra_features: tuple[str, ...] = ()
     """Labels of the columns :meth:`extra_parts` adds to :func:`score_parts`."""
 
+    reads_whole_history: bool = False
+    """Whether the score reads a customer's whole history (an extra part that does), not only the last
+    ``history_length`` items the item tower pools: :func:`read_length` says how much to hand it."""
+
+    def tower_weights(self, length: int) -> np.ndarray:
+        """Each item's weight in the item tower's mean over a history of ``length`` items as handed to the
+        model: ``1/length`` each here (a model that reads more than its tower pools weighs the older 0)."""
+        return np.full(length, 1.0 / max(length, 1))
+
     @torch.no_grad()
     def catalogue_side(self, ids: np.ndarray, tokens: np.ndarray) -> "CatalogueSide":
         """Everything of a catalogue (id buckets ``[N]``, token buckets ``[N, T]``) that scoring any
@@ -99,6 +108,18 @@ class Recommender(nn.Module):
         query = self.pooled_query(vectors[:, :length], windows)
         scores = query @ vectors[:, length:].transpose(1, 2) + self.item_bias(cand_ids, cand_tokens).unsqueeze(1)
         return scores if hist_mask.dim() == 3 else scores.squeeze(1)
+
+
+def read_length(model: Recommender, history_length: int) -> int | None:
+    """How many of a customer's latest items to hand ``model`` when its item tower pools the last
+    ``history_length``: that many, or all of them (None) for a model that reads the whole history."""
+    return None if model.reads_whole_history else history_length
+
+
+def read_history(model: Recommender, history: np.ndarray, history_length: int) -> np.ndarray:
+    """The part of one customer's ``history`` (catalogue rows, oldest first) that ``model`` scores from."""
+    length = read_length(model, history_length)
+    return history if length is None else history[-length:]
 
 
 def build_recommender(seed: int, layout: ModelLayout = LAYOUT) -> Recommender:
@@ -159,11 +180,13 @@ def _table(embedding: nn.Embedding) -> np.ndarray:
 
 def score_parts(model: Recommender, side: CatalogueSide, hist_rows: np.ndarray, cand_rows: np.ndarray
                 ) -> list[ScoreParts]:
-    """Split the scores of candidates for one history (no padding), both given as catalogue rows of
-    ``side`` (the catalogue under ``model``), into their parts, one :class:`ScoreParts` per candidate."""
+    """Split the scores of candidates for one history (no padding, as :func:`read_history` gives it), both
+    given as catalogue rows of ``side`` (the catalogue under ``model``), into their parts, one
+    :class:`ScoreParts` per candidate."""
     queries, cand_ids, cand_tokens = side.projected[hist_rows], side.ids[cand_rows], side.tokens[cand_rows]
     ids, tokens = _table(model.item_id)[cand_ids][:, None], _table(model.item_token)[cand_tokens]
-    cells = (np.concatenate([ids, tokens], axis=1) @ queries.T).transpose(0, 2, 1) / max(len(hist_rows), 1)
+    pooled = model.tower_weights(len(hist_rows))[None, :, None]
+    cells = (np.concatenate([ids, tokens], axis=1) @ queries.T).transpose(0, 2, 1) * pooled
     cells = np.concatenate([cells, model.extra_parts(hist_rows, cand_rows)], axis=2).astype(np.float64)  # [K, H, F]
     no_bias = np.zeros((len(cand_ids), len(model.extra_features)), np.float32)
     biases = np.concatenate([_table(model.id_bias)[cand_ids], _table(model.token_bias)[cand_tokens, 0], no_bias],

@@ -33,7 +33,7 @@ def shop(federation_dirs):
     rng = np.random.default_rng(0)
     offsets = {name: (0.05 * rng.standard_normal(tuple(value.shape))).astype(np.float32)
                for name, value in models.recommender.state_dict().items()}
-    served = ServedRecommender(models.recommender, LocalPart(offsets, 4.0), shop_co_purchases(data, 250.0))
+    served = ServedRecommender(models.recommender, LocalPart(offsets, 4.0), shop_co_purchases(data, 250.0), HISTORY)
     return merchant, data, models, served
 
 

@@ -49,7 +49,7 @@ from fedshop.models.local_part import (
     ServedRecommender,
     offsets,
 )
-from fedshop.models.recommender import build_recommender, score_parts
+from fedshop.models.recommender import build_recommender, read_length, score_parts
 from fedshop.models.shared import build_shared_models
 from tests.conftest import fixed_audit_salt, train_small_recommender
 
@@ -75,15 +75,15 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
     shared, data = train_small_recommender(federation_dirs[1], epochs=1)
     rng = np.random.default_rng(0)
     shifts = {name: rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
-    tuned = ServedRecommender(shared, LocalPart(shifts), None)
+    tuned = ServedRecommender(shared, LocalPart(shifts), None, 20)
     for name, value in tuned.state_dict().items():
         torch.testing.assert_close(value, shared.state_dict()[name] + torch.from_numpy(shifts[name]))
     assert tuned.extra_features == ()  # no co-purchase weight: no co-purchase reason either
     recovered = offsets(tuned, shared)
     assert all(np.allclose(recovered[name], shifts[name], atol=1e-5) for name in shifts)
     with pytest.raises(ValueError, match="local part interaction.weight: shape"):
-        ServedRecommender(shared, LocalPart({**shifts, "interaction.weight": np.zeros((2, 2), np.float32)}), None)
-    served = serving_model(shared, LocalPart(None, co_purchase_weight=3.0), data)
+        ServedRecommender(shared, LocalPart({**shifts, "interaction.weight": np.zeros((2, 2), np.float32)}), None, 20)
+    served = serving_model(shared, LocalPart(None, co_purchase_weight=3.0), data, 20)
     customers = data.evaluable[:20]
     plain = catalogue_scores(shared, data, customers, 20)
     co_purchase = shop_co_purchases(data, CO_PURCHASE_RIDGES[0])
@@ -107,7 +107,7 @@ def test_the_rankers_precomputed_catalogue_scores_are_the_models_own(federation_
     rng = np.random.default_rng(1)
     shifts = {name: 0.1 * rng.normal(size=tuple(t.shape)).astype(np.float32) for name, t in shared.state_dict().items()}
     customers = data.evaluable[:30]
-    for model in (shared, serving_model(shared, LocalPart(shifts, co_purchase_weight=3.0), data)):
+    for model in (shared, serving_model(shared, LocalPart(shifts, co_purchase_weight=3.0), data, 20)):
         side = Ranker(model, data, 20).side
         expected = catalogue_scores(model, data, customers, 20)
         for row, customer in enumerate(customers):
@@ -148,7 +148,7 @@ def test_items_sharing_an_id_bucket_keep_their_own_co_purchase_scores() -> None:
     co_purchases = CoPurchases(baskets, 5)
     shared = build_recommender(0)
     side = shared.catalogue_side(np.array([7, 7, 8, 9, 10]), np.zeros((5, 2), np.int64))  # rows 0 and 1: bucket 7
-    served = ServedRecommender(shared, LocalPart(None, co_purchase_weight=2.0), co_purchases)
+    served = ServedRecommender(shared, LocalPart(None, co_purchase_weight=2.0), co_purchases, 20)
     rows, mask = np.array([[2, 0]]), np.array([[1.0, 0.0]])  # a customer who bought row 2
     plain, scores = shared.catalogue_scores(side, rows, mask)[0], served.catalogue_scores(side, rows, mask)[0]
     assert plain[0] == plain[1] and co_purchases.similarity[2, 0] > 0 == co_purchases.similarity[2, 1]
@@ -156,6 +156,28 @@ def test_items_sharing_an_id_bucket_keep_their_own_co_purchase_scores() -> None:
     np.testing.assert_allclose(served.history_scores(side, np.array([2])), scores, rtol=1e-6)
     parts = score_parts(served, side, np.array([2]), np.array([0, 1]))
     assert [p.score for p in parts] == pytest.approx(scores[:2].tolist(), abs=1e-5) and parts[0].score > parts[1].score
+
+
+def test_the_co_purchases_read_the_whole_history_and_the_item_tower_its_last_items() -> None:
+    """A regular's history runs past the item tower's window (20 items): the co-purchases of its older
+    items still count (over the last 20 alone the part fell short of the shop's own EASE on UCI), and
+    every path scores it alike: the batched and the one-history scores and the split into reasons."""
+    baskets = [np.array([0, 29]), np.array([0, 29]), np.array([0, 29, 26]), np.array(list(range(1, 26)))]
+    co_purchases = CoPurchases(baskets, 30)
+    shared = build_recommender(0)
+    side = shared.catalogue_side(np.arange(1, 31), np.zeros((30, 2), np.int64))
+    served = ServedRecommender(shared, LocalPart(None, co_purchase_weight=2.0), co_purchases, 20)
+    history = np.arange(0, 25)  # item 0, bought with 29, is older than the last 20
+    expected = shared.history_scores(side, history[-20:]) + 2.0 * co_purchases.history_scores(history)
+    assert co_purchases.history_scores(history)[29] > 0 == co_purchases.history_scores(history[-20:])[29]
+    np.testing.assert_allclose(served.history_scores(side, history), expected, rtol=1e-5, atol=1e-6)
+    rows, mask = padded_rows([history, history[-3:]], read_length(served, 20))
+    batched = served.catalogue_scores(side, rows, mask)
+    np.testing.assert_allclose(batched[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1], served.history_scores(side, history[-3:]), rtol=1e-5, atol=1e-6)
+    parts, = score_parts(served, side, history, np.array([29]))
+    assert parts.score == pytest.approx(float(expected[29]), abs=1e-5)
+    assert np.all(parts.matrix[:5, :-1] == 0) and parts.matrix[0, -1] > 0  # item 0: its co-purchases only
 
 
 def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(monkeypatch) -> None:
@@ -254,7 +276,7 @@ def test_node_evaluates_and_serves_shared_plus_local_with_reasons_from_both(fede
     assert metrics["ndcg10"] != metrics["shared-ndcg10"]
     models, local, _ = load_models(tmp_path / "state")
     data = build_interactions(load_merchant(federation_dirs[0]))
-    served = serving_model(models.recommender, local, data)
+    served = serving_model(models.recommender, local, data, 20)
     assert local is not None and metrics["local-part-co-purchase-weight"] == local.co_purchase_weight
     assert metrics["local-part-co-purchase-ridge"] == local.co_purchase_ridge in CO_PURCHASE_RIDGES
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=models.recommender):
@@ -351,21 +373,31 @@ def test_the_checks_rank_the_items_that_can_reach_a_top_ten_as_the_whole_catalog
 
 
 def test_deletion_check_holds_for_the_served_model_with_co_purchases(federation_dirs) -> None:
-    """The co-purchase part is mean-pooled like the item tower, so the "because you bought X" parts
-    still rank history items exactly as deleting them does."""
+    """The co-purchases read the customer's whole history and the item tower its last 20 items, each
+    mean-pooled: every item read has its "because you bought X" part, and where one mean covers an item
+    (a history within the tower's window, or an item older than it, which only the co-purchases read)
+    deleting it drops the score exactly as its part says, less the mean of that pool's other parts."""
     shared, data = train_small_recommender(federation_dirs[0], epochs=2)
-    served = serving_model(shared, LocalPart(None, co_purchase_weight=8.0), data)
+    served = serving_model(shared, LocalPart(None, co_purchase_weight=8.0), data, 20)
     check = deletion_check(served, data, 20, list(range(60)))
-    assert check.customers > 30 and check.top_reason_is_largest_drop == 1.0 and check.largest_sum_gap < 1e-4
+    assert check.customers > 30 and check.top_reason_is_largest_drop > 0.9 and check.largest_sum_gap < 1e-4
     side = Ranker(served, data, 20).side
-    several = [c for c in data.customers if len(data.full_history(c)) >= 2]  # one item: no mean is left without it
-    assert len(several) >= 20
-    for customer in several[:20]:
-        history = data.full_history(customer)[-20:]
+    lengths = {c: len(data.full_history(c)) for c in data.customers}
+    several = [c for c, n in lengths.items() if 2 <= n <= 20][:20]  # one item: no mean is left without it
+    longer = [c for c, n in lengths.items() if n > 20][:5]
+    assert len(several) == 20 and longer
+    for customer in several + longer:
+        history = data.full_history(customer)
         for rec in recommend(served, data, customer, 3, 20):
             parts, n = rec.parts.per_history_item, len(history)
+            assert len(parts) == n and rec.parts.score == pytest.approx(rec.score, abs=1e-4)
             drops = deletion_drops(served, side, history, data.features.position[rec.item_id], 20)
-            np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
+            if n <= 20:
+                np.testing.assert_allclose(drops, (n * parts - parts.sum()) / (n - 1), atol=1e-4)
+                continue
+            co_purchases, older = rec.parts.matrix[:, -1], slice(0, n - 20)
+            assert np.all(rec.parts.matrix[older, :-1] == 0)  # before the tower's window
+            np.testing.assert_allclose(drops[older], (n * parts[older] - co_purchases.sum()) / (n - 1), atol=1e-4)
 
 
 def test_a_model_copy_interrupted_while_written_leaves_the_last_one_readable(tmp_path, monkeypatch) -> None:

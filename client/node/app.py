@@ -381,7 +381,8 @@ def evaluate_locally(msg: Message, options: NodeOptions) -> Message:
     interactions, history_length = load_interactions(options.data_dir), int(config["history-length"])
     held_out = cache(partial(_held_out, options, interactions, config))  # read once, and only where asked
     part, fit_metrics = _local_part(models, interactions, config, options, run, held_out)
-    served = serving_model(models.recommender, part, interactions, partial(load_co_purchases, options.data_dir))
+    served = serving_model(models.recommender, part, interactions, history_length,
+                           partial(load_co_purchases, options.data_dir))
     metrics = evaluate_ranking(served, interactions, history_length)
     shared = evaluate_ranking(models.recommender, interactions, history_length) if part is not None else metrics
     audit = {}

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.ranking.diversity import mmr_order
-from fedshop.models.recommender import Recommender, ScoreParts, score_parts
+from fedshop.models.recommender import Recommender, ScoreParts, read_history, score_parts
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Recommendation:
     title: str
     score: float
     parts: ScoreParts
-    history_titles: list[str]  # the customer's history items, in the order of ``parts.matrix`` rows
+    history_titles: list[str]  # the history items the model read, in the order of ``parts.matrix`` rows
     features: list[str]  # "item id" then the candidate's content tokens, as ``parts`` columns
     shared: SharedScore | None = None  # the shared model's score of the item, when ``parts`` are shared + local
 
@@ -55,12 +55,12 @@ class Ranker:
         """Top ``k`` items the customer has not bought yet, best first (MMR-re-ranked with ``diversity``)."""
         features = self.data.features
         bought = self.data.full_history(customer)
-        history = bought[-self.history_length:]
+        history = read_history(self.model, bought, self.history_length)
         scores = self.model.history_scores(self.side, history)
         scores[bought] = -np.inf
         rows = mmr_order(scores, self.side.vectors, k, diversity)
         served = score_parts(self.model, self.side, history, rows)
-        shared = [None] * len(rows) if self.shared is None else self._shared_scores(history, rows)
+        shared = [None] * len(rows) if self.shared is None else self._shared_scores(bought[-self.history_length:], rows)
         history_titles = [features.titles[h] for h in history]
         return [Recommendation(
             item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]), parts=served[n],

@@ -87,17 +87,18 @@ def shop_co_purchases(data: Interactions, ridge: float, left_out: np.ndarray | N
     return CoPurchases(histories, len(data.features.item_ids), ridge)
 
 
-def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions,
+def serving_model(shared: Recommender, local: LocalPart | None, data: Interactions, history_length: int,
                   counted: Callable[[float], CoPurchases] | None = None) -> Recommender:
     """The recommender the merchant serves: ``shared`` alone, or with its local part and the shop's
     co-purchases over all its customers' training histories at the part's λ (``counted`` gives them
-    at a λ when the caller keeps them counted)."""
+    at a λ when the caller keeps them counted), its item tower pooling the last ``history_length`` items."""
     if local is None:
         return shared
     if not local.co_purchase_weight:
-        return ServedRecommender(shared, local, None)
+        return ServedRecommender(shared, local, None, history_length)
     ridge = local.co_purchase_ridge
-    return ServedRecommender(shared, local, shop_co_purchases(data, ridge) if counted is None else counted(ridge))
+    co_purchases = shop_co_purchases(data, ridge) if counted is None else counted(ridge)
+    return ServedRecommender(shared, local, co_purchases, history_length)
 
 
 def _last_of(mask: np.ndarray) -> np.ndarray:
@@ -152,16 +153,16 @@ class Check:
     co_purchase: dict[float, np.ndarray]
 
 
-def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray], history_length: int,
-                 excluded: np.ndarray, counted: FoldCoPurchases) -> Check:
+def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray], excluded: np.ndarray,
+                 counted: FoldCoPurchases) -> Check:
     """A validation check: ``data`` with each scored customer's ``targets`` (a mask over its history) taken
-    out, those items, and the co-purchases' scores from the rest of each history."""
+    out, those items, and the co-purchases' scores from the whole rest of each history (as served)."""
     removed = [np.zeros(len(h), dtype=bool) for h in data.histories]
     for customer, mask in zip(scored, targets, strict=True):
         removed[customer] = mask
     view = data.without(removed)
     folds = co_purchase_folds(data.customers)[scored]
-    rows, mask = padded_rows([view.histories[c] for c in scored], history_length)
+    rows, mask = padded_rows([view.histories[c] for c in scored], None)
     columns: list[np.ndarray] = [np.zeros(0, np.int64)] * len(scored)
     values: dict[float, list[np.ndarray]] = {ridge: [np.zeros(0)] * len(scored) for ridge in CO_PURCHASE_RIDGES}
     for fold in np.unique(folds).tolist():
@@ -183,7 +184,7 @@ def _visit_check(data: Interactions, scored: list[int], targets: list[np.ndarray
                  co_purchase)
 
 
-def validation_checks(data: Interactions, customers: list[int], history_length: int, excluded: np.ndarray,
+def validation_checks(data: Interactions, customers: list[int], excluded: np.ndarray,
                       counted: FoldCoPurchases | None = None) -> list[Check]:
     """The two checks of the module docstring on ``customers`` (each with a last visit): their last visit's
     new items from the visits before it, and its last item from everything else (``counted`` gives the
@@ -192,8 +193,8 @@ def validation_checks(data: Interactions, customers: list[int], history_length: 
         return []
     count = fold_counter(data) if counted is None else counted
     visits = data.last_visit
-    return [_visit_check(data, customers, [visits[c] for c in customers], history_length, excluded, count),
-            _visit_check(data, customers, [_last_of(visits[c]) for c in customers], history_length, excluded, count)]
+    return [_visit_check(data, customers, [visits[c] for c in customers], excluded, count),
+            _visit_check(data, customers, [_last_of(visits[c]) for c in customers], excluded, count)]
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
     holdout); ``examples`` makes the training examples of every customer but those a mask leaves out,
     ``counted`` the shop's co-purchases of a fold when the caller keeps them counted."""
     counted = fold_counter(data) if counted is None else counted
-    choice = validation_checks(data, choice_customers(data, excluded), history_length, excluded, counted)
+    choice = validation_checks(data, choice_customers(data, excluded), excluded, counted)
     if not choice:
         return LocalFit(None, 0, float("nan"), float("nan"), 0)
     shared_scores = _model_scores(shared, choice, history_length)
@@ -268,7 +269,7 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
     dataset = examples(excluded | validation) if scored else []
     if len(dataset) == 0:
         return LocalFit(part, 0, float("nan"), float("nan"), len(scored))
-    checks = validation_checks(data, scored, history_length, excluded, counted)
+    checks = validation_checks(data, scored, excluded, counted)
     shared_scores = _model_scores(shared, checks, history_length)
     shared_quality = check_quality(shared_scores, checks, 0.0, ridge)
     best = LocalFit(part, 0, shared_quality, check_quality(shared_scores, checks, weight, ridge), len(scored))
@@ -279,7 +280,7 @@ def fit_local_part(shared: Recommender, previous: LocalPart | None, data: Intera
         if ndcg > best.served_validation_ndcg:
             best = LocalFit(LocalPart(part_offsets, weight, ridge), epoch, shared_quality, ndcg, len(scored))
 
-    start = ServedRecommender(shared, LocalPart(previous.offsets if previous else None), None)
+    start = ServedRecommender(shared, LocalPart(previous.offsets if previous else None), None, history_length)
     tuned = Recommender(shared.layout)
     tuned.load_state_dict(start.state_dict())
     if previous is not None and previous.offsets is not None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedshop.client.data.interactions import Interactions
 from fedshop.models.item_features import ItemFeatures
-from fedshop.models.recommender import Recommender
+from fedshop.models.recommender import Recommender, read_length
 from fedshop.privacy.dp_sgd import Release, train_private
 from fedshop.privacy.ledger import Mechanism
 
@@ -145,12 +145,14 @@ def train_recommender_private(model: Recommender, dataset: Dataset, release: Rel
     return train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
 
 
-def padded_rows(histories: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``length`` catalogue rows of each history ``[B, L]`` (padding: row 0) and their mask ``[B, L]``."""
+def padded_rows(histories: list[np.ndarray], length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``length`` catalogue rows of each history ``[B, L]`` (padding: row 0; None: every row, ``L``
+    the longest history) and their mask ``[B, L]``."""
+    length = max((len(h) for h in histories), default=0) if length is None else length
     rows = np.zeros((len(histories), length), dtype=np.int64)
     mask = np.zeros((len(histories), length), dtype=np.float32)
     for index, history in enumerate(histories):
-        recent = history[-length:]
+        recent = history[len(history) - min(len(history), length):]
         rows[index, :len(recent)] = recent
         mask[index, :len(recent)] = 1.0
     return rows, mask
@@ -159,11 +161,12 @@ def padded_rows(histories: list[np.ndarray], length: int) -> tuple[np.ndarray, n
 @torch.no_grad()
 def catalogue_scores(model: Recommender, data: Interactions, customers: list[int],
                      history_length: int) -> np.ndarray:
-    """Scores ``[customers, catalogue]`` with each customer's own history items masked out."""
+    """Scores ``[customers, catalogue]`` with each customer's own history items masked out (each scored from
+    as much of its history as the model reads, :func:`fedshop.models.recommender.read_length`)."""
     features = data.features
     model.eval()
     side = model.catalogue_side(features.id_index, features.token_index)
-    rows, mask = padded_rows([data.histories[c] for c in customers], history_length)
+    rows, mask = padded_rows([data.histories[c] for c in customers], read_length(model, history_length))
     return mask_history(data, customers, model.catalogue_scores(side, rows, mask))
 
 

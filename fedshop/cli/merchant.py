@@ -66,7 +66,7 @@ def recommend(
     try:
         interactions = build_interactions(load_merchant(data))
         models, local, history_length = load_models(model, secret_context)
-        served = serving_model(models.recommender, local, interactions)
+        served = serving_model(models.recommender, local, interactions, history_length)
         items = top_items(served, interactions, customer, k, history_length, diversity, shared=models.recommender)
     except (SchemaError, FileNotFoundError, ContextError, ValueError) as exc:
         fail(str(exc))
