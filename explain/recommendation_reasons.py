@@ -8,8 +8,11 @@ feature f, the co-purchases being one more feature) plus the candidate's bias. T
 cells are given, each summing to the score:
 
 * **by history**: one reason per item the customer bought ("because you bought X": everything that
-  item contributed) and the popularity part (the candidate's bias, which no history changes), split
-  into the federation's ("popular with shoppers") and the shop's own ("popular at this shop");
+  item contributed; past ``HISTORY_REASONS`` items, the smallest in size are given together as one
+  reason, "N other items you bought", since a regular's whole history, which the shop's co-purchases
+  read, runs to hundreds of items) and the popularity part (the candidate's bias, which no history
+  changes), split into the federation's ("popular with shoppers") and the shop's own ("popular at
+  this shop");
 * **by content**: the candidate itself ("customers with your history bought it": its id column),
   one reason per content token of the candidate ("matches your interest in category Y": how much
   the customer's history points at that token), the shop's co-purchases of the customer's items with
@@ -92,6 +95,18 @@ def _popularity(rec: Recommendation, bias: float) -> list[tuple[str, str, float,
 
 
 CO_PURCHASE_TEXT = "customers of this shop who bought what you bought also bought it"
+HISTORY_REASONS = 20  # history items given a reason of their own; the rest are summed into one
+
+
+def _history(titles: list[str], values: list[float]) -> list[tuple[str, str, float, str]]:
+    """One reason per history item, the ``HISTORY_REASONS`` largest in size, and the rest summed into one."""
+    order = sorted(range(len(values)), key=lambda n: -abs(values[n]))
+    kept, rest = sorted(order[:HISTORY_REASONS]), order[HISTORY_REASONS:]
+    reasons = [("history", titles[n], values[n], f"because you bought {titles[n]}") for n in kept]
+    if rest:
+        label = f"{len(rest)} other items you bought"
+        reasons.append(("history", label, sum(values[n] for n in rest), f"because of the {label}"))
+    return reasons
 
 
 def _by_source(rec: Recommendation, match: float, co_purchase: float,
@@ -122,8 +137,7 @@ def explain_recommendation(rec: Recommendation) -> RecommendationExplanation:
     per_history, per_feature = rec.parts.per_history_item.tolist(), rec.parts.per_feature.tolist()
     popularity = _popularity(rec, float(rec.parts.bias.sum()))
     co_purchase = per_feature[-1] if rec.features[-1] == CO_PURCHASE_FEATURE else 0.0
-    by_history = _view([("history", title, value, f"because you bought {title}")
-                        for title, value in zip(rec.history_titles, per_history, strict=True)] + popularity)
+    by_history = _view(_history(rec.history_titles, per_history) + popularity)
     by_content = _view([_feature_reason(label, value)
                         for label, value in zip(rec.features, per_feature, strict=True)] + popularity)
     return RecommendationExplanation(rec.item_id, rec.title, rec.score, by_history, by_content,

@@ -12,10 +12,18 @@ from fedshop.client.data.customer_profile import customer_profiles
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import MerchantData, load_merchant, write_merchant
 from fedshop.client.ranking.diversity import best_rows, mmr_order
-from fedshop.client.ranking.recommend import Ranker, recommend
+from fedshop.client.ranking.recommend import Ranker, Recommendation, recommend
 from fedshop.explain.audit import audit_metrics, parse_audit
 from fedshop.explain.fidelity import deletion_check, deletion_drops
-from fedshop.explain.recommendation_reasons import Reason, content_phrase, explain_recommendation, largest_gap, sentence
+from fedshop.explain.recommendation_reasons import (
+    HISTORY_REASONS,
+    Reason,
+    content_phrase,
+    explain_recommendation,
+    largest_gap,
+    sentence,
+)
+from fedshop.models.recommender import ScoreParts
 from fedshop.models.shared import build_shared_models
 from tests.conftest import train_small_recommender
 
@@ -44,6 +52,26 @@ def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:
             top = explanation.by_history[0]
             if top.contribution > 0:
                 assert explanation.sentence.lower().startswith(f"{top.text} ({top.share:.0%})".lower())
+
+
+def test_a_long_history_gives_its_largest_items_a_reason_each_and_the_rest_one_together() -> None:
+    """The co-purchases read a regular's whole history (hundreds of items at a wholesaler): the by-history
+    view names the ``HISTORY_REASONS`` items that count most and sums the others into one reason, still
+    adding up to the score."""
+    rng = np.random.default_rng(3)
+    history = HISTORY_REASONS + 12
+    matrix, bias = rng.normal(size=(history, 2)), np.array([0.3, -0.1])
+    parts = ScoreParts(matrix=matrix, bias=bias)
+    rec = Recommendation("i1", "mug", parts.score, parts, [f"item {n}" for n in range(history)],
+                         ["item id", "category:kitchen"])
+    explanation = explain_recommendation(rec)
+    assert largest_gap(explanation) < 1e-9
+    named = [r for r in explanation.by_history if r.label.startswith("item ")]
+    together = [r for r in explanation.by_history if r.label == "12 other items you bought"]
+    assert len(named) == HISTORY_REASONS and len(together) == 1
+    sizes = np.abs(matrix.sum(axis=1))
+    assert min(abs(r.contribution) for r in named) >= np.sort(sizes)[:12].max()
+    assert together[0].contribution == pytest.approx(matrix.sum() - sum(r.contribution for r in named))
 
 
 def test_content_reasons_name_what_the_item_matched() -> None:

@@ -88,14 +88,14 @@ def test_served_model_is_the_shared_one_plus_the_local_offsets_and_co_purchases(
     plain = catalogue_scores(shared, data, customers, 20)
     co_purchase = shop_co_purchases(data, CO_PURCHASE_RIDGES[0])
     for row, customer in enumerate(customers):
-        rows, mask = padded_rows([data.histories[customer]], 20)
+        rows, mask = padded_rows([data.histories[customer]], None)
         expected = plain[row] + 3.0 * co_purchase.scores(rows, mask)[0]
         np.testing.assert_allclose(catalogue_scores(served, data, [customer], 20)[0], expected, rtol=1e-5, atol=1e-5)
-    history = data.full_history(data.customers[0])[-20:]
+    history = data.full_history(data.customers[0])
     for rec in recommend(served, data, data.customers[0], 5, 20, shared=shared):
         assert rec.parts.score == pytest.approx(rec.score, abs=1e-4) and rec.features[-1] == CO_PURCHASE_FEATURE
         column = co_purchase.similarity[:, data.features.position[rec.item_id]].toarray().ravel()
-        pooled = 3.0 * column[history] / len(history)  # mean-pooled like the item tower
+        pooled = 3.0 * column[history] / len(history)  # mean-pooled over the whole history
         np.testing.assert_allclose(rec.parts.matrix[:, -1], pooled, rtol=1e-5, atol=1e-7)
 
 
