@@ -74,8 +74,11 @@ def test_report_json_follows_its_schema_and_holds_the_audit(audited_runs, federa
     assert all(f["content"] == "plaintext model" for f in privacy["server_storage"])
     fidelity = report["explanations"]["fidelity"]
     # the parts add up to the score up to float32 rounding, which grows with the score's scale (DP scores reach
-    # hundreds: an absolute 1e-4 failed a run at a gap of 1.1e-4 on a top part of 237)
-    assert all(f["top_reason_is_largest_drop"] == 1.0 and f["largest_sum_gap"] < 2e-6 * max(50.0, f["top_reason_part"])
+    # hundreds: an absolute 1e-4 failed a run at a gap of 1.1e-4 on a top part of 237); the top reason is the
+    # largest drop for nearly every customer, not all: the co-purchases read the whole history and deleting an
+    # item of the item tower's window lets an older one in (0.99 at one merchant in one run; the exact cases are
+    # tests/test_local_part.py's)
+    assert all(f["top_reason_is_largest_drop"] >= 0.95 and f["largest_sum_gap"] < 2e-6 * max(50.0, f["top_reason_part"])
                for f in fidelity.values())
     assert report["explanations"]["samples"][0]["items"] and report["pricing"]["samples"]
     for lists in report["quality"]["lists"].values():
