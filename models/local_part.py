@@ -82,32 +82,22 @@ class CoPurchases:
         """Mean over each history of ``similarity(h, c)`` for every column ``c``, for histories ``[B, L]``
         (``mask`` 1 for real items)."""
         rows = np.repeat(np.arange(hist_rows.shape[0]), hist_rows.shape[1])
-        weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        history = sparse.csr_matrix((weights.ravel().astype(np.float64), (rows, hist_rows.ravel())),
+        weights = (mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)).ravel()
+        real = weights > 0  # a whole history pads most rows of a batch: the padding stays out of the matrix
+        history = sparse.csr_matrix((weights[real].astype(np.float64), (rows[real], hist_rows.ravel()[real])),
                                     shape=(hist_rows.shape[0], self.similarity.shape[0]))
         return (history @ self.similarity).toarray()
 
     def history_scores(self, hist_rows: np.ndarray) -> np.ndarray:
         """Mean over one history (no padding) of ``similarity(h, c)``, for every column ``c``."""
-        _, columns, values = self._rows(hist_rows)
-        return np.bincount(columns, weights=values, minlength=self.similarity.shape[1]) / max(len(hist_rows), 1)
+        summed = np.asarray(self.similarity[np.asarray(hist_rows, dtype=np.int64)].sum(axis=0)).ravel()
+        return summed / max(len(hist_rows), 1)
 
     def pairs(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
         """``similarity(h, c) / |H|`` ``[H, K]`` for each item ``h`` of one history (no padding) and
         each candidate ``c``."""
-        positions, columns, values = self._rows(hist_rows)
-        rows = np.zeros((len(hist_rows), self.similarity.shape[1]))
-        rows[positions, columns] = values
-        return rows[:, cand_rows] / max(len(hist_rows), 1)
-
-    def _rows(self, hist_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The stored entries of the history items' rows: each one's position in ``hist_rows``, column, value."""
-        matrix = self.similarity
-        starts, ends = matrix.indptr[hist_rows], matrix.indptr[np.asarray(hist_rows) + 1]
-        positions = np.repeat(np.arange(len(hist_rows)), ends - starts)
-        entries = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)]
-                                 or [np.zeros(0, np.int64)])
-        return positions, matrix.indices[entries], matrix.data[entries]
+        chosen = self.similarity[np.asarray(hist_rows, dtype=np.int64)][:, np.asarray(cand_rows, dtype=np.int64)]
+        return chosen.toarray() / max(len(hist_rows), 1)
 
 
 def bought_matrix(baskets: Sequence[np.ndarray], columns: int) -> sparse.csr_matrix:
@@ -139,6 +129,8 @@ class ServedRecommender(Recommender):
     def __init__(self, shared: Recommender, local: LocalPart, co_purchases: CoPurchases | None,
                  history_length: int) -> None:
         super().__init__(shared.layout)
+        if history_length < 1:
+            raise ValueError(f"the item tower pools the last history_length items: at least 1, got {history_length}")
         self.history_length = history_length
         state = shared.state_dict()
         if local.offsets is not None:
@@ -159,16 +151,15 @@ class ServedRecommender(Recommender):
         return weights
 
     def catalogue_scores(self, side: CatalogueSide, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        scores = super().catalogue_scores(side, *_latest(rows, mask, self.history_length))
         if self.co_purchase_weight == 0.0:
-            return super().catalogue_scores(side, rows, mask)
-        latest = mask * ((mask.sum(axis=1, keepdims=True) - np.cumsum(mask, axis=1)) < self.history_length)
-        scores = super().catalogue_scores(side, rows, latest.astype(mask.dtype))
+            return scores
         return scores + (self.co_purchase_weight * self.co_purchases.scores(rows, mask)).astype(np.float32)
 
     def history_scores(self, side: CatalogueSide, rows: np.ndarray) -> np.ndarray:
-        if self.co_purchase_weight == 0.0:
-            return super().history_scores(side, rows)
         scores = super().history_scores(side, rows[-self.history_length:])
+        if self.co_purchase_weight == 0.0:
+            return scores
         return scores + (self.co_purchase_weight * self.co_purchases.history_scores(rows)).astype(np.float32)
 
     def extra_parts(self, hist_rows: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
@@ -176,6 +167,17 @@ class ServedRecommender(Recommender):
             return super().extra_parts(hist_rows, cand_rows)
         pairs = self.co_purchases.pairs(hist_rows, cand_rows)
         return (self.co_purchase_weight * pairs).T.astype(np.float32)[:, :, None]
+
+
+def _latest(rows: np.ndarray, mask: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``length`` real items of each history ``[B, L]`` (``mask`` 1 for real items) as ``[B, length]``
+    rows and mask: what the item tower pools, without gathering the tower's vectors for a whole history."""
+    kept_rows = np.zeros((len(rows), length), dtype=rows.dtype)
+    kept_mask = np.zeros((len(rows), length), dtype=mask.dtype)
+    for row, (history, real) in enumerate(zip(rows, mask, strict=True)):
+        kept = np.flatnonzero(real)[-length:]
+        kept_rows[row, :len(kept)], kept_mask[row, :len(kept)] = history[kept], real[kept]
+    return kept_rows, kept_mask
 
 
 def _check_offsets(offsets: dict[str, np.ndarray], state: dict[str, torch.Tensor]) -> None:

@@ -178,6 +178,15 @@ def test_the_co_purchases_read_the_whole_history_and_the_item_tower_its_last_ite
     parts, = score_parts(served, side, history, np.array([29]))
     assert parts.score == pytest.approx(float(expected[29]), abs=1e-5)
     assert np.all(parts.matrix[:5, :-1] == 0) and parts.matrix[0, -1] > 0  # item 0: its co-purchases only
+    offsets_only = ServedRecommender(shared, LocalPart(None), None, 20)  # handed more than it reads: the same window
+    rows, mask = padded_rows([history], None)
+    windowed = shared.history_scores(side, history[-20:])
+    np.testing.assert_allclose(offsets_only.catalogue_scores(side, rows, mask)[0], windowed, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(offsets_only.history_scores(side, history), windowed, rtol=1e-5, atol=1e-6)
+    assert score_parts(offsets_only, side, history, np.array([29]))[0].score == pytest.approx(float(windowed[29]),
+                                                                                             abs=1e-5)
+    with pytest.raises(ValueError, match="at least 1"):
+        ServedRecommender(shared, LocalPart(None), None, 0)
 
 
 def test_co_purchases_keep_each_item_strongest_neighbours_among_the_most_bought(monkeypatch) -> None:
