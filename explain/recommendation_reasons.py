@@ -1,18 +1,19 @@
 """Why an item was recommended: the model's score split into reasons a person and a machine read.
 
-The served recommender's score is ``1/|H| sum_h (W e_h) . e_i + b_i`` (``fedshop.models.recommender``), with
-the shared model's weights plus the merchant's offsets, plus ``w/|H| sum_h similarity(h, i)`` over the
-shop's co-purchases (the local part, ``fedshop.models.local_part``), and
+The served recommender's score is ``1/|L| sum_{h in L} (W e_h) . e_i + b_i`` over the last ``history_length``
+items ``L`` of the history (``fedshop.models.recommender``), with the shared model's weights plus the
+merchant's offsets, plus ``w/|H| sum_{h in H} similarity(h, i)`` over the shop's co-purchases and the
+whole history ``H`` (the local part, ``fedshop.models.local_part``), and
 :func:`fedshop.models.recommender.score_parts` splits it exactly into cells (history item h, candidate
 feature f, the co-purchases being one more feature) plus the candidate's bias. Three views of those
 cells are given, each summing to the score:
 
 * **by history**: one reason per item the customer bought ("because you bought X": everything that
-  item contributed; past ``HISTORY_REASONS`` items, the smallest in size are given together as one
-  reason, "N other items you bought", since a regular's whole history, which the shop's co-purchases
-  read, runs to hundreds of items) and the popularity part (the candidate's bias, which no history
-  changes), split into the federation's ("popular with shoppers") and the shop's own ("popular at
-  this shop");
+  item contributed; past ``HISTORY_REASONS`` items, the smallest in size are summed, those that raise
+  the score and those that lower it, as "N other items you bought", since a regular's whole history,
+  which the shop's co-purchases read, runs to hundreds of items) and the popularity part (the
+  candidate's bias, which no history changes), split into the federation's ("popular with shoppers")
+  and the shop's own ("popular at this shop");
 * **by content**: the candidate itself ("customers with your history bought it": its id column),
   one reason per content token of the candidate ("matches your interest in category Y": how much
   the customer's history points at that token), the shop's co-purchases of the customer's items with
@@ -40,7 +41,7 @@ class Reason(NamedTuple):
     """One part of a score: what it is, its contribution (score units) and its share (a named tuple:
     the service builds a few hundred per request)."""
 
-    kind: str  # "history", "item", "content", "popularity", "shop" or "federation"
+    kind: str  # "history", "other history", "item", "content", "popularity", "shop" or "federation"
     label: str
     contribution: float
     share: float
@@ -95,17 +96,23 @@ def _popularity(rec: Recommendation, bias: float) -> list[tuple[str, str, float,
 
 
 CO_PURCHASE_TEXT = "customers of this shop who bought what you bought also bought it"
-HISTORY_REASONS = 20  # history items given a reason of their own; the rest are summed into one
+HISTORY_REASONS = 20  # history items given a reason of their own; the rest are summed by sign
+OTHER_HISTORY = "other history"  # the kind of those sums: never the sentence's reason
 
 
 def _history(titles: list[str], values: list[float]) -> list[tuple[str, str, float, str]]:
-    """One reason per history item, the ``HISTORY_REASONS`` largest in size, and the rest summed into one."""
+    """One reason per history item for the ``HISTORY_REASONS`` largest in size, and the rest summed into
+    what raises the score and what lowers it (a sum of both signs would understate the view's total)."""
     order = sorted(range(len(values)), key=lambda n: -abs(values[n]))
-    kept, rest = sorted(order[:HISTORY_REASONS]), order[HISTORY_REASONS:]
-    reasons = [("history", titles[n], values[n], f"because you bought {titles[n]}") for n in kept]
-    if rest:
-        label = f"{len(rest)} other items you bought"
-        reasons.append(("history", label, sum(values[n] for n in rest), f"because of the {label}"))
+    reasons = [("history", titles[n], values[n], f"because you bought {titles[n]}")
+               for n in sorted(order[:HISTORY_REASONS])]
+    rest = order[HISTORY_REASONS:]
+    for raising in (True, False):
+        same = [values[n] for n in rest if (values[n] > 0) == raising]
+        if same:
+            label = f"{len(same)} other item{'s' if len(same) > 1 else ''} you bought"
+            text = f"because of the {label}" if raising else f"the {label} count against it"
+            reasons.append((OTHER_HISTORY, label, sum(same), text))
     return reasons
 
 
@@ -151,7 +158,7 @@ def sentence(by_history: list[Reason], by_content: list[Reason]) -> str:
     chosen: list[Reason] = []
     for view in (by_history, by_content):
         said = {reason.text for reason in chosen}
-        chosen += [r for r in view if r.contribution > 0 and r.text not in said][:1]
+        chosen += [r for r in view if r.contribution > 0 and r.kind != OTHER_HISTORY and r.text not in said][:1]
     if not chosen:
         return "Recommended as the least unlikely of the remaining items: no part of its score is positive."
     text = " and ".join(f"{reason.text} ({reason.share:.0%})" for reason in chosen)

@@ -17,12 +17,14 @@ from fedshop.explain.audit import audit_metrics, parse_audit
 from fedshop.explain.fidelity import deletion_check, deletion_drops
 from fedshop.explain.recommendation_reasons import (
     HISTORY_REASONS,
+    OTHER_HISTORY,
     Reason,
     content_phrase,
     explain_recommendation,
     largest_gap,
     sentence,
 )
+from fedshop.explain.report import SCHEMA_PATH
 from fedshop.models.recommender import ScoreParts
 from fedshop.models.shared import build_shared_models
 from tests.conftest import train_small_recommender
@@ -54,24 +56,27 @@ def test_both_views_of_every_explanation_sum_to_the_score(trained) -> None:
                 assert explanation.sentence.lower().startswith(f"{top.text} ({top.share:.0%})".lower())
 
 
-def test_a_long_history_gives_its_largest_items_a_reason_each_and_the_rest_one_together() -> None:
+def test_a_long_history_gives_its_largest_items_a_reason_each_and_sums_the_rest_by_sign() -> None:
     """The co-purchases read a regular's whole history (hundreds of items at a wholesaler): the by-history
-    view names the ``HISTORY_REASONS`` items that count most and sums the others into one reason, still
-    adding up to the score."""
-    rng = np.random.default_rng(3)
+    view names the ``HISTORY_REASONS`` items that count most and sums the others into what raises the
+    score and what lowers it, still adding up to the score, and the sentence names an item, not a sum."""
     history = HISTORY_REASONS + 12
-    matrix, bias = rng.normal(size=(history, 2)), np.array([0.3, -0.1])
-    parts = ScoreParts(matrix=matrix, bias=bias)
+    matrix = np.zeros((history, 2))
+    matrix[:HISTORY_REASONS, 0] = np.linspace(0.5, 2.0, HISTORY_REASONS)  # the named ones
+    matrix[HISTORY_REASONS:, 1] = [0.3] * 11 + [-0.2]  # 11 small ones raise it (3.3 together), one lowers it
+    parts = ScoreParts(matrix=matrix, bias=np.array([0.3, -0.1]))
     rec = Recommendation("i1", "mug", parts.score, parts, [f"item {n}" for n in range(history)],
                          ["item id", "category:kitchen"])
     explanation = explain_recommendation(rec)
     assert largest_gap(explanation) < 1e-9
-    named = [r for r in explanation.by_history if r.label.startswith("item ")]
-    together = [r for r in explanation.by_history if r.label == "12 other items you bought"]
-    assert len(named) == HISTORY_REASONS and len(together) == 1
-    sizes = np.abs(matrix.sum(axis=1))
-    assert min(abs(r.contribution) for r in named) >= np.sort(sizes)[:12].max()
-    assert together[0].contribution == pytest.approx(matrix.sum() - sum(r.contribution for r in named))
+    named = [r for r in explanation.by_history if r.kind == "history"]
+    summed = {r.label: r.contribution for r in explanation.by_history if r.kind == OTHER_HISTORY}
+    assert sorted(r.label for r in named) == sorted(f"item {n}" for n in range(HISTORY_REASONS))
+    assert summed == pytest.approx({"11 other items you bought": 3.3, "1 other item you bought": -0.2})
+    assert explanation.by_history[0].kind == OTHER_HISTORY  # the largest reason, yet not the sentence's
+    assert explanation.sentence.startswith(f"Because you bought item {HISTORY_REASONS - 1} (")
+    kinds = json.loads(SCHEMA_PATH.read_text())["$defs"]["reason"]["properties"]["kind"]["enum"]
+    assert {r.kind for r in explanation.by_history} <= set(kinds)  # the auditors' report accepts it
 
 
 def test_content_reasons_name_what_the_item_matched() -> None:
