@@ -22,8 +22,9 @@ macro-averaged over merchants):
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
 * fedshop federated with DP and encrypted aggregation at each ``--epsilons`` (default 8), ``--repeats``
-  runs each (default 3, fresh noise), as the shared model and as the served model (shared + local
-  part): the served model at ε = 8 is what the targets judge;
+  runs each (default 3, each with its own seed: initial weights, batches and noise), as the shared
+  model and as the served model (shared + local part): the served model at ε = 8 is what the targets
+  judge;
 * fedshop's model trained by DP-SGD on all merchants' customers pooled at ε = 8 (the private reference).
 
 fedshop's own settings are its defaults (nothing here is chosen for it); each node picks its local
@@ -271,7 +272,8 @@ def main() -> None:
     started = time.perf_counter()
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=PROTOCOLS, default="temporal")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each DP row (fresh noise); the mean is shown")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each DP row, each with its own seed (weights, batches, noise); the mean is shown")
     parser.add_argument("--epsilons", default=f"{TARGET_EPSILON:g}", help="comma-separated ε of the DP rows")
     args = parser.parse_args()
     if args.repeats < 1:
@@ -316,12 +318,15 @@ def main() -> None:
         phases["what each merchant has alone, central references"] = time.perf_counter() - started
         plain = federated(nodes, settings, workdir, "plain")
         he = federated(nodes, replace(settings, he=True), workdir, "he")
-        private_models = {epsilon: [federated(nodes, replace(settings, dp=True, he=True, target_epsilon=epsilon),
+        # each repeat draws afresh what a run draws (initial weights, batches, noise): one seed would leave
+        # the noise alone to differ and understate the spread
+        private_models = {epsilon: [federated(nodes, replace(settings, dp=True, he=True, target_epsilon=epsilon,
+                                                             seed=settings.seed + run),
                                               workdir, f"dp{epsilon:g}-{run}") for run in range(args.repeats)]
                           for epsilon in epsilons}
         phases["federations"] = time.perf_counter() - started
-        pooled_models = [pooled_dp(periods, replace(settings, target_epsilon=TARGET_EPSILON))
-                         for _ in range(args.repeats)]
+        pooled_models = [pooled_dp(periods, replace(settings, target_epsilon=TARGET_EPSILON, seed=settings.seed + run))
+                         for run in range(args.repeats)]
         phases["pooled DP reference"] = time.perf_counter() - started
         runs: dict[str, dict[str, list[Row]]] = {t: {} for t in target_names}
         co_purchases = cache(lambda name, ridge: shop_co_purchases(periods[name].test["new"].context, ridge))
