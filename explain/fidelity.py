@@ -8,10 +8,10 @@ history no longer than the item tower's window), the drop is ``(n R_h - sum R) /
 while a single part over- or under-states its own drop by that mean. A served model whose co-purchases
 read a longer history than its item tower pools is two means: deleting an item of the tower's window
 lets an older item into it, so there the check measures how far the parts still rank the deletions,
-rather than confirming an identity. The check reports both: how often the top reason is the deletion that hurts
-the score most, the correlation of parts and drops (within each customer, and pooled over
-customers, where the mean of the other parts differs), and the mean gap between the top reason's
-part and its drop.
+rather than confirming an identity. The check reports both: how often the top reason is the deletion
+that hurts the score most, the correlation of parts and drops (within each customer, and pooled over
+customers, where the mean of the other parts differs), and the mean gap between the top reason's part
+and its drop.
 """
 
 from dataclasses import asdict, dataclass

@@ -60,7 +60,8 @@ class Ranker:
         scores[bought] = -np.inf
         rows = mmr_order(scores, self.side.vectors, k, diversity)
         served = score_parts(self.model, self.side, history, rows)
-        shared = [None] * len(rows) if self.shared is None else self._shared_scores(bought[-self.history_length:], rows)
+        shared = [None] * len(rows) if self.shared is None else \
+            self._shared_scores(read_history(self.shared, bought, self.history_length), rows)
         history_titles = [features.titles[h] for h in history]
         return [Recommendation(
             item_id=features.item_ids[row], title=features.titles[row], score=float(scores[row]), parts=served[n],
