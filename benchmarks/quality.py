@@ -24,7 +24,8 @@ macro-averaged over merchants):
 * fedshop federated with DP and encrypted aggregation at each ``--epsilons`` (default 8), ``--repeats``
   runs each (default 3, each with its own seed: initial weights, batches and noise), as the shared
   model and as the served model (shared + local part): the served model at ε = 8 is what the targets
-  judge;
+  judge; the served rows' "chosen on validation" column is each node's own choice, run by run
+  ("|"-separated): the co-purchases' weight/λ, "+o" with offsets, "shared" for the shared model alone;
 * fedshop's model trained by DP-SGD on all merchants' customers pooled at ε = 8 (the private reference).
 
 fedshop's own settings are its defaults (nothing here is chosen for it); each node picks its local
@@ -84,7 +85,7 @@ from fedshop.client.training.recommender import (
 from fedshop.client.training.round_plan import recommender_examples
 from fedshop.core.settings import RunSettings
 from fedshop.explain.fairness import half_width
-from fedshop.models.local_part import CoPurchases
+from fedshop.models.local_part import CoPurchases, LocalPart
 from fedshop.models.recommender import Recommender, build_recommender
 from fedshop.privacy.ckks import create_keys
 from fedshop.privacy.dp_sgd import TrainingShape, plan_round
@@ -114,6 +115,20 @@ SERVED_DP_ROW = served_row(TARGET_EPSILON)
 POOLED_DP_ROW = f"fedshop pooled + DP ε={TARGET_EPSILON:g} (reference)"
 Row = dict[str, Gains]  # one method's gains per merchant
 SHORT = {"popularity (recent)": "pop", "item-kNN": "kNN", "personal frequency": "freq", LOCAL_ONLY: "local"}
+
+
+def node_choice(local: LocalPart | None) -> str:
+    """What a node's local fit chose to serve, shortly: the co-purchases' weight/λ, "+o" with offsets, or
+    "shared" for the shared model alone."""
+    if local is None:
+        return "shared"
+    return (f"{local.co_purchase_weight:g}/{local.co_purchase_ridge:g}" if local.co_purchase_weight else "0") \
+        + ("+o" if local.offsets is not None else "")
+
+
+def node_choices(runs: list[dict[str, tuple]]) -> dict[str, str]:
+    """Per merchant, each run's :func:`node_choice`, joined by "|"."""
+    return {name: "|".join(node_choice(models[name][1]) for models in runs) for name in runs[0]}
 
 
 def unscorable(periods: dict[str, MerchantPeriods]) -> list[str]:
@@ -334,7 +349,9 @@ def main() -> None:
             clear = federated_rows(plain, periods, target, co_purchases)
             tables[target][CLEAR_ROW], tables[target][SERVED_CLEAR_ROW] = clear
             tables[target][HE_ROW], _ = federated_rows(he, periods, target, co_purchases)
+            chosen[target][SERVED_CLEAR_ROW] = node_choices([plain])
             for epsilon, per_run in private_models.items():
+                chosen[target][served_row(epsilon)] = node_choices(per_run)
                 results = [federated_rows(models, periods, target, co_purchases) for models in per_run]
                 runs[target][dp_row(epsilon)] = [shared for shared, _ in results]
                 runs[target][served_row(epsilon)] = [served for _, served in results]

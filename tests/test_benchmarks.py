@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
         alone = best["merchants"][merchant]["ndcg"]
         assert gain["ndcg"] == pytest.approx(served["merchants"][merchant]["ndcg"] - alone)
         assert 0 < gain["half_width_95"] < 1
+        choice = r"(shared|0\+o|[0-9.e+]+/[0-9.e+]+(\+o)?)"  # weight/λ, +o with offsets
+        assert re.fullmatch(rf"{choice}\|{choice}", served["chosen_on_validation"][merchant]), "one per DP run"
     assert methods["EASE"]["chosen_on_validation"][merchant] in (25.0, 250.0, 2500.0)
     assert "personal frequency" in figures["secondary"]["repeat"]["methods"]
 
