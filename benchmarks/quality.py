@@ -73,7 +73,7 @@ from rich.table import Table
 from torch.utils.data import ConcatDataset
 
 from fedshop.client.data.schema import load_merchant, write_merchant
-from fedshop.client.node.model_copy import load_models
+from fedshop.client.node.model_copy import LoadedModels, load_models
 from fedshop.client.training.local_fit import serving_model, shop_co_purchases
 from fedshop.client.training.recommender import (
     catalogue_scores,
@@ -126,9 +126,9 @@ def node_choice(local: LocalPart | None) -> str:
         + ("+o" if local.offsets is not None else "")
 
 
-def node_choices(runs: list[dict[str, tuple]]) -> dict[str, str]:
+def node_choices(runs: list[dict[str, LoadedModels]]) -> dict[str, str]:
     """Per merchant, each run's :func:`node_choice`, joined by "|"."""
-    return {name: "|".join(node_choice(models[name][1]) for models in runs) for name in runs[0]}
+    return {name: "|".join(node_choice(models[name].local) for models in runs) for name in runs[0]}
 
 
 def unscorable(periods: dict[str, MerchantPeriods]) -> list[str]:
@@ -194,7 +194,7 @@ def pooled_dp(periods: dict[str, MerchantPeriods], settings: RunSettings) -> dic
 
 
 def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
-              ) -> dict[str, tuple[Recommender, Recommender, int]]:
+              ) -> dict[str, LoadedModels]:
     """A real Flower simulation on the merchants' learning data; per merchant its final shared model, the
     model it serves (shared + local part) and the history length they read."""
     keys = workdir / "keys"
@@ -305,7 +305,7 @@ def main() -> None:
             parser.error(f"too few customers to judge in a validation or test period (need {MIN_JUDGED_TO_SCORE}): "
                          f"{', '.join(short)}; give those merchants more orders or split into fewer merchants")
         nodes = learning_dirs(periods, dirs, workdir / "learning", args.protocol)
-        chosen: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
+        chosen: dict[str, dict[str, dict[str, float | str]]] = {t: {} for t in target_names}
         tables: dict[str, dict[str, Row]] = {t: {} for t in target_names}
         validation_ndcg: dict[str, dict[str, dict[str, float]]] = {t: {} for t in target_names}
         phases = {"data and periods": time.perf_counter() - started}

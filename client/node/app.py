@@ -363,7 +363,7 @@ def _local_part(models: SharedModels, interactions: Interactions, config: Config
                          int(config["history-length"]), int(config["batch-size"]), float(config["learning-rate"]),
                          epochs, seed, partial(load_fold_co_purchases, options.data_dir))
     return fit.part, {"local-part-epochs": fit.epochs, "local-part-served": float(fit.part is not None),
-                      "local-part-co-purchase-weight": fit.part.co_purchase_weight if fit.part else 0.0,
+                      "local-part-co-purchase-weight": fit.weight_setting if fit.part else 0.0,
                       "local-part-co-purchase-ridge": fit.part.co_purchase_ridge if fit.part else 0.0,
                       "local-part-validation-ndcg10": coarse_rate(fit.served_validation_ndcg),
                       "shared-validation-ndcg10": coarse_rate(fit.shared_validation_ndcg),
