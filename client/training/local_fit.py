@@ -285,7 +285,7 @@ def shop_led_choice(quality: dict[tuple[float, float], np.ndarray], unseen: np.n
     of (``unseen``, a mask over the same customers; on the others it is in-sample and looks better than it
     is) replaces them only where its gain there is beyond noise at the offsets' level, corrected for the
     number of such settings (Bonferroni): the best of 33 otherwise wins by chance. Co-purchases that change
-    no customer's list are not served (weight 0)."""
+    no customer's validation NDCG@10 are not served (weight 0)."""
     leading = max(weight for weight, _ in quality)
     reference = max((s for s in quality if s[0] == leading), key=lambda s: quality[s].mean())
     floor = (min(weight for weight, _ in quality), reference[1])
