@@ -195,8 +195,8 @@ def pooled_dp(periods: dict[str, MerchantPeriods], settings: RunSettings) -> dic
 
 def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
               ) -> dict[str, LoadedModels]:
-    """A real Flower simulation on the merchants' learning data; per merchant its final shared model, the
-    model it serves (shared + local part) and the history length they read."""
+    """A real Flower simulation on the merchants' learning data; per merchant what its node keeps: the final
+    shared models, its local part (None where it serves the shared model alone) and the history length."""
     keys = workdir / "keys"
     if not (keys / "secret.ctx").exists():
         create_keys(keys)
@@ -212,7 +212,7 @@ def federated(dirs: list[Path], settings: RunSettings, workdir: Path, label: str
     return {d.name: load_models(workdir / label / d.name) for d in dirs}
 
 
-def federated_rows(models: dict[str, tuple], periods: dict[str, MerchantPeriods], target: str,
+def federated_rows(models: dict[str, LoadedModels], periods: dict[str, MerchantPeriods], target: str,
                    co_purchases: Callable[[str, float], CoPurchases]) -> tuple[Row, Row]:
     """The shared and the served model's test gains per merchant (``co_purchases``: a merchant's shop
     co-purchases over its learning histories, counted once however many runs are scored)."""
