@@ -70,7 +70,13 @@ from fedshop.client.training.recommender import (
     train_epochs,
     train_recommender_private,
 )
-from fedshop.client.training.round_plan import audit_holdout, dp_round, recommender_examples, training_datasets
+from fedshop.client.training.round_plan import (
+    audit_holdout,
+    audited_customers,
+    dp_round,
+    recommender_examples,
+    training_datasets,
+)
 from fedshop.client.training.tiers import frozen_tiers, release_tier_statistics, releases_tiers, tier_as_of
 from fedshop.core.protocol import (
     AGGREGATE_RANGE,
@@ -239,7 +245,7 @@ def _held_out(options: NodeOptions, interactions: Interactions, config: ConfigRe
     run = str(config[RUN_KEY])
     try:
         salt = audit_salt(options.state_dir)
-        cut = audit_cut(options.state_dir, run, interactions.customers, float(config["audit-holdout"]))
+        cut = audit_cut(options.state_dir, run, audited_customers(interactions), float(config["audit-holdout"]))
     except AuditCutError as exc:
         raise TaskRefused(f"merchant {options.merchant} refused round {config.get(SERVER_ROUND, '?')} of run "
                           f"{run}: {exc}") from exc

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from fedshop.client.data.audit_holdout import held_out_of_training
+from fedshop.client.data.audit_holdout import audited, held_out_of_training, holdout_cut
 from fedshop.client.data.demand import CustomerDemand, DemandPanel
 from fedshop.client.data.interactions import Interactions
 from fedshop.client.training.local_fit import validation_customers
@@ -48,8 +48,15 @@ def audit_holdout(interactions: Interactions, config: Mapping[str, Any], salt: b
                   cut: bytes | None = None) -> np.ndarray:
     """Which of the merchant's customers the run keeps out of training for the audit, picked with the node's
     secret ``salt``: those at or below the run's ``cut`` (``fedshop.client.data.audit_holdout``; by default
-    the cut of the run's share of these customers)."""
-    return held_out_of_training(interactions.customers, float(config["audit-holdout"]), salt, cut)
+    the cut that holds out exactly the run's share of the customers the audit can score, whatever the salt)."""
+    share = float(config["audit-holdout"])
+    cut = holdout_cut(audited_customers(interactions), share, salt) if cut is None else cut
+    return held_out_of_training(interactions.customers, share, salt, cut)
+
+
+def audited_customers(interactions: Interactions) -> list[str]:
+    """The customers the membership audit can score, over whom a run's holdout cut is taken."""
+    return [c for c, scored in zip(interactions.customers, audited(interactions.histories), strict=True) if scored]
 
 
 def recommender_examples(interactions: Interactions, config: Mapping[str, Any], seed: int,
