@@ -13,7 +13,12 @@ from torch.utils.data import Subset
 
 from fedshop.client.data.interactions import build_interactions
 from fedshop.client.data.schema import load_merchant
-from fedshop.client.training.recommender import NextItemExamples, NextItemLoss, train_recommender_private
+from fedshop.client.training.recommender import (
+    IterateAverage,
+    NextItemExamples,
+    NextItemLoss,
+    train_recommender_private,
+)
 from fedshop.models.recommender import build_recommender
 from fedshop.privacy.dp_sgd import TrainingShape, plan_round
 from fedshop.privacy.embedding_norms import embedding_norm_sample
@@ -140,6 +145,46 @@ def test_private_training_changes_the_model_and_reports_what_it_spent(federation
     again = build_recommender(1)
     train_recommender_private(again, dataset, release, batch_size=16, learning_rate=2.0, epochs=2)
     assert not torch.equal(model.item_id.weight, again.item_id.weight)  # noise no one can regenerate
+
+
+def test_the_iterate_average_is_the_moving_average_of_the_steps_from_the_start() -> None:
+    model = nn.Linear(3, 2)
+    start = [p.detach().clone() for p in model.parameters()]
+    average, seen = IterateAverage(model, 0.5), []
+    for step in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(float(step + 1))
+        seen.append([p.detach().clone() for p in model.parameters()])
+        average.step()
+    average.load()
+    for index, parameter in enumerate(model.parameters()):  # ((start/2 + it1/2)/2 + it2/2)/2 + it3/2
+        expected = start[index] / 8 + seen[0][index] / 8 + seen[1][index] / 4 + seen[2][index] / 2
+        torch.testing.assert_close(parameter.detach(), expected)
+    last = IterateAverage(model, 0.0)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    now = model.weight.detach().clone()
+    last.step()
+    last.load()
+    assert torch.equal(model.weight, now)  # decay 0: the last iterate
+    with pytest.raises(ValueError, match="decay lies in"):
+        IterateAverage(model, 1.0)
+
+
+def test_private_training_leaves_the_average_of_its_iterates(federation_dirs) -> None:
+    """The average stays near the start when it forgets slowly, where the last iterate moves away."""
+    data = build_interactions(load_merchant(federation_dirs[2]))
+    dataset = NextItemExamples(data, 20, 16, seed=0)
+    shape = TrainingShape("recommender", len(dataset), 16, 2, 0.5)
+    release = plan_round([shape], 3, 8.0, 0.0, default_delta(len(data.customers))).release("recommender")
+    moved = {}
+    for decay in (0.0, 0.999):
+        model, before = build_recommender(1), build_recommender(1).item_id.weight.clone()
+        train_recommender_private(model, dataset, release, batch_size=16, learning_rate=2.0, epochs=2,
+                                  average_decay=decay)
+        moved[decay] = float((model.item_id.weight - before).norm())
+    assert 0 < moved[0.999] < 0.05 * moved[0.0]
 
 
 def test_a_batch_poisson_sampling_leaves_empty_is_a_noise_only_step(federation_dirs) -> None:

@@ -25,6 +25,10 @@ from fedshop.privacy.dp_sgd import Release, train_private
 from fedshop.privacy.ledger import Mechanism
 
 TOP_K = 10
+# The recommender's DP-SGD leaves the moving average of its iterates at this decay (about the last 7 of a
+# round's steps; a merchant takes about 12 a round at the DP batch rule): chosen on the validation period,
+# docs/benchmarks.md
+ITERATE_AVERAGE_DECAY = 0.85
 
 
 def padded_history(rows: np.ndarray, features: ItemFeatures, length: int) -> tuple[np.ndarray, ...]:
@@ -136,13 +140,46 @@ def private_recipe(examples: int, batch_size: int, max_sample_rate: float,
     return batch, learning_rate * batch / batch_size
 
 
+class IterateAverage:
+    """An exponential moving average of a model's parameters over its DP-SGD steps, from where it started.
+
+    Each DP-SGD step adds Gaussian noise the size of the clipped gradients, and the last iterate carries
+    the last few steps' noise whole; the average over the steps carries less of it (post-processing of
+    the steps the accountant counted: free under DP; De et al., 2022, average their DP-SGD iterates the
+    same way)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"an iterate average's decay lies in [0, 1), not {decay}")
+        self.model, self.decay = model, decay
+        self.average = [p.detach().clone() for p in model.parameters()]
+
+    def step(self) -> None:
+        """Take the model's current parameters into the average."""
+        with torch.no_grad():
+            for average, parameter in zip(self.average, self.model.parameters(), strict=True):
+                average.lerp_(parameter, 1.0 - self.decay)
+
+    def load(self) -> None:
+        """Set the model's parameters to the average."""
+        with torch.no_grad():
+            for average, parameter in zip(self.average, self.model.parameters(), strict=True):
+                parameter.copy_(average)
+
+
 def train_recommender_private(model: Recommender, dataset: Dataset, release: Release, batch_size: int,
-                              learning_rate: float, epochs: int) -> tuple[float, Mechanism]:
-    """DP-SGD on the recommender for ``epochs`` passes (one clipped gradient per customer); the last
-    epoch's loss and what was spent."""
+                              learning_rate: float, epochs: int, average_decay: float = ITERATE_AVERAGE_DECAY
+                              ) -> tuple[float, Mechanism]:
+    """DP-SGD on the recommender for ``epochs`` passes (one clipped gradient per customer), leaving in
+    ``model`` the average of its iterates (:class:`IterateAverage`, ``average_decay`` 0: the last one); the
+    last epoch's loss and what was spent."""
+    average = IterateAverage(model, average_decay)
+
     def loop(private: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss: nn.Module) -> float:
-        return train_epochs(private, loader, optimizer, epochs, loss)
-    return train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
+        return train_epochs(private, loader, optimizer, epochs, loss, average.step)
+    trained = train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
+    average.load()
+    return trained
 
 
 def padded_rows(histories: list[np.ndarray], length: int | None) -> tuple[np.ndarray, np.ndarray]:
