@@ -252,7 +252,7 @@ REPEAT_GRIDS: dict[str, tuple[Scorer, tuple[float, ...]]] = {
 class Tuned(NamedTuple):
     """A method's setting chosen on validation, its validation NDCG@10 and its gains on test."""
 
-    setting: float
+    setting: float | str
     validation_ndcg: float
     test: Gains
 

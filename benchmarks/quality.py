@@ -15,9 +15,11 @@ random; HR@10, NDCG@10 with every right item counted, catalogue coverage; per me
 macro-averaged over merchants):
 
 * what a merchant can run alone, each method tuned per merchant on the validation period with the
-  same budget of three settings: recent popularity, item-kNN, EASE, fedshop's model trained alone
-  (local-only; its setting is how many rounds of training), and personal purchase frequency for
-  repeats; **best alone** picks, per merchant, the method best on validation and scores it on test;
+  same budget of three settings: recent popularity, item-kNN, EASE, fedshop run alone (local-only:
+  fedshop's model trained on the merchant's customers in the clear, its setting how many rounds, with
+  the local part its node fits on it, as a merchant alone would serve it), and personal purchase
+  frequency for repeats; **best alone** picks, per merchant, the method best on validation and scores
+  it on test;
 * central, pooled, non-private references: implicit ALS and EASE, tuned on macro validation NDCG;
 * fedshop federated in the clear and with encrypted aggregation (the shared model), and the model a
   merchant serves in the clear (shared + its local part);
@@ -51,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs, training_examples
+from merchant_inputs import benchmark_parser, benchmark_settings, merchant_dirs
 from next_basket import (
     ALONE_GRIDS,
     CENTRAL_GRIDS,
@@ -74,7 +76,7 @@ from torch.utils.data import ConcatDataset
 
 from fedshop.client.data.schema import load_merchant, write_merchant
 from fedshop.client.node.model_copy import LoadedModels, load_models
-from fedshop.client.training.local_fit import serving_model, shop_co_purchases
+from fedshop.client.training.local_fit import fit_local_part, fold_counter, serving_model, shop_co_purchases
 from fedshop.client.training.recommender import (
     catalogue_scores,
     private_recipe,
@@ -143,31 +145,42 @@ def model_gains(model: Recommender, period: Period, history_length: int) -> Gain
 
 
 def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[str, ...]) -> dict[str, Tuned]:
-    """fedshop's model trained by the merchant alone, for the number of rounds (of the federation's
-    epochs) best on validation out of three, per target."""
+    """fedshop run by the merchant alone, as it would serve it: its model trained on its own customers in
+    the clear, for the number of rounds (of the federation's epochs) best on validation out of three, with
+    the local part its node fits on that model (co-purchases and offsets, chosen as a node chooses them),
+    per target. The setting reads "rounds: the node's choice" (``node_choice``)."""
     grid = sorted({max(1, math.ceil(settings.num_server_rounds * share)) for share in (1 / 3, 2 / 3, 1.0)})
 
-    def checkpoints(period: Period) -> dict[int, Recommender]:
+    def served(period: Period) -> dict[int, tuple[Recommender, str]]:
         torch.manual_seed(settings.seed)
         model = build_recommender(settings.seed)
-        dataset = training_examples(period.context, settings, settings.seed)
+        view = period.context.one_step_back()  # a node's view: each customer's last item held out
+        nobody = np.zeros(len(view.customers), dtype=bool)
+        examples = partial(recommender_examples, view, settings.training_config(), settings.seed)
+        dataset, counted = examples(nobody), fold_counter(view)  # a node's examples (no audit holdout)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         kept = {}
         for round_ in range(1, max(grid) + 1):
             train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer,
                          settings.local_epochs)
             if round_ in grid:
-                kept[round_] = build_recommender(settings.seed)
-                kept[round_].load_state_dict(model.state_dict())
+                trained = build_recommender(settings.seed)
+                trained.load_state_dict(model.state_dict())
+                fit = fit_local_part(trained, None, view, nobody, examples, settings.history_length,
+                                     settings.batch_size, settings.learning_rate, settings.local_part_epochs,
+                                     settings.seed, counted)
+                kept[round_] = (serving_model(trained, fit.part, period.context, settings.history_length),
+                                f"{round_}: {node_choice(fit.part)}")
         return kept
 
-    on_validation, on_test = checkpoints(periods.validation["new"]), checkpoints(periods.test["new"])
+    on_validation, on_test = served(periods.validation["new"]), served(periods.test["new"])
     out = {}
     for target in targets:
-        quality = [(float(model_gains(on_validation[r], periods.validation[target], settings.history_length)
+        quality = [(float(model_gains(on_validation[r][0], periods.validation[target], settings.history_length)
                           .ndcg.mean()), r) for r in grid]
         best, rounds = max(quality, key=lambda pair: pair[0])
-        out[target] = Tuned(rounds, best, model_gains(on_test[rounds], periods.test[target], settings.history_length))
+        model, choice = on_test[rounds]
+        out[target] = Tuned(choice, best, model_gains(model, periods.test[target], settings.history_length))
     return out
 
 

@@ -59,6 +59,8 @@ def test_quality_harness_quick_mode_scores_every_method(tmp_path: Path) -> None:
         choice = r"(shared|0\+o|[0-9.e+]+/[0-9.e+]+(\+o)?)"  # weight/λ, +o with offsets
         assert re.fullmatch(rf"{choice}\|{choice}", served["chosen_on_validation"][merchant]), "one per DP run"
     assert methods["EASE"]["chosen_on_validation"][merchant] in (25.0, 250.0, 2500.0)
+    # fedshop alone is served as a node serves it: the rounds, then its local part's choice
+    assert re.fullmatch(rf"[0-9]+: {choice}", methods["fedshop local-only"]["chosen_on_validation"][merchant])
     assert "personal frequency" in figures["secondary"]["repeat"]["methods"]
 
 
