@@ -199,3 +199,17 @@ def test_a_batch_poisson_sampling_leaves_empty_is_a_noise_only_step(federation_d
     loss, spent = train_recommender_private(model, few, release, batch_size=1, learning_rate=2.0, epochs=10)
     assert math.isfinite(loss) and spent == release.mechanism and spent.steps == 40
     assert not torch.equal(model.item_id.weight, before)
+
+
+def test_every_step_the_accountant_counts_enters_the_iterate_average(federation_dirs, monkeypatch) -> None:
+    """The noise-only steps of empty batches too: were they left out, the average's weights would say which
+    batches nobody was drawn into (about a third of them here), which DP-SGD's release does not."""
+    data = build_interactions(load_merchant(federation_dirs[2]))
+    few = Subset(NextItemExamples(data, 20, 16, seed=0), range(4))
+    release = plan_round([TrainingShape("recommender", len(few), 1, 10, 0.5)], 1, 8.0, 0.0,
+                         default_delta(len(data.customers))).release("recommender")
+    taken = []
+    monkeypatch.setattr(IterateAverage, "step", lambda average: taken.append(1))
+    _, spent = train_recommender_private(build_recommender(1), few, release, batch_size=1, learning_rate=2.0,
+                                         epochs=10)
+    assert len(taken) == spent.steps == 40

@@ -176,7 +176,13 @@ def train_recommender_private(model: Recommender, dataset: Dataset, release: Rel
     average = IterateAverage(model, average_decay)
 
     def loop(private: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss: nn.Module) -> float:
-        return train_epochs(private, loader, optimizer, epochs, loss, average.step)
+        # after every step Opacus takes, the noise-only ones of empty batches included: which batches were
+        # empty must not decide the average's weights (it would tell who was drawn)
+        hook = optimizer.original_optimizer.register_step_post_hook(lambda *_: average.step())
+        try:
+            return train_epochs(private, loader, optimizer, epochs, loss)
+        finally:
+            hook.remove()
     trained = train_private(model, dataset, release, batch_size, learning_rate, NextItemLoss(), loop)
     average.load()
     return trained
