@@ -154,7 +154,8 @@ def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[s
     def served(period: Period) -> dict[int, tuple[Recommender, str]]:
         torch.manual_seed(settings.seed)
         model = build_recommender(settings.seed)
-        view = period.context.one_step_back()  # a node's view: each customer's last item held out
+        # a node's view: each customer's last item held out (a basket-completion context already holds it out)
+        view = period.context.one_step_back() if (period.context.held_out < 0).all() else period.context
         nobody = np.zeros(len(view.customers), dtype=bool)
         examples = partial(recommender_examples, view, settings.training_config(), settings.seed)
         dataset, counted = examples(nobody), fold_counter(view)  # a node's examples (no audit holdout)

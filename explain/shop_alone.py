@@ -13,10 +13,11 @@ local fit's cross-validation (each fold's last visits scored by a regression lea
 without the audit holdout, popularity breaking ties as it does here; the mean NDCG@10 of the local
 fit's two checks); the regression is then fitted on every customer's training history at that λ. A
 reference left at one λ would be a weaker bar than the served model, which chooses its own, and flatter
-the federation. EASE is the strongest method a merchant runs alone in ``benchmarks/quality.py`` on
-generated and on UCI data (docs/benchmarks.md). It is scored exactly as the served model is: the
-customer's held-out item against the whole catalogue, their own history masked, ties broken at random
-(``fedshop.client.training.recommender.customer_gains``).
+the federation. It is what fedshop's local part serves, and with EASE the strongest method a merchant
+runs alone in ``benchmarks/quality.py`` on generated and on UCI data (fedshop run alone, this regression
+on its own model, is best alone at some shops, EASE at the others; docs/benchmarks.md). It is scored
+exactly as the served model is: the customer's held-out item against the whole catalogue, their own
+history masked, ties broken at random (``fedshop.client.training.recommender.customer_gains``).
 """
 
 import numpy as np
@@ -35,7 +36,8 @@ from fedshop.models.local_part import CO_PURCHASE_RIDGES, CoPurchases
 
 ALONE = ("the shop's own co-purchase regression (EASE) over its customers' training histories, keyed by its own "
          "catalogue, its λ chosen by cross-validation over the shop's customers as the served model's is, its "
-         "popularity breaking ties: the strongest method a merchant runs alone in benchmarks/quality.py; nothing "
+         "popularity breaking ties: what fedshop's local part serves, and with EASE the strongest method a merchant "
+         "runs alone in benchmarks/quality.py; nothing "
          "of the federation enters it, and it is scored on the same held-out items as the served model")
 TIE_BREAK = 1e-9  # popularity's weight: below any difference of the regression's scores, so it only breaks ties
 
