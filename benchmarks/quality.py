@@ -151,7 +151,8 @@ def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[s
     per target. The setting reads "rounds: the node's choice" (``node_choice``)."""
     grid = sorted({max(1, math.ceil(settings.num_server_rounds * share)) for share in (1 / 3, 2 / 3, 1.0)})
 
-    def served(period: Period) -> dict[int, tuple[Recommender, str]]:
+    def served(period: Period, rounds: set[int]) -> dict[int, tuple[Recommender, str]]:
+        """The served model and its setting after each of ``rounds`` (the local part is fitted there only)."""
         torch.manual_seed(settings.seed)
         model = build_recommender(settings.seed)
         # a node's view: each customer's last item held out (a basket-completion context already holds it out)
@@ -161,10 +162,10 @@ def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[s
         dataset, counted = examples(nobody), fold_counter(view)  # a node's examples (no audit holdout)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         kept = {}
-        for round_ in range(1, max(grid) + 1):
+        for round_ in range(1, max(rounds) + 1):
             train_epochs(model, shuffled_loader(dataset, settings.batch_size, round_), optimizer,
                          settings.local_epochs)
-            if round_ in grid:
+            if round_ in rounds:
                 trained = build_recommender(settings.seed)
                 trained.load_state_dict(model.state_dict())
                 fit = fit_local_part(trained, None, view, nobody, examples, settings.history_length,
@@ -174,12 +175,15 @@ def local_only(periods: MerchantPeriods, settings: RunSettings, targets: tuple[s
                                 f"{round_}: {node_choice(fit.part)}")
         return kept
 
-    on_validation, on_test = served(periods.validation["new"]), served(periods.test["new"])
-    out = {}
+    on_validation = served(periods.validation["new"], set(grid))
+    picked = {}
     for target in targets:
         quality = [(float(model_gains(on_validation[r][0], periods.validation[target], settings.history_length)
                           .ndcg.mean()), r) for r in grid]
-        best, rounds = max(quality, key=lambda pair: pair[0])
+        picked[target] = max(quality, key=lambda pair: pair[0])
+    on_test = served(periods.test["new"], {rounds for _, rounds in picked.values()})  # only what validation picked
+    out = {}
+    for target, (best, rounds) in picked.items():
         model, choice = on_test[rounds]
         out[target] = Tuned(choice, best, model_gains(model, periods.test[target], settings.history_length))
     return out
