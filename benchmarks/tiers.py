@@ -561,6 +561,11 @@ def main() -> None:
     for name, (met, detail) in controls.items():
         verdict = "PASS (a control should fail: the target cannot tell random tiers here)" if met else "FAIL (good)"
         console.print(f"{verdict}  {name}: {detail}")
+    reference_name = ("reference, no target: central k-means (every merchant's customers pooled, no privacy), "
+                      "its AUC minus shop alone's on the same merchants: what pooling without privacy gives them")
+    _, reference = (auc_target([others[CENTRAL_ROW]], others[ALONE_ROW], smallest, rng) if len(feds) == 1
+                    else federations_auc_target(feds, CENTRAL_ROW))
+    console.print(f"{reference_name}: {reference}")
     wall = time.perf_counter() - started
     console.print(f"wall time {wall:.1f} s")
     if args.json:
@@ -574,9 +579,11 @@ def main() -> None:
             "federations": len(feds),  # with more than one, every key above is the first federation's
             "federation_validation_auc": chosen_on,
             "federation_auc_gaps": [auc_gaps(fed, DP_ROW) for fed in feds],
+            "federation_auc_gaps_central": [auc_gaps(fed, CENTRAL_ROW) for fed in feds],
             "federation_loyal_over_regular": [fed.methods[DP_ROW][ALL]["loyal_over_regular"] for fed in feds],
             "targets": [{"target": n, "met": met, "detail": d} for n, (met, d) in checks.items()],
             "controls": [{"target": n, "met": met, "detail": d} for n, (met, d) in controls.items()],
+            "reference": {"name": reference_name, "detail": reference},
             "wall_time_s": wall}, indent=2))
 
 

@@ -1,6 +1,7 @@
 """The member-tier benchmark's measures and targets (``benchmarks/tiers.py``): they score what they claim to,
 a target can fail, and its federated rounds in the clear are Lloyd's steps on every merchant's customers."""
 
+import json
 from types import ModuleType
 
 import numpy as np
@@ -86,3 +87,18 @@ def test_the_target_over_federations_averages_each_merchants_gap_and_can_fail(be
     seldom = [federation(10, False), federation(20, True, small=12), federation(30, True, small=12)]
     met, detail = bench.federations_auc_target(seldom, bench.DP_ROW)
     assert "small: judged in 1 of 3, not counted" in detail and met, detail  # big predicts in 2 of 3 draws
+
+
+def test_the_benchmark_prints_and_writes_what_pooling_without_privacy_gives_the_judged_merchants(
+        bench, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiers.json"
+    monkeypatch.setattr("sys.argv", ["tiers.py", "--quick", "--repeats", "2", "--json", str(out)])
+    bench.main()
+    written = json.loads(out.read_text())
+    central, alone = written["methods"][bench.CENTRAL_ROW], written["methods"][bench.ALONE_ROW]
+    gaps = written["federation_auc_gaps_central"][0]
+    assert set(gaps) == set(written["auc_target_merchants"]) and gaps
+    for name, gap in gaps.items():
+        assert gap == pytest.approx(central[name]["auc"] - alone[name]["auc"])
+        assert f"{name}: {gap:+.4f}" in written["reference"]["detail"]
+    assert "reference, no target: central k-means" in capsys.readouterr().out
