@@ -18,11 +18,21 @@ in the low bits, which are rounded away, and each field's sum stays within its b
 grid leaves headroom for it). Merchants encrypt with symmetric CKKS and send each ciphertext seeded:
 its random half is replaced by the seed it was drawn from (SEAL regenerates it on load), so a
 ciphertext costs one polynomial of three 60-bit primes for 7 x 8192 values: 0.86 x float32. The
-server adds ciphertexts; a sum is no longer seeded, so it travels at twice that.
+server adds ciphertexts; a sum is no longer seeded, so it travels at twice that, with the seeds of
+the updates it adds.
 
-An encrypted model travels and is stored as two arrays (``pack``): the ciphertexts' bytes back to
-back, and each one's size. Flower moves every array of a message as objects of its own, one
-request each.
+**What a node decrypts.** The server's public context is enough to write a ciphertext of its own, and
+one whose random half it chose small decrypts to that half times the secret key: a node's answers
+about such a model would read the key out. So a node never decrypts the random half it is sent: it
+draws the halves of the summed updates again from their seeds, refuses a sum that repeats a seed (a
+repeated half would scale the encryption noise into the values), and adds fresh noise to the low bits
+before rounding them away (``flood_bits``), so that where the rounding falls says nothing of the
+encryption noise. What a sum can then decrypt to is a sum of merchants' updates, each at most once,
+plus values the server chose.
+
+An encrypted update travels and is stored as two arrays (``pack``): the ciphertexts' bytes back to
+back, and each one's size; a sum adds a third, the seeds (``SEEDS``). Flower moves every array of a
+message as objects of its own, one request each.
 """
 
 import hashlib
@@ -35,19 +45,24 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from fedshop.core.files import write_secret
 from fedshop.privacy.seal_bytes import (
+    SealFormatError,
     ciphertext_bytes,
     ciphertext_polynomials,
+    ciphertext_seed,
     plaintext_bytes,
     plaintext_coefficients,
+    seeded_ciphertext_bytes,
 )
 
 SEAL_NOISE_BOUND = 21  # SEAL's encryption error: a centred binomial sample, |e| <= 21 per coefficient
+SEED_BYTES = 81  # SEAL's saved generator info in place of a random half: a 16-byte header, its kind, a 512-bit seed
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class CkksParameters:
     noise_bits: int = 16
     fields: int = 7  # values per coefficient
     field_bits: int = 23  # a value's bits in a coefficient: the signed sum of every merchant's integer
+    flood_bits: int = 13  # fresh noise a node adds to the low bits before rounding: the largest sum's stays below
 
     @property
     def values_per_ciphertext(self) -> int:
@@ -75,7 +91,7 @@ class CkksParameters:
 
 CKKS = CkksParameters()
 SECRET_FILE, PUBLIC_FILE, MANIFEST_FILE = "secret.ctx", "public.ctx", "context.json"
-CIPHERTEXTS, CIPHERTEXT_SIZES = "ciphertexts", "ciphertext-sizes"
+CIPHERTEXTS, CIPHERTEXT_SIZES, SEEDS = "ciphertexts", "ciphertext-sizes", "seeds"
 MAX_CIPHERTEXT_BYTES = 2 * CKKS.poly_modulus_degree * (len(CKKS.coeff_mod_bit_sizes) - 1) * 8 + 4096
 _PARAMETERS, _KEY_SET, _SECRET_KEY = "parameters", "key-set", "secret-key"
 
@@ -236,9 +252,9 @@ def encrypted_bytes() -> tuple[int, int]:
         create_keys(Path(folder))
         secret = load_secret_context(Path(folder) / SECRET_FILE)
         public = load_public_context(Path(folder) / PUBLIC_FILE)
-    update = encrypt(secret, np.zeros(CKKS.values_per_ciphertext, np.int64))
-    total = add_updates(public, [parse_update(public, update, CKKS.values_per_ciphertext)] * 2)
-    return int(update[CIPHERTEXT_SIZES][0]), int(total[CIPHERTEXT_SIZES][0])
+    updates = [encrypt(secret, np.zeros(CKKS.values_per_ciphertext, np.int64)) for _ in range(2)]
+    total = add_updates(public, [parse_update(public, update, CKKS.values_per_ciphertext) for update in updates])
+    return int(updates[0][CIPHERTEXT_SIZES][0]), int(total[CIPHERTEXT_SIZES][0])
 
 
 def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:
@@ -248,10 +264,10 @@ def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:
 
 
 def unpack(arrays: dict[str, np.ndarray], count: int) -> list[bytes]:
-    """The ``count`` serialised ciphertexts of a packed encrypted model, checked before any is split off."""
+    """The ``count`` serialised ciphertexts of a packed encrypted update, checked before any is split off."""
     names = sorted(arrays)
     if names != sorted((CIPHERTEXTS, CIPHERTEXT_SIZES)):
-        raise CiphertextError(f"an encrypted model is the arrays {CIPHERTEXTS!r} and {CIPHERTEXT_SIZES!r}, got "
+        raise CiphertextError(f"an encrypted update is the arrays {CIPHERTEXTS!r} and {CIPHERTEXT_SIZES!r}, got "
                               f"{len(names)} arrays: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")
     data, sizes = arrays[CIPHERTEXTS], arrays[CIPHERTEXT_SIZES]
     if data.dtype != np.uint8 or data.ndim != 1:
@@ -271,6 +287,20 @@ def unpack(arrays: dict[str, np.ndarray], count: int) -> list[bytes]:
     return [data[end - size:end].tobytes() for size, end in zip(lengths, ends, strict=True)]
 
 
+def unpack_sum(arrays: dict[str, np.ndarray], count: int) -> tuple[list[bytes], np.ndarray]:
+    """The ``count`` serialised ciphertexts of a packed sum and, for each, the seeds of the updates it adds
+    (``[count, updates, SEED_BYTES]``), checked before any is split off."""
+    if sorted(arrays) != sorted((CIPHERTEXTS, CIPHERTEXT_SIZES, SEEDS)):
+        raise CiphertextError(f"an encrypted sum is the arrays {CIPHERTEXTS!r}, {CIPHERTEXT_SIZES!r} and {SEEDS!r} "
+                              f"(the seeds of the updates it adds), got {', '.join(sorted(arrays)[:4])}")
+    seeds = arrays[SEEDS]
+    if seeds.dtype != np.uint8 or seeds.ndim != 3 or seeds.shape[0] != count or seeds.shape[2] != SEED_BYTES \
+            or not 0 < seeds.shape[1] <= CKKS.max_merchants:
+        raise CiphertextError(f"{SEEDS} is {seeds.dtype}{list(seeds.shape)}, expected uint8 [{count}, updates (1 to "
+                              f"{CKKS.max_merchants}), {SEED_BYTES}]")
+    return unpack({name: arrays[name] for name in (CIPHERTEXTS, CIPHERTEXT_SIZES)}, count), seeds
+
+
 class _Machinery:
     """SEAL's objects for one key set, and the conversions between packed integers and plaintexts."""
 
@@ -284,6 +314,23 @@ class _Machinery:
         self.ciphertext = ciphertext_bytes(self.files.save(seal.Ciphertext(key.context)), np.zeros(shape), False)
         self.modulus = math.prod(key.moduli)
         self.crt = [(self.modulus // q) * pow(self.modulus // q, -1, q) for q in key.moduli]
+        self.primes = np.array(key.moduli, np.uint64)[:, None]
+
+    def random_half(self, seed: bytes) -> np.ndarray:
+        """The random second polynomial (moduli, degree; NTT form) SEAL draws from a ciphertext's ``seed``."""
+        zero = np.zeros((len(self.key.moduli), CKKS.poly_modulus_degree), np.uint64)
+        seeded = seeded_ciphertext_bytes(self.ciphertext, zero, seed)
+        item = self.files.load(seal.Ciphertext(), self.key.context, seeded)
+        return ciphertext_polynomials(self.files.save(item))[1]
+
+    def with_random_half(self, item: seal.Ciphertext, seeds: np.ndarray) -> seal.Ciphertext:
+        """``item``'s first polynomial with, as its second, the sum of the halves drawn from ``seeds``."""
+        half = np.zeros((len(self.key.moduli), CKKS.poly_modulus_degree), np.uint64)
+        for seed in seeds:
+            half = (half + self.random_half(seed.tobytes())) % self.primes  # each below 2**60: no overflow
+        first = ciphertext_polynomials(self.files.save(item))[0]
+        return self.files.load(seal.Ciphertext(), self.key.context,
+                               ciphertext_bytes(self.ciphertext, np.stack([first, half]), True))
 
     def _ntt(self, residues: np.ndarray, forward: bool) -> np.ndarray:
         """A polynomial's residues moved into (``forward``) or out of SEAL's NTT form, by SEAL."""
@@ -308,12 +355,13 @@ class _Machinery:
                                plaintext_bytes(self.plaintext, self._ntt(residues, forward=True).ravel()))
 
     def fields_of(self, plain: seal.Plaintext) -> np.ndarray:
-        """The (fields, degree) integers a decrypted plaintext packs: the noise rounded away and each
-        field read as a signed integer."""
+        """The (fields, degree) integers a decrypted plaintext packs: the noise, flooded with fresh noise of
+        ``flood_bits``, rounded away and each field read as a signed integer."""
         shape = (len(self.key.moduli), CKKS.poly_modulus_degree)
         residues = self._ntt(plaintext_coefficients(self.files.save(plain)).reshape(shape), forward=False)
         composed = sum(residue.astype(object) * factor for residue, factor in zip(residues, self.crt, strict=True))
-        limbs = _to_limbs((composed + _FIELD_OFFSETS + _NOISE_HALF) % self.modulus)
+        flood = np.random.default_rng().integers(-_FLOOD, _FLOOD, CKKS.poly_modulus_degree, endpoint=True)
+        limbs = _to_limbs((composed + flood.astype(object) + _FIELD_OFFSETS + _NOISE_HALF) % self.modulus)
         widths = [CKKS.field_bits] * (CKKS.fields - 1) + [_LIMBS * 64 - _field_start(CKKS.fields - 1)]
         return np.stack([_slice(limbs, _field_start(index), width).astype(np.int64) - _FIELD_HALF
                          for index, width in enumerate(widths)])
@@ -322,6 +370,7 @@ class _Machinery:
 _LIMBS = 3  # 64-bit words that hold a packed coefficient (the data modulus has 180 bits)
 _FIELD_HALF = 1 << (CKKS.field_bits - 1)
 _NOISE_HALF = 1 << (CKKS.noise_bits - 1)
+_FLOOD = 1 << CKKS.flood_bits
 
 
 def _field_start(index: int) -> int:
@@ -397,35 +446,69 @@ def _parse(key: KeyContext, index: int, data: bytes) -> seal.Ciphertext:
     return item
 
 
-def parse_update(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> list[seal.Ciphertext]:
-    """Check an encrypted update (arrays, count, sizes, parameters, well-formed ciphertexts) and parse it."""
-    return [_parse(key, index, data) for index, data in enumerate(unpack(ciphertexts, ciphertext_count(size)))]
+class Update(NamedTuple):
+    """A merchant's parsed update: its ciphertexts, and the seed each one's random half was drawn from."""
+
+    ciphertexts: list[seal.Ciphertext]
+    seeds: list[bytes]
 
 
-def add_updates(key: KeyContext, updates: list[list[seal.Ciphertext]]) -> dict[str, np.ndarray]:
-    """Sum parsed updates ciphertext by ciphertext (the public context suffices), packed."""
+def _seed(index: int, data: bytes) -> bytes:
+    try:
+        seed = ciphertext_seed(data)
+    except SealFormatError as exc:
+        raise CiphertextError(f"ciphertext {index} is not seeded: an update sends its random half as the seed "
+                              f"it was drawn from, which a sum carries to the merchants ({exc})") from exc
+    if len(seed) != SEED_BYTES:
+        raise CiphertextError(f"ciphertext {index}'s seed takes {len(seed)} bytes, not SEAL's {SEED_BYTES}")
+    return seed
+
+
+def parse_update(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> Update:
+    """Check an encrypted update (arrays, count, sizes, parameters, well-formed seeded ciphertexts) and parse it."""
+    parts = unpack(ciphertexts, ciphertext_count(size))
+    items = [_parse(key, index, data) for index, data in enumerate(parts)]
+    return Update(items, [_seed(index, data) for index, data in enumerate(parts)])
+
+
+def add_updates(key: KeyContext, updates: list[Update]) -> dict[str, np.ndarray]:
+    """Sum parsed updates ciphertext by ciphertext (the public context suffices), packed with their seeds."""
     if len(updates) > CKKS.max_merchants:
         raise CiphertextError(f"{len(updates)} updates: one sum adds at most {CKKS.max_merchants} "
                               "(more would let the encryption noise reach the packed values)")
+    if len({seed for update in updates for seed in update.seeds}) < sum(len(update.seeds) for update in updates):
+        raise CiphertextError("the updates repeat a seed: a sum adds each merchant's ciphertext once")
     machinery, totals = key._machinery, []
-    for first, *rest in zip(*updates, strict=True):
+    for first, *rest in zip(*(update.ciphertexts for update in updates), strict=True):
         total = first
         for part in rest:
             added = seal.Ciphertext()
             machinery.evaluator.add(total, part, added)
             total = added
         totals.append(machinery.files.save(total))
-    return pack(totals)
+    seeds = np.array([[np.frombuffer(seed, np.uint8) for seed in drawn]
+                      for drawn in zip(*(update.seeds for update in updates), strict=True)], np.uint8)
+    return pack(totals) | {SEEDS: seeds}
 
 
 def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> np.ndarray:
-    """Decrypt an (aggregated) update back to the flat vector of ``size`` summed fixed-point integers."""
+    """Decrypt a sum of updates back to the flat vector of ``size`` summed fixed-point integers. The random
+    halves are drawn again from the summed updates' seeds, never taken from the sum (see the module's
+    docstring): a sum that repeats a seed is refused."""
     if not key.has_secret_key:
         raise ContextError("decryption needs the merchant's secret context")
     machinery = key._machinery
     decryptor = seal.Decryptor(key.context, key.secret_key)
+    parts, seeds = unpack_sum(ciphertexts, ciphertext_count(size))
     blocks = []
-    for item in parse_update(key, ciphertexts, size):
+    for index, (data, drawn) in enumerate(zip(parts, seeds, strict=True)):
+        if len({seed.tobytes() for seed in drawn}) < len(drawn):
+            raise CiphertextError(f"ciphertext {index} of the sum repeats a seed: a sum adds each merchant's "
+                                  "ciphertext once, and a repeated one would read out the encryption noise")
+        try:
+            item = machinery.with_random_half(_parse(key, index, data), drawn)
+        except (RuntimeError, ValueError) as exc:  # SEAL refuses a seed it cannot draw from
+            raise CiphertextError(f"ciphertext {index} of the sum: its seeds cannot be drawn from ({exc})") from exc
         plain = seal.Plaintext()
         decryptor.decrypt(item, plain)
         blocks.append(machinery.fields_of(plain).ravel())

@@ -2,8 +2,9 @@
 
 TenSEAL's SEAL API (``tenseal.sealapi``) saves and loads SEAL objects only through files, and gives
 no access to a polynomial's coefficients. The compact encoding (``fedshop.privacy.ckks``) needs them: it
-writes its own integer polynomials and reads the decrypted ones. So this module reads and writes
-SEAL's own serialisation of the two objects (SEAL 4: a 16-byte header, then the object's members,
+writes its own integer polynomials and reads the decrypted ones, and a node draws a sum's random
+halves from the seeds of the updates summed. So this module reads and writes SEAL's own serialisation
+of the two objects and a seeded ciphertext's seed (SEAL 4: a 16-byte header, then the object's members,
 its coefficients last, as a nested dynamic array), uncompressed on write; SEAL's zlib and zstd
 bodies are read with the codecs of the standard library and pyarrow. SEAL validates every object it
 loads from these bytes against the context, as it does any other.
@@ -99,6 +100,37 @@ def _ciphertext_polynomials(saved: bytes) -> np.ndarray:
 def ciphertext_polynomials(saved: bytes) -> np.ndarray:
     """The polynomials of a saved ciphertext, shaped (size, moduli, degree)."""
     return _parsed(_ciphertext_polynomials, saved, "ciphertext")
+
+
+def _ciphertext_seed(saved: bytes) -> bytes:
+    body, _ = _body(saved)
+    *_, size, degree, moduli, _, _ = _CIPHERTEXT.unpack_from(body)
+    start = _CIPHERTEXT.size
+    if len(body) < start + _HEADER.size:
+        raise SealFormatError("the ciphertext holds no polynomial")
+    end = start + _HEADER.unpack_from(body, start)[-1]
+    if size != 2:
+        raise SealFormatError(f"a seeded ciphertext has two polynomials, this one {size}")
+    _coefficients(body[:end], start, degree * moduli)  # the first polynomial only: the second is the seed's
+    seed = body[end:]
+    _body(seed)
+    return seed
+
+
+def ciphertext_seed(saved: bytes) -> bytes:
+    """What a seeded ciphertext holds in place of its random second polynomial: SEAL's saved generator
+    info (its header, its kind and the seed), from which SEAL draws the polynomial again on load."""
+    return _parsed(_ciphertext_seed, saved, "seeded ciphertext")
+
+
+def seeded_ciphertext_bytes(like: bytes, first: np.ndarray, seed: bytes) -> bytes:
+    """A saved seeded ciphertext in NTT form, with the parameters, scale and version of the saved
+    ciphertext ``like``, the (moduli, degree) polynomial ``first`` and ``seed`` (``ciphertext_seed``)."""
+    body, version = _body(like)
+    *parms_id, _, _, _, _, scale, correction = _CIPHERTEXT.unpack_from(body)
+    moduli, degree = first.shape
+    members = _CIPHERTEXT.pack(*parms_id, True, 2, degree, moduli, scale, correction)
+    return _saved(members + _array(first, version) + seed, version)
 
 
 def ciphertext_bytes(like: bytes, polynomials: np.ndarray, ntt_form: bool) -> bytes:

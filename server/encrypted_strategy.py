@@ -61,6 +61,7 @@ class EncryptedFedAvg(MerchantFedAvg):
         self.weight_scale = 0.0
         self.value_range = 0.0
         self.accepted_weight = 0
+        self.accepted_seeds: set[bytes] = set()  # the seeds of this round's accepted updates
 
     def _tag(self, config: ConfigRecord) -> ConfigRecord:
         config[CONTEXT_ID] = self.key.context_id
@@ -126,7 +127,7 @@ class EncryptedFedAvg(MerchantFedAvg):
         config[SERVER_ROUND] = round_
         self._ask_examples(round_, config, grid)
         self.weight_scale = float(sum(self.examples[node] for node in self.sampled))
-        self.value_range, self.accepted_weight = 0.0, 0
+        self.value_range, self.accepted_weight, self.accepted_seeds = 0.0, 0, set()
         config[WEIGHT_SCALE] = self.weight_scale
         return self._tag(config)
 
@@ -179,7 +180,11 @@ class EncryptedFedAvg(MerchantFedAvg):
                                   parameter_count())
         except (CiphertextError, ValueError) as exc:
             raise UpdateRefused(str(exc)) from exc
+        if self.accepted_seeds.intersection(update.seeds):
+            raise UpdateRefused("its ciphertexts repeat seeds of an update already accepted this round (a replayed "
+                                "update): a sum adds each ciphertext once, or the merchants refuse it")
         self.accepted_weight += weight
+        self.accepted_seeds.update(update.seeds)
         return update
 
     def aggregate_updates(self, server_round: int, replies: list[Message], updates: list[Any]

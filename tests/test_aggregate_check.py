@@ -19,6 +19,7 @@ from fedshop.models.parameters import parameter_count
 from fedshop.models.shared import build_shared_models
 from fedshop.privacy.ckks import (
     CKKS,
+    SEEDS,
     add_updates,
     create_keys,
     encrypt,
@@ -120,6 +121,10 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
     adopted = [evaluate_locally(_message("evaluate", 1, round_one, scale, secret.context_id), node)
                for node in nodes]
     assert all(r.content.metric_records["metrics"][AGGREGATE_REFUSED] == 0 for r in adopted)
+    without_seeds = round_one._replace(ciphertexts={k: v for k, v in round_one.ciphertexts.items() if k != SEEDS})
+    with pytest.raises(TaskRefused, match="merchant .* refused to decrypt the round's aggregate: an encrypted sum is "
+                                          "the arrays .*'seeds'"):
+        evaluate_locally(_message("evaluate", 1, without_seeds, scale, secret.context_id), nodes[0])
 
     honest = [train_locally(_message("train", 2, round_one, scale, secret.context_id), node) for node in nodes]
     largest = np.full(parameter_count(), 2 ** (CKKS.field_bits - 2), np.int64)
@@ -134,7 +139,8 @@ def test_a_valid_encryption_of_huge_values_is_refused_by_every_honest_merchant(f
     third = train_locally(_message("train", 3, poisoned, scale, secret.context_id), nodes[0])
     metrics = third.content.metric_records["metrics"]
     assert metrics[AGGREGATE_REFUSED] == 1
-    own = decrypt_global_model(secret, _ciphertexts(third), Grid(metrics[VALUE_RANGE], scale), metrics[EXAMPLES])
+    own_sum = add_updates(public, [parse_update(public, _ciphertexts(third), parameter_count())])
+    own = decrypt_global_model(secret, own_sum, Grid(metrics[VALUE_RANGE], scale), metrics[EXAMPLES])
     assert np.isfinite(own).all() and np.abs(own).max() < 1e3  # trained from the previous model, not the poison
 
 

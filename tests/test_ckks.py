@@ -20,6 +20,7 @@ from fedshop.privacy.ckks import (
     CKKS,
     MAX_CIPHERTEXT_BYTES,
     SEAL_NOISE_BOUND,
+    SEEDS,
     CiphertextError,
     ContextError,
     add_updates,
@@ -33,6 +34,7 @@ from fedshop.privacy.ckks import (
     pack,
     parse_update,
     unpack,
+    unpack_sum,
 )
 from fedshop.privacy.fixed_point import FRACTION_BITS, MAX_WEIGHT_RATIO, Grid, GridError, value_range_of
 from fedshop.privacy.seal_bytes import SealFormatError, ciphertext_bytes, ciphertext_polynomials, plaintext_coefficients
@@ -53,7 +55,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory):
 
 def test_the_packing_fits_the_modulus_and_the_noise_of_the_largest_sum() -> None:
     assert CKKS.noise_bits + CKKS.fields * CKKS.field_bits < CKKS.data_modulus_bits - 1
-    assert SEAL_NOISE_BOUND * CKKS.max_merchants < 2 ** (CKKS.noise_bits - 1)
+    assert SEAL_NOISE_BOUND * CKKS.max_merchants + 2**CKKS.flood_bits < 2 ** (CKKS.noise_bits - 1)
     assert MAX_WEIGHT_RATIO * 2**FRACTION_BITS + CKKS.max_merchants < FIELD_LIMIT
     assert sum(CKKS.coeff_mod_bit_sizes) <= seal.CoeffModulus.MaxBitCount(CKKS.poly_modulus_degree,
                                                                           seal.SEC_LEVEL_TYPE.TC128)
@@ -70,15 +72,19 @@ def test_the_sum_of_encrypted_integers_is_exact(keys, size: int, merchants: int,
 
 
 def test_the_largest_sum_stays_exact(keys) -> None:
-    """``max_merchants`` copies of one ciphertext add its noise up in the same direction: the worst case."""
+    """``max_merchants`` updates, each encrypted afresh (a sum adds each ciphertext once: a node refuses a
+    repeated seed), stay exact with the flooding added; the worst case of their noise, every error in one
+    direction, is the arithmetic of the first test."""
     secret, public, _ = keys
     values = np.random.default_rng(0).integers(-FIELD_LIMIT // CKKS.max_merchants, FIELD_LIMIT // CKKS.max_merchants,
                                                CKKS.values_per_ciphertext)
-    update = parse_update(public, encrypt(secret, values), values.size)
-    total = add_updates(public, [update] * CKKS.max_merchants)
+    updates = [parse_update(public, encrypt(secret, values), values.size) for _ in range(CKKS.max_merchants)]
+    total = add_updates(public, updates)
     np.testing.assert_array_equal(decrypt(secret, total, values.size), CKKS.max_merchants * values)
     with pytest.raises(CiphertextError, match=f"one sum adds at most {CKKS.max_merchants}"):
-        add_updates(public, [update] * (CKKS.max_merchants + 1))
+        add_updates(public, [updates[0]] * (CKKS.max_merchants + 1))
+    with pytest.raises(CiphertextError, match="the updates repeat a seed"):
+        add_updates(public, [updates[0]] * 2)
 
 
 def test_no_secret_key_or_plaintext_is_left_in_the_scratch_folders(tmp_path: Path, monkeypatch) -> None:
@@ -209,7 +215,10 @@ def test_truncated_foreign_altered_and_miscounted_ciphertexts_are_refused(keys) 
         parse_update(public, _with_ciphertext(good, 1, second[:1000]), size)
     with pytest.raises(CiphertextError, match="ciphertext 0 cannot be read under context"):
         parse_update(public, _with_ciphertext(good, 0, _foreign_ciphertext()), size)
-    sum_of_two = unpack(add_updates(public, [parse_update(public, good, size)] * 2), 2)[0]
+    other = encrypt(secret, np.ones(size, np.int64))
+    sum_of_two = unpack_sum(add_updates(public, [parse_update(public, u, size) for u in (good, other)]), 2)[0][0]
+    with pytest.raises(CiphertextError, match="ciphertext 0 is not seeded"):
+        parse_update(public, _with_ciphertext(good, 0, sum_of_two), size)
     polynomials = ciphertext_polynomials(sum_of_two)
     out_of_range = polynomials.copy()
     out_of_range[0, 0, 0] = np.iinfo(np.uint64).max  # no coefficient can exceed its prime
@@ -266,7 +275,7 @@ def test_any_packing_splits_exactly_or_is_refused(data: bytes, sizes: list[int],
 def test_packings_of_the_wrong_shape_are_refused_by_name() -> None:
     good = pack([b"abc", b"de"])
     cases = {
-        "an encrypted model is the arrays": {**good, "ct.00000": good[CIPHERTEXTS]},
+        "an encrypted update is the arrays": {**good, "ct.00000": good[CIPHERTEXTS]},
         "ciphertexts is float64": {**good, CIPHERTEXTS: good[CIPHERTEXTS].astype(float)},
         "ciphertext-sizes is int32": {**good, CIPHERTEXT_SIZES: good[CIPHERTEXT_SIZES].astype(np.int32)},
         "sizes add up to 5 bytes, but ciphertexts holds 4": {**good, CIPHERTEXTS: good[CIPHERTEXTS][:4]},
@@ -290,7 +299,7 @@ def test_server_refuses_updates_of_another_context_grid_or_beyond_the_weight_sca
         return merchant_reply(update, {**metrics, **grid_metrics}, context_id=context_id)
 
     strategy.examples, strategy.value_range = {2: 3}, grid.value_range  # its count answer; most merchants' range
-    accepted = strategy.accept_update(reply())
+    accepted = strategy.accept_update(reply()).ciphertexts
     assert len(accepted) == ciphertext_count(parameter_count())
     with pytest.raises(UpdateRefused, match=f"encrypted under context feedfacefeedface, but this federation "
                                             f"uses context {public.context_id}"):
@@ -309,3 +318,43 @@ def test_server_refuses_updates_of_another_context_grid_or_beyond_the_weight_sca
     with pytest.raises(UpdateRefused, match=f"expected {len(accepted)} ciphertexts, got {len(accepted) - 1}"):
         strategy.accept_update(merchant_reply(short, {"num-examples": 3, "weight-scale": 4.0,
                                                       "value-range": grid.value_range}, context_id=public.context_id))
+    with pytest.raises(UpdateRefused, match="repeat seeds of an update already accepted this round"):
+        strategy.accept_update(reply())
+
+
+def test_a_node_draws_a_sums_random_halves_from_its_seeds_never_from_the_server(keys) -> None:
+    """The server's public context writes ciphertexts of its own: one whose random half was the small
+    constant 32 * 2**noise_bits decrypted to 32 times the secret key's coefficients (-32, 0 or 32), which a
+    node's answers about the model it decrypted would read out. A node draws the halves from the summed
+    updates' seeds, refuses a sum without them, and one that repeats a seed."""
+    secret, public, _ = keys
+    size = CKKS.values_per_ciphertext
+    parts = [np.arange(size) % 1000, np.full(size, -7)]
+    total = add_updates(public, [parse_update(public, encrypt(secret, part), size) for part in parts])
+    summed = unpack_sum(total, 1)[0][0]
+    polynomials = ciphertext_polynomials(summed)
+    polynomials[1] = [[(32 << CKKS.noise_bits) % q] * CKKS.poly_modulus_degree for q in secret.moduli]
+    forged_half = {**total, **pack([ciphertext_bytes(summed, polynomials, True)])}
+    np.testing.assert_array_equal(decrypt(secret, forged_half, size), np.sum(parts, axis=0))
+    polynomials[0] = 0
+    with pytest.raises(CiphertextError, match="an encrypted sum is the arrays .*'seeds'"):
+        decrypt(secret, pack([ciphertext_bytes(summed, polynomials, True)]), size)
+    with pytest.raises(CiphertextError, match="ciphertext 0 of the sum repeats a seed"):
+        decrypt(secret, {**total, SEEDS: total[SEEDS][:, [0, 0]]}, size)
+    with pytest.raises(CiphertextError, match="seeds is uint8\\[1, 2, 80\\]"):
+        decrypt(secret, {**total, SEEDS: total[SEEDS][:, :, :80]}, size)
+
+
+def test_which_way_a_value_rounds_at_the_edge_is_a_coin_toss(keys) -> None:
+    """A server that shifts a sum by half the low bits would learn the sign of each coefficient's
+    encryption noise from which way it rounds (an oracle on the key); the fresh noise a node adds to
+    the low bits before rounding them away makes it a coin toss."""
+    secret, public, _ = keys
+    size = CKKS.values_per_ciphertext
+    total = add_updates(public, [parse_update(public, encrypt(secret, np.zeros(size, np.int64)), size)])
+    polynomials = ciphertext_polynomials(unpack_sum(total, 1)[0][0])
+    half = 1 << (CKKS.noise_bits - 1)  # the constant polynomial: the same in NTT form, at the first coefficient
+    polynomials[0] = (polynomials[0] + np.uint64(half)) % np.array(secret.moduli, np.uint64)[:, None]
+    shifted = {**total, **pack([ciphertext_bytes(unpack_sum(total, 1)[0][0], polynomials, True)])}
+    rounded = {int(decrypt(secret, shifted, size)[0]) for _ in range(16)}
+    assert rounded == {0, 1}

@@ -116,7 +116,7 @@ from fedshop.explain.audit import audit_metrics
 from fedshop.models.local_part import LocalPart
 from fedshop.models.parameters import flatten, unflatten
 from fedshop.models.shared import SharedModels, build_shared_models
-from fedshop.privacy.ckks import ContextError, KeyContext, encrypt, load_secret_context
+from fedshop.privacy.ckks import CiphertextError, ContextError, KeyContext, encrypt, load_secret_context
 from fedshop.privacy.fixed_point import Grid, GridError, value_range_of
 from fedshop.privacy.ledger import PrivacyLedger
 
@@ -138,6 +138,10 @@ def merchant_key(options: NodeOptions, context_id: str) -> KeyContext:
     return key
 
 
+class TaskRefused(RuntimeError):
+    """The node will not do this task; the message says why, in words, and names the merchant."""
+
+
 def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
                  ) -> tuple[SharedModels, KeyContext | None, float]:
     """The round's global models (decrypted when encrypted), the key used, and the value range of
@@ -153,13 +157,12 @@ def global_model(msg: Message, config: ConfigRecord, options: NodeOptions
         models = build_shared_models(int(config["seed"]))
     else:
         grid = Grid(float(config[AGGREGATE_RANGE]), float(config[AGGREGATE_SCALE]))
-        models.load_state_dict(unflatten(decrypt_global_model(
-            key, {name: array.numpy() for name, array in arrays.items()}, grid, weight)))
+        try:
+            decrypted = decrypt_global_model(key, {name: array.numpy() for name, array in arrays.items()}, grid, weight)
+        except CiphertextError as exc:
+            raise TaskRefused(f"merchant {options.merchant} refused to decrypt the round's aggregate: {exc}") from exc
+        models.load_state_dict(unflatten(decrypted))
     return models, key, value_range_of(flatten(models.state_dict()))
-
-
-class TaskRefused(RuntimeError):
-    """The node will not do this task; the message says why, in words, and names the merchant."""
 
 
 class Adopted(NamedTuple):
