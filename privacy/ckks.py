@@ -24,11 +24,12 @@ the updates it adds.
 **What a node decrypts.** The server's public context is enough to write a ciphertext of its own, and
 one whose random half it chose small decrypts to that half times the secret key: a node's answers
 about such a model would read the key out. So a node never decrypts the random half it is sent: it
-draws the halves of the summed updates again from their seeds, refuses a sum that repeats a seed (a
-repeated half would scale the encryption noise into the values), and adds fresh noise to the low bits
-before rounding them away (``flood_bits``), so that where the rounding falls says nothing of the
-encryption noise. What a sum can then decrypt to is a sum of merchants' updates, each at most once,
-plus values the server chose.
+draws the halves of the summed updates again from their seeds (a seed travels as SEAL's generator
+kind and seed, without the header, whose unread bytes would let two byte strings be one seed), refuses
+a sum that repeats a seed anywhere (a repeated half would scale the encryption noise into the values),
+and adds fresh noise to the low bits before rounding them away (``flood_bits``), so that where the
+rounding falls says little of the encryption noise. What a sum can then decrypt to is a sum of
+merchants' ciphertexts, each at most once, plus values the server chose.
 
 An encrypted update travels and is stored as two arrays (``pack``): the ciphertexts' bytes back to
 back, and each one's size; a sum adds a third, the seeds (``SEEDS``). Flower moves every array of a
@@ -62,7 +63,7 @@ from fedshop.privacy.seal_bytes import (
 )
 
 SEAL_NOISE_BOUND = 21  # SEAL's encryption error: a centred binomial sample, |e| <= 21 per coefficient
-SEED_BYTES = 81  # SEAL's saved generator info in place of a random half: a 16-byte header, its kind, a 512-bit seed
+SEED_BYTES = 65  # what SEAL's generator info holds in place of a random half: its kind and a 512-bit seed
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,11 @@ def parse_update(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int)
     """Check an encrypted update (arrays, count, sizes, parameters, well-formed seeded ciphertexts) and parse it."""
     parts = unpack(ciphertexts, ciphertext_count(size))
     items = [_parse(key, index, data) for index, data in enumerate(parts)]
-    return Update(items, [_seed(index, data) for index, data in enumerate(parts)])
+    seeds = [_seed(index, data) for index, data in enumerate(parts)]
+    if len(set(seeds)) < len(seeds):
+        raise CiphertextError("the update repeats a seed: each of its ciphertexts is drawn from a seed of its own, "
+                              "and merchants refuse a sum that repeats one")
+    return Update(items, seeds)
 
 
 def add_updates(key: KeyContext, updates: list[Update]) -> dict[str, np.ndarray]:
@@ -494,19 +499,20 @@ def add_updates(key: KeyContext, updates: list[Update]) -> dict[str, np.ndarray]
 def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Decrypt a sum of updates back to the flat vector of ``size`` summed fixed-point integers. The random
     halves are drawn again from the summed updates' seeds, never taken from the sum (see the module's
-    docstring): a sum that repeats a seed is refused."""
+    docstring): a sum that repeats a seed anywhere is refused."""
     if not key.has_secret_key:
         raise ContextError("decryption needs the merchant's secret context")
     machinery = key._machinery
     decryptor = seal.Decryptor(key.context, key.secret_key)
     parts, seeds = unpack_sum(ciphertexts, ciphertext_count(size))
+    if len({seed.tobytes() for seed in seeds.reshape(-1, SEED_BYTES)}) < seeds.shape[0] * seeds.shape[1]:
+        raise CiphertextError("the sum repeats a seed: it adds each of a merchant's ciphertexts once, and a "
+                              "repeated one, here or at another of its places, would read out the encryption noise")
     blocks = []
     for index, (data, drawn) in enumerate(zip(parts, seeds, strict=True)):
-        if len({seed.tobytes() for seed in drawn}) < len(drawn):
-            raise CiphertextError(f"ciphertext {index} of the sum repeats a seed: a sum adds each merchant's "
-                                  "ciphertext once, and a repeated one would read out the encryption noise")
+        sent = _parse(key, index, data)
         try:
-            item = machinery.with_random_half(_parse(key, index, data), drawn)
+            item = machinery.with_random_half(sent, drawn)
         except (RuntimeError, ValueError) as exc:  # SEAL refuses a seed it cannot draw from
             raise CiphertextError(f"ciphertext {index} of the sum: its seeds cannot be drawn from ({exc})") from exc
         plain = seal.Plaintext()

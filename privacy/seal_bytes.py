@@ -112,14 +112,14 @@ def _ciphertext_seed(saved: bytes) -> bytes:
     if size != 2:
         raise SealFormatError(f"a seeded ciphertext has two polynomials, this one {size}")
     _coefficients(body[:end], start, degree * moduli)  # the first polynomial only: the second is the seed's
-    seed = body[end:]
-    _body(seed)
+    seed, _ = _body(body[end:])
     return seed
 
 
 def ciphertext_seed(saved: bytes) -> bytes:
-    """What a seeded ciphertext holds in place of its random second polynomial: SEAL's saved generator
-    info (its header, its kind and the seed), from which SEAL draws the polynomial again on load."""
+    """What a seeded ciphertext holds in place of its random second polynomial: the members of SEAL's
+    saved generator info (its kind and the seed, without the header or compression they were saved
+    with, so that one seed has one form), from which SEAL draws the polynomial again on load."""
     return _parsed(_ciphertext_seed, saved, "seeded ciphertext")
 
 
@@ -130,7 +130,7 @@ def seeded_ciphertext_bytes(like: bytes, first: np.ndarray, seed: bytes) -> byte
     *parms_id, _, _, _, _, scale, correction = _CIPHERTEXT.unpack_from(body)
     moduli, degree = first.shape
     members = _CIPHERTEXT.pack(*parms_id, True, 2, degree, moduli, scale, correction)
-    return _saved(members + _array(first, version) + seed, version)
+    return _saved(members + _array(first, version) + _saved(seed, version), version)
 
 
 def ciphertext_bytes(like: bytes, polynomials: np.ndarray, ntt_form: bool) -> bytes:

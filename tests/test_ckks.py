@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fedshop.core.settings import RunSettings
 from fedshop.models.parameters import flatten, parameter_count
 from fedshop.models.shared import build_shared_models
+from fedshop.privacy import seal_bytes
 from fedshop.privacy.ckks import (
     CIPHERTEXT_SIZES,
     CIPHERTEXTS,
@@ -37,7 +38,13 @@ from fedshop.privacy.ckks import (
     unpack_sum,
 )
 from fedshop.privacy.fixed_point import FRACTION_BITS, MAX_WEIGHT_RATIO, Grid, GridError, value_range_of
-from fedshop.privacy.seal_bytes import SealFormatError, ciphertext_bytes, ciphertext_polynomials, plaintext_coefficients
+from fedshop.privacy.seal_bytes import (
+    SealFormatError,
+    ciphertext_bytes,
+    ciphertext_polynomials,
+    ciphertext_seed,
+    plaintext_coefficients,
+)
 from fedshop.rundir.store import RunStore
 from fedshop.server.encrypted_strategy import EncryptedFedAvg
 from fedshop.server.strategy import UpdateRefused
@@ -226,6 +233,8 @@ def test_truncated_foreign_altered_and_miscounted_ciphertexts_are_refused(keys) 
         parse_update(public, _with_ciphertext(good, 0, ciphertext_bytes(sum_of_two, out_of_range, True)), size)
     with pytest.raises(CiphertextError, match="ciphertext 0 is not a fresh fedshop encryption"):
         parse_update(public, _with_ciphertext(good, 0, ciphertext_bytes(sum_of_two, polynomials, False)), size)
+    with pytest.raises(CiphertextError, match="the update repeats a seed"):
+        parse_update(public, pack([first, first]), size)
     with pytest.raises(CiphertextError, match="expected 3 ciphertexts"):
         parse_update(public, good, 2 * CKKS.values_per_ciphertext + 1)
     with pytest.raises(ValueError, match="below 2\\*\\*22 in magnitude"):
@@ -239,7 +248,7 @@ def test_truncated_foreign_altered_and_miscounted_ciphertexts_are_refused(keys) 
 def test_any_bytes_are_a_seal_object_or_refused_by_name(data: bytes, header: bytes) -> None:
     """Bytes that may start like a SEAL header (uncompressed or zstd) and whose size field matches."""
     saved = header + (len(header) + 8 + len(data)).to_bytes(8, "little") + data if header else data
-    for parse in (ciphertext_polynomials, plaintext_coefficients):
+    for parse in (ciphertext_polynomials, plaintext_coefficients, ciphertext_seed):
         with pytest.raises(SealFormatError):
             parse(saved)
 
@@ -320,6 +329,19 @@ def test_server_refuses_updates_of_another_context_grid_or_beyond_the_weight_sca
                                                       "value-range": grid.value_range}, context_id=public.context_id))
     with pytest.raises(UpdateRefused, match="repeat seeds of an update already accepted this round"):
         strategy.accept_update(reply())
+    aliased = pack([_seed_header_reserved(part) for part in unpack(update, len(accepted))])
+    assert unpack(aliased, len(accepted)) != unpack(update, len(accepted))
+    with pytest.raises(UpdateRefused, match="repeat seeds of an update already accepted this round"):
+        strategy.accept_update(merchant_reply(aliased, {"num-examples": 3, "weight-scale": 4.0,
+                                                        "value-range": grid.value_range}, context_id=public.context_id))
+
+
+def _seed_header_reserved(saved: bytes) -> bytes:
+    """A seeded ciphertext with the reserved bytes of its seed's SEAL header set: SEAL never reads them and
+    draws the same random half, so byte-distinct seeds would be one seed (a reviewer's alias)."""
+    body, version = seal_bytes._body(saved)
+    reserved = len(body) - 81 + 6  # the seed's saved form: an 81-byte object, its header's reserved bytes at 6
+    return seal_bytes._saved(body[:reserved] + b"\x07\x00" + body[reserved + 2:], version)
 
 
 def test_a_node_draws_a_sums_random_halves_from_its_seeds_never_from_the_server(keys) -> None:
@@ -339,10 +361,19 @@ def test_a_node_draws_a_sums_random_halves_from_its_seeds_never_from_the_server(
     polynomials[0] = 0
     with pytest.raises(CiphertextError, match="an encrypted sum is the arrays .*'seeds'"):
         decrypt(secret, pack([ciphertext_bytes(summed, polynomials, True)]), size)
-    with pytest.raises(CiphertextError, match="ciphertext 0 of the sum repeats a seed"):
+    with pytest.raises(CiphertextError, match="the sum repeats a seed"):
         decrypt(secret, {**total, SEEDS: total[SEEDS][:, [0, 0]]}, size)
-    with pytest.raises(CiphertextError, match="seeds is uint8\\[1, 2, 80\\]"):
-        decrypt(secret, {**total, SEEDS: total[SEEDS][:, :, :80]}, size)
+    two = add_updates(public, [parse_update(public, encrypt(secret, np.ones(2 * size, np.int64)), 2 * size)])
+    with pytest.raises(CiphertextError, match="the sum repeats a seed"):  # one merchant's, at its other place
+        decrypt(secret, {**two, SEEDS: two[SEEDS][[0, 0]]}, 2 * size)
+    with pytest.raises(CiphertextError, match="seeds is uint8\\[1, 2, 64\\]"):
+        decrypt(secret, {**total, SEEDS: total[SEEDS][:, :, :64]}, size)
+    with pytest.raises(CiphertextError, match="seeds is int64\\[1, 2, 65\\]"):
+        decrypt(secret, {**total, SEEDS: total[SEEDS].astype(np.int64)}, size)
+    unknown_kind = total[SEEDS].copy()
+    unknown_kind[0, 0, 0] = 0  # the generator's kind: SEAL knows 1 (BLAKE2xb) and 2 (SHAKE256)
+    with pytest.raises(CiphertextError, match="ciphertext 0 of the sum: its seeds cannot be drawn from"):
+        decrypt(secret, {**total, SEEDS: unknown_kind}, size)
 
 
 def test_which_way_a_value_rounds_at_the_edge_is_a_coin_toss(keys) -> None:
