@@ -29,7 +29,8 @@ kind and seed, without the header, whose unread bytes would let two byte strings
 a sum that repeats a seed anywhere (a repeated half would scale the encryption noise into the values),
 and adds fresh noise to the low bits before rounding them away (``flood_bits``), so that where the
 rounding falls says little of the encryption noise. What a sum can then decrypt to is a sum of
-merchants' ciphertexts, each at most once, plus values the server chose.
+ciphertexts drawn from distinct seeds plus values the server chose; a seed no merchant sent adds the
+key times a random polynomial, which the server cannot cancel.
 
 An encrypted update travels and is stored as two arrays (``pack``): the ciphertexts' bytes back to
 back, and each one's size; a sum adds a third, the seeds (``SEEDS``). Flower moves every array of a

@@ -23,6 +23,7 @@ _COMPRESSION = {0: "none", 1: "zlib", 2: "zstd"}
 _PLAINTEXT = struct.Struct("<4QQd")  # parms id, coefficient count, scale
 _CIPHERTEXT = struct.Struct("<4Q?QQQdQ")  # parms id, NTT form, size, degree, moduli, scale, correction factor
 _COUNT = struct.Struct("<Q")
+MAX_BODY_BYTES = 1 << 20  # the largest object read here, a sum's ciphertext, holds 384 KiB
 
 
 class SealFormatError(ValueError):
@@ -38,11 +39,16 @@ def _body(saved: bytes) -> tuple[bytes, tuple[int, int]]:
         raise SealFormatError("not a SEAL object (bad header)")
     body = saved[_HEADER.size:]
     if compression == 1:
-        body = zlib.decompress(body)
+        inflate = zlib.decompressobj()
+        body = inflate.decompress(body, MAX_BODY_BYTES + 1)
+        if not inflate.eof:
+            raise SealFormatError(f"a SEAL object's zlib body is cut short or holds more than {MAX_BODY_BYTES} bytes")
     elif compression == 2:
-        body = pa.CompressedInputStream(pa.BufferReader(body), "zstd").read()
+        body = pa.CompressedInputStream(pa.BufferReader(body), "zstd").read(MAX_BODY_BYTES + 1)
     elif compression != 0:
         raise SealFormatError(f"unknown SEAL compression mode {compression}")
+    if len(body) > MAX_BODY_BYTES:  # a few kilobytes of zeros can inflate to gigabytes
+        raise SealFormatError(f"a SEAL object's body holds more than {MAX_BODY_BYTES} bytes")
     return body, (major, minor)
 
 

@@ -2,10 +2,13 @@
 compact uploads, a server that cannot decrypt, refused ciphertexts and key files."""
 
 import io
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import tenseal.sealapi as seal
 from hypothesis import given, settings
@@ -251,6 +254,17 @@ def test_any_bytes_are_a_seal_object_or_refused_by_name(data: bytes, header: byt
     for parse in (ciphertext_polynomials, plaintext_coefficients, ciphertext_seed):
         with pytest.raises(SealFormatError):
             parse(saved)
+
+
+def test_a_compressed_body_that_inflates_past_any_object_is_refused_before_it_fills_memory() -> None:
+    """A merchant's update is read by the server's Python too (its seeds): 8 KB of zstd inflated to
+    256 MiB there, and 24 such frames fit in one ciphertext's bytes (a hostile review)."""
+    zeros = bytes(4 * seal_bytes.MAX_BODY_BYTES)
+    for mode, body in ((1, zlib.compress(zeros)), (2, pa.compress(zeros, codec="zstd", asbytes=True))):
+        saved = struct.pack("<HBBBBHQ", 0xA15E, 16, 4, 3, mode, 0, 16 + len(body)) + body
+        for parse in (ciphertext_polynomials, plaintext_coefficients, ciphertext_seed):
+            with pytest.raises(SealFormatError, match=f"more than {seal_bytes.MAX_BODY_BYTES} bytes"):
+                parse(saved)
 
 
 @settings(max_examples=20, deadline=None)
