@@ -497,6 +497,17 @@ def add_updates(key: KeyContext, updates: list[Update]) -> dict[str, np.ndarray]
     return pack(totals) | {SEEDS: seeds}
 
 
+def parse_sum(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int
+              ) -> tuple[list[seal.Ciphertext], np.ndarray]:
+    """Check an encrypted sum (arrays, count, sizes, parameters, well-formed ciphertexts, and seeds of which
+    none repeats) and parse it: its ciphertexts and, for each, the seeds of the updates it adds."""
+    parts, seeds = unpack_sum(ciphertexts, ciphertext_count(size))
+    if len({seed.tobytes() for seed in seeds.reshape(-1, SEED_BYTES)}) < seeds.shape[0] * seeds.shape[1]:
+        raise CiphertextError("the sum repeats a seed: it adds each of a merchant's ciphertexts once, and a "
+                              "repeated one, here or at another of its places, would read out the encryption noise")
+    return [_parse(key, index, data) for index, data in enumerate(parts)], seeds
+
+
 def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Decrypt a sum of updates back to the flat vector of ``size`` summed fixed-point integers. The random
     halves are drawn again from the summed updates' seeds, never taken from the sum (see the module's
@@ -505,15 +516,11 @@ def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> n
         raise ContextError("decryption needs the merchant's secret context")
     machinery = key._machinery
     decryptor = seal.Decryptor(key.context, key.secret_key)
-    parts, seeds = unpack_sum(ciphertexts, ciphertext_count(size))
-    if len({seed.tobytes() for seed in seeds.reshape(-1, SEED_BYTES)}) < seeds.shape[0] * seeds.shape[1]:
-        raise CiphertextError("the sum repeats a seed: it adds each of a merchant's ciphertexts once, and a "
-                              "repeated one, here or at another of its places, would read out the encryption noise")
+    sent, seeds = parse_sum(key, ciphertexts, size)
     blocks = []
-    for index, (data, drawn) in enumerate(zip(parts, seeds, strict=True)):
-        sent = _parse(key, index, data)
+    for index, (item, drawn) in enumerate(zip(sent, seeds, strict=True)):
         try:
-            item = machinery.with_random_half(sent, drawn)
+            item = machinery.with_random_half(item, drawn)
         except (RuntimeError, ValueError) as exc:  # SEAL refuses a seed it cannot draw from
             raise CiphertextError(f"ciphertext {index} of the sum: its seeds cannot be drawn from ({exc})") from exc
         plain = seal.Plaintext()

@@ -17,7 +17,7 @@ from fedshop.client.training.round_plan import REFERENCE
 from fedshop.core.protocol import RATE_STEP
 from fedshop.core.settings import RunSettings
 from fedshop.models.parameters import parameter_count
-from fedshop.privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_update
+from fedshop.privacy.ckks import ciphertext_count, create_keys, encrypted_bytes, load_public_context, parse_sum
 from fedshop.rundir.store import RunStore
 from fedshop.simulation import run_simulated_federation
 from tests.conftest import fixed_audit_salt
@@ -81,7 +81,7 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
     public = load_public_context(keys / "public.ctx")
     for stored_model in [blind / "encrypted_model.npz", *(blind / "checkpoints").glob("*.npz")]:
         with np.load(stored_model) as stored:
-            assert parse_update(public, dict(stored), parameter_count())
+            assert parse_sum(public, dict(stored), parameter_count())
     # Each merchant keeps its own decrypted copy, equal to the clear run's model.
     node_model = load_models(tmp_path / "blind" / federation_dirs[0].name).models
     _assert_same_model(node_model, clear_model)
