@@ -20,7 +20,14 @@ from fedshop.operations.app_bundle import app_digest, write_app
 from fedshop.operations.audit_report import build_report
 from fedshop.operations.certificates import CA_FILE, create_certificates
 from fedshop.operations.deployment import process_environment, run_command, superlink_command, write_connection
-from fedshop.privacy.ckks import create_keys, encrypt, load_secret_context
+from fedshop.privacy.ckks import (
+    add_updates,
+    create_keys,
+    encrypt,
+    load_public_context,
+    load_secret_context,
+    parse_update,
+)
 from fedshop.privacy.fixed_point import Grid, value_range_of
 from fedshop.rundir.store import RunStore
 from tests.processes import free_port, wait_for_port
@@ -116,7 +123,9 @@ def _operator_forges_a_run(tmp_path: Path, port: int, names: list[str]) -> None:
     crafted = flatten(build_shared_models(RunSettings.seed).state_dict()) * 1e3
     grid = Grid(value_range_of(crafted), 1.0)
     secret = load_secret_context(tmp_path / "keys" / "secret.ctx")
-    store.save_checkpoint(2, encrypt(secret, grid.quantise(crafted, 1, np.random.default_rng(0))[0]),
+    public = load_public_context(tmp_path / "keys" / "public.ctx")
+    update = encrypt(secret, grid.quantise(crafted, 1, np.random.default_rng(0))[0])
+    store.save_checkpoint(2, add_updates(public, [parse_update(public, update, crafted.size)]),
                           {"aggregate_weight": 1.0, "aggregate_scale": 1.0, "aggregate_range": grid.value_range,
                            "context_id": secret.context_id})
     record, = _ended(_submit(tmp_path, port, settings), tmp_path)
