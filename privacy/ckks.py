@@ -66,7 +66,7 @@ from fedshop.privacy.seal_bytes import (
 
 SEAL_NOISE_BOUND = 21  # SEAL's encryption error: a centred binomial sample, |e| <= 21 per coefficient
 SEED_BYTES = 65  # what SEAL's generator info holds in place of a random half: its kind and a 512-bit seed
-KEPT_HALVES = 32  # summed halves a node keeps (192 KiB each): two models' worth of ciphertexts
+KEPT_HALVES = 32  # summed halves a node keeps, the last ones drawn (192 KiB each): the demo model has 15 ciphertexts
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def encrypted_bytes() -> tuple[int, int]:
 
 
 def pack(serialized: list[bytes]) -> dict[str, np.ndarray]:
-    """Serialised ciphertexts as the two arrays an encrypted model travels in."""
+    """Serialised ciphertexts as the two arrays an encrypted update travels in (a sum adds its ``SEEDS``)."""
     return {CIPHERTEXTS: np.frombuffer(b"".join(serialized), dtype=np.uint8),
             CIPHERTEXT_SIZES: np.array([len(data) for data in serialized], dtype=np.int64)}
 
@@ -329,9 +329,9 @@ class _Machinery:
         return ciphertext_polynomials(self.files.save(item))[1]
 
     def summed_half(self, seeds: np.ndarray) -> np.ndarray:
-        """The sum of the halves drawn from ``seeds``, kept for the next ``KEPT_HALVES`` asked: a node decrypts
-        one aggregate to evaluate and again to train, and simulated merchants in one process share it
-        (drawing a half takes about a millisecond: 1.8 s for a model summed over 100 merchants)."""
+        """The sum of the halves drawn from ``seeds``; the last ``KEPT_HALVES`` seed sets' sums are kept: a node
+        decrypts one aggregate to evaluate and again to train, and simulated merchants in one process share
+        it (drawing a half takes about 1.2 ms: 2.1 s for the demo's model summed over 100 merchants)."""
         key = seeds.tobytes()
         if key in self.halves:
             self.halves.move_to_end(key)
@@ -344,9 +344,8 @@ class _Machinery:
             self.halves.popitem(last=False)
         return half
 
-    def with_random_half(self, item: seal.Ciphertext, seeds: np.ndarray) -> seal.Ciphertext:
-        """``item``'s first polynomial with, as its second, the sum of the halves drawn from ``seeds``."""
-        half = self.summed_half(seeds)
+    def with_random_half(self, item: seal.Ciphertext, half: np.ndarray) -> seal.Ciphertext:
+        """``item``'s first polynomial with ``half`` (``summed_half``) as its second."""
         first = ciphertext_polynomials(self.files.save(item))[0]
         return self.files.load(seal.Ciphertext(), self.key.context,
                                ciphertext_bytes(self.ciphertext, np.stack([first, half]), True))
@@ -499,8 +498,6 @@ def add_updates(key: KeyContext, updates: list[Update]) -> dict[str, np.ndarray]
     if len(updates) > CKKS.max_merchants:
         raise CiphertextError(f"{len(updates)} updates: one sum adds at most {CKKS.max_merchants} "
                               "(more would let the encryption noise reach the packed values)")
-    if len({seed for update in updates for seed in update.seeds}) < sum(len(update.seeds) for update in updates):
-        raise CiphertextError("the updates repeat a seed: a sum adds each merchant's ciphertext once")
     machinery, totals = key._machinery, []
     for first, *rest in zip(*(update.ciphertexts for update in updates), strict=True):
         total = first
@@ -537,9 +534,10 @@ def decrypt(key: KeyContext, ciphertexts: dict[str, np.ndarray], size: int) -> n
     blocks = []
     for index, (item, drawn) in enumerate(zip(sent, seeds, strict=True)):
         try:
-            item = machinery.with_random_half(item, drawn)
+            half = machinery.summed_half(drawn)
         except (RuntimeError, ValueError) as exc:  # SEAL refuses a seed it cannot draw from
             raise CiphertextError(f"ciphertext {index} of the sum: its seeds cannot be drawn from ({exc})") from exc
+        item = machinery.with_random_half(item, half)
         plain = seal.Plaintext()
         decryptor.decrypt(item, plain)
         blocks.append(machinery.fields_of(plain).ravel())

@@ -13,6 +13,7 @@ loads from these bytes against the context, as it does any other.
 import struct
 import zlib
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,9 @@ _PLAINTEXT = struct.Struct("<4QQd")  # parms id, coefficient count, scale
 _CIPHERTEXT = struct.Struct("<4Q?QQQdQ")  # parms id, NTT form, size, degree, moduli, scale, correction factor
 _COUNT = struct.Struct("<Q")
 MAX_BODY_BYTES = 1 << 20  # the largest object read here, a sum's ciphertext, holds 384 KiB
+
+
+Parsed = TypeVar("Parsed", np.ndarray, bytes)
 
 
 class SealFormatError(ValueError):
@@ -69,7 +73,7 @@ def _array(data: np.ndarray, version: tuple[int, int]) -> bytes:
     return _saved(_COUNT.pack(flat.size) + flat.tobytes(), version)
 
 
-def _parsed(parse: Callable[[bytes], np.ndarray], saved: bytes, kind: str) -> np.ndarray:
+def _parsed(parse: Callable[[bytes], Parsed], saved: bytes, kind: str) -> Parsed:
     try:
         return parse(saved)
     except SealFormatError:

@@ -12,14 +12,15 @@ from flwr.serverapp import Grid
 
 from fedshop.core.protocol import RUN_KEY
 from fedshop.core.settings import RunSettings
+from fedshop.models.parameters import parameter_count
 from fedshop.models.shared import build_shared_models
-from fedshop.privacy.ckks import ContextError, load_public_context
+from fedshop.privacy.ckks import CiphertextError, ContextError, load_public_context, parse_sum
 from fedshop.rundir.store import RunStore
 from fedshop.server.encrypted_strategy import EncryptedFedAvg
 from fedshop.server.strategy import MerchantFedAvg
 
 
-def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[MerchantFedAvg, ArrayRecord]:
+def strategy_for_run(store: RunStore, settings: RunSettings, completed: int) -> tuple[MerchantFedAvg, ArrayRecord]:
     """The strategy for this run and the arrays it starts from."""
     arrays, meta = store.load_checkpoint(completed) if completed else ({}, {})
     start = ArrayRecord(array_dict={name: Array(data) for name, data in arrays.items()})
@@ -32,6 +33,12 @@ def _strategy(store: RunStore, settings: RunSettings, completed: int) -> tuple[M
     if completed and meta.get("context_id") != key.context_id:
         raise ContextError(f"the checkpoint was made under context {meta.get('context_id')}, "
                            f"not {key.context_id}; resume with the same public context")
+    if completed:
+        try:
+            parse_sum(key, arrays, parameter_count())
+        except CiphertextError as exc:  # e.g. a sum saved before sums carried their seeds: nodes refuse it
+            raise ContextError(f"the checkpoint of round {completed} is not a sum the merchants will decrypt "
+                               f"({exc}); start a new run") from exc
     return EncryptedFedAvg(store, settings, completed, key, meta), start
 
 
@@ -40,7 +47,7 @@ def run_federation(grid: Grid, settings: RunSettings) -> Path:
     store = RunStore(settings.run_dir)
     completed = store.open(settings)
     try:
-        strategy, arrays = _strategy(store, settings, completed)
+        strategy, arrays = strategy_for_run(store, settings, completed)
         round_config = {**settings.training_config(), RUN_KEY: store.run_key}
         result = strategy.start(grid, arrays, num_rounds=settings.num_server_rounds - completed,
                                 timeout=settings.round_timeout_s, train_config=ConfigRecord(round_config),

@@ -81,7 +81,8 @@ def test_encrypted_run_gives_the_same_model_as_the_run_in_the_clear(federation_d
     public = load_public_context(keys / "public.ctx")
     for stored_model in [blind / "encrypted_model.npz", *(blind / "checkpoints").glob("*.npz")]:
         with np.load(stored_model) as stored:
-            assert parse_sum(public, dict(stored), parameter_count())
+            ciphertexts, seeds = parse_sum(public, dict(stored), parameter_count())
+            assert len(ciphertexts) == seeds.shape[0] and seeds.shape[1] == len(federation_dirs)
     # Each merchant keeps its own decrypted copy, equal to the clear run's model.
     node_model = load_models(tmp_path / "blind" / federation_dirs[0].name).models
     _assert_same_model(node_model, clear_model)

@@ -16,8 +16,8 @@ reply, in words only (the decrypted numbers stay on the node, in its log).
 What this does not stop: anyone moving the aggregate by less than the limit each round, in a
 consistent direction: a merchant (its pull is its declared weight's share of the total; the weight
 must equal the count it answered in the round's query, which the server bounds), or the operator,
-who can write ciphertexts of any values with the public context and add them to the sum (merchants
-cannot authenticate what they decrypt; they can only bound how far it moves from what they adopted).
+who can add values of its choosing to the sum with the public context (merchants cannot authenticate
+what they decrypt; they can only bound how far it moves from what they adopted).
 """
 
 import numpy as np

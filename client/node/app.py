@@ -187,8 +187,8 @@ def adopted_global_model(msg: Message, config: ConfigRecord, options: NodeOption
     the last ones this node adopted in ``run`` (its own records: a run key the operator makes up finds
     nothing there). A node takes part in a run from its first round, whose reference is the run's
     initial model, built by the node itself: a later round of a run it adopted nothing in is refused,
-    whatever it asks (the server can write ciphertexts of any model with the public context, so a
-    node cannot tell a made-up run's model from a real one, only check it against its own lineage)."""
+    whatever it asks (the server can shift a sum by values of its choosing with the public context, so
+    a node cannot tell a made-up run's model from a real one, only check it against its own lineage)."""
     models, key, value_range = global_model(msg, config, options)
     round_ = int(config[SERVER_ROUND])
     previous = adoption(options.state_dir, run)

@@ -33,7 +33,10 @@ class ReferenceMachine:
     round that only echoes the model between three nodes on localhost, ``benchmarks/round_time.py``)
     plus the slowest merchant's compute, in proportion to the examples it trains on
     (``benchmarks/privacy_cost.py``: a DP-SGD step with ghost clipping and a plain Adam step of the
-    recommender at batch 128, per example; encrypting an update and decrypting the global model twice)."""
+    recommender at batch 128, per example; encrypting an update and decrypting the global model twice).
+    Decrypting also draws the sum's random halves, about 1.2 ms per summed merchant and ciphertext
+    (2.1 s for the demo's model over 100 merchants, once a round: ``privacy/ckks.py``), left out: it
+    depends on how many merchants the round sums."""
 
     fixed_round_s: float = 12.4
     dp_example_s: float = 0.0677 / 128
@@ -120,7 +123,8 @@ class Traffic:
     """Bytes one merchant's node sends and receives in a round."""
 
     sent: int  # its update (encrypted: the weighted model's seeded ciphertexts)
-    received: int  # the global model, once for training and once for evaluation (encrypted: a sum, not seeded)
+    received: int  # the global model, once for training and once for evaluation (encrypted: a sum, not seeded;
+    # its seeds add SEED_BYTES per summed merchant and ciphertext, left out: the plan does not know the round's)
     first_round_received: int  # encrypted, round 1 trains on no model sent: every node builds it from the seed
 
 
