@@ -544,6 +544,7 @@ def main() -> None:
             "control: random tiers' AUC >= shop alone's on the same merchants":
                 auc_target([others[RANDOM_ROW]], others[ALONE_ROW], smallest, rng),
         }
+        _, reference = auc_target([others[CENTRAL_ROW]], others[ALONE_ROW], smallest, rng)
     else:
         over = f", mean over {len(feds)} federations"
         checks = {repeat_name + over: federations_repeat_target(feds, DP_ROW),
@@ -552,6 +553,7 @@ def main() -> None:
                     federations_repeat_target(feds, RANDOM_ROW),
                     f"control: random tiers' AUC >= shop alone's on the same merchants{over}":
                     federations_auc_target(feds, RANDOM_ROW)}
+        _, reference = federations_auc_target(feds, CENTRAL_ROW)
     chosen_on = [fed.validation_auc for fed in feds]
     console.print("federated tiers in the clear, learnt and judged on the validation period "
                   f"({counted(rounds, 'tier round')}; tier-rounds is chosen on it): macro AUC {np.mean(chosen_on):.4f}"
@@ -563,8 +565,6 @@ def main() -> None:
         console.print(f"{verdict}  {name}: {detail}")
     reference_name = ("reference, no target: central k-means (every merchant's customers pooled, no privacy), "
                       "its AUC minus shop alone's on the same merchants: what pooling without privacy gives them")
-    _, reference = (auc_target([others[CENTRAL_ROW]], others[ALONE_ROW], smallest, rng) if len(feds) == 1
-                    else federations_auc_target(feds, CENTRAL_ROW))
     console.print(f"{reference_name}: {reference}")
     wall = time.perf_counter() - started
     console.print(f"wall time {wall:.1f} s")
